@@ -1,0 +1,55 @@
+// Weight conversions for the graph builder: decode any stored dtype, transpose, pack, re-encode.
+
+import type { WeightTensor } from "./types.ts";
+
+export type ActDType = "f32" | "f16";
+
+export function toF32(t: WeightTensor): Float32Array {
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  const b = t.bytes;
+  const aligned = b.byteOffset % 4 === 0 ? b : b.slice();
+  switch (t.dtype) {
+    case "f32":
+      return new Float32Array(aligned.buffer, aligned.byteOffset, n).slice();
+    case "f16":
+      return Float32Array.from(new Float16Array(aligned.buffer, aligned.byteOffset, n));
+    case "bf16": {
+      const u16 = new Uint16Array(aligned.buffer, aligned.byteOffset, n);
+      const u32 = new Uint32Array(n);
+      for (let i = 0; i < n; i++) u32[i] = u16[i] << 16;
+      return new Float32Array(u32.buffer);
+    }
+  }
+}
+
+/** [rows, cols] -> [cols, rows]; Linear weights are stored [out, in] and MatMul wants [in, out]. */
+export function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(a.length);
+  const tile = 32;
+  for (let r0 = 0; r0 < rows; r0 += tile) {
+    for (let c0 = 0; c0 < cols; c0 += tile) {
+      const r1 = Math.min(rows, r0 + tile), c1 = Math.min(cols, c0 + tile);
+      for (let r = r0; r < r1; r++) {
+        for (let c = c0; c < c1; c++) out[c * rows + r] = a[r * cols + c];
+      }
+    }
+  }
+  return out;
+}
+
+/** Concatenates [out_i, in] matrices along the output dimension. */
+export function concatRows(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+export function encodeAs(a: Float32Array, dtype: ActDType): Uint8Array {
+  if (dtype === "f32") return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const h = Float16Array.from(a);
+  return new Uint8Array(h.buffer);
+}

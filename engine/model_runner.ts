@@ -1,0 +1,235 @@
+// Runs one engine step on the GPU: owns the ORT session, the built graph and the paged KV pool.
+//
+// run() only dispatches: its outputs stay on the GPU, so the next step can be dispatched before
+// this one's tokens are read back (a readback costs ~11 ms in Deno whatever its size).
+
+import * as ort from "onnxruntime-web/webgpu";
+import { buildGraph, IO } from "./model/graph.ts";
+import type { LoadedModel, LoadProgress } from "./model/types.ts";
+import type { ActDType } from "./model/weights.ts";
+
+export interface RunnerOptions {
+  dtype: ActDType;
+  blockSize: number;
+  /** KV pool size; clamped to what the adapter can bind per buffer. */
+  kvCacheMb: number;
+  /** Folder for built graphs keyed by weights hash and options; null disables the cache. */
+  cacheDir: string | null;
+  progress?: LoadProgress;
+  log?: (msg: string) => void;
+}
+
+/** Flat inputs of one ragged step, built by the engine from the scheduler's plan. */
+export interface StepInputs {
+  /** [T] token ids known on the CPU (0 where idSrc >= 0). */
+  inputIds: Int32Array;
+  /** [T] -1, or the row of the previous step's next_ids that holds this token. */
+  idSrc: Int32Array;
+  /** [B+1] cumulative new-token counts. */
+  cuSeqlens: Int32Array;
+  /** [B] tokens already in the cache per sequence. */
+  pastSeqlens: Int32Array;
+  /** [B, maxBlocks] block ids, padded with 0. */
+  blockTable: Int32Array;
+  maxBlocks: number;
+  /** [S] flat token rows whose logits are sampled. */
+  sampleRows: Int32Array;
+  /** [S] per-row uniform for GPU sampling; negative means greedy. */
+  sampleU: Float32Array;
+  /** [S] 1 / temperature (1 for greedy rows). */
+  invTemp: Float32Array;
+  /** Read back full logits (CPU sampling, logprobs). */
+  wantLogits: boolean;
+}
+
+export interface StepHandle {
+  nextIds: ort.Tensor;
+  logits: ort.Tensor | null;
+  numRows: number;
+}
+
+export interface StepResult {
+  nextIds: Int32Array;
+  logits: Float32Array | null;
+}
+
+export class ModelRunner {
+  readonly numBlocks: number;
+  readonly blockSize: number;
+  readonly maxPositions: number;
+  readonly nodesPerLayer: number;
+  readonly totalNodes: number;
+  readonly adapterName: string;
+  private prev: ort.Tensor | null = null;
+  private releaseLater: ort.Tensor[] = [];
+  private readonly placeholderPrev = new ort.Tensor("int32", new Int32Array(1), [1]);
+
+  private constructor(
+    private session: ort.InferenceSession,
+    private caches: ort.Tensor[],
+    private model: LoadedModel,
+    info: {
+      numBlocks: number;
+      blockSize: number;
+      maxPositions: number;
+      nodesPerLayer: number;
+      totalNodes: number;
+      adapterName: string;
+    },
+  ) {
+    this.numBlocks = info.numBlocks;
+    this.blockSize = info.blockSize;
+    this.maxPositions = info.maxPositions;
+    this.nodesPerLayer = info.nodesPerLayer;
+    this.totalNodes = info.totalNodes;
+    this.adapterName = info.adapterName;
+  }
+
+  static async create(model: LoadedModel, opts: RunnerOptions): Promise<ModelRunner> {
+    const cfg = model.config;
+    const log = opts.log ?? (() => {});
+    ort.env.wasm.numThreads = 1;
+    ort.env.logLevel = "error";
+    const maxPositions = cfg.maxContext;
+    const key = await graphKey(model, opts.dtype, maxPositions);
+    let bytes: Uint8Array | null = null;
+    let nodesPerLayer = 0, totalNodes = 0;
+    const cachePath = opts.cacheDir ? `${opts.cacheDir}/${key}.onnx` : null;
+    if (cachePath) {
+      try {
+        bytes = await Deno.readFile(cachePath);
+        const meta = JSON.parse(await Deno.readTextFile(`${cachePath}.json`));
+        nodesPerLayer = meta.nodesPerLayer;
+        totalNodes = meta.totalNodes;
+        log(`graph: cached ${cachePath}`);
+      } catch {
+        bytes = null;
+      }
+    }
+    if (!bytes) {
+      opts.progress?.({ phase: "graph" });
+      const t0 = performance.now();
+      const built = buildGraph(model, { dtype: opts.dtype, maxPositions });
+      bytes = built.bytes;
+      nodesPerLayer = built.nodesPerLayer;
+      totalNodes = built.totalNodes;
+      log(
+        `graph: built in ${
+          ((performance.now() - t0) / 1000).toFixed(2)
+        } s, ${nodesPerLayer} nodes per layer, ` +
+          `${totalNodes} nodes in all, ${(bytes.length / 2 ** 20).toFixed(1)} MiB`,
+      );
+      if (cachePath) {
+        await Deno.mkdir(opts.cacheDir!, { recursive: true });
+        // Write then rename so a crash never leaves a half-written graph behind.
+        await Deno.writeFile(`${cachePath}.tmp`, bytes);
+        await Deno.writeTextFile(`${cachePath}.json`, JSON.stringify({ nodesPerLayer, totalNodes }));
+        await Deno.rename(`${cachePath}.tmp`, cachePath);
+      }
+    }
+
+    opts.progress?.({ phase: "session" });
+    const session = await ort.InferenceSession.create(bytes, {
+      executionProviders: ["webgpu"],
+      preferredOutputLocation: { [IO.logits]: "gpu-buffer", [IO.nextIds]: "gpu-buffer" },
+    });
+    const device = await ort.env.webgpu.device;
+    const adapterInfo = (ort.env.webgpu.adapter as GPUAdapter | undefined)?.info;
+    const adapterName = adapterInfo ? `${adapterInfo.description || adapterInfo.vendor}`.trim() : "unknown";
+
+    // Each layer's K and V pool is one buffer: [numBlocks, blockSize, kvHeads, headDim] fp16.
+    const paddedHead = Math.ceil(cfg.headDim / 16) * 16; // see padHeadRows in graph.ts
+    const bytesPerBlock = opts.blockSize * cfg.numKvHeads * paddedHead * 2;
+    const perBuffer = Math.floor((opts.kvCacheMb * 2 ** 20) / (2 * cfg.numLayers));
+    const bindLimit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
+    const numBlocks = Math.max(1, Math.floor(Math.min(perBuffer, bindLimit) / bytesPerBlock));
+    const caches: ort.Tensor[] = [];
+    for (let i = 0; i < 2 * cfg.numLayers; i++) {
+      const buffer = device.createBuffer({
+        size: numBlocks * bytesPerBlock,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      });
+      caches.push(ort.Tensor.fromGpuBuffer(buffer, {
+        dataType: "float16",
+        dims: [numBlocks, opts.blockSize, cfg.numKvHeads, paddedHead],
+      }));
+    }
+    log(
+      `kv cache: ${numBlocks} blocks of ${opts.blockSize} tokens ` +
+        `(${((2 * cfg.numLayers * numBlocks * bytesPerBlock) / 2 ** 20).toFixed(1)} MiB) on ${adapterName}`,
+    );
+    return new ModelRunner(session, caches, model, {
+      numBlocks,
+      blockSize: opts.blockSize,
+      maxPositions,
+      nodesPerLayer,
+      totalNodes,
+      adapterName,
+    });
+  }
+
+  /** Dispatches one step. The previous step's next_ids feed this step's idSrc rows. */
+  async run(s: StepInputs): Promise<StepHandle> {
+    const T = s.inputIds.length, B = s.pastSeqlens.length, S = s.sampleRows.length;
+    let maxQ = 0, maxKv = 0;
+    for (let b = 0; b < B; b++) {
+      const q = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
+      maxQ = Math.max(maxQ, q);
+      maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
+    }
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.inputIds]: new ort.Tensor("int32", s.inputIds, [T]),
+      [IO.prevIds]: this.prev ?? this.placeholderPrev,
+      [IO.idSrc]: new ort.Tensor("int32", s.idSrc, [T]),
+      [IO.cuSeqlens]: new ort.Tensor("int32", s.cuSeqlens, [B + 1]),
+      [IO.pastSeqlens]: new ort.Tensor("int32", s.pastSeqlens, [B]),
+      [IO.blockTable]: new ort.Tensor("int32", s.blockTable, [B, s.maxBlocks]),
+      // Host-side bounds spare PagedAttention a metadata readback in every layer.
+      [IO.attnMeta]: new ort.Tensor("int32", Int32Array.of(maxQ, maxKv), [2]),
+      [IO.sampleRows]: new ort.Tensor("int32", s.sampleRows, [S]),
+      [IO.sampleU]: new ort.Tensor("float32", s.sampleU, [S]),
+      [IO.invTemp]: new ort.Tensor("float32", s.invTemp, [S]),
+    };
+    for (let i = 0; i < this.model.config.numLayers; i++) {
+      feeds[IO.keyCache(i)] = this.caches[2 * i];
+      feeds[IO.valueCache(i)] = this.caches[2 * i + 1];
+    }
+    const fetches = s.wantLogits ? [IO.nextIds, IO.logits] : [IO.nextIds];
+    const out = await this.session.run(feeds, fetches);
+    const nextIds = out[IO.nextIds];
+    this.prev = nextIds;
+    return { nextIds, logits: s.wantLogits ? out[IO.logits] : null, numRows: S };
+  }
+
+  /** Reads a dispatched step's results back to the CPU. */
+  async read(h: StepHandle): Promise<StepResult> {
+    const nextIds = (await h.nextIds.getData()) as Int32Array;
+    const logits = h.logits ? (await h.logits.getData()) as Float32Array : null;
+    // A step's GPU outputs may still be bound by the step dispatched after it, which has surely
+    // finished once this (later) step's data is back: release the older handle only now.
+    this.releaseLater.forEach((t) => t !== this.prev && t.dispose());
+    this.releaseLater = [h.nextIds, ...(h.logits ? [h.logits] : [])];
+    return { nextIds, logits };
+  }
+
+  async close() {
+    this.releaseLater.forEach((t) => t.dispose());
+    this.prev = null;
+    for (const c of this.caches) c.dispose();
+    await this.session.release();
+  }
+}
+
+async function graphKey(model: LoadedModel, dtype: ActDType, maxPositions: number): Promise<string> {
+  // Bump GRAPH_VERSION whenever buildGraph's output changes for the same weights.
+  const GRAPH_VERSION = 1;
+  const text = JSON.stringify({
+    v: GRAPH_VERSION,
+    w: model.weights.hash,
+    dtype,
+    maxPositions,
+    cfg: model.config,
+  });
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest).slice(0, 12), (b) => b.toString(16).padStart(2, "0")).join("");
+}

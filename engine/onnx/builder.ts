@@ -1,0 +1,104 @@
+// A small graph-building DSL over proto.ts: names values, counts nodes, collects weights.
+
+import {
+  type AttrValue,
+  encodeModel,
+  type NodeDef,
+  type TensorDef,
+  TensorType,
+  type ValueDef,
+} from "./proto.ts";
+
+export { TensorType };
+
+export class GraphBuilder {
+  readonly nodes: NodeDef[] = [];
+  readonly initializers: TensorDef[] = [];
+  readonly inputs: ValueDef[] = [];
+  readonly outputs: ValueDef[] = [];
+  private counter = 0;
+  private constCache = new Map<string, string>();
+
+  input(name: string, type: TensorType, dims: (number | string)[]): string {
+    this.inputs.push({ name, type, dims });
+    return name;
+  }
+
+  output(name: string, type: TensorType, dims: (number | string)[]) {
+    this.outputs.push({ name, type, dims });
+  }
+
+  weight(name: string, type: TensorType, dims: number[], raw: Uint8Array): string {
+    this.initializers.push({ name, type, dims, raw });
+    return name;
+  }
+
+  /** Small constants are deduplicated by value so repeated shapes/axes cost one initializer. */
+  constI64(values: number[], dims = [values.length]): string {
+    return this.constant("i64", values, dims, TensorType.INT64, () => {
+      const a = new BigInt64Array(values.map((v) => BigInt(v)));
+      return new Uint8Array(a.buffer);
+    });
+  }
+
+  constI32(values: number[], dims = [values.length]): string {
+    return this.constant(
+      "i32",
+      values,
+      dims,
+      TensorType.INT32,
+      () => new Uint8Array(Int32Array.from(values).buffer),
+    );
+  }
+
+  constF32(values: number[], dims = [values.length]): string {
+    return this.constant(
+      "f32",
+      values,
+      dims,
+      TensorType.FLOAT,
+      () => new Uint8Array(Float32Array.from(values).buffer),
+    );
+  }
+
+  private constant(kind: string, values: number[], dims: number[], type: TensorType, raw: () => Uint8Array) {
+    const key = `${kind}:${dims.join("x")}:${values.join(",")}`;
+    let name = this.constCache.get(key);
+    if (!name) {
+      name = `const_${kind}_${this.constCache.size}`;
+      this.weight(name, type, dims, raw());
+      this.constCache.set(key, name);
+    }
+    return name;
+  }
+
+  /** Adds a node; returns its output names (`nOut` of them). */
+  op(
+    op: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue> = {},
+    opts: { domain?: string; nOut?: number; name?: string } = {},
+  ): string[] {
+    const base = opts.name ?? `${op}_${this.counter++}`;
+    const nOut = opts.nOut ?? 1;
+    const outputs = Array.from({ length: nOut }, (_, i) => (nOut === 1 ? base : `${base}:${i}`));
+    this.nodes.push({ op, domain: opts.domain, inputs, outputs, name: base, attrs });
+    return outputs;
+  }
+
+  /** Single-output shorthand. */
+  op1(op: string, inputs: string[], attrs: Record<string, AttrValue> = {}, domain?: string): string {
+    return this.op(op, inputs, attrs, { domain })[0];
+  }
+
+  encode(name: string): Uint8Array {
+    return encodeModel({
+      name,
+      nodes: this.nodes,
+      initializers: this.initializers,
+      inputs: this.inputs,
+      outputs: this.outputs,
+      opsets: { "": 21, "com.microsoft": 1 },
+    });
+  }
+}

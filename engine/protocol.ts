@@ -1,0 +1,108 @@
+// The contract between the HTTP side and the engine: requests in, events out.
+
+/** Sampling parameters with OpenAI/vLLM semantics, already validated and defaulted. */
+export interface SamplingParams {
+  /** 0 means greedy. */
+  temperature: number;
+  /** 1 disables. */
+  topP: number;
+  /** 0 or -1 disables. */
+  topK: number;
+  /** 0 disables. */
+  minP: number;
+  /** OpenAI: subtract once if the token appeared in the output so far. */
+  presencePenalty: number;
+  /** OpenAI: subtract count * penalty for tokens in the output so far. */
+  frequencyPenalty: number;
+  /** vLLM/HF: divide positive logits (multiply negative) of tokens seen in prompt or output; 1 disables. */
+  repetitionPenalty: number;
+  /** token id -> bias added to its logit, in [-100, 100]. */
+  logitBias: Record<number, number>;
+  /** Same seed and prompt give the same tokens whatever shares the batch; null draws a random seed. */
+  seed: number | null;
+  stopTokenIds: number[];
+  /** Stop strings; never reach the client. */
+  stop: string[];
+  ignoreEos: boolean;
+  maxTokens: number;
+  /** null: no logprobs; n >= 0: chosen token's logprob plus the n most likely (n <= 5). */
+  logprobs: number | null;
+  skipSpecialTokens: boolean;
+}
+
+export interface GenerateRequest {
+  id: string;
+  promptIds: number[];
+  params: SamplingParams;
+}
+
+export interface TopLogprob {
+  tokenId: number;
+  token: string;
+  logprob: number;
+}
+
+export interface TokenLogprob extends TopLogprob {
+  top: TopLogprob[];
+}
+
+export type FinishReason = "stop" | "length" | "abort";
+
+export type GenerateEvent =
+  /** New text (may be empty when hold-back for a stop string keeps it) and the ids that produced it. */
+  | { type: "delta"; text: string; tokenIds: number[]; logprobs?: TokenLogprob[] }
+  | {
+    type: "done";
+    finishReason: FinishReason;
+    /** The stop string or token id that ended generation, when finishReason is "stop". */
+    stopReason: string | number | null;
+    promptTokens: number;
+    completionTokens: number;
+    /** Seconds, measured in the engine. */
+    queueTime: number;
+    timeToFirstToken: number;
+    e2eTime: number;
+  }
+  | { type: "error"; message: string; code: "context_length_exceeded" | "invalid_request" | "internal" };
+
+/** A snapshot of the engine's load and counters, refreshed every step. */
+export interface EngineStats {
+  running: number;
+  waiting: number;
+  kvBlocksUsed: number;
+  kvBlocksTotal: number;
+  promptTokensTotal: number;
+  generationTokensTotal: number;
+  preemptionsTotal: number;
+  stepsTotal: number;
+  /** Per-step recent values for histograms; drained by whoever reads them. */
+  recentStepTokens: number[];
+}
+
+export interface ModelInfo {
+  name: string;
+  maxContext: number;
+  vocabSize: number;
+  eosTokenIds: number[];
+  bosTokenId: number | null;
+}
+
+/**
+ * What the HTTP layer sees of the engine. The real one (engine/client.ts) talks to a Worker;
+ * tokenization and chat templating run on the calling thread because they are cheap and synchronous.
+ */
+export interface EngineClient {
+  readonly info: ModelInfo;
+  readonly tokenizer: import("./model/types.ts").Tokenizer;
+  readonly chatTemplate: import("./model/types.ts").ChatTemplate;
+  /** Latest snapshot; cheap, never blocks. */
+  stats(): EngineStats;
+  /**
+   * Streams events until exactly one terminal event ("done" or "error").
+   * Aborting the signal removes the request wherever it is (queued, prefilling, decoding)
+   * and frees its KV blocks by the next step; the iterator then ends with done/abort.
+   */
+  generate(req: GenerateRequest, signal: AbortSignal): AsyncIterable<GenerateEvent>;
+  /** Stops the worker. */
+  close(): Promise<void>;
+}
