@@ -131,7 +131,11 @@ export class ModelRunner {
     opts.progress?.({ phase: "session" });
     const session = await ort.InferenceSession.create(bytes, {
       executionProviders: ["webgpu"],
-      preferredOutputLocation: { [IO.logits]: "gpu-buffer", [IO.nextIds]: "gpu-buffer" },
+      preferredOutputLocation: {
+        [IO.logits]: "gpu-buffer",
+        [IO.nextIds]: "gpu-buffer",
+        [IO.sampledIds]: "gpu-buffer",
+      },
     });
     const device = await ort.env.webgpu.device;
     const adapterInfo = (ort.env.webgpu.adapter as GPUAdapter | undefined)?.info;
@@ -194,9 +198,10 @@ export class ModelRunner {
       feeds[IO.keyCache(i)] = this.caches[2 * i];
       feeds[IO.valueCache(i)] = this.caches[2 * i + 1];
     }
-    const fetches = s.wantLogits ? [IO.nextIds, IO.logits] : [IO.nextIds];
-    const out = await this.session.run(feeds, fetches);
-    const nextIds = out[IO.nextIds];
+    // Only steps with a sampling row pay for the sampling head (see sampleOnGpu).
+    const idsName = s.sampleU.some((u) => u >= 0) ? IO.sampledIds : IO.nextIds;
+    const out = await this.session.run(feeds, s.wantLogits ? [idsName, IO.logits] : [idsName]);
+    const nextIds = out[idsName];
     this.prev = nextIds;
     return { nextIds, logits: s.wantLogits ? out[IO.logits] : null, numRows: S };
   }
@@ -222,7 +227,7 @@ export class ModelRunner {
 
 async function graphKey(model: LoadedModel, dtype: ActDType, maxPositions: number): Promise<string> {
   // Bump GRAPH_VERSION whenever buildGraph's output changes for the same weights.
-  const GRAPH_VERSION = 1;
+  const GRAPH_VERSION = 3;
   const text = JSON.stringify({
     v: GRAPH_VERSION,
     w: model.weights.hash,

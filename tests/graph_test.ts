@@ -80,3 +80,45 @@ for (const arch of ["llama", "mistral", "qwen2", "qwen3"] as Architecture[]) {
 Deno.test("graph f16 matches the reference within fp16 tolerance", async () => {
   await checkRagged(randomModel("llama", 3), "f16", 8e-2);
 });
+
+Deno.test("GPU sampling head: argmax and inverse-CDF draws follow the CPU rule row by row", async () => {
+  // vocab 700 is not a multiple of the 256-id chunk: exercises the padded tail too.
+  const model = randomModel("llama", 11, { vocabSize: 700 });
+  const runner = await ModelRunner.create(model, {
+    dtype: "f32",
+    blockSize: 16,
+    kvCacheMb: 1,
+    cacheDir: null,
+  });
+  try {
+    const ids = Array.from({ length: 40 }, (_, i) => (i * 13 + 5) % 700);
+    const inp = stepInputs([{ ids, past: 0, blocks: [0, 1, 2] }], 3);
+    const n = ids.length;
+    inp.sampleU = Float32Array.from({ length: n }, (_, i) => (i % 5 === 0 ? -1 : ((i * 0.6180339) % 1)));
+    inp.invTemp = Float32Array.from({ length: n }, (_, i) => 0.5 + (i % 3) * 0.4);
+    const r = await runner.read(await runner.run(inp));
+    const V = 700;
+    for (let i = 0; i < n; i++) {
+      const row = r.logits!.subarray(i * V, (i + 1) * V);
+      const u = inp.sampleU[i];
+      if (u < 0) {
+        assertEquals(r.nextIds[i], row.indexOf(Math.max(...row)), `row ${i} argmax`);
+        continue;
+      }
+      const m = Math.max(...row);
+      const e = Array.from(row, (x) => Math.exp((x - m) * inp.invTemp[i]));
+      const z = e.reduce((a, b) => a + b, 0);
+      let acc = 0, want = V - 1;
+      for (let j = 0; j < V; j++) {
+        acc += e[j] / z;
+        if (acc > u) {
+          want = j;
+          break;
+        }
+      }
+      assertEquals(r.nextIds[i], want, `row ${i} u=${u}`);
+    }
+  } finally {
+    await runner.close();
+  }
+});

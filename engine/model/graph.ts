@@ -39,6 +39,7 @@ export const IO = {
   valueCache: (i: number) => `value_cache_${i}`,
   logits: "logits",
   nextIds: "next_ids",
+  sampledIds: "sampled_ids",
 } as const;
 
 export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
@@ -215,17 +216,18 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
 
   const final = addNorm(vec("model.norm.weight"));
   const rows = g.op1("Gather", [final, IO.sampleRows], { axis: 0 });
-  // Tied embeddings reuse the [V, H] table through Gemm's transB instead of storing a transposed copy.
-  const head = cfg.tieEmbeddings
-    ? embed
-    : g.weight("lm_head.weight", actType, [V, H], encodeAs(toF32(w.get("lm_head.weight")), act));
-  let logits = g.op1("Gemm", [rows, head], { transB: 1 });
+  // MatMul wants [H, V]; a tied head stores a transposed copy of the embedding table, because Gemm
+  // with transB measured ~40 GFLOP/s on an H100 through WebGPU (a naive kernel).
+  const headName = cfg.tieEmbeddings ? embedName : "lm_head.weight";
+  const head = g.weight("lm_head_t", actType, [H, V], encodeAs(transpose(toF32(w.get(headName)), V, H), act));
+  let logits = g.op1("MatMul", [rows, head]);
   if (act === "f16") logits = g.op1("Cast", [logits], { to: TensorType.FLOAT });
   g.op("Identity", [logits], {}, { name: IO.logits });
   g.output(IO.logits, TensorType.FLOAT, ["S", V]);
 
   sampleOnGpu(g, IO.logits, V);
   g.output(IO.nextIds, TensorType.INT32, ["S"]);
+  g.output(IO.sampledIds, TensorType.INT32, ["S"]);
 
   return {
     bytes: g.encode("ragtime-step"),
@@ -275,26 +277,60 @@ function rotaryTables(g: GraphBuilder, cfg: ModelConfig, Dp: number, maxPosition
 }
 
 /**
- * next_ids[s] = argmax(logits[s]) when sample_u[s] < 0, else inverse-CDF sampling of
+ * Two heads over the same logits, so a step that samples nothing skips the sampling work:
+ * next_ids[s] = argmax(logits[s]) (lowest id on ties), and
+ * sampled_ids[s] = next_ids[s] when sample_u[s] < 0, else inverse-CDF sampling of
  * softmax(logits[s] * inv_temp[s]) with the sequence's own uniform u (first id whose cumulative
- * probability exceeds u, ids ascending) — the same rule as the CPU sampler, so a seeded sequence
- * draws from the same stream wherever it runs.
+ * probability exceeds u, ids ascending) — the CPU sampler's rule, so a seeded sequence draws from the
+ * same stream wherever it runs.
+ * Measured on an H100: ArgMax's int64 output sends its Cast to the CPU (a readback mid-step), and
+ * CumSum over a whole 49k vocabulary costs ~0.7 ms per row, so argmax is a max-reduction over a
+ * descending ramp and the CDF is two-level (chunks of CHUNK ids, then ids within the chosen chunk).
  */
+const CHUNK = 256;
+
 function sampleOnGpu(g: GraphBuilder, logits: string, vocab: number) {
   const axis1 = g.constI64([1]);
-  const greedy = g.op1("Cast", [g.op1("ArgMax", [logits], { axis: 1, keepdims: 0 })], {
-    to: TensorType.INT32,
-  });
-  const scaled = g.op1("Mul", [logits, g.op1("Unsqueeze", [IO.invTemp, axis1])]);
-  const cdf = g.op1("CumSum", [g.op1("Softmax", [scaled], { axis: 1 }), g.constI32([1], [])]);
-  const below = g.op1("Cast", [g.op1("Less", [cdf, g.op1("Unsqueeze", [IO.sampleU, axis1])])], {
-    to: TensorType.FLOAT,
-  });
-  const count = g.op1("ReduceSum", [below, axis1], { keepdims: 0 });
-  const sampled = g.op1("Min", [
-    g.op1("Cast", [count], { to: TensorType.INT32 }),
+  const f = (t: string) => g.op1("Cast", [t], { to: TensorType.FLOAT });
+  const i32 = (t: string) => g.op1("Cast", [t], { to: TensorType.INT32 });
+  const countBelow = (cdf: string, threshold: string, max: number) =>
+    g.op1("Min", [
+      i32(g.op1("ReduceSum", [f(g.op1("Less", [cdf, threshold])), axis1], { keepdims: 0 })),
+      g.constI32([max], []),
+    ]);
+
+  // Argmax: the largest of (vocab - id) among the maxima is the lowest id holding the max.
+  const isMax = f(g.op1("Equal", [logits, g.op1("ReduceMax", [logits, axis1], { keepdims: 1 })]));
+  const ramp = g.constF32(Array.from({ length: vocab }, (_, i) => vocab - i), [vocab]);
+  const best = g.op1("ReduceMax", [g.op1("Mul", [isMax, ramp]), axis1], { keepdims: 0 });
+  const greedy = i32(g.op1("Sub", [g.constF32([vocab], []), best]));
+  g.op("Identity", [greedy], {}, { name: IO.nextIds });
+
+  const chunks = Math.ceil(vocab / CHUNK);
+  let scaled = g.op1("Mul", [logits, g.op1("Unsqueeze", [IO.invTemp, axis1])]);
+  if (chunks * CHUNK !== vocab) {
+    scaled = g.op1("Pad", [scaled, g.constI64([0, 0, 0, chunks * CHUNK - vocab]), g.constF32([-1e30], [])]);
+  }
+  const probs = g.op1("Reshape", [g.op1("Softmax", [scaled], { axis: 1 }), g.constI64([-1, chunks, CHUNK])]);
+  const chunkMass = g.op1("ReduceSum", [probs, g.constI64([2])], { keepdims: 0 });
+  const chunkCdf = g.op1("CumSum", [chunkMass, g.constI32([1], [])]);
+  const u = g.op1("Unsqueeze", [IO.sampleU, axis1]);
+  const c = countBelow(chunkCdf, u, chunks - 1); // [S]
+  const c2 = g.op1("Unsqueeze", [c, axis1]); // [S,1]
+  const before = g.op1("GatherElements", [g.op1("Sub", [chunkCdf, chunkMass]), c2], { axis: 1 });
+  const inChunk = g.op1("GatherElements", [
+    probs,
+    g.op1("Expand", [g.op1("Unsqueeze", [c2, g.constI64([2])]), g.constI64([1, 1, CHUNK])]),
+  ], { axis: 1 });
+  const innerCdf = g.op1("CumSum", [
+    g.op1("Reshape", [inChunk, g.constI64([-1, CHUNK])]),
+    g.constI32([1], []),
+  ]);
+  const k = countBelow(innerCdf, g.op1("Sub", [u, before]), CHUNK - 1);
+  const id = g.op1("Min", [
+    g.op1("Add", [g.op1("Mul", [c, g.constI32([CHUNK], [])]), k]),
     g.constI32([vocab - 1], []),
   ]);
   const isGreedy = g.op1("Less", [IO.sampleU, g.constF32([0], [])]);
-  g.op("Where", [isGreedy, greedy, sampled], {}, { name: IO.nextIds });
+  g.op("Where", [isGreedy, greedy, id], {}, { name: IO.sampledIds });
 }

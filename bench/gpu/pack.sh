@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Packs what a GPU host needs to run ragtime into .gpu/ (git-ignored, carried by the device tool):
+# Deno (xz), a trimmed node_modules (xz) and Debian's Vulkan loader. Run from the repo root.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p .gpu
+DENO_BIN=$(command -v deno || true)
+[ -n "$DENO_BIN" ] || { echo "deno not found on PATH" >&2; exit 1; }
+[ -f .gpu/deno.xz ] || xz -T0 -6 -c "$(readlink -f "$DENO_BIN")" > .gpu/deno.xz
+deno install >/dev/null
+# Only the WebGPU bundle and its wasm of onnxruntime-web are used; openai's sources are for tests.
+tar -C . -cf - \
+  --exclude='node_modules/.deno/onnxruntime-web@*/node_modules/onnxruntime-web/dist/*' \
+  --exclude='node_modules/.deno/openai@*/node_modules/openai/src' \
+  --exclude='*.map' --exclude='*.d.ts' --exclude='*.d.mts' --exclude='*.d.cts' \
+  node_modules | xz -T0 -6 > .gpu/node_modules.tar.xz
+ORT=$(ls -d node_modules/.deno/onnxruntime-web@*/node_modules/onnxruntime-web/dist)
+tar -C . -cf - "$ORT/ort.webgpu.bundle.min.mjs" "$ORT/ort-wasm-simd-threaded.asyncify.wasm" \
+  "$ORT/ort-wasm-simd-threaded.asyncify.mjs" | xz -T0 -6 > .gpu/ort_dist.tar.xz
+if ! ls .gpu/libvulkan1_*.deb >/dev/null 2>&1; then
+  (cd .gpu && apt-get download libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 >/dev/null)
+fi
+du -sh .gpu/*
