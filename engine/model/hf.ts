@@ -1,0 +1,367 @@
+// Hugging Face model folders: config.json, safetensors weights (single or sharded), tokenizer, chat template.
+
+import { createHash } from "node:crypto";
+import { basename, join } from "node:path";
+import { chatTemplateFrom } from "./chat_template.ts";
+import { readSafetensorsFiles } from "./safetensors.ts";
+import {
+  type Architecture,
+  type GenerationDefaults,
+  type LoadedModel,
+  type LoadProgress,
+  type ModelConfig,
+  ModelLoadError,
+  type WeightSource,
+  type WeightTensor,
+} from "./types.ts";
+import { loadHfTokenizer, specialTokenContent } from "../tokenizer/hf_tokenizer.ts";
+
+type Json = Record<string, unknown>;
+
+export interface HfLoadOptions {
+  progress?: LoadProgress;
+  /** Caps the context below what the model was trained for (memory). */
+  maxContext?: number;
+}
+
+const ARCHITECTURES: Record<string, Architecture> = {
+  LlamaForCausalLM: "llama",
+  MistralForCausalLM: "mistral",
+  Qwen2ForCausalLM: "qwen2",
+  Qwen3ForCausalLM: "qwen3",
+};
+
+function ids(v: unknown): number[] {
+  if (typeof v === "number" && Number.isInteger(v)) return [v];
+  if (Array.isArray(v)) return v.filter((x): x is number => typeof x === "number" && Number.isInteger(x));
+  return [];
+}
+
+/**
+ * Maps config.json (and generation_config.json, for bos/eos) onto ModelConfig.
+ * `file` is only used in error messages.
+ */
+export function parseHfConfig(
+  raw: Json,
+  generation: Json | null = null,
+  file = "config.json",
+  maxContext?: number,
+): ModelConfig {
+  const bad = (msg: string): never => {
+    throw new ModelLoadError(`${file}: ${msg}`, file);
+  };
+  const archs = Array.isArray(raw.architectures) ? raw.architectures as unknown[] : [];
+  const archName = typeof archs[0] === "string" ? archs[0] : undefined;
+  if (!archName) bad(`no "architectures" entry (supported: ${Object.keys(ARCHITECTURES).join(", ")})`);
+  const architecture = ARCHITECTURES[archName!];
+  if (!architecture) {
+    bad(`unsupported architecture ${archName} (supported: ${Object.keys(ARCHITECTURES).join(", ")})`);
+  }
+
+  const int = (key: string, fallback?: number): number => {
+    const v = raw[key];
+    if (v === undefined || v === null) {
+      if (fallback !== undefined) return fallback;
+      bad(`missing required field "${key}"`);
+    }
+    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) bad(`"${key}" must be a positive integer`);
+    return v as number;
+  };
+  const num = (key: string, fallback?: number): number => {
+    const v = raw[key];
+    if (v === undefined || v === null) {
+      if (fallback !== undefined) return fallback;
+      bad(`missing required field "${key}"`);
+    }
+    if (typeof v !== "number" || !(v > 0)) bad(`"${key}" must be a positive number`);
+    return v as number;
+  };
+
+  const hiddenSize = int("hidden_size");
+  const numHeads = int("num_attention_heads");
+  const numKvHeads = int("num_key_value_heads", numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    bad(`num_attention_heads (${numHeads}) is not a multiple of num_key_value_heads (${numKvHeads})`);
+  }
+  const headDim = int("head_dim", Math.floor(hiddenSize / numHeads));
+
+  const act = raw.hidden_act ?? raw.hidden_activation ?? "silu";
+  if (act !== "silu") bad(`hidden_act ${String(act)} is not supported (only silu)`);
+
+  // Newer transformers move rope settings into rope_parameters; older ones use rope_theta + rope_scaling.
+  const ropeParams = (raw.rope_parameters && typeof raw.rope_parameters === "object")
+    ? raw.rope_parameters as Json
+    : null;
+  for (
+    const [key, scaling] of [["rope_scaling", raw.rope_scaling], ["rope_parameters", ropeParams]] as const
+  ) {
+    if (!scaling || typeof scaling !== "object") continue;
+    const s = scaling as Json;
+    const type = s.rope_type ?? s.type;
+    if (type !== undefined && type !== "default") {
+      bad(`${key} with rope_type ${String(type)} is not supported yet (only plain RoPE)`);
+    }
+    if (type === undefined && key === "rope_scaling") {
+      bad(`rope_scaling ${JSON.stringify(s)} is not supported yet (only plain RoPE)`);
+    }
+  }
+  let ropeTheta = 10000;
+  if (typeof ropeParams?.rope_theta === "number") ropeTheta = ropeParams.rope_theta;
+  if (raw.rope_theta !== undefined && raw.rope_theta !== null) ropeTheta = num("rope_theta");
+
+  // Qwen2 always has q/k/v bias; elsewhere attention_bias would also add an o_proj bias we don't model.
+  let attentionBias = false;
+  if (architecture === "qwen2") attentionBias = true;
+  else if (raw.attention_bias === true) bad(`attention_bias: true is not supported for ${archName}`);
+  if (raw.mlp_bias === true) bad(`mlp_bias: true is not supported`);
+
+  let context = int("max_position_embeddings", 4096);
+  // Sliding-window attention equals full attention for sequences no longer than the window.
+  const slidingActive = architecture === "mistral" ? true : raw.use_sliding_window === true;
+  if (slidingActive && typeof raw.sliding_window === "number" && raw.sliding_window > 0) {
+    context = Math.min(context, raw.sliding_window);
+  }
+  if (maxContext !== undefined && maxContext > 0) context = Math.min(context, maxContext);
+
+  const gen = generation ?? {};
+  const bos = ids(gen.bos_token_id)[0] ?? ids(raw.bos_token_id)[0] ?? null;
+  const eos: number[] = [];
+  for (const id of [...ids(gen.eos_token_id), ...ids(raw.eos_token_id)]) if (!eos.includes(id)) eos.push(id);
+
+  return {
+    architecture,
+    vocabSize: int("vocab_size"),
+    hiddenSize,
+    intermediateSize: int("intermediate_size"),
+    numLayers: int("num_hidden_layers"),
+    numHeads,
+    numKvHeads,
+    headDim,
+    rmsNormEps: num("rms_norm_eps", 1e-6),
+    ropeTheta,
+    maxContext: context,
+    tieEmbeddings: typeof raw.tie_word_embeddings === "boolean" ? raw.tie_word_embeddings : false,
+    attentionBias,
+    qkNorm: architecture === "qwen3",
+    bosTokenId: bos,
+    eosTokenIds: eos,
+  };
+}
+
+/** Every tensor the graph needs, in HF naming, with its expected shape. */
+export function expectedTensors(c: ModelConfig): { name: string; shape: number[] }[] {
+  const H = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize, hd = c.headDim;
+  const q = c.numHeads * hd, kv = c.numKvHeads * hd;
+  const out: { name: string; shape: number[] }[] = [{ name: "model.embed_tokens.weight", shape: [V, H] }];
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = `model.layers.${i}.`;
+    out.push({ name: `${p}input_layernorm.weight`, shape: [H] });
+    out.push({ name: `${p}self_attn.q_proj.weight`, shape: [q, H] });
+    out.push({ name: `${p}self_attn.k_proj.weight`, shape: [kv, H] });
+    out.push({ name: `${p}self_attn.v_proj.weight`, shape: [kv, H] });
+    if (c.attentionBias) {
+      out.push({ name: `${p}self_attn.q_proj.bias`, shape: [q] });
+      out.push({ name: `${p}self_attn.k_proj.bias`, shape: [kv] });
+      out.push({ name: `${p}self_attn.v_proj.bias`, shape: [kv] });
+    }
+    if (c.qkNorm) {
+      out.push({ name: `${p}self_attn.q_norm.weight`, shape: [hd] });
+      out.push({ name: `${p}self_attn.k_norm.weight`, shape: [hd] });
+    }
+    out.push({ name: `${p}self_attn.o_proj.weight`, shape: [H, q] });
+    out.push({ name: `${p}post_attention_layernorm.weight`, shape: [H] });
+    out.push({ name: `${p}mlp.gate_proj.weight`, shape: [I, H] });
+    out.push({ name: `${p}mlp.up_proj.weight`, shape: [I, H] });
+    out.push({ name: `${p}mlp.down_proj.weight`, shape: [H, I] });
+  }
+  out.push({ name: "model.norm.weight", shape: [H] });
+  if (!c.tieEmbeddings) out.push({ name: "lm_head.weight", shape: [V, H] });
+  return out;
+}
+
+async function readJson(path: string, required: true): Promise<{ text: string; json: Json }>;
+async function readJson(path: string, required: false): Promise<{ text: string; json: Json } | null>;
+async function readJson(path: string, required: boolean): Promise<{ text: string; json: Json } | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (!required && e instanceof Deno.errors.NotFound) return null;
+    throw new ModelLoadError(`${path}: cannot read (${(e as Error).message})`, path);
+  }
+  try {
+    const json = JSON.parse(text);
+    if (!json || typeof json !== "object" || Array.isArray(json)) throw new Error("not a JSON object");
+    return { text, json };
+  } catch (e) {
+    throw new ModelLoadError(`${path}: invalid JSON (${(e as Error).message})`, path);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Finds the weight files and which file each tensor should be in. */
+async function locateWeights(dir: string): Promise<{ files: string[]; fileOf: (name: string) => string }> {
+  const single = join(dir, "model.safetensors");
+  const indexPath = join(dir, "model.safetensors.index.json");
+  if (await exists(indexPath)) {
+    const { json } = await readJson(indexPath, true);
+    const map = json.weight_map;
+    if (!map || typeof map !== "object") {
+      throw new ModelLoadError(`${indexPath}: no "weight_map" object`, indexPath);
+    }
+    const weightMap = map as Record<string, unknown>;
+    const shards = new Set<string>();
+    for (const [name, shard] of Object.entries(weightMap)) {
+      if (typeof shard !== "string" || shard.includes("/") || shard.includes("\\")) {
+        throw new ModelLoadError(`${indexPath}: bad shard name for tensor ${name}`, indexPath, name);
+      }
+      shards.add(shard);
+    }
+    const files = [...shards].sort().map((s) => join(dir, s));
+    for (const f of files) {
+      if (!(await exists(f))) {
+        throw new ModelLoadError(`${indexPath}: shard ${basename(f)} listed in weight_map is missing`, f);
+      }
+    }
+    return {
+      files,
+      fileOf: (name) =>
+        typeof weightMap[name] === "string" ? join(dir, weightMap[name] as string) : indexPath,
+    };
+  }
+  if (await exists(single)) return { files: [single], fileOf: () => single };
+  const hint = (await exists(join(dir, "pytorch_model.bin")))
+    ? " (only safetensors weights are supported, not pytorch_model.bin)"
+    : "";
+  throw new ModelLoadError(
+    `${dir}: no model.safetensors or model.safetensors.index.json${hint}`,
+    single,
+  );
+}
+
+function generationDefaults(gen: Json | null): GenerationDefaults {
+  // With do_sample false transformers decodes greedily and ignores the sampling fields.
+  if (!gen || gen.do_sample === false) return {};
+  const out: GenerationDefaults = {};
+  const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : undefined);
+  if (n(gen.temperature) !== undefined) out.temperature = n(gen.temperature);
+  if (n(gen.top_p) !== undefined) out.topP = n(gen.top_p);
+  if (n(gen.top_k) !== undefined) out.topK = n(gen.top_k);
+  if (n(gen.repetition_penalty) !== undefined) out.repetitionPenalty = n(gen.repetition_penalty);
+  if (n(gen.max_new_tokens) !== undefined) out.maxNewTokens = n(gen.max_new_tokens);
+  return out;
+}
+
+async function chatTemplateSource(dir: string, tokenizerConfig: Json): Promise<string | null> {
+  const t = tokenizerConfig.chat_template;
+  if (typeof t === "string") return t;
+  if (Array.isArray(t)) {
+    // Named templates: [{name, template}]; "default" is the chat one.
+    const entries = t as { name?: unknown; template?: unknown }[];
+    const pick = entries.find((e) => e.name === "default") ?? entries[0];
+    if (pick && typeof pick.template === "string") return pick.template;
+  }
+  try {
+    return await Deno.readTextFile(join(dir, "chat_template.jinja"));
+  } catch {
+    // fall through
+  }
+  const j = await readJson(join(dir, "chat_template.json"), false);
+  if (j && typeof j.json.chat_template === "string") return j.json.chat_template;
+  return null;
+}
+
+export async function loadHfFolder(dir: string, opts: HfLoadOptions = {}): Promise<LoadedModel> {
+  const configPath = join(dir, "config.json");
+  const { text: configText, json: rawConfig } = await readJson(configPath, true);
+  const gen = (await readJson(join(dir, "generation_config.json"), false))?.json ?? null;
+  const config = parseHfConfig(rawConfig, gen, configPath, opts.maxContext);
+
+  const { files, fileOf } = await locateWeights(dir);
+  const hasher = createHash("sha256");
+  hasher.update(new TextEncoder().encode(configText));
+  const shards = await readSafetensorsFiles(files, {
+    progress: opts.progress,
+    onData: (chunk) => hasher.update(chunk),
+  });
+  const hash = hasher.digest("hex");
+
+  const tensors = new Map<string, WeightTensor>();
+  for (const shard of shards) {
+    for (const [name, t] of shard.tensors) {
+      const prev = tensors.get(name);
+      if (prev) {
+        throw new ModelLoadError(`tensor ${name} is in both ${prev.file} and ${t.file}`, t.file, name);
+      }
+      tensors.set(name, t);
+    }
+  }
+  for (const { name, shape } of expectedTensors(config)) {
+    const t = tensors.get(name);
+    if (!t) {
+      const file = fileOf(name);
+      throw new ModelLoadError(`${file}: missing tensor ${name}`, file, name);
+    }
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+      throw new ModelLoadError(
+        `${t.file}: tensor ${name} has shape [${t.shape.join(", ")}], expected [${shape.join(", ")}]`,
+        t.file,
+        name,
+      );
+    }
+  }
+  const weights: WeightSource = {
+    get(name: string): WeightTensor {
+      const t = tensors.get(name);
+      if (!t) {
+        const file = fileOf(name);
+        throw new ModelLoadError(`${file}: missing tensor ${name}`, file, name);
+      }
+      return t;
+    },
+    has: (name) => tensors.has(name),
+    names: () => [...tensors.keys()],
+    hash,
+  };
+
+  opts.progress?.({ phase: "tokenizer" });
+  const tokenizer = await loadHfTokenizer(dir, {
+    bosTokenId: config.bosTokenId,
+    eosTokenIds: config.eosTokenIds,
+  });
+  if (tokenizer.vocabSize > config.vocabSize) {
+    throw new ModelLoadError(
+      `${join(dir, "tokenizer.json")}: tokenizer has ${tokenizer.vocabSize} tokens but the model's ` +
+        `vocab_size is ${config.vocabSize}`,
+      join(dir, "tokenizer.json"),
+    );
+  }
+  if (config.bosTokenId === null) config.bosTokenId = tokenizer.bosTokenId;
+  for (const id of tokenizer.eosTokenIds) if (!config.eosTokenIds.includes(id)) config.eosTokenIds.push(id);
+
+  const template = await chatTemplateSource(dir, tokenizer.config);
+  // Like transformers: templates see the tokenizer_config tokens, or nothing when it names none.
+  const chatTemplate = chatTemplateFrom(template, {
+    bosToken: specialTokenContent(tokenizer.config.bos_token) ?? "",
+    eosToken: specialTokenContent(tokenizer.config.eos_token) ?? "",
+  });
+  opts.progress?.({ phase: "done" });
+
+  return {
+    name: basename(dir.replace(/[/\\]+$/, "")) || dir,
+    path: dir,
+    config,
+    weights,
+    tokenizer,
+    chatTemplate,
+    generation: generationDefaults(gen),
+  };
+}

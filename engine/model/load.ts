@@ -1,0 +1,31 @@
+// Entry point for loading a model from disk: a .gguf file or a Hugging Face folder.
+
+import { dirname } from "node:path";
+import { loadGguf } from "./gguf.ts";
+import { loadHfFolder } from "./hf.ts";
+import { type LoadedModel, type LoadProgress, ModelLoadError } from "./types.ts";
+
+export interface LoadOptions {
+  progress?: LoadProgress;
+  maxContext?: number;
+}
+
+export async function loadModel(path: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch {
+    throw new ModelLoadError(`model path not found: ${path}`, path);
+  }
+  if (info.isDirectory) return await loadHfFolder(path, opts);
+  const lower = path.toLowerCase();
+  if (lower.endsWith(".gguf")) return await loadGguf(path, opts);
+  // Pointing at a file inside a Hugging Face folder means the folder.
+  if (lower.endsWith(".safetensors") || lower.endsWith("config.json") || lower.endsWith(".index.json")) {
+    return await loadHfFolder(dirname(path), opts);
+  }
+  throw new ModelLoadError(
+    `${path}: not a model (expected a .gguf file or a Hugging Face folder with config.json)`,
+    path,
+  );
+}

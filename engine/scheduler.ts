@@ -1,0 +1,362 @@
+// Continuous batching with one token budget per step: decodes first, then prefill chunks.
+//
+// A step's shape (which sequences, how many tokens) depends only on counts, never on token values,
+// so it can be formed while the previous step's samples are still on the GPU.
+//
+// Every sequence holds blocks only for positions scheduled so far. When a decode needs a block and
+// the pool is empty, the newest running sequence is preempted (blocks freed, recomputed later as a
+// prefill). The oldest running sequence therefore always progresses, and `add` rejects any request
+// that could not fit the pool alone, so the system cannot deadlock.
+
+import type { BlockManager } from "./block_manager.ts";
+import type { FinishReason } from "./protocol.ts";
+import type { Sequence } from "./sequence.ts";
+
+export type SchedulerPolicy = "continuous" | "static" | "sequential";
+
+export interface SchedulerConfig {
+  blockManager: BlockManager;
+  blockSize: number;
+  /** Tokens per step, decodes and prefill chunks together. */
+  maxBatchTokens: number;
+  /** Running sequences at once (so also items per step). */
+  maxSeqs: number;
+  /** Positions a sequence may reach: prompt + maxTokens must fit. */
+  maxContext: number;
+  /**
+   * continuous: admit whenever budget and blocks allow.
+   * static: a batch forms while nothing in it has started decoding, then runs until it drains.
+   * sequential: one sequence at a time.
+   */
+  policy: SchedulerPolicy;
+  /** Clock in milliseconds; tests pass a fake one. */
+  now?: () => number;
+}
+
+export interface PlanItem {
+  seq: Sequence;
+  /** First position computed. */
+  start: number;
+  numTokens: number;
+  /** The chunk ends at the sequence's last token, so the step samples a token for it. */
+  sample: boolean;
+}
+
+export interface StepPlan {
+  /** Decodes first, then prefill chunks. */
+  items: PlanItem[];
+  /** Sequences preempted since the previous plan; their blocks are already free. */
+  preempted: Sequence[];
+  numPrefillTokens: number;
+  numDecodeTokens: number;
+}
+
+export interface SchedulerStats {
+  running: number;
+  waiting: number;
+  blocksUsed: number;
+  blocksTotal: number;
+  preemptionsTotal: number;
+}
+
+export class SchedulerError extends Error {
+  readonly code: "context_length_exceeded" | "invalid_request";
+  constructor(code: SchedulerError["code"], message: string) {
+    super(message);
+    this.name = "SchedulerError";
+    this.code = code;
+  }
+}
+
+/** The step being formed. */
+interface Draft {
+  items: PlanItem[];
+  planned: Set<Sequence>;
+  budget: number;
+  numPrefillTokens: number;
+  numDecodeTokens: number;
+}
+
+export class Scheduler {
+  readonly config: Readonly<SchedulerConfig>;
+  #blocks: BlockManager;
+  #now: () => number;
+  /** Sorted by arrival order (FCFS priority). */
+  #running: Sequence[] = [];
+  #waiting: Sequence[] = [];
+  #byId = new Map<string, Sequence>();
+  #arrivalOrder = new Map<Sequence, number>();
+  #nextArrival = 0;
+  #preemptionsTotal = 0;
+  #preemptedSincePlan: Sequence[] = [];
+  #unsubmitted: StepPlan | null = null;
+
+  constructor(config: SchedulerConfig) {
+    if (config.blockSize !== config.blockManager.blockSize) {
+      throw new Error(`blockSize ${config.blockSize} != block manager's ${config.blockManager.blockSize}`);
+    }
+    for (const key of ["maxBatchTokens", "maxSeqs", "maxContext"] as const) {
+      if (!Number.isInteger(config[key]) || config[key] < 1) throw new Error(`${key} must be >= 1`);
+    }
+    this.config = config;
+    this.#blocks = config.blockManager;
+    this.#now = config.now ?? (() => performance.now());
+  }
+
+  get running(): readonly Sequence[] {
+    return this.#running;
+  }
+
+  get waiting(): readonly Sequence[] {
+    return this.#waiting;
+  }
+
+  get(id: string): Sequence | undefined {
+    return this.#byId.get(id);
+  }
+
+  /** No sequence is running or waiting. */
+  get isIdle(): boolean {
+    return this.#running.length === 0 && this.#waiting.length === 0;
+  }
+
+  stats(): SchedulerStats {
+    return {
+      running: this.#running.length,
+      waiting: this.#waiting.length,
+      blocksUsed: this.#blocks.numUsed,
+      blocksTotal: this.#blocks.numBlocks,
+      preemptionsTotal: this.#preemptionsTotal,
+    };
+  }
+
+  /** Queues a new sequence FCFS, or throws SchedulerError if it could never run. */
+  add(seq: Sequence): void {
+    const prompt = seq.promptIds.length;
+    const maxTokens = seq.params.maxTokens;
+    const { maxContext } = this.config;
+    if (this.#byId.has(seq.id)) throw new SchedulerError("invalid_request", `duplicate request id ${seq.id}`);
+    if (prompt === 0) throw new SchedulerError("invalid_request", "empty prompt");
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) {
+      throw new SchedulerError("invalid_request", `max_tokens must be >= 1, got ${maxTokens}`);
+    }
+    if (prompt > maxContext) {
+      throw new SchedulerError(
+        "context_length_exceeded",
+        `prompt has ${prompt} tokens; the maximum context length is ${maxContext}`,
+      );
+    }
+    if (prompt + maxTokens > maxContext) {
+      throw new SchedulerError(
+        "context_length_exceeded",
+        `prompt (${prompt} tokens) + max_tokens (${maxTokens}) exceeds the maximum context length ${maxContext}`,
+      );
+    }
+    // The last sampled token is never fed back, so it needs no KV.
+    const blocksNeeded = this.#blocks.blocksFor(prompt + maxTokens - 1);
+    if (blocksNeeded > this.#blocks.numBlocks) {
+      throw new SchedulerError(
+        "context_length_exceeded",
+        `prompt (${prompt} tokens) + max_tokens (${maxTokens}) needs ${blocksNeeded} KV blocks; ` +
+          `the cache has ${this.#blocks.numBlocks}`,
+      );
+    }
+    seq.status = "waiting";
+    this.#byId.set(seq.id, seq);
+    this.#arrivalOrder.set(seq, this.#nextArrival++);
+    this.#waiting.push(seq);
+  }
+
+  /**
+   * Forms the next step, or returns null when nothing can run now. Every plan returned must be
+   * passed to onStepSubmitted before the next call.
+   */
+  schedule(): StepPlan | null {
+    if (this.#unsubmitted) throw new Error("schedule() called before the previous plan was submitted");
+    const draft: Draft = {
+      items: [],
+      planned: new Set(),
+      budget: this.config.maxBatchTokens,
+      numPrefillTokens: 0,
+      numDecodeTokens: 0,
+    };
+    const preemptionsBefore = this.#preemptionsTotal;
+
+    this.#scheduleDecodes(draft);
+    this.#continuePrefills(draft);
+    // A step that had to preempt is short of blocks: admitting now would only thrash. With nothing
+    // planned, though, admitting is the only way forward.
+    if (this.#preemptionsTotal === preemptionsBefore || draft.items.length === 0) this.#admitWaiting(draft);
+
+    if (draft.items.length === 0) return null;
+    const plan: StepPlan = {
+      items: draft.items,
+      preempted: this.#preemptedSincePlan,
+      numPrefillTokens: draft.numPrefillTokens,
+      numDecodeTokens: draft.numDecodeTokens,
+    };
+    this.#preemptedSincePlan = [];
+    this.#unsubmitted = plan;
+    return plan;
+  }
+
+  /** The plan's step is on the GPU: its KV is as good as written and its samples are pending. */
+  onStepSubmitted(plan: StepPlan): void {
+    if (plan !== this.#unsubmitted) {
+      throw new Error("onStepSubmitted with a plan that was not just scheduled");
+    }
+    this.#unsubmitted = null;
+    for (const { seq, numTokens, sample } of plan.items) {
+      seq.numComputed += numTokens;
+      if (sample) seq.pending += 1;
+    }
+  }
+
+  /** A sampled token was read back. Ignored for finished sequences (a wasted token past a stop). */
+  onTokenResolved(seq: Sequence, tokenId: number): void {
+    if (seq.status === "finished") return;
+    if (seq.pending < 1) throw new Error(`sequence ${seq.id} resolved a token it was not waiting for`);
+    seq.pending -= 1;
+    seq.outputIds.push(tokenId);
+    const now = this.#now();
+    seq.firstTokenTime ??= now;
+    seq.lastTokenTime = now;
+  }
+
+  /** Ends a sequence wherever it is and frees its blocks, so the next plan can use them. */
+  finish(seq: Sequence, reason: FinishReason): void {
+    if (seq.status === "finished") return;
+    this.#blocks.free(seq.blockTable);
+    remove(this.#running, seq);
+    remove(this.#waiting, seq);
+    this.#byId.delete(seq.id);
+    this.#arrivalOrder.delete(seq);
+    seq.status = "finished";
+    seq.finishReason = reason;
+  }
+
+  /** Aborts the request with this id, if it is still known; returns it. */
+  abort(id: string): Sequence | undefined {
+    const seq = this.#byId.get(id);
+    if (seq) this.finish(seq, "abort");
+    return seq;
+  }
+
+  // Step 1: every decode-ready running sequence gets one token, oldest first.
+  #scheduleDecodes(draft: Draft): void {
+    for (const seq of [...this.#running]) {
+      if (draft.budget === 0) break;
+      if (!seq.isDecodeReady) continue; // also skips sequences preempted earlier in this loop
+      if (!this.#makeRoom(seq, seq.numComputed + 1, draft)) {
+        // It is the newest sequence left that could give way: it gives way itself.
+        this.#preempt(seq);
+        continue;
+      }
+      this.#blocks.cover(seq.blockTable, seq.numComputed + 1);
+      this.#plan(draft, seq, 1, "decode");
+    }
+  }
+
+  // Step 2a: running sequences in the middle of a (chunked or recomputing) prefill continue.
+  #continuePrefills(draft: Draft): void {
+    for (const seq of [...this.#running]) {
+      if (draft.budget === 0) break;
+      if (seq.status !== "running" || draft.planned.has(seq) || !seq.isPrefilling) continue;
+      const wanted = Math.min(seq.totalLen - seq.numComputed, draft.budget);
+      // Short of blocks, a smaller chunk still makes progress.
+      this.#makeRoom(seq, seq.numComputed + wanted, draft);
+      const chunk = Math.min(wanted, this.#blocks.capacity(seq.blockTable) - seq.numComputed);
+      if (chunk <= 0) continue;
+      this.#blocks.cover(seq.blockTable, seq.numComputed + chunk);
+      this.#plan(draft, seq, chunk, "prefill");
+    }
+  }
+
+  // Step 2b: waiting sequences are admitted FCFS. Admission stops at the first one that cannot
+  // start, so a large request is never starved by smaller ones behind it.
+  #admitWaiting(draft: Draft): void {
+    while (this.#waiting.length > 0 && draft.budget > 0 && this.#running.length < this.config.maxSeqs) {
+      if (!this.#policyAdmits()) return;
+      const seq = this.#waiting[0];
+      // A preempted sequence restarts only once all its tokens are known; one at its token limit
+      // is about to be finished by the engine.
+      if (seq.pending > 0 || seq.remainingTokens <= 0) return;
+      const chunk = Math.min(seq.totalLen, draft.budget);
+      if (!this.#blocks.cover(seq.blockTable, chunk)) return;
+      this.#waiting.shift();
+      this.#insertRunning(seq);
+      seq.firstScheduledTime ??= this.#now();
+      this.#plan(draft, seq, chunk, "prefill");
+    }
+  }
+
+  #policyAdmits(): boolean {
+    switch (this.config.policy) {
+      case "continuous":
+        return true;
+      case "static":
+        // The batch stays open while it is still prefilling, so chunking does not shrink it.
+        return this.#running.every((s) => s.isPrefilling);
+      case "sequential":
+        return this.#running.length === 0;
+    }
+  }
+
+  /**
+   * Preempts the newest running sequences that are newer than `seq` and not in this step until
+   * the pool can hold seq's positions [0, numTokens). Returns whether it can.
+   */
+  #makeRoom(seq: Sequence, numTokens: number, draft: Draft): boolean {
+    while (!this.#blocks.canCover(seq.blockTable, numTokens)) {
+      const victim = this.#newestUnplanned(draft);
+      if (!victim || this.#isOlder(victim, seq) || victim === seq) return false;
+      this.#preempt(victim);
+    }
+    return true;
+  }
+
+  #newestUnplanned(draft: Draft): Sequence | undefined {
+    for (let i = this.#running.length - 1; i >= 0; i--) {
+      if (!draft.planned.has(this.#running[i])) return this.#running[i];
+    }
+    return undefined;
+  }
+
+  /** Frees its blocks and puts it at the front of the queue; it will recompute its tokens. */
+  #preempt(seq: Sequence): void {
+    this.#blocks.free(seq.blockTable);
+    seq.numComputed = 0;
+    seq.status = "waiting";
+    seq.numPreemptions += 1;
+    this.#preemptionsTotal += 1;
+    remove(this.#running, seq);
+    // Victims go newest first, so the front of the queue stays oldest first.
+    this.#waiting.unshift(seq);
+    this.#preemptedSincePlan.push(seq);
+  }
+
+  #plan(draft: Draft, seq: Sequence, numTokens: number, kind: "decode" | "prefill"): void {
+    const start = seq.numComputed;
+    draft.items.push({ seq, start, numTokens, sample: start + numTokens === seq.totalLen });
+    draft.planned.add(seq);
+    draft.budget -= numTokens;
+    if (kind === "decode") draft.numDecodeTokens += numTokens;
+    else draft.numPrefillTokens += numTokens;
+  }
+
+  #insertRunning(seq: Sequence): void {
+    seq.status = "running";
+    let i = this.#running.length;
+    while (i > 0 && this.#isOlder(seq, this.#running[i - 1])) i--;
+    this.#running.splice(i, 0, seq);
+  }
+
+  #isOlder(a: Sequence, b: Sequence): boolean {
+    return this.#arrivalOrder.get(a)! < this.#arrivalOrder.get(b)!;
+  }
+}
+
+function remove<T>(list: T[], item: T): void {
+  const i = list.indexOf(item);
+  if (i >= 0) list.splice(i, 1);
+}

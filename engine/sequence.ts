@@ -1,0 +1,86 @@
+// One request's state as the scheduler sees it: counts, not token values.
+//
+// Token accounting under pipelining (two steps in flight):
+//   knownLen  = prompt + outputs read back to the CPU
+//   totalLen  = knownLen + pending, where pending tokens were sampled by submitted steps but still
+//               live on the GPU (normally 0 or 1)
+//   numComputed = positions whose KV is written, or will be by a submitted step
+// While decoding, numComputed == totalLen - 1: every token but the last has KV, and the last is
+// the next step's input. Its value may be pending: the runner then feeds the token the previous
+// step sampled for this sequence (position >= knownLen at planning time).
+
+import type { FinishReason, SamplingParams } from "./protocol.ts";
+
+export type SequenceStatus = "waiting" | "running" | "finished";
+
+/**
+ * True when sampling needs the full logits row on the CPU. Greedy and plain temperature sampling
+ * can run on the GPU; penalties and biases change even the argmax, and logprobs need the row.
+ */
+export function needsCpuLogits(p: SamplingParams): boolean {
+  if (p.presencePenalty !== 0 || p.frequencyPenalty !== 0 || p.repetitionPenalty !== 1) return true;
+  if (Object.keys(p.logitBias).length > 0 || p.logprobs !== null) return true;
+  // Truncation only matters when sampling; greedy ignores it.
+  return p.temperature > 0 && (p.topK > 0 || p.topP < 1 || p.minP > 0);
+}
+
+export class Sequence {
+  readonly id: string;
+  readonly promptIds: readonly number[];
+  /** Tokens read back to the CPU, in order. */
+  readonly outputIds: number[] = [];
+  readonly params: SamplingParams;
+  status: SequenceStatus = "waiting";
+  blockTable: number[] = [];
+  numComputed = 0;
+  pending = 0;
+  finishReason: FinishReason | null = null;
+  /** Its next decode must wait until its pending token is read back (no pipelining for it). */
+  needsCpuLogits: boolean;
+  numPreemptions = 0;
+  // Milliseconds on the scheduler's clock, for queue time, TTFT and inter-token latency.
+  readonly arrivalTime: number;
+  firstScheduledTime: number | null = null;
+  firstTokenTime: number | null = null;
+  lastTokenTime: number | null = null;
+
+  constructor(
+    id: string,
+    promptIds: readonly number[],
+    params: SamplingParams,
+    arrivalTime = performance.now(),
+  ) {
+    this.id = id;
+    this.promptIds = promptIds;
+    this.params = params;
+    this.arrivalTime = arrivalTime;
+    this.needsCpuLogits = needsCpuLogits(params);
+  }
+
+  get knownLen(): number {
+    return this.promptIds.length + this.outputIds.length;
+  }
+
+  get totalLen(): number {
+    return this.knownLen + this.pending;
+  }
+
+  /** Tokens it may still sample, counting those already in flight. */
+  get remainingTokens(): number {
+    return this.params.maxTokens - this.outputIds.length - this.pending;
+  }
+
+  /**
+   * More than its last token lacks KV: it needs a prefill chunk, not a decode. That includes the
+   * prompt's own last token (its first sample is a prefill) and recomputation after preemption.
+   */
+  get isPrefilling(): boolean {
+    return this.numComputed < this.promptIds.length || this.numComputed < this.totalLen - 1;
+  }
+
+  /** Can take one decode token now: only the last token lacks KV and nothing blocks sampling. */
+  get isDecodeReady(): boolean {
+    return this.status === "running" && !this.isPrefilling && this.numComputed === this.totalLen - 1 &&
+      this.remainingTokens > 0 && !(this.needsCpuLogits && this.pending > 0);
+  }
+}

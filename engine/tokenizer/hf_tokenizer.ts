@@ -1,0 +1,155 @@
+// Hugging Face tokenizer.json (+ tokenizer_config.json) behind the engine's Tokenizer interface.
+
+import { Tokenizer as JsTokenizer } from "@huggingface/tokenizers";
+import { ModelLoadError, type Tokenizer } from "../model/types.ts";
+
+type Json = Record<string, unknown>;
+
+export interface HfTokenizer extends Tokenizer {
+  /** Special-token strings for chat templates ("" when the tokenizer has none). */
+  bosToken: string;
+  eosToken: string;
+  /** Raw tokenizer_config.json (chat_template etc.). */
+  config: Json;
+  tokenToId(token: string): number | undefined;
+}
+
+export interface HfTokenizerOptions {
+  /** From config.json / generation_config.json; used when tokenizer_config.json names none. */
+  bosTokenId?: number | null;
+  /** Stop tokens from the model config; merged with the tokenizer's eos_token. */
+  eosTokenIds?: number[];
+  /** For error messages. */
+  file?: string;
+}
+
+/** bos_token/eos_token may be a plain string or an AddedToken-like {content}. */
+export function specialTokenContent(v: unknown): string | null {
+  if (typeof v === "string") return v;
+  if (v && typeof v === "object" && typeof (v as Json).content === "string") {
+    return (v as Json).content as string;
+  }
+  return null;
+}
+
+export function hfTokenizerFrom(
+  tokenizerJson: unknown,
+  tokenizerConfig: Json,
+  opts: HfTokenizerOptions = {},
+): HfTokenizer {
+  const file = opts.file ?? "tokenizer.json";
+  // The JS library reads some string fields directly; pass plain strings for AddedToken-like values.
+  const cfg: Json = { ...tokenizerConfig };
+  for (const k of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
+    if (k in cfg) cfg[k] = specialTokenContent(cfg[k]);
+  }
+  // transformers no longer cleans up spaces unless asked; the JS library defaults to doing it.
+  cfg.clean_up_tokenization_spaces = tokenizerConfig.clean_up_tokenization_spaces === true;
+  if (Array.isArray(cfg.additional_special_tokens)) {
+    cfg.additional_special_tokens = (cfg.additional_special_tokens as unknown[])
+      .map(specialTokenContent)
+      .filter((s): s is string => s !== null);
+  }
+  let tok: JsTokenizer;
+  try {
+    const tj = tokenizerJson as Json;
+    if (!tj || typeof tj !== "object" || !tj.model) throw new Error('no "model" section');
+    tok = new JsTokenizer({ added_tokens: [], ...tj }, cfg);
+  } catch (e) {
+    throw new ModelLoadError(`${file}: unsupported or invalid tokenizer (${(e as Error).message})`, file);
+  }
+
+  let vocabSize = 0;
+  for (const id of tok.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1);
+  const specialIds = new Set(
+    Array.from(tok.get_added_tokens_decoder().values()).filter((t) => t.special).map((t) => t.id),
+  );
+
+  const idOf = (s: string | null) => (s === null ? undefined : tok.token_to_id(s));
+  const bosToken = specialTokenContent(tokenizerConfig.bos_token);
+  const eosToken = specialTokenContent(tokenizerConfig.eos_token);
+  const bosTokenId = idOf(bosToken) ?? opts.bosTokenId ?? null;
+  const eosTokenIds: number[] = [];
+  for (const id of [...(opts.eosTokenIds ?? []), idOf(eosToken)]) {
+    if (id !== undefined && id !== null && !eosTokenIds.includes(id)) eosTokenIds.push(id);
+  }
+
+  const valid = (id: number) =>
+    Number.isInteger(id) && id >= 0 && id < vocabSize && tok.id_to_token(id) !== undefined;
+  const decodeRaw = (ids: number[], skipSpecial: boolean): string => {
+    // Models often have more embedding rows than tokenizer entries; such ids decode to nothing.
+    const kept = ids.filter((id) => valid(id) && !(skipSpecial && specialIds.has(id)));
+    if (kept.length === 0) return "";
+    return tok.decode(kept, { skip_special_tokens: skipSpecial, clean_up_tokenization_spaces: false });
+  };
+
+  // What the post-processor does on its own; tokenizer_config's add_bos_token / add_eos_token override it
+  // (transformers rebuilds the post-processor from those flags).
+  const probePlain = tok.encode("a", { add_special_tokens: false }).ids;
+  const probeSpecial = tok.encode("a", { add_special_tokens: true }).ids;
+  let k = 0;
+  while (
+    k <= probeSpecial.length - probePlain.length && !probePlain.every((id, i) => probeSpecial[k + i] === id)
+  ) k++;
+  const ppPrefix = probeSpecial.slice(0, Math.min(k, probeSpecial.length));
+  const ppSuffix = probeSpecial.slice(k + probePlain.length);
+  const ppAddsBos = bosTokenId !== null && ppPrefix.includes(bosTokenId);
+  const ppAddsEos = ppSuffix.some((id) => eosTokenIds.includes(id));
+  const wantBos = typeof tokenizerConfig.add_bos_token === "boolean"
+    ? tokenizerConfig.add_bos_token
+    : ppAddsBos;
+  const wantEos = typeof tokenizerConfig.add_eos_token === "boolean"
+    ? tokenizerConfig.add_eos_token
+    : ppAddsEos;
+  const eosForAppend = idOf(eosToken) ?? eosTokenIds[0];
+  const usePostProcessor = wantBos === ppAddsBos && wantEos === ppAddsEos;
+
+  return {
+    vocabSize,
+    bosTokenId,
+    eosTokenIds,
+    bosToken: bosToken ?? (bosTokenId !== null ? decodeRaw([bosTokenId], false) : ""),
+    eosToken: eosToken ?? (eosTokenIds.length ? decodeRaw([eosTokenIds[0]], false) : ""),
+    config: tokenizerConfig,
+    encode(text: string, addSpecial: boolean): number[] {
+      if (!addSpecial) return tok.encode(text, { add_special_tokens: false }).ids;
+      if (usePostProcessor) return tok.encode(text, { add_special_tokens: true }).ids;
+      const ids = tok.encode(text, { add_special_tokens: false }).ids;
+      if (wantBos && bosTokenId !== null) ids.unshift(bosTokenId);
+      if (wantEos && eosForAppend !== undefined) ids.push(eosForAppend);
+      return ids;
+    },
+    decode(ids: number[], skipSpecial = false): string {
+      return decodeRaw(ids, skipSpecial);
+    },
+    tokenText(id: number): string {
+      return decodeRaw([id], false);
+    },
+    tokenToId(token: string): number | undefined {
+      return tok.token_to_id(token);
+    },
+  };
+}
+
+async function readJson(path: string, required: boolean): Promise<Json | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (!required && e instanceof Deno.errors.NotFound) return null;
+    throw new ModelLoadError(`${path}: cannot read (${(e as Error).message})`, path);
+  }
+  try {
+    return JSON.parse(text) as Json;
+  } catch (e) {
+    throw new ModelLoadError(`${path}: invalid JSON (${(e as Error).message})`, path);
+  }
+}
+
+/** Loads tokenizer.json (required) and tokenizer_config.json (optional) from a model folder. */
+export async function loadHfTokenizer(dir: string, opts: HfTokenizerOptions = {}): Promise<HfTokenizer> {
+  const file = `${dir}/tokenizer.json`;
+  const tj = await readJson(file, true);
+  const tc = (await readJson(`${dir}/tokenizer_config.json`, false)) ?? {};
+  return hfTokenizerFrom(tj, tc, { ...opts, file });
+}

@@ -1,0 +1,60 @@
+// Types shared by the app and its routes: what createApp is given, and what each request carries.
+import type { Context } from "hono";
+import type { EngineClient } from "../engine/protocol.ts";
+import type { Config } from "../server/config.ts";
+import type { Metrics } from "../server/metrics.ts";
+import type { Admission } from "./inference.ts";
+
+export interface AppDeps {
+  /** null while the model is loading. */
+  engine: () => EngineClient | null;
+  config: Config;
+  /** True once shutdown began: new requests get 503. */
+  draining: () => boolean;
+  /** One structured line per request; defaults to JSON on stdout. */
+  log?: (line: object) => void;
+  /** Interval of SSE `: ping` comments while no token comes (default 15000). */
+  keepAliveMs?: number;
+  /** Pass one to share histograms with other code (default: a fresh one). */
+  metrics?: Metrics;
+}
+
+/** What every route handler closes over. */
+export interface Shared {
+  deps: AppDeps;
+  config: Config;
+  metrics: Metrics;
+  admission: Admission;
+  keepAliveMs: number;
+}
+
+/** The request's log line, filled in by handlers as facts become known. */
+export interface RequestLog {
+  id: string;
+  method: string;
+  path: string;
+  status?: number;
+  prompt_tokens?: number;
+  completion_tokens?: number;
+  finish_reason?: string;
+  /** Seconds from arrival to the first token. */
+  ttft?: number;
+  /** Seconds from arrival to the end of the response body. */
+  duration?: number;
+  error?: string;
+  /** Only with --log-prompts. */
+  prompt?: unknown;
+}
+
+export type AppEnv = {
+  Variables: {
+    requestId: string;
+    /** performance.now() at arrival. */
+    startedAt: number;
+    log: RequestLog;
+    /** Set by streaming handlers: resolves when the body is finished, so the log line waits for it. */
+    bodyDone?: Promise<void>;
+  };
+};
+
+export type AppContext = Context<AppEnv>;

@@ -1,0 +1,11 @@
+// GET /health: always public; load balancers read the status code.
+import { Hono } from "hono";
+import type { AppEnv, Shared } from "./env.ts";
+
+export function healthRoutes(s: Shared): Hono<AppEnv> {
+  return new Hono<AppEnv>().get("/health", (c) => {
+    if (s.deps.draining()) return c.json({ status: "draining" }, 503);
+    if (!s.deps.engine()) return c.json({ status: "loading" }, 503);
+    return c.json({ status: "ok" }, 200);
+  });
+}

@@ -1,0 +1,223 @@
+// Request bodies of the OpenAI/vLLM endpoints. Unknown fields are dropped, `null` means absent,
+// and the first problem becomes a 400 naming its `param`.
+import { z } from "zod";
+import type { ChatMessage } from "../engine/model/types.ts";
+import { badRequest } from "../server/errors.ts";
+
+const custom = (ctx: z.RefinementCtx, input: unknown, message: string, path: PropertyKey[] = []) => {
+  ctx.issues.push({ code: "custom", message, input, path });
+  return z.NEVER;
+};
+
+const isTokenId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+/** Completions prompt: a string, a list of token ids (what benchmarks send), or a one-element list of either. */
+export type Prompt = { text: string } | { ids: number[] };
+
+const prompt = z.unknown().transform((v, ctx): Prompt => {
+  if (v === undefined) return custom(ctx, v, "is required");
+  if (typeof v === "string") return { text: v };
+  if (Array.isArray(v)) {
+    if (v.length === 0) return custom(ctx, v, "must not be empty");
+    if (v.every(isTokenId)) return { ids: v };
+    if (v.every((p) => typeof p === "string" || (Array.isArray(p) && p.every(isTokenId)))) {
+      if (v.length > 1) return custom(ctx, v, "must be a single prompt; batched prompts are not supported");
+      return typeof v[0] === "string" ? { text: v[0] } : { ids: v[0] };
+    }
+  }
+  return custom(ctx, v, "must be a string or a list of token ids (non-negative integers)");
+});
+
+const content = z.unknown().transform((v, ctx): string => {
+  if (typeof v === "string") return v;
+  if (!Array.isArray(v)) return custom(ctx, v, "must be a string or a list of text parts");
+  const texts: string[] = [];
+  for (const [i, part] of v.entries()) {
+    if (typeof part !== "object" || part === null) return custom(ctx, v, "must be a text part object", [i]);
+    const { type, text } = part as { type?: unknown; text?: unknown };
+    if (type !== "text") {
+      return custom(ctx, v, `must be "text" (got ${JSON.stringify(type)}); only text content is supported`, [
+        i,
+        "type",
+      ]);
+    }
+    if (typeof text !== "string") return custom(ctx, v, "must be a string", [i, "text"]);
+    texts.push(text);
+  }
+  return texts.join("\n");
+});
+
+const message = z.object({
+  role: z.enum(["system", "user", "assistant", "developer", "tool"]),
+  content: content.optional(),
+}).transform((m, ctx): ChatMessage => {
+  // Assistant turns that only carried tool calls have no content.
+  if (m.content === undefined && m.role !== "assistant") return custom(ctx, m, "is required", ["content"]);
+  return { role: m.role, content: m.content ?? "" };
+});
+
+const stop = z.unknown().transform((v, ctx): string[] => {
+  if (typeof v === "string") return v === "" ? [] : [v];
+  if (!Array.isArray(v) || !v.every((s) => typeof s === "string")) {
+    return custom(ctx, v, "must be a string or a list of strings");
+  }
+  if (v.length > 16) return custom(ctx, v, "may list at most 16 stop strings");
+  return v.filter((s) => s !== "");
+});
+
+const sampling = {
+  model: z.string().optional(),
+  stream: z.boolean().optional(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
+  n: z.int().min(1).refine((n) => n === 1, "must be 1; only one choice per request is supported").optional(),
+  temperature: z.number().min(0).max(2).optional(),
+  top_p: z.number().gt(0).max(1).optional(),
+  top_k: z.int().min(-1).optional(),
+  min_p: z.number().min(0).max(1).optional(),
+  presence_penalty: z.number().min(-2).max(2).optional(),
+  frequency_penalty: z.number().min(-2).max(2).optional(),
+  repetition_penalty: z.number().gt(0).max(100).optional(),
+  logit_bias: z.record(z.string().regex(/^\d+$/), z.number().min(-100).max(100)).optional(),
+  seed: z.int().optional(),
+  stop: stop.optional(),
+  stop_token_ids: z.array(z.int().min(0)).max(1024).optional(),
+  ignore_eos: z.boolean().optional(),
+  max_tokens: z.int().min(1).optional(),
+  skip_special_tokens: z.boolean().optional(),
+};
+
+export const ChatRequest = z.object({
+  ...sampling,
+  messages: z.array(message).min(1),
+  max_completion_tokens: z.int().min(1).optional(),
+  logprobs: z.boolean().optional(),
+  top_logprobs: z.int().min(0).max(5).optional(),
+});
+export type ChatRequest = z.output<typeof ChatRequest>;
+
+export const CompletionRequest = z.object({
+  ...sampling,
+  prompt,
+  logprobs: z.int().min(0).max(5).optional(),
+  echo: z.boolean().refine((e) => !e, "is not supported").optional(),
+  suffix: z.string().refine((s) => s === "", "is not supported").optional(),
+});
+export type CompletionRequest = z.output<typeof CompletionRequest>;
+
+/** Fields both generation endpoints share; what the sampling mapper reads. */
+const SamplingFields = z.object(sampling);
+export type SamplingFields = z.output<typeof SamplingFields>;
+
+export const TokenizeRequest = z.union([
+  z.object({
+    model: z.string().optional(),
+    prompt: z.string(),
+    add_special_tokens: z.boolean().optional(),
+  }),
+  z.object({
+    model: z.string().optional(),
+    messages: z.array(message).min(1),
+    add_generation_prompt: z.boolean().optional(),
+    add_special_tokens: z.boolean().optional(),
+  }),
+]);
+export type TokenizeRequest = z.output<typeof TokenizeRequest>;
+
+export const DetokenizeRequest = z.object({
+  model: z.string().optional(),
+  tokens: z.array(z.int().min(0)),
+});
+export type DetokenizeRequest = z.output<typeof DetokenizeRequest>;
+
+/** `null` means "not given" in OpenAI clients; drop null-valued keys so optional fields accept it. */
+function dropNulls(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(dropNulls);
+  if (typeof v !== "object" || v === null) return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) if (x !== null) out[k] = dropNulls(x);
+  return out;
+}
+
+/** Validates a parsed JSON body; throws a 400 naming the first bad field. */
+export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
+  const input = dropNulls(body);
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    throw badRequest("The request body must be a JSON object.", null, "invalid_body");
+  }
+  const r = schema.safeParse(input);
+  if (r.success) return r.data;
+  const issue = firstIssue(r.error.issues, input);
+  const param = formatPath(issue.path);
+  throw badRequest(describe(issue, param, valueAt(input, issue.path)), param || null);
+}
+
+function firstIssue(issues: z.core.$ZodIssue[], input: object): z.core.$ZodIssue {
+  const issue = issues[0];
+  // Problems inside logit_bias (a key or a value) are reported against logit_bias itself.
+  if (issue.path[0] === "logit_bias") return { ...issue, path: ["logit_bias"] };
+  if (issue.code !== "invalid_union") return issue;
+  // A union body (tokenize: messages or prompt) is reported against the branch whose keys it has.
+  const branch = issue.errors.find((errs) => errs.every((e) => e.path.length === 0 || e.path[0] in input)) ??
+    issue.errors[0];
+  return branch[0] ? { ...branch[0], path: [...issue.path, ...branch[0].path] } : issue;
+}
+
+/** ["messages", 0, "role"] -> "messages[0].role" */
+export function formatPath(path: PropertyKey[]): string {
+  let s = "";
+  for (const p of path) s += typeof p === "number" ? `[${p}]` : s ? `.${String(p)}` : String(p);
+  return s;
+}
+
+function valueAt(root: unknown, path: PropertyKey[]): unknown {
+  let v = root;
+  for (const p of path) {
+    if (typeof v !== "object" || v === null) return undefined;
+    v = (v as Record<PropertyKey, unknown>)[p];
+  }
+  return v;
+}
+
+const NOUNS: Record<string, string> = {
+  number: "a number",
+  int: "an integer",
+  string: "a string",
+  boolean: "a boolean",
+  array: "a list",
+  object: "an object",
+  record: "an object",
+};
+
+function shown(v: unknown): string {
+  const s = JSON.stringify(v);
+  return s === undefined ? String(v) : s.length > 40 ? `${s.slice(0, 37)}...` : s;
+}
+
+function describe(issue: z.core.$ZodIssue, param: string, value: unknown): string {
+  const name = param ? `'${param}'` : "The request body";
+  switch (issue.code) {
+    case "invalid_type":
+      if (value === undefined) return `${name} is required.`;
+      return `${name} must be ${NOUNS[issue.expected] ?? issue.expected}, got ${shown(value)}.`;
+    case "too_big":
+    case "too_small": {
+      const big = issue.code === "too_big";
+      const bound = big ? issue.maximum : issue.minimum;
+      if (issue.origin === "array") {
+        return `${name} must have ${big ? "at most" : "at least"} ${bound} item${bound === 1 ? "" : "s"}.`;
+      }
+      const op = big ? (issue.inclusive ? "<=" : "<") : (issue.inclusive ? ">=" : ">");
+      return `${name} must be ${op} ${bound}, got ${shown(value)}.`;
+    }
+    case "invalid_value":
+      return `${name} must be one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}, got ${
+        shown(value)
+      }.`;
+    case "invalid_key":
+      return `${name} keys must be token ids (non-negative integers as strings).`;
+    case "custom":
+      return `${name} ${issue.message}.`;
+    default:
+      return `${name} is invalid: ${issue.message}.`;
+  }
+}

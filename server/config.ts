@@ -1,0 +1,344 @@
+// Command-line flags with environment twins, validated with zod. Flags win over the environment.
+import { z } from "zod";
+
+/** A bad flag or environment value; the message is one line that names the flag. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+/** Thrown by parseConfig for --help/-h; the message is the help text. */
+export class HelpRequested extends Error {
+  constructor() {
+    super(helpText());
+    this.name = "HelpRequested";
+  }
+}
+
+type Raw = string | string[] | undefined;
+
+interface Option<S extends z.ZodType> {
+  flag: string;
+  env: string;
+  /** What a valid value looks like, for error messages ("an integer in [1, 65535]"). */
+  expect: string;
+  help: string;
+  metavar?: string;
+  kind: "value" | "bool" | "list";
+  /** The flag may be given several times; values accumulate. */
+  repeatable?: boolean;
+  /** Which sources hold comma-separated lists (lists only); API keys split only in the environment. */
+  split?: "env" | "both";
+  required?: boolean;
+  schema: S;
+}
+
+const positiveInt = (min: number, max: number) =>
+  z.string().trim().regex(/^[+]?\d+$/).transform(Number).pipe(z.int().min(min).max(max));
+
+const nonNegativeNumber = z.string().trim().regex(/^[+]?(\d+\.?\d*|\.\d+)$/).transform(Number).pipe(
+  z.number().min(0).max(86_400),
+);
+
+const TRUE = ["1", "true", "yes", "on"];
+const FALSE = ["0", "false", "no", "off"];
+const bool = z.string().trim().toLowerCase().refine((v) => TRUE.includes(v) || FALSE.includes(v)).transform((
+  v,
+) => TRUE.includes(v));
+
+const text = z.string().trim().min(1);
+const list = z.array(z.string().trim().min(1));
+
+const opt = <S extends z.ZodType>(o: Option<S>): Option<S> => o;
+
+const OPTIONS = {
+  model: opt({
+    flag: "--model",
+    env: "RAGTIME_MODEL",
+    kind: "value",
+    metavar: "PATH",
+    expect: "a model folder or file path",
+    help: "Model to serve (Hugging Face folder with safetensors, or a GGUF file).",
+    required: true,
+    schema: text,
+  }),
+  host: opt({
+    flag: "--host",
+    env: "RAGTIME_HOST",
+    kind: "value",
+    metavar: "ADDR",
+    expect: "a host name or IP address",
+    help: "Address to listen on.",
+    schema: text.default("127.0.0.1"),
+  }),
+  port: opt({
+    flag: "--port",
+    env: "PORT",
+    kind: "value",
+    metavar: "N",
+    expect: "an integer in [1, 65535]",
+    help: "TCP port.",
+    schema: positiveInt(1, 65535).default(8080),
+  }),
+  device: opt({
+    flag: "--device",
+    env: "RAGTIME_DEVICE",
+    kind: "value",
+    metavar: "NAME",
+    expect: 'one of "webgpu"',
+    help: "Compute device.",
+    schema: z.enum(["webgpu"]).default("webgpu"),
+  }),
+  dtype: opt({
+    flag: "--dtype",
+    env: "RAGTIME_DTYPE",
+    kind: "value",
+    metavar: "T",
+    expect: 'one of "auto", "f16", "f32"',
+    help: "Compute precision; auto uses f16 where the adapter supports shader-f16.",
+    schema: z.enum(["auto", "f16", "f32"]).default("auto"),
+  }),
+  kvCacheMb: opt({
+    flag: "--kv-cache-mb",
+    env: "RAGTIME_KV_CACHE_MB",
+    kind: "value",
+    metavar: "MB",
+    expect: "an integer in [1, 1048576]",
+    help: "KV cache size in MiB (default: sized from the adapter's limits).",
+    schema: positiveInt(1, 1 << 20).optional(),
+  }),
+  maxBatchTokens: opt({
+    flag: "--max-batch-tokens",
+    env: "RAGTIME_MAX_BATCH_TOKENS",
+    kind: "value",
+    metavar: "N",
+    expect: "an integer in [1, 1048576]",
+    help: "Most tokens (prefill + decode) in one engine step.",
+    schema: positiveInt(1, 1 << 20).default(2048),
+  }),
+  maxSeqs: opt({
+    flag: "--max-seqs",
+    env: "RAGTIME_MAX_SEQS",
+    kind: "value",
+    metavar: "N",
+    expect: "an integer in [1, 65536]",
+    help: "Most sequences running at once.",
+    schema: positiveInt(1, 65536).default(256),
+  }),
+  maxModelLen: opt({
+    flag: "--max-model-len",
+    env: "RAGTIME_MAX_MODEL_LEN",
+    kind: "value",
+    metavar: "N",
+    expect: "an integer in [1, 16777216]",
+    help: "Context length override (default: the model's).",
+    schema: positiveInt(1, 1 << 24).optional(),
+  }),
+  batching: opt({
+    flag: "--batching",
+    env: "RAGTIME_BATCHING",
+    kind: "value",
+    metavar: "MODE",
+    expect: 'one of "continuous", "static", "sequential"',
+    help: "Scheduling: continuous batching, static batches, or one request at a time.",
+    schema: z.enum(["continuous", "static", "sequential"]).default("continuous"),
+  }),
+  maxQueue: opt({
+    flag: "--max-queue",
+    env: "RAGTIME_MAX_QUEUE",
+    kind: "value",
+    metavar: "N",
+    expect: "an integer in [1, 1048576]",
+    help: "Waiting requests before new ones get 429.",
+    schema: positiveInt(1, 1 << 20).default(1024),
+  }),
+  maxBodyKb: opt({
+    flag: "--max-body-kb",
+    env: "RAGTIME_MAX_BODY_KB",
+    kind: "value",
+    metavar: "KB",
+    expect: "an integer in [1, 1048576]",
+    help: "Largest request body in KiB (413 beyond).",
+    schema: positiveInt(1, 1 << 20).default(1024),
+  }),
+  apiKeys: opt({
+    flag: "--api-key",
+    env: "RAGTIME_API_KEY",
+    kind: "list",
+    repeatable: true,
+    split: "env",
+    metavar: "KEY",
+    expect: "a non-empty key",
+    help: "Require 'Authorization: Bearer KEY' on inference routes (repeatable; env: comma-separated).",
+    schema: list.default([]),
+  }),
+  metricsKey: opt({
+    flag: "--metrics-key",
+    env: "RAGTIME_METRICS_KEY",
+    kind: "value",
+    metavar: "KEY",
+    expect: "a non-empty key",
+    help: "Require 'Authorization: Bearer KEY' on /metrics (default: public).",
+    schema: text.optional(),
+  }),
+  corsOrigins: opt({
+    flag: "--cors-origins",
+    env: "RAGTIME_CORS_ORIGINS",
+    kind: "list",
+    repeatable: true,
+    split: "both",
+    metavar: "LIST",
+    expect: "comma-separated origins such as https://app.example.com",
+    help: "Browser origins allowed by CORS, comma-separated ('*' for any; default: CORS off).",
+    schema: z.array(z.string().trim().regex(/^(\*|https?:\/\/[^\s/,]+)$/)).default([]),
+  }),
+  shutdownTimeoutS: opt({
+    flag: "--shutdown-timeout",
+    env: "RAGTIME_SHUTDOWN_TIMEOUT",
+    kind: "value",
+    metavar: "S",
+    expect: "a number of seconds in [0, 86400]",
+    help: "On SIGINT/SIGTERM, wait this long for requests in flight before stopping.",
+    schema: nonNegativeNumber.default(30),
+  }),
+  logPrompts: opt({
+    flag: "--log-prompts",
+    env: "RAGTIME_LOG_PROMPTS",
+    kind: "bool",
+    expect: "true or false",
+    help: "Include prompt text in request logs.",
+    schema: bool.default(false),
+  }),
+  debugSteps: opt({
+    flag: "--debug-steps",
+    env: "RAGTIME_DEBUG_STEPS",
+    kind: "bool",
+    expect: "true or false",
+    help: "Log every engine step (batch composition and timings).",
+    schema: bool.default(false),
+  }),
+  servedModelName: opt({
+    flag: "--served-model-name",
+    env: "RAGTIME_SERVED_MODEL_NAME",
+    kind: "value",
+    metavar: "NAME",
+    expect: "a non-empty name",
+    help: "Model name in the API (default: the model's folder or file name).",
+    schema: text.optional(),
+  }),
+  graphCache: opt({
+    flag: "--graph-cache",
+    env: "RAGTIME_GRAPH_CACHE",
+    kind: "value",
+    metavar: "DIR",
+    expect: "a directory path",
+    help: "Where compiled graphs are cached.",
+    schema: text.default(".cache/graphs"),
+  }),
+};
+
+type Options = typeof OPTIONS;
+type Key = keyof Options;
+
+export type Config = { [K in Key]: z.output<Options[K]["schema"]> };
+
+const BY_FLAG = new Map<string, Key>(
+  (Object.keys(OPTIONS) as Key[]).map((k) => [OPTIONS[k].flag, k]),
+);
+
+/** Human-readable usage, generated from the option table. */
+export function helpText(): string {
+  const rows = (Object.keys(OPTIONS) as Key[]).map((k) => {
+    const o: Option<z.ZodType> = OPTIONS[k];
+    const left = o.kind === "bool" ? o.flag : `${o.flag} ${o.metavar ?? "VALUE"}`;
+    const def = defaultOf(o);
+    const extra = [o.required ? "required" : def !== undefined ? `default: ${def}` : "", `env: ${o.env}`]
+      .filter(Boolean).join("; ");
+    return `  ${left.padEnd(28)} ${o.help} (${extra})`;
+  });
+  return [
+    "ragtime: an OpenAI-compatible LLM server on WebGPU",
+    "",
+    "Usage: ragtime --model PATH [options]",
+    "",
+    "Options:",
+    ...rows,
+    `  ${"--help, -h".padEnd(28)} Show this help.`,
+  ].join("\n");
+}
+
+function defaultOf(o: Option<z.ZodType>): string | undefined {
+  const r = o.schema.safeParse(undefined);
+  if (!r.success || r.data === undefined) return undefined;
+  if (Array.isArray(r.data)) return r.data.length ? r.data.join(",") : undefined;
+  return String(r.data);
+}
+
+/**
+ * Parses flags (`--flag value`, `--flag=value`, bare booleans) over environment values.
+ * Throws ConfigError for any bad, unknown or missing value, HelpRequested for --help.
+ */
+export function parseConfig(args: string[], env: { get(k: string): string | undefined }): Config {
+  const fromFlags = new Map<Key, Raw>();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--help" || arg === "-h") throw new HelpRequested();
+    if (!arg.startsWith("--")) {
+      throw new ConfigError(`unexpected argument ${JSON.stringify(arg)} (options start with --; see --help)`);
+    }
+    const eq = arg.indexOf("=");
+    const flag = eq >= 0 ? arg.slice(0, eq) : arg;
+    const key = BY_FLAG.get(flag);
+    if (!key) throw new ConfigError(`${flag}: unknown option (see --help)`);
+    const o: Option<z.ZodType> = OPTIONS[key];
+    let value: string;
+    if (eq >= 0) value = arg.slice(eq + 1);
+    else if (o.kind === "bool") value = "true";
+    else {
+      const next = args[i + 1];
+      if (next === undefined || next.startsWith("--")) throw new ConfigError(`${flag}: missing value`);
+      value = next;
+      i++;
+    }
+    if (o.kind === "list") {
+      const items = o.split === "both" ? value.split(",") : [value];
+      const prev = fromFlags.get(key);
+      fromFlags.set(key, o.repeatable && Array.isArray(prev) ? [...prev, ...items] : items);
+    } else {
+      fromFlags.set(key, value); // the last occurrence wins
+    }
+  }
+
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(OPTIONS) as Key[]) {
+    const o: Option<z.ZodType> = OPTIONS[key];
+    let raw: Raw = fromFlags.get(key);
+    let source = o.flag;
+    if (raw === undefined) {
+      const e = env.get(o.env);
+      if (e !== undefined && e.trim() !== "") {
+        // Stray commas in the environment are harmless; an empty flag value is an error below.
+        raw = o.kind === "list" ? (o.split ? e.split(",") : [e]).filter((s) => s.trim() !== "") : e;
+        source = `${o.flag} (from ${o.env})`;
+      }
+    }
+    if (raw === undefined && o.required) {
+      throw new ConfigError(`${o.flag}: required (or set ${o.env})`);
+    }
+    const r = o.schema.safeParse(raw);
+    if (!r.success) {
+      const got = Array.isArray(raw) ? badItem(o, raw) : raw;
+      throw new ConfigError(`${source}: expected ${o.expect}, got ${JSON.stringify(got)}`);
+    }
+    out[key] = r.data;
+  }
+  return out as Config;
+}
+
+/** For a list, the first item that fails, so the message points at it. */
+function badItem(o: Option<z.ZodType>, raw: string[]): string | string[] {
+  for (const item of raw) if (!o.schema.safeParse([item]).success) return item;
+  return raw;
+}

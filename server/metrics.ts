@@ -1,0 +1,143 @@
+// Prometheus text exposition (format 0.0.4). Engine counters come from stats(); latencies are
+// observed by the HTTP layer.
+import type { EngineClient, EngineStats, FinishReason } from "../engine/protocol.ts";
+
+const LATENCY_BUCKETS = [
+  0.001,
+  0.005,
+  0.01,
+  0.02,
+  0.04,
+  0.06,
+  0.08,
+  0.1,
+  0.25,
+  0.5,
+  0.75,
+  1,
+  2.5,
+  5,
+  7.5,
+  10,
+  20,
+  40,
+  80,
+];
+const E2E_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960];
+const STEP_TOKEN_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+
+const fmt = (v: number) => (v === Infinity ? "+Inf" : v === -Infinity ? "-Inf" : String(v));
+
+export class Histogram {
+  readonly #counts: number[];
+  #sum = 0;
+  #count = 0;
+
+  constructor(readonly name: string, readonly help: string, readonly buckets: number[]) {
+    this.#counts = new Array(buckets.length).fill(0);
+  }
+
+  observe(v: number): void {
+    if (!Number.isFinite(v)) return;
+    this.#sum += v;
+    this.#count++;
+    const i = this.buckets.findIndex((b) => v <= b);
+    if (i >= 0) this.#counts[i]++;
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+
+  render(): string {
+    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
+    let cumulative = 0;
+    this.buckets.forEach((b, i) => {
+      cumulative += this.#counts[i];
+      lines.push(`${this.name}_bucket{le="${fmt(b)}"} ${cumulative}`);
+    });
+    lines.push(`${this.name}_bucket{le="+Inf"} ${this.#count}`);
+    lines.push(`${this.name}_sum ${fmt(this.#sum)}`, `${this.name}_count ${this.#count}`);
+    return lines.join("\n");
+  }
+}
+
+function scalar(name: string, type: "gauge" | "counter", help: string, value: number): string {
+  return `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${fmt(value)}`;
+}
+
+export class Metrics {
+  readonly ttft = new Histogram(
+    "ragtime_time_to_first_token_seconds",
+    "Time from request arrival to the first generated token.",
+    LATENCY_BUCKETS,
+  );
+  readonly itl = new Histogram(
+    "ragtime_inter_token_latency_seconds",
+    "Time between consecutive generated tokens of one request.",
+    LATENCY_BUCKETS,
+  );
+  readonly e2e = new Histogram(
+    "ragtime_e2e_request_latency_seconds",
+    "Time from request arrival to its last token.",
+    E2E_BUCKETS,
+  );
+  readonly stepTokens = new Histogram(
+    "ragtime_step_batch_tokens",
+    "Tokens (prefill and decode) processed per engine step.",
+    STEP_TOKEN_BUCKETS,
+  );
+  readonly #finished: Record<FinishReason, number> = { stop: 0, length: 0, abort: 0 };
+  #last: EngineStats | null = null;
+
+  /**
+   * The one way the HTTP layer reads engine stats: the engine hands recentStepTokens over once
+   * per read, so every read must land them in the histogram or they are lost.
+   */
+  readStats(engine: EngineClient): EngineStats {
+    const s = engine.stats();
+    for (const t of s.recentStepTokens) this.stepTokens.observe(t);
+    this.#last = s;
+    return s;
+  }
+
+  observeFinish(reason: FinishReason): void {
+    this.#finished[reason]++;
+  }
+
+  render(engine: EngineClient | null): string {
+    // While loading there is no engine: report the last snapshot (or zeros) so series stay continuous.
+    const s = engine ? this.readStats(engine) : this.#last;
+    const kvRatio = s && s.kvBlocksTotal > 0 ? s.kvBlocksUsed / s.kvBlocksTotal : 0;
+    const success = "ragtime_request_success_total";
+    return [
+      scalar("ragtime_requests_running", "gauge", "Requests in the running batch.", s?.running ?? 0),
+      scalar("ragtime_requests_waiting", "gauge", "Requests waiting to be scheduled.", s?.waiting ?? 0),
+      scalar("ragtime_kv_cache_usage_ratio", "gauge", "Fraction of KV cache blocks in use.", kvRatio),
+      scalar("ragtime_prompt_tokens_total", "counter", "Prompt tokens processed.", s?.promptTokensTotal ?? 0),
+      scalar(
+        "ragtime_generation_tokens_total",
+        "counter",
+        "Tokens generated.",
+        s?.generationTokensTotal ?? 0,
+      ),
+      scalar(
+        "ragtime_preemptions_total",
+        "counter",
+        "Requests preempted to free KV cache.",
+        s?.preemptionsTotal ?? 0,
+      ),
+      [
+        `# HELP ${success} Finished requests by finish reason.`,
+        `# TYPE ${success} counter`,
+        ...(Object.keys(this.#finished) as FinishReason[]).map((r) =>
+          `${success}{finished_reason="${r}"} ${this.#finished[r]}`
+        ),
+      ].join("\n"),
+      this.ttft.render(),
+      this.itl.render(),
+      this.e2e.render(),
+      this.stepTokens.render(),
+    ].join("\n") + "\n";
+  }
+}

@@ -1,0 +1,153 @@
+// Deno.serve with graceful shutdown: on SIGINT/SIGTERM the app is told to drain (new requests 503),
+// requests in flight (streams included) get up to the timeout to finish, then the server stops.
+
+export interface ServeOptions {
+  app: { fetch(req: Request): Response | Promise<Response> };
+  host: string;
+  /** 0 picks a free port; see the returned addr. */
+  port: number;
+  /** How long drain() waits for requests in flight before cutting them off. */
+  shutdownTimeoutS: number;
+  /** Called once when draining starts; the app should then answer 503 to new requests. */
+  onDrainStart?: () => void;
+  /** Aborting it starts a drain, like a signal does. */
+  signal?: AbortSignal;
+  /** Listen for SIGINT/SIGTERM (default true); a second signal stops at once. */
+  handleSignals?: boolean;
+  onListen?: (addr: Deno.NetAddr) => void;
+}
+
+export interface RunningServer {
+  /** Resolves once the server has shut down; the caller then exits 0. */
+  finished: Promise<void>;
+  /** Starts draining (idempotent); resolves when the server has stopped. */
+  drain(): Promise<void>;
+  addr: Deno.NetAddr;
+}
+
+/** Extra time for handlers still running after streams were cut off (non-streaming generations). */
+const SHUTDOWN_GRACE_MS = 2000;
+
+export function serve(opts: ServeOptions): RunningServer {
+  let inFlight = 0;
+  let idle = Promise.withResolvers<void>();
+  const cutters = new Set<() => void>();
+  const force = Promise.withResolvers<void>();
+  const drained = Promise.withResolvers<void>();
+
+  const release = () => {
+    if (--inFlight === 0) idle.resolve();
+  };
+  const acquire = () => {
+    if (inFlight++ === 0) idle = Promise.withResolvers<void>();
+  };
+
+  /** Passes a response body through, noting when it ends so drain knows the request is over. */
+  const track = (body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> => {
+    const reader = body.getReader();
+    let open = true;
+    let controller!: ReadableStreamDefaultController<Uint8Array>;
+    const end = () => {
+      if (!open) return false;
+      open = false;
+      cutters.delete(cut);
+      release();
+      return true;
+    };
+    const cut = () => {
+      if (!end()) return;
+      reader.cancel("server shutting down").catch(() => {});
+      controller.close();
+    };
+    cutters.add(cut);
+    return new ReadableStream<Uint8Array>({
+      start(c) {
+        controller = c;
+      },
+      async pull(c) {
+        try {
+          const r = await reader.read();
+          if (!open) return;
+          if (r.done) {
+            end();
+            c.close();
+          } else c.enqueue(r.value);
+        } catch (err) {
+          if (end()) c.error(err);
+        }
+      },
+      cancel(reason) {
+        end();
+        return reader.cancel(reason);
+      },
+    });
+  };
+
+  const handler = async (req: Request): Promise<Response> => {
+    acquire();
+    let res: Response;
+    try {
+      res = await opts.app.fetch(req);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    if (!res.body) {
+      release();
+      return res;
+    }
+    return new Response(track(res.body), res);
+  };
+
+  let addr!: Deno.NetAddr;
+  const server = Deno.serve({
+    hostname: opts.host,
+    port: opts.port,
+    onListen: (a) => {
+      addr = a as Deno.NetAddr;
+      opts.onListen?.(addr);
+    },
+  }, handler);
+  addr = server.addr as Deno.NetAddr;
+
+  let draining: Promise<void> | null = null;
+  const drain = () =>
+    draining ??= (async () => {
+      opts.onDrainStart?.();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<void>((r) => timer = setTimeout(r, opts.shutdownTimeoutS * 1000));
+      await Promise.race([inFlight === 0 ? Promise.resolve() : idle.promise, timeout, force.promise]);
+      clearTimeout(timer);
+      for (const cut of [...cutters]) cut();
+      let grace: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([server.shutdown(), new Promise((r) => grace = setTimeout(r, SHUTDOWN_GRACE_MS))]);
+      clearTimeout(grace);
+      drained.resolve();
+    })();
+
+  const signals: Deno.Signal[] = opts.handleSignals === false ? [] : ["SIGINT", "SIGTERM"];
+  const onSignal = () => {
+    if (draining) force.resolve();
+    else drain();
+  };
+  const listening = signals.filter((sig) => {
+    try {
+      Deno.addSignalListener(sig, onSignal);
+      return true;
+    } catch {
+      return false; // SIGTERM is not available on Windows
+    }
+  });
+
+  const onAbort = () => drain();
+  if (opts.signal?.aborted) drain();
+  else opts.signal?.addEventListener("abort", onAbort, { once: true });
+
+  // drain() also ends it when shutdown hangs past the grace period, so the caller can still exit.
+  const finished = Promise.race([server.finished, drained.promise]).finally(() => {
+    for (const sig of listening) Deno.removeSignalListener(sig, onSignal);
+    opts.signal?.removeEventListener("abort", onAbort);
+  });
+
+  return { finished, drain, addr };
+}
