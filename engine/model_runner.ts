@@ -138,8 +138,13 @@ export class ModelRunner {
       },
     });
     const device = await ort.env.webgpu.device;
-    const adapterInfo = (ort.env.webgpu.adapter as GPUAdapter | undefined)?.info;
-    const adapterName = adapterInfo ? `${adapterInfo.description || adapterInfo.vendor}`.trim() : "unknown";
+    const adapterInfo = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo ??
+      (ort.env.webgpu.adapter as GPUAdapter | undefined)?.info;
+    const adapterName = adapterInfo
+      ? `${adapterInfo.description || adapterInfo.vendor}${
+        adapterInfo.isFallbackAdapter ? " (software fallback)" : ""
+      }`
+      : "unknown";
 
     // Each layer's K and V pool is one buffer: [numBlocks, blockSize, kvHeads, headDim] fp16.
     const paddedHead = Math.ceil(cfg.headDim / 16) * 16; // see padHeadRows in graph.ts
@@ -204,6 +209,29 @@ export class ModelRunner {
     const nextIds = out[idsName];
     this.prev = nextIds;
     return { nextIds, logits: s.wantLogits ? out[IO.logits] : null, numRows: S };
+  }
+
+  /**
+   * Compiles the step's shaders before the first request pays for it: a one-token step that writes
+   * position 0 of block 0 (whoever gets that block later overwrites it), greedy and sampled.
+   */
+  async warmup(): Promise<void> {
+    for (const u of [-1, 0.5]) {
+      await this.read(
+        await this.run({
+          inputIds: Int32Array.of(0),
+          idSrc: Int32Array.of(-1),
+          cuSeqlens: Int32Array.of(0, 1),
+          pastSeqlens: Int32Array.of(0),
+          blockTable: Int32Array.of(0),
+          maxBlocks: 1,
+          sampleRows: Int32Array.of(0),
+          sampleU: Float32Array.of(u),
+          invTemp: Float32Array.of(1),
+          wantLogits: u >= 0,
+        }),
+      );
+    }
   }
 
   /** Reads a dispatched step's results back to the CPU. */

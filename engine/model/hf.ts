@@ -22,6 +22,8 @@ export interface HfLoadOptions {
   progress?: LoadProgress;
   /** Caps the context below what the model was trained for (memory). */
   maxContext?: number;
+  /** Config, tokenizer and chat template only (the HTTP thread's view). */
+  skipWeights?: boolean;
 }
 
 const ARCHITECTURES: Record<string, Architecture> = {
@@ -286,6 +288,27 @@ export async function loadHfFolder(dir: string, opts: HfLoadOptions = {}): Promi
   const config = parseHfConfig(rawConfig, gen, configPath, opts.maxContext);
 
   const { files, fileOf } = await locateWeights(dir);
+  const { weights } = opts.skipWeights
+    ? { weights: noWeights(dir) }
+    : await readWeights(configText, config, files, fileOf, opts);
+  return { ...(await loadTokenizerSide(dir, config, gen, opts)), weights };
+}
+
+/** The tokenizer side alone is enough for the HTTP thread, which never touches the weights. */
+function noWeights(dir: string): WeightSource {
+  const fail = (): never => {
+    throw new Error(`${dir}: weights were not loaded (skipWeights)`);
+  };
+  return { get: fail, has: () => false, names: () => [], hash: "" };
+}
+
+async function readWeights(
+  configText: string,
+  config: ModelConfig,
+  files: string[],
+  fileOf: (name: string) => string,
+  opts: HfLoadOptions,
+): Promise<{ weights: WeightSource }> {
   const hasher = createHash("sha256");
   hasher.update(new TextEncoder().encode(configText));
   const shards = await readSafetensorsFiles(files, {
@@ -331,7 +354,15 @@ export async function loadHfFolder(dir: string, opts: HfLoadOptions = {}): Promi
     names: () => [...tensors.keys()],
     hash,
   };
+  return { weights };
+}
 
+async function loadTokenizerSide(
+  dir: string,
+  config: ModelConfig,
+  gen: Json | null,
+  opts: HfLoadOptions,
+): Promise<Omit<LoadedModel, "weights">> {
   opts.progress?.({ phase: "tokenizer" });
   const tokenizer = await loadHfTokenizer(dir, {
     bosTokenId: config.bosTokenId,
@@ -359,7 +390,6 @@ export async function loadHfFolder(dir: string, opts: HfLoadOptions = {}): Promi
     name: basename(dir.replace(/[/\\]+$/, "")) || dir,
     path: dir,
     config,
-    weights,
     tokenizer,
     chatTemplate,
     generation: generationDefaults(gen),

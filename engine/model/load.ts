@@ -8,6 +8,8 @@ import { type LoadedModel, type LoadProgress, ModelLoadError } from "./types.ts"
 export interface LoadOptions {
   progress?: LoadProgress;
   maxContext?: number;
+  /** Skip reading weights where the format allows it (HF folders); GGUF files are read whole. */
+  skipWeights?: boolean;
 }
 
 export async function loadModel(path: string, opts: LoadOptions = {}): Promise<LoadedModel> {

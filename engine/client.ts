@@ -1,0 +1,174 @@
+// The HTTP thread's handle on the engine Worker: requests out, events and stats back.
+
+import { loadModel } from "./model/load.ts";
+import type { ChatTemplate, Tokenizer } from "./model/types.ts";
+import type { EngineClient, EngineStats, GenerateEvent, GenerateRequest, ModelInfo } from "./protocol.ts";
+import type { ReadyInfo, ToClient, ToWorker, WorkerInit } from "./worker_protocol.ts";
+
+export interface EngineClientOptions extends WorkerInit {
+  servedName?: string;
+  log?: (line: string) => void;
+  progress?: (m: { phase: string; done?: number; total?: number }) => void;
+}
+
+const EMPTY_STATS: EngineStats = {
+  running: 0,
+  waiting: 0,
+  kvBlocksUsed: 0,
+  kvBlocksTotal: 0,
+  promptTokensTotal: 0,
+  generationTokensTotal: 0,
+  preemptionsTotal: 0,
+  stepsTotal: 0,
+  recentStepTokens: [],
+};
+
+class WorkerEngineClient implements EngineClient {
+  private listeners = new Map<string, (ev: GenerateEvent) => void>();
+  private latest: EngineStats = EMPTY_STATS;
+  private stepTokens: number[] = [];
+  private fatal: string | null = null;
+  private closed: (() => void) | null = null;
+
+  constructor(
+    private worker: Worker,
+    readonly info: ModelInfo,
+    readonly tokenizer: Tokenizer,
+    readonly chatTemplate: ChatTemplate,
+    readonly ready: ReadyInfo,
+    private log: (line: string) => void,
+  ) {
+    worker.onmessage = (e: MessageEvent<ToClient>) => this.onMessage(e.data);
+  }
+
+  private onMessage(m: ToClient) {
+    switch (m.type) {
+      case "event":
+        this.listeners.get(m.id)?.(m.ev);
+        break;
+      case "stats":
+        this.latest = m.stats;
+        this.stepTokens.push(...m.stats.recentStepTokens);
+        break;
+      case "log":
+        this.log(m.line);
+        break;
+      case "fatal":
+        // The step loop died: fail everything in flight, and every later request, loudly.
+        this.fatal = m.message;
+        for (const l of this.listeners.values()) {
+          l({ type: "error", message: `engine failed: ${m.message}`, code: "internal" });
+        }
+        break;
+      case "closed":
+        this.closed?.();
+        break;
+    }
+  }
+
+  private send(m: ToWorker) {
+    this.worker.postMessage(m);
+  }
+
+  stats(): EngineStats {
+    const recent = this.stepTokens;
+    this.stepTokens = [];
+    return { ...this.latest, recentStepTokens: recent };
+  }
+
+  async *generate(req: GenerateRequest, signal: AbortSignal): AsyncIterable<GenerateEvent> {
+    if (this.fatal) {
+      yield { type: "error", message: `engine failed: ${this.fatal}`, code: "internal" };
+      return;
+    }
+    const queue: GenerateEvent[] = [];
+    let notify: (() => void) | null = null;
+    let ended = false;
+    this.listeners.set(req.id, (ev) => {
+      queue.push(ev);
+      notify?.();
+    });
+    const onAbort = () => this.send({ type: "abort", id: req.id });
+    signal.addEventListener("abort", onAbort, { once: true });
+    this.send({ type: "generate", request: req });
+    if (signal.aborted) onAbort();
+    try {
+      while (true) {
+        while (queue.length > 0) {
+          const ev = queue.shift()!;
+          if (ev.type !== "delta") ended = true;
+          yield ev;
+          if (ended) return;
+        }
+        await new Promise<void>((resolve) => (notify = resolve));
+        notify = null;
+      }
+    } finally {
+      this.listeners.delete(req.id);
+      signal.removeEventListener("abort", onAbort);
+      // The consumer stopped early (client gone): the engine must not keep generating for nobody.
+      if (!ended) this.send({ type: "abort", id: req.id });
+    }
+  }
+
+  async close(): Promise<void> {
+    const done = new Promise<void>((resolve) => (this.closed = resolve));
+    this.send({ type: "close" });
+    await Promise.race([done, new Promise((r) => setTimeout(r, 5000))]);
+    this.worker.terminate();
+  }
+}
+
+/** Starts the Worker, loads the model there (and its tokenizer here), resolves when ready. */
+export async function createEngineClient(
+  opts: EngineClientOptions,
+): Promise<EngineClient & { ready: ReadyInfo }> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
+  const readyP = new Promise<ReadyInfo>((resolve, reject) => {
+    worker.onmessage = (e: MessageEvent<ToClient>) => {
+      const m = e.data;
+      if (m.type === "ready") resolve(m);
+      else if (m.type === "failed") reject(new Error(m.message));
+      else if (m.type === "progress") opts.progress?.(m);
+      else if (m.type === "log") log(m.line);
+    };
+    worker.onerror = (e) => {
+      e.preventDefault();
+      reject(new Error(`engine worker crashed: ${e.message}`));
+    };
+  });
+  const { modelPath, maxContext } = opts;
+  const init: WorkerInit = {
+    modelPath,
+    maxContext,
+    dtype: opts.dtype,
+    kvCacheMb: opts.kvCacheMb,
+    blockSize: opts.blockSize,
+    maxBatchTokens: opts.maxBatchTokens,
+    maxSeqs: opts.maxSeqs,
+    policy: opts.policy,
+    debugSteps: opts.debugSteps,
+    graphCache: opts.graphCache,
+  };
+  worker.postMessage({ type: "init", options: init } satisfies ToWorker);
+  try {
+    // The HTTP thread tokenizes and renders chat templates itself; it never needs the weights.
+    const [model, ready] = await Promise.all([
+      loadModel(modelPath, { maxContext, skipWeights: true }),
+      readyP,
+    ]);
+    const info: ModelInfo = {
+      name: opts.servedName ?? model.name,
+      maxContext: ready.maxContext,
+      vocabSize: model.config.vocabSize,
+      eosTokenIds: model.config.eosTokenIds,
+      bosTokenId: model.config.bosTokenId,
+    };
+    const client = new WorkerEngineClient(worker, info, model.tokenizer, model.chatTemplate, ready, log);
+    return Object.assign(client, { ready });
+  } catch (e) {
+    worker.terminate();
+    throw e;
+  }
+}

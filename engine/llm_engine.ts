@@ -1,0 +1,333 @@
+// The engine loop: schedule a step, dispatch it, then read back the step before it.
+//
+// Two steps are in flight: step N+1 is dispatched before step N's tokens are read back, because a
+// readback costs ~11 ms in Deno whatever its size. A decoding sequence's input in step N+1 is then
+// the token step N sampled for it, fed on the GPU (see IO.prevIds). A sequence that ends in step N
+// may already sit in step N+1: one wasted token of compute, never sent to its client.
+
+import { BlockManager } from "./block_manager.ts";
+import { IncrementalDetokenizer } from "./detokenizer.ts";
+import type { LoadedModel } from "./model/types.ts";
+import type { ModelRunner, StepHandle, StepInputs } from "./model_runner.ts";
+import type { EngineStats, FinishReason, GenerateEvent, GenerateRequest, TokenLogprob } from "./protocol.ts";
+import { randomSeed, uniform } from "./rng.ts";
+import { sampleToken } from "./sampler.ts";
+import {
+  type PlanItem,
+  Scheduler,
+  SchedulerError,
+  type SchedulerPolicy,
+  type StepPlan,
+} from "./scheduler.ts";
+import { Sequence } from "./sequence.ts";
+
+export interface EngineOptions {
+  maxBatchTokens: number;
+  maxSeqs: number;
+  maxContext: number;
+  policy: SchedulerPolicy;
+  /** One log line per step. */
+  debugSteps?: boolean;
+  log?: (line: string) => void;
+}
+
+export type Emit = (ev: GenerateEvent) => void;
+
+/** Per-request state the scheduler does not need: output side and sampling seed. */
+interface Request {
+  seq: Sequence;
+  emit: Emit;
+  detok: IncrementalDetokenizer;
+  seed: number;
+  /** Stop token ids, EOS included unless ignore_eos. */
+  stopIds: Set<number>;
+}
+
+interface InFlight {
+  plan: StepPlan;
+  handle: StepHandle;
+  /** Sampling items in row order. */
+  sampled: PlanItem[];
+  startedAt: number;
+}
+
+export interface StepStats {
+  step: number;
+  tokens: number;
+  seqs: number;
+  prefillTokens: number;
+  decodeTokens: number;
+  stepMs: number;
+  blocksUsed: number;
+  preemptions: number;
+}
+
+export class LLMEngine {
+  readonly scheduler: Scheduler;
+  private requests = new Map<string, Request>();
+  private wake: (() => void) | null = null;
+  private stopped = false;
+  private counters = { prompt: 0, generation: 0, steps: 0 };
+  private recentStepTokens: number[] = [];
+  /** Row of each sequence in the last dispatched step's sampled ids. */
+  private lastRows = new Map<Sequence, number>();
+  lastStep: StepStats | null = null;
+  onStep: ((s: StepStats) => void) | null = null;
+
+  constructor(private model: LoadedModel, private runner: ModelRunner, private opts: EngineOptions) {
+    const blocks = new BlockManager(runner.numBlocks, runner.blockSize);
+    this.scheduler = new Scheduler({
+      blockManager: blocks,
+      blockSize: runner.blockSize,
+      maxBatchTokens: opts.maxBatchTokens,
+      maxSeqs: opts.maxSeqs,
+      maxContext: Math.min(opts.maxContext, runner.maxPositions),
+      policy: opts.policy,
+    });
+  }
+
+  /** Queues a request; errors that make it impossible are emitted at once. */
+  add(req: GenerateRequest, emit: Emit): void {
+    const p = req.params;
+    const seq = new Sequence(req.id, req.promptIds, p);
+    try {
+      for (const id of req.promptIds) {
+        if (!Number.isInteger(id) || id < 0 || id >= this.model.config.vocabSize) {
+          throw new SchedulerError("invalid_request", `prompt token id ${id} is outside the vocabulary`);
+        }
+      }
+      this.scheduler.add(seq);
+    } catch (e) {
+      const code = e instanceof SchedulerError ? e.code : "internal";
+      emit({
+        type: "error",
+        message: (e as Error).message,
+        code: code === "invalid_request" ? "invalid_request" : code,
+      });
+      return;
+    }
+    const stopIds = new Set(p.stopTokenIds);
+    if (!p.ignoreEos) { for (const id of this.model.config.eosTokenIds) stopIds.add(id); }
+    this.requests.set(req.id, {
+      seq,
+      emit,
+      detok: new IncrementalDetokenizer(this.model.tokenizer, req.promptIds, {
+        skipSpecialTokens: p.skipSpecialTokens,
+        stop: p.stop,
+      }),
+      seed: p.seed ?? randomSeed(),
+      stopIds,
+    });
+    this.counters.prompt += req.promptIds.length;
+    this.wake?.();
+  }
+
+  /** Removes a request wherever it is; its blocks are free before the next step is formed. */
+  abort(id: string): void {
+    const r = this.requests.get(id);
+    if (!r) return;
+    this.finish(r, "abort", null);
+  }
+
+  stats(): EngineStats {
+    const s = this.scheduler.stats();
+    const recent = this.recentStepTokens;
+    this.recentStepTokens = [];
+    return {
+      running: s.running,
+      waiting: s.waiting,
+      kvBlocksUsed: s.blocksUsed,
+      kvBlocksTotal: s.blocksTotal,
+      promptTokensTotal: this.counters.prompt,
+      generationTokensTotal: this.counters.generation,
+      preemptionsTotal: s.preemptionsTotal,
+      stepsTotal: this.counters.steps,
+      recentStepTokens: recent,
+    };
+  }
+
+  stop() {
+    this.stopped = true;
+    this.wake?.();
+  }
+
+  /** Runs until stop(); each iteration dispatches at most one step and reads back at most one. */
+  async run(): Promise<void> {
+    let inFlight: InFlight | null = null;
+    while (!this.stopped) {
+      const plan = this.scheduler.schedule();
+      let next: InFlight | null = null;
+      if (plan) next = await this.dispatch(plan);
+      if (inFlight) await this.complete(inFlight);
+      inFlight = next;
+      if (!plan && !inFlight && !this.stopped && this.scheduler.isIdle) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = null;
+      }
+    }
+    if (inFlight) await this.complete(inFlight);
+  }
+
+  private async dispatch(plan: StepPlan): Promise<InFlight> {
+    const startedAt = performance.now();
+    const { inputs, sampled } = this.buildInputs(plan);
+    this.scheduler.onStepSubmitted(plan);
+    const handle = await this.runner.run(inputs);
+    this.lastRows = new Map(sampled.map((it, row) => [it.seq, row]));
+    return { plan, handle, sampled, startedAt };
+  }
+
+  private buildInputs(plan: StepPlan): { inputs: StepInputs; sampled: PlanItem[] } {
+    const T = plan.items.reduce((n, it) => n + it.numTokens, 0);
+    const B = plan.items.length;
+    const inputIds = new Int32Array(T), idSrc = new Int32Array(T).fill(-1);
+    const cu = new Int32Array(B + 1), past = new Int32Array(B);
+    const maxBlocks = Math.max(1, ...plan.items.map((it) => it.seq.blockTable.length));
+    const blockTable = new Int32Array(B * maxBlocks);
+    const sampled: PlanItem[] = [];
+    const rows: number[] = [], us: number[] = [], invT: number[] = [];
+    let wantLogits = false;
+    let t = 0;
+    plan.items.forEach((it, b) => {
+      const seq = it.seq;
+      const known = seq.knownLen, prompt = seq.promptIds.length;
+      for (let p = it.start; p < it.start + it.numTokens; p++, t++) {
+        if (p < known) {
+          inputIds[t] = p < prompt ? seq.promptIds[p] : seq.outputIds[p - prompt];
+        } else {
+          // The token the previous step sampled for this sequence, still on the GPU.
+          const row = this.lastRows.get(seq);
+          if (row === undefined) throw new Error(`no pending token row for ${seq.id} at position ${p}`);
+          idSrc[t] = row;
+        }
+      }
+      cu[b + 1] = t;
+      past[b] = it.start;
+      blockTable.set(seq.blockTable, b * maxBlocks);
+      if (it.sample) {
+        sampled.push(it);
+        rows.push(t - 1);
+        const r = this.requests.get(seq.id)!;
+        const temp = seq.params.temperature;
+        if (seq.needsCpuLogits) {
+          wantLogits = true;
+          us.push(-1);
+          invT.push(1);
+        } else if (temp <= 0) {
+          us.push(-1);
+          invT.push(1);
+        } else {
+          // k counts every token sampled before this one, pending ones included.
+          us.push(uniform(r.seed, seq.outputIds.length + seq.pending));
+          invT.push(1 / temp);
+        }
+      }
+    });
+    return {
+      inputs: {
+        inputIds,
+        idSrc,
+        cuSeqlens: cu,
+        pastSeqlens: past,
+        blockTable,
+        maxBlocks,
+        sampleRows: Int32Array.from(rows),
+        sampleU: Float32Array.from(us),
+        invTemp: Float32Array.from(invT),
+        wantLogits,
+      },
+      sampled,
+    };
+  }
+
+  private async complete(f: InFlight): Promise<void> {
+    const result = await this.runner.read(f.handle);
+    const V = this.model.config.vocabSize;
+    f.sampled.forEach((it, row) => {
+      const seq = it.seq;
+      const r = this.requests.get(seq.id);
+      if (!r || r.seq !== seq || seq.status === "finished") return; // ended meanwhile: wasted token
+      let token = result.nextIds[row];
+      let logprobs: TokenLogprob[] | undefined;
+      if (seq.needsCpuLogits) {
+        const s = sampleToken(result.logits!.subarray(row * V, (row + 1) * V), seq.params, {
+          promptIds: seq.promptIds,
+          outputIds: seq.outputIds,
+          seed: r.seed,
+        });
+        token = s.tokenId;
+        if (s.logprob !== null) {
+          const tk = this.model.tokenizer;
+          logprobs = [{
+            tokenId: token,
+            token: tk.tokenText(token),
+            logprob: s.logprob,
+            top: s.top.map((x) => ({
+              tokenId: x.tokenId,
+              token: tk.tokenText(x.tokenId),
+              logprob: x.logprob,
+            })),
+          }];
+        }
+      }
+      this.scheduler.onTokenResolved(seq, token);
+      this.counters.generation++;
+      this.onToken(r, token, logprobs);
+    });
+    this.counters.steps++;
+    const stats: StepStats = {
+      step: this.counters.steps,
+      tokens: f.plan.numPrefillTokens + f.plan.numDecodeTokens,
+      seqs: f.plan.items.length,
+      prefillTokens: f.plan.numPrefillTokens,
+      decodeTokens: f.plan.numDecodeTokens,
+      stepMs: performance.now() - f.startedAt,
+      blocksUsed: this.scheduler.stats().blocksUsed,
+      preemptions: f.plan.preempted.length,
+    };
+    this.lastStep = stats;
+    this.recentStepTokens.push(stats.tokens);
+    if (this.recentStepTokens.length > 10000) this.recentStepTokens.splice(0, 5000);
+    if (this.opts.debugSteps) this.opts.log?.(`step ${JSON.stringify(stats)}`);
+    this.onStep?.(stats);
+  }
+
+  private onToken(r: Request, token: number, logprobs: TokenLogprob[] | undefined) {
+    const seq = r.seq;
+    if (r.stopIds.has(token)) {
+      // The stop token itself is not text; anything held back for a partial stop string is.
+      const tail = r.detok.flush();
+      if (tail || logprobs) r.emit({ type: "delta", text: tail, tokenIds: [token], logprobs });
+      return this.finish(r, "stop", token);
+    }
+    const { text, stopped } = r.detok.push(token);
+    if (stopped !== null) {
+      r.emit({ type: "delta", text, tokenIds: [token], logprobs });
+      return this.finish(r, "stop", stopped);
+    }
+    const atLimit = seq.outputIds.length >= seq.params.maxTokens ||
+      seq.promptIds.length + seq.outputIds.length >= this.scheduler.config.maxContext;
+    const flushed = atLimit ? r.detok.flush() : "";
+    r.emit({ type: "delta", text: text + flushed, tokenIds: [token], logprobs });
+    if (atLimit) this.finish(r, "length", null);
+  }
+
+  private finish(r: Request, reason: FinishReason, stopReason: string | number | null) {
+    const seq = r.seq;
+    this.scheduler.finish(seq, reason);
+    this.requests.delete(seq.id);
+    this.lastRows.delete(seq);
+    const now = performance.now();
+    r.emit({
+      type: "done",
+      finishReason: reason,
+      stopReason,
+      promptTokens: seq.promptIds.length,
+      completionTokens: seq.outputIds.length,
+      queueTime: ((seq.firstScheduledTime ?? now) - seq.arrivalTime) / 1000,
+      timeToFirstToken: seq.firstTokenTime === null ? 0 : (seq.firstTokenTime - seq.arrivalTime) / 1000,
+      e2eTime: (now - seq.arrivalTime) / 1000,
+    });
+    this.wake?.();
+  }
+}

@@ -1,0 +1,107 @@
+// The engine's Worker: loads the model, owns the GPU, and runs the step loop off the HTTP thread
+// (a graph run blocks its thread while wasm works).
+
+/// <reference lib="deno.worker" />
+
+import "./worker_env.ts";
+import type { LLMEngine } from "./llm_engine.ts";
+import type { ModelRunner } from "./model_runner.ts";
+import type { ToClient, ToWorker, WorkerInit } from "./worker_protocol.ts";
+
+let engine: LLMEngine | null = null;
+let runner: ModelRunner | null = null;
+let loop: Promise<void> | null = null;
+const post = (m: ToClient) => self.postMessage(m);
+const log = (line: string) => post({ type: "log", line });
+
+async function init(o: WorkerInit) {
+  const t0 = performance.now();
+  // Imported only now: Deno evaluates npm modules ahead of worker_env.ts in a static import graph.
+  const { loadModel } = await import("./model/load.ts");
+  const { ModelRunner } = await import("./model_runner.ts");
+  const { LLMEngine } = await import("./llm_engine.ts");
+  let lastReport = 0;
+  const model = await loadModel(o.modelPath, {
+    maxContext: o.maxContext,
+    progress: (p) => {
+      const now = performance.now();
+      if (p.phase === "read" && now - lastReport < 250 && p.done !== p.total) return;
+      lastReport = now;
+      post({ type: "progress", phase: p.phase, done: p.done, total: p.total });
+    },
+  });
+  const weightsF32 = model.weights.names().every((n) => model.weights.get(n).dtype === "f32");
+  const dtype = o.dtype === "auto" ? (weightsF32 ? "f32" : "f16") : o.dtype;
+  // Default pool: every sequence at full context, capped at 1 GiB (a fraction of any real GPU).
+  const c = model.config;
+  const bytesPerToken = 2 * c.numLayers * c.numKvHeads * Math.ceil(c.headDim / 16) * 16 * 2;
+  const ctx = Math.min(o.maxContext ?? c.maxContext, c.maxContext);
+  const kvCacheMb = o.kvCacheMb ?? Math.min(1024, Math.ceil((o.maxSeqs * ctx * bytesPerToken) / 2 ** 20));
+  runner = await ModelRunner.create(model, {
+    dtype,
+    blockSize: o.blockSize,
+    kvCacheMb,
+    cacheDir: o.graphCache,
+    progress: (p) => post({ type: "progress", phase: p.phase }),
+    log,
+  });
+  post({ type: "progress", phase: "warmup" });
+  await runner.warmup();
+  engine = new LLMEngine(model, runner, {
+    maxBatchTokens: o.maxBatchTokens,
+    maxSeqs: o.maxSeqs,
+    maxContext: model.config.maxContext,
+    policy: o.policy,
+    debugSteps: o.debugSteps,
+    log,
+  });
+  engine.onStep = () => post({ type: "stats", stats: engine!.stats() });
+  loop = engine.run().catch((e) => {
+    log(`engine loop failed: ${(e as Error).stack ?? e}`);
+    post({ type: "fatal", message: (e as Error).message });
+  });
+  post({
+    type: "ready",
+    seconds: (performance.now() - t0) / 1000,
+    dtype,
+    adapter: runner.adapterName,
+    nodesPerLayer: runner.nodesPerLayer,
+    kvBlocks: runner.numBlocks,
+    blockSize: runner.blockSize,
+    maxContext: engine.scheduler.config.maxContext,
+  });
+}
+
+self.onmessage = async (e: MessageEvent<ToWorker>) => {
+  const m = e.data;
+  try {
+    switch (m.type) {
+      case "init":
+        await init(m.options);
+        break;
+      case "generate":
+        engine!.add(m.request, (ev) => post({ type: "event", id: m.request.id, ev }));
+        post({ type: "stats", stats: engine!.stats() });
+        break;
+      case "abort":
+        engine?.abort(m.id);
+        post({ type: "stats", stats: engine!.stats() });
+        break;
+      case "close":
+        engine?.stop();
+        await loop;
+        await runner?.close();
+        post({ type: "closed" });
+        break;
+    }
+  } catch (err) {
+    if (m.type === "init") post({ type: "failed", message: (err as Error).message });
+    else if (m.type === "generate") {
+      post({
+        type: "event",
+        id: m.request.id,
+        ev: { type: "error", message: (err as Error).message, code: "internal" },
+      });
+    } else log(`worker: ${(err as Error).stack ?? err}`);
+  }
+};

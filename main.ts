@@ -1,0 +1,112 @@
+// ragtime: parse flags, start HTTP at once (/health says 503 while loading), load the engine, serve.
+
+import { createEngineClient } from "./engine/client.ts";
+import type { EngineClient } from "./engine/protocol.ts";
+import { createApp } from "./server/app.ts";
+import { type Config, ConfigError, HelpRequested, parseConfig } from "./server/config.ts";
+import { serve } from "./server/serve.ts";
+
+/** Where the project's own default model will live (issue: default model); used when --model is absent. */
+const DEFAULT_MODEL = new URL("./models/ragtime-mini", import.meta.url).pathname;
+
+function parseOrExit(): Config {
+  try {
+    return parseConfig(Deno.args, Deno.env);
+  } catch (e) {
+    if (e instanceof HelpRequested) {
+      console.log(e.message);
+      Deno.exit(0);
+    }
+    if (e instanceof ConfigError) {
+      console.error(`ragtime: ${e.message}`);
+      Deno.exit(2);
+    }
+    throw e;
+  }
+}
+
+function modelPathOrExit(config: Config): string {
+  if (config.model) return config.model;
+  try {
+    Deno.statSync(`${DEFAULT_MODEL}/config.json`);
+    return DEFAULT_MODEL;
+  } catch {
+    console.error(
+      "ragtime: --model: no model given and the built-in default model is not in this checkout " +
+        `(${DEFAULT_MODEL}); pass --model PATH (a .gguf file or a Hugging Face folder) or set RAGTIME_MODEL`,
+    );
+    Deno.exit(2);
+  }
+}
+
+/** Progress on a terminal: one rewritten line; elsewhere a few plain lines. */
+function progressPrinter() {
+  const tty = Deno.stderr.isTerminal();
+  const enc = new TextEncoder();
+  let last = "";
+  return (m: { phase: string; done?: number; total?: number }) => {
+    const mb = (n: number) => (n / 2 ** 20).toFixed(1);
+    const line = m.phase === "read" && m.total
+      ? `loading: read ${mb(m.done ?? 0)} / ${mb(m.total)} MiB`
+      : `loading: ${m.phase}`;
+    if (tty) Deno.stderr.writeSync(enc.encode(`\r\x1b[2K${line}`));
+    else if (m.phase !== last) console.error(line);
+    last = m.phase;
+  };
+}
+
+const config = parseOrExit();
+const modelPath = modelPathOrExit(config);
+const log = (line: string) => console.error(line);
+
+let engine: EngineClient | null = null;
+let draining = false;
+const app = createApp({ engine: () => engine, config, draining: () => draining });
+const server = serve({
+  app,
+  host: config.host,
+  port: config.port,
+  shutdownTimeoutS: config.shutdownTimeoutS,
+  onDrainStart: () => {
+    draining = true;
+    log("ragtime: draining (new requests get 503)");
+  },
+  onListen: (a) => log(`ragtime: listening on http://${a.hostname}:${a.port} (loading ${modelPath})`),
+});
+
+const t0 = performance.now();
+const progress = progressPrinter();
+try {
+  const client = await createEngineClient({
+    modelPath,
+    maxContext: config.maxModelLen,
+    dtype: config.dtype,
+    kvCacheMb: config.kvCacheMb,
+    blockSize: 16,
+    maxBatchTokens: config.maxBatchTokens,
+    maxSeqs: config.maxSeqs,
+    policy: config.batching,
+    debugSteps: config.debugSteps,
+    graphCache: config.graphCache || null,
+    servedName: config.servedModelName,
+    log,
+    progress,
+  });
+  if (Deno.stderr.isTerminal()) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[2K"));
+  const r = client.ready;
+  log(
+    `ragtime: model ${client.info.name} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s ` +
+      `(dtype ${r.dtype}, ${r.nodesPerLayer} graph nodes per layer, ${r.kvBlocks} KV blocks of ${r.blockSize}, ` +
+      `context ${r.maxContext}, adapter: ${r.adapter}, batching ${config.batching})`,
+  );
+  if (draining) await client.close();
+  else engine = client;
+} catch (e) {
+  console.error(`\nragtime: failed to load ${modelPath}: ${(e as Error).message}`);
+  await server.drain();
+  Deno.exit(1);
+}
+
+await server.finished;
+await engine?.close();
+Deno.exit(0);

@@ -1,0 +1,205 @@
+// An in-process engine over stories260K for tests (the server runs the same engine in a Worker).
+
+import { type EngineOptions, LLMEngine } from "../../engine/llm_engine.ts";
+import { loadModel } from "../../engine/model/load.ts";
+import type { LoadedModel } from "../../engine/model/types.ts";
+import { ModelRunner } from "../../engine/model_runner.ts";
+import type { GenerateEvent, SamplingParams } from "../../engine/protocol.ts";
+
+export const STORIES =
+  new URL("../../../shared/models/stories260K/stories260K.gguf", import.meta.url).pathname;
+
+export const PUBLISHED_GREEDY =
+  `Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
+Lily's mom said, "Lily, let's go to the park." Lily was sad and didn't know what to do. She said, "I want to play with your ball, but I can't find it."
+Lily was sad and didn't know what to do. She said, "I'm sorry, Lily. I didn't know what to do."
+Lily didn't want to help her mom, so she said, "I'm sorry, mom. I didn't know what to do." Her mom said, "Don't worry, Lily. We can help you.`;
+
+let cached: LoadedModel | null = null;
+export async function stories(): Promise<LoadedModel> {
+  cached ??= await loadModel(STORIES, { maxContext: 512 });
+  return cached;
+}
+
+export function params(over: Partial<SamplingParams> = {}): SamplingParams {
+  return {
+    temperature: 0,
+    topP: 1,
+    topK: 0,
+    minP: 0,
+    presencePenalty: 0,
+    frequencyPenalty: 0,
+    repetitionPenalty: 1,
+    logitBias: {},
+    seed: null,
+    stopTokenIds: [],
+    stop: [],
+    ignoreEos: false,
+    maxTokens: 16,
+    logprobs: null,
+    skipSpecialTokens: true,
+    ...over,
+  };
+}
+
+export interface Harness {
+  engine: LLMEngine;
+  runner: ModelRunner;
+  model: LoadedModel;
+  /** Resolves with every event of the request. */
+  generate(id: string, promptIds: number[], p: SamplingParams): Promise<GenerateEvent[]>;
+  close(): Promise<void>;
+}
+
+export async function startEngine(
+  opts: Partial<EngineOptions> & { kvCacheMb?: number; model?: LoadedModel } = {},
+): Promise<Harness> {
+  const model = opts.model ?? await stories();
+  const runner = await ModelRunner.create(model, {
+    dtype: "f32",
+    blockSize: 16,
+    kvCacheMb: opts.kvCacheMb ?? 8,
+    cacheDir: null,
+  });
+  const engine = new LLMEngine(model, runner, {
+    maxBatchTokens: opts.maxBatchTokens ?? 512,
+    maxSeqs: opts.maxSeqs ?? 64,
+    maxContext: opts.maxContext ?? model.config.maxContext,
+    policy: opts.policy ?? "continuous",
+    debugSteps: opts.debugSteps,
+    log: opts.log,
+  });
+  const loop = engine.run();
+  return {
+    engine,
+    runner,
+    model,
+    generate(id, promptIds, p) {
+      return new Promise((resolve) => {
+        const events: GenerateEvent[] = [];
+        engine.add({ id, promptIds, params: p }, (ev) => {
+          events.push(ev);
+          if (ev.type !== "delta") resolve(events);
+        });
+      });
+    },
+    async close() {
+      engine.stop();
+      await loop;
+      await runner.close();
+    },
+  };
+}
+
+export function textOf(events: GenerateEvent[]): string {
+  return events.map((e) => (e.type === "delta" ? e.text : "")).join("");
+}
+
+export function idsOf(events: GenerateEvent[]): number[] {
+  return events.flatMap((e) => (e.type === "delta" ? e.tokenIds : []));
+}
+
+// ---- Recording what the engine does, step by step ------------------------------------------------
+
+/** One sequence's share of a planned step, as the scheduler formed it. */
+export interface TracedItem {
+  id: string;
+  start: number;
+  numTokens: number;
+  sample: boolean;
+  /** A one-token decode of a sequence whose every earlier position has KV (not a prefill chunk). */
+  decode: boolean;
+}
+
+export interface TracedPlan {
+  /** 1-based, in the order the plans were formed (the engine's step numbers follow the same order). */
+  index: number;
+  items: TracedItem[];
+  prefillTokens: number;
+  decodeTokens: number;
+  /** KV blocks in use when the plan started to form (after any finish or abort before it). */
+  blocksBefore: number;
+  /** Request ids preempted while forming this plan or since the previous one. */
+  preempted: string[];
+}
+
+/**
+ * Records every plan the engine's scheduler forms, by wrapping its schedule(). The engine dispatches
+ * each plan it gets, in order, so plan i is the engine's step i.
+ */
+export function tracePlans(engine: LLMEngine): TracedPlan[] {
+  const plans: TracedPlan[] = [];
+  const scheduler = engine.scheduler;
+  const schedule = scheduler.schedule.bind(scheduler);
+  scheduler.schedule = () => {
+    const blocksBefore = scheduler.stats().blocksUsed;
+    const plan = schedule();
+    if (plan) {
+      plans.push({
+        index: plans.length + 1,
+        items: plan.items.map((it) => ({
+          id: it.seq.id,
+          start: it.start,
+          numTokens: it.numTokens,
+          sample: it.sample,
+          decode: it.numTokens === 1 && it.start >= it.seq.promptIds.length &&
+            it.start === it.seq.totalLen - 1,
+        })),
+        prefillTokens: plan.numPrefillTokens,
+        decodeTokens: plan.numDecodeTokens,
+        blocksBefore,
+        preempted: plan.preempted.map((s) => s.id),
+      });
+    }
+    return plan;
+  };
+  return plans;
+}
+
+/** What a finished request produced, for comparing a batched run with the same request alone. */
+export interface Outcome {
+  ids: number[];
+  text: string;
+  finishReason: string | null;
+  completionTokens: number | null;
+}
+
+export function outcomeOf(events: GenerateEvent[]): Outcome {
+  const last = events[events.length - 1];
+  return {
+    ids: idsOf(events),
+    text: textOf(events),
+    finishReason: last?.type === "done" ? last.finishReason : last?.type === "error" ? `error:${last.code}` : null,
+    completionTokens: last?.type === "done" ? last.completionTokens : null,
+  };
+}
+
+export interface Submission {
+  id: string;
+  promptIds: number[];
+  params: SamplingParams;
+}
+
+/** Runs each request with nothing else in the engine, one after the other. */
+export async function runAlone(h: Harness, reqs: Submission[], suffix = "-alone"): Promise<Map<string, Outcome>> {
+  const out = new Map<string, Outcome>();
+  for (const r of reqs) {
+    if (!h.engine.scheduler.isIdle) throw new Error("runAlone needs an idle engine");
+    out.set(r.id, outcomeOf(await h.generate(r.id + suffix, r.promptIds, r.params)));
+  }
+  return out;
+}
+
+/** Story text for building prompts of many lengths (about 400 stories260K tokens). */
+export const STORY_TEXT =
+  `Once upon a time, there was a little boy named Tom. Tom had a red ball that he loved very much. ` +
+  `Every day he took the ball to the park and played with his friend Sue. One sunny day, the ball ` +
+  `rolled into the pond. Tom was sad and began to cry. Sue said, "Don't cry, Tom. I will help you." ` +
+  `She found a long stick under a big tree and pushed the ball back to the grass. Tom was so happy! ` +
+  `He hugged Sue and said, "Thank you, you are my best friend." Then they went home to eat cake with ` +
+  `mom. Mom smiled and gave them milk too. The next day, Tom and Sue went to the park again. They saw ` +
+  `a small dog with a blue hat. The dog wanted to play with the ball. Tom threw the ball and the dog ` +
+  `ran fast to get it. The dog brought the ball back and wagged its tail. Sue laughed and clapped her ` +
+  `hands. They played all day until the sun went down. When it was time to go, the dog looked sad. ` +
+  `Tom gave the dog a big hug and said, "We will come back tomorrow." The dog barked and ran to its ` +
+  `home. Tom and Sue walked home holding hands, and they dreamed about the dog all night long.`;
