@@ -131,6 +131,7 @@ export class ModelRunner {
     opts.progress?.({ phase: "session" });
     const session = await ort.InferenceSession.create(bytes, {
       executionProviders: ["webgpu"],
+      extra: { ...DEFAULT_EP_CONFIG, ...envEpConfig() },
       preferredOutputLocation: {
         [IO.logits]: "gpu-buffer",
         [IO.nextIds]: "gpu-buffer",
@@ -251,6 +252,17 @@ export class ModelRunner {
     for (const c of this.caches) c.dispose();
     await this.session.release();
   }
+}
+
+/**
+ * WebGPU EP session config. Per-run CPU cost is the bottleneck of a step, so these settings are
+ * measured choices (docs/BENCHMARKS.md); RAGTIME_ORT_EXTRA (JSON) overrides them for experiments.
+ */
+const DEFAULT_EP_CONFIG: Record<string, string> = {};
+
+function envEpConfig(): Record<string, string> {
+  const raw = Deno.env.get("RAGTIME_ORT_EXTRA");
+  return raw ? JSON.parse(raw) : {};
 }
 
 async function graphKey(model: LoadedModel, dtype: ActDType, maxPositions: number): Promise<string> {
