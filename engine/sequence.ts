@@ -10,19 +10,11 @@
 // step sampled for this sequence (position >= knownLen at planning time).
 
 import type { FinishReason, SamplingParams } from "./protocol.ts";
+import { needsCpuLogits } from "./sampler.ts";
+
+export { needsCpuLogits };
 
 export type SequenceStatus = "waiting" | "running" | "finished";
-
-/**
- * True when sampling needs the full logits row on the CPU. Greedy and plain temperature sampling
- * can run on the GPU; penalties and biases change even the argmax, and logprobs need the row.
- */
-export function needsCpuLogits(p: SamplingParams): boolean {
-  if (p.presencePenalty !== 0 || p.frequencyPenalty !== 0 || p.repetitionPenalty !== 1) return true;
-  if (Object.keys(p.logitBias).length > 0 || p.logprobs !== null) return true;
-  // Truncation only matters when sampling; greedy ignores it.
-  return p.temperature > 0 && (p.topK > 0 || p.topP < 1 || p.minP > 0);
-}
 
 export class Sequence {
   readonly id: string;
