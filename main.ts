@@ -108,5 +108,6 @@ try {
 }
 
 await server.finished;
+log(`ragtime: stopped (rss ${(Deno.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB)`);
 await engine?.close();
 Deno.exit(0);

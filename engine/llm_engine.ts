@@ -49,6 +49,8 @@ interface InFlight {
   /** Sampling items in row order. */
   sampled: PlanItem[];
   startedAt: number;
+  /** CPU time spent dispatching the step (building inputs + session.run). */
+  dispatchMs: number;
 }
 
 export interface StepStats {
@@ -57,7 +59,12 @@ export interface StepStats {
   seqs: number;
   prefillTokens: number;
   decodeTokens: number;
+  /** Dispatch to results processed (overlaps the next step's dispatch). */
   stepMs: number;
+  /** CPU time to build inputs and dispatch the graph. */
+  dispatchMs: number;
+  /** Time blocked waiting for the readback of this step's results. */
+  readMs: number;
   blocksUsed: number;
   preemptions: number;
 }
@@ -80,7 +87,9 @@ export class LLMEngine {
       blockManager: blocks,
       blockSize: runner.blockSize,
       maxBatchTokens: opts.maxBatchTokens,
-      maxSeqs: opts.maxSeqs,
+      // Every running sequence must fit one step's decodes: a decode skipped for lack of budget
+      // would lose the GPU-side link to its pending token (the next step reads the last step's ids).
+      maxSeqs: Math.min(opts.maxSeqs, opts.maxBatchTokens),
       maxContext: Math.min(opts.maxContext, runner.maxPositions),
       policy: opts.policy,
     });
@@ -174,7 +183,7 @@ export class LLMEngine {
     this.scheduler.onStepSubmitted(plan);
     const handle = await this.runner.run(inputs);
     this.lastRows = new Map(sampled.map((it, row) => [it.seq, row]));
-    return { plan, handle, sampled, startedAt };
+    return { plan, handle, sampled, startedAt, dispatchMs: performance.now() - startedAt };
   }
 
   private buildInputs(plan: StepPlan): { inputs: StepInputs; sampled: PlanItem[] } {
@@ -223,6 +232,12 @@ export class LLMEngine {
         }
       }
     });
+    // ORT fails on a sampling head of zero rows (a step of prefill chunks only): give it one unused row.
+    if (rows.length === 0) {
+      rows.push(0);
+      us.push(-1);
+      invT.push(1);
+    }
     return {
       inputs: {
         inputIds,
@@ -241,7 +256,9 @@ export class LLMEngine {
   }
 
   private async complete(f: InFlight): Promise<void> {
+    const readStart = performance.now();
     const result = await this.runner.read(f.handle);
+    const readMs = performance.now() - readStart;
     const V = this.model.config.vocabSize;
     f.sampled.forEach((it, row) => {
       const seq = it.seq;
@@ -282,6 +299,8 @@ export class LLMEngine {
       prefillTokens: f.plan.numPrefillTokens,
       decodeTokens: f.plan.numDecodeTokens,
       stepMs: performance.now() - f.startedAt,
+      dispatchMs: f.dispatchMs,
+      readMs,
       blocksUsed: this.scheduler.stats().blocksUsed,
       preemptions: f.plan.preempted.length,
     };

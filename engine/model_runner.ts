@@ -258,7 +258,10 @@ export class ModelRunner {
  * WebGPU EP session config. Per-run CPU cost is the bottleneck of a step, so these settings are
  * measured choices (docs/BENCHMARKS.md); RAGTIME_ORT_EXTRA (JSON) overrides them for experiments.
  */
-const DEFAULT_EP_CONFIG: Record<string, string> = {};
+const DEFAULT_EP_CONFIG: Record<string, string> = {
+  // ORT's own WebGPU validation costs CPU on every dispatch; the graph is fixed and tested.
+  "ep.webgpuexecutionprovider.validationMode": "disabled",
+};
 
 function envEpConfig(): Record<string, string> {
   const raw = Deno.env.get("RAGTIME_ORT_EXTRA");

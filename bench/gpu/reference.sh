@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU-host reference run (docs/BENCHMARKS.md), from the repo root on the device machine:
+#   bash bench/pack.sh here, then on the host: bash bench/gpu/reference.sh [what]
+# what: all (default) | ragtime | peer. Results land in $OUT (or bench/results/gpu).
+# Workload (../shared/notes/webgpu-facts.md): 256 requests at once, prompts uniform in [32, 512],
+# outputs uniform in [16, 256], EOS ignored, SmolLM2-135M-shaped random weights in fp16.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source bench/gpu/setup.sh
+OUT=${OUT:-bench/results/gpu}
+mkdir -p "$OUT"
+what=${1:-all}
+MODEL=/tmp/smollm2-135m-f16
+WL="--num-prompts 256 --warmup 8 --input-len 32:512 --output-len 16:256 --vocab 49152 --seed 0"
+SERVER="--max-batch-tokens 8192 --kv-cache-mb 4096 --max-model-len 1024 --graph-cache /tmp/graphs"
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  deno --version | head -1
+  git log -1 --format='commit %H %cd' 2>/dev/null || echo "commit unknown"
+  date -u +"date %Y-%m-%dT%H:%M:%SZ"
+} | tee "$OUT/machine.txt"
+
+[ -f "$MODEL/config.json" ] || deno task make-model --preset smollm2-135m --out "$MODEL" --dtype f16 --seed 0
+deno task bench $WL --dump-workload "$OUT/workload.json" >/dev/null
+
+if [ "$what" = all ] || [ "$what" = ragtime ]; then
+  # Continuous with up to 256 sequences per step; static in groups of 32 (like the peer's static
+  # baseline: a group runs until its longest request ends); sequential one at a time (first 8).
+  rm -rf bench/results/tmp
+  deno task bench $WL --compare continuous --model "$MODEL" --server-args "$SERVER --max-seqs 256 --debug-steps" \
+    --label continuous --result-json "$OUT/continuous.json" --no-progress 2>&1 | tail -40
+  for f in bench/results/tmp/*.log; do
+    grep -h -E "nodes per layer|kv cache|ready in|rss" "$f"
+    python3 bench/gpu/step_summary.py "$f"
+    grep -h "step {" "$f" | xz -9 > "$OUT/continuous_steps.log.xz"
+  done
+  deno task bench $WL --compare static --model "$MODEL" --server-args "$SERVER --max-seqs 32" \
+    --label static-32 --result-json "$OUT/static.json" --no-progress 2>&1 | tail -25
+  deno task bench $WL --compare sequential --model "$MODEL" --server-args "$SERVER" \
+    --num-prompts-sequential 8 --label sequential --result-json "$OUT/sequential.json" --no-progress 2>&1 | tail -25
+  grep -h -E "nodes per layer|kv cache|ready in" bench/results/tmp/*.log 2>/dev/null | sort -u | head -10
+fi
+
+if [ "$what" = all ] || [ "$what" = peer ]; then
+  python3 bench/peer/hf_cb.py --model "$MODEL" --workload "$OUT/workload.json" --result-json "$OUT/peer_cb.json" 2>&1 |
+    grep -v -E "Loading weights|it/s\]" | tail -25
+fi
