@@ -35,14 +35,17 @@ if [ "$what" = all ] || [ "$what" = ragtime ]; then
     python3 bench/gpu/step_summary.py "$f"
     grep -h "step {" "$f" | xz -9 > "$OUT/continuous_steps.log.xz"
   done
-  deno task bench $WL --compare static --model "$MODEL" --server-args "$SERVER --max-seqs 32" \
-    --label static-32 --result-json "$OUT/static.json" --no-progress 2>&1 | tail -25
-  deno task bench $WL --compare sequential --model "$MODEL" --server-args "$SERVER" \
-    --num-prompts-sequential 8 --label sequential --result-json "$OUT/sequential.json" --no-progress 2>&1 | tail -25
-  grep -h -E "nodes per layer|kv cache|ready in" bench/results/tmp/*.log 2>/dev/null | sort -u | head -10
 fi
 
 if [ "$what" = all ] || [ "$what" = peer ]; then
   python3 bench/peer/hf_cb.py --model "$MODEL" --workload "$OUT/workload.json" --result-json "$OUT/peer_cb.json" 2>&1 |
     grep -v -E "Loading weights|it/s\]" | tail -25
+fi
+
+if [ "$what" = all ] || [ "$what" = ragtime ]; then
+  deno task bench $WL --compare static --model "$MODEL" --server-args "$SERVER --max-seqs 32" \
+    --label static-32 --result-json "$OUT/static.json" --no-progress 2>&1 | tail -25
+  deno task bench $WL --compare sequential --model "$MODEL" --server-args "$SERVER" \
+    --num-prompts-sequential 8 --label sequential --result-json "$OUT/sequential.json" --no-progress 2>&1 | tail -25
+  grep -h -E "nodes per layer|kv cache|ready in" bench/results/tmp/*.log 2>/dev/null | sort -u | head -10
 fi
