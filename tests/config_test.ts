@@ -154,8 +154,11 @@ const bad: Array<[string[], Record<string, string>, string]> = [
   [["--model", "m", "stray"], {}, 'unexpected argument "stray"'],
   [["--model"], {}, "--model: missing value"],
   [["--model", "m", "--port", "--host", "x"], {}, "--port: missing value"],
-  [[], {}, "--model: required (or set RAGTIME_MODEL)"],
 ];
+
+Deno.test("config: --model is optional (main.ts then serves the built-in default model)", () => {
+  assertEquals(parseConfig([], env({})).model, undefined);
+});
 
 for (const [args, vars, message] of bad) {
   Deno.test(`config: rejects ${JSON.stringify(args)} ${JSON.stringify(vars)}`, () => {
