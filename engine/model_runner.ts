@@ -120,11 +120,16 @@ export class ModelRunner {
           `${totalNodes} nodes in all, ${(bytes.length / 2 ** 20).toFixed(1)} MiB`,
       );
       if (cachePath) {
-        await Deno.mkdir(opts.cacheDir!, { recursive: true });
-        // Write then rename so a crash never leaves a half-written graph behind.
-        await Deno.writeFile(`${cachePath}.tmp`, bytes);
-        await Deno.writeTextFile(`${cachePath}.json`, JSON.stringify({ nodesPerLayer, totalNodes }));
-        await Deno.rename(`${cachePath}.tmp`, cachePath);
+        try {
+          await Deno.mkdir(opts.cacheDir!, { recursive: true });
+          // Write then rename so a crash never leaves a half-written graph behind.
+          await Deno.writeFile(`${cachePath}.tmp`, bytes);
+          await Deno.writeTextFile(`${cachePath}.json`, JSON.stringify({ nodesPerLayer, totalNodes }));
+          await Deno.rename(`${cachePath}.tmp`, cachePath);
+        } catch (e) {
+          // A read-only disk only costs the next start a rebuild.
+          log(`graph: not cached (${(e as Error).message})`);
+        }
       }
     }
 

@@ -374,6 +374,14 @@ class Run {
       this.#lastTokenAt = now;
       return;
     }
+    if (this.#finished) {
+      // close() already counted this request as aborted (the client went away mid-stream).
+      if (ev.type === "done") {
+        log.prompt_tokens = ev.promptTokens;
+        log.completion_tokens = ev.completionTokens;
+      }
+      return;
+    }
     this.#finished = true;
     if (ev.type === "error") {
       log.error ??= ev.message;
@@ -399,8 +407,14 @@ class Run {
     this.#unlink();
     this.s.admission.seen(this.id);
     if (!this.#finished) {
+      // The consumer stopped before the terminal event (a stream cancelled between chunks): that
+      // event may never be read, so the request is counted as aborted here, once.
+      this.#finished = true;
       this.clientGone = true;
       this.#controller.abort();
+      this.s.metrics.observeFinish("abort");
+      this.s.metrics.e2e.observe((performance.now() - this.c.var.startedAt) / 1000);
+      this.c.var.log.finish_reason ??= "client_closed";
     }
     this.#iterator.return?.().catch(() => {});
   }

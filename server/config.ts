@@ -60,7 +60,8 @@ const OPTIONS = {
     kind: "value",
     metavar: "PATH",
     expect: "a model folder or file path",
-    help: "Model to serve (Hugging Face folder with safetensors, or a GGUF file); default: models/ragtime-mini.",
+    help:
+      "Model to serve (Hugging Face folder with safetensors, or a GGUF file); default: models/ragtime-mini.",
     schema: text.optional(),
   }),
   host: opt({

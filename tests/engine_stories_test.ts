@@ -1,7 +1,7 @@
 // stories260K through the whole engine: the published greedy text, alone and inside busy batches.
 
 import { assert, assertEquals } from "./helpers/assert.ts";
-import { idsOf, params, PUBLISHED_GREEDY, startEngine, stories, textOf } from "./helpers/engine.ts";
+import { params, PUBLISHED_GREEDY, startEngine, stories, textOf } from "./helpers/engine.ts";
 
 Deno.test("stories260K greedy reproduces the published llama2.c continuation (200 tokens)", async () => {
   const h = await startEngine();

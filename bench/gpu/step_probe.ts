@@ -16,14 +16,26 @@ const model = randomModel("llama", 1, {
   ropeTheta: 100000,
 });
 const t0 = performance.now();
-const runner = await ModelRunner.create(model, { dtype, blockSize: 16, kvCacheMb: 2048, cacheDir: null, log: console.log });
-console.log(`runner ready in ${((performance.now() - t0) / 1000).toFixed(1)} s; nodes/layer ${runner.nodesPerLayer}, total ${runner.totalNodes}`);
+const runner = await ModelRunner.create(model, {
+  dtype,
+  blockSize: 16,
+  kvCacheMb: 2048,
+  cacheDir: null,
+  log: console.log,
+});
+console.log(
+  `runner ready in ${
+    ((performance.now() - t0) / 1000).toFixed(1)
+  } s; nodes/layer ${runner.nodesPerLayer}, total ${runner.totalNodes}`,
+);
 
 function inputs(B: number, q: number, past: number, sample = false): StepInputs {
   const bpS = Math.ceil((past + q) / 16);
   const T = B * q;
   const bt = new Int32Array(B * bpS);
-  for (let b = 0; b < B; b++) for (let j = 0; j < bpS; j++) bt[b * bpS + j] = (b * bpS + j) % runner.numBlocks;
+  for (let b = 0; b < B; b++) {
+    for (let j = 0; j < bpS; j++) bt[b * bpS + j] = (b * bpS + j) % runner.numBlocks;
+  }
   const cu = new Int32Array(B + 1);
   for (let b = 0; b < B; b++) cu[b + 1] = cu[b] + q;
   const rows = Int32Array.from({ length: B }, (_, b) => cu[b + 1] - 1);
@@ -78,7 +90,9 @@ for (const [B, q, past, sample] of cases) {
   await runner.read(prev);
   const piped = (performance.now() - tB) / (N + 1);
   console.log(
-    `B=${B} q=${q} past=${past}${sample ? " sampled" : ""}: dispatch ${(dispatch / N).toFixed(2)} ms, serial step ${serial.toFixed(2)} ms, ` +
+    `B=${B} q=${q} past=${past}${sample ? " sampled" : ""}: dispatch ${
+      (dispatch / N).toFixed(2)
+    } ms, serial step ${serial.toFixed(2)} ms, ` +
       `pipelined step ${piped.toFixed(2)} ms (${((B * 1000) / piped).toFixed(0)} rows/s)`,
   );
 }

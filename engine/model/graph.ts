@@ -95,7 +95,7 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
 
   const embedName = "model.embed_tokens.weight";
   const embed = g.weight(embedName, actType, [V, H], encodeAs(toF32(w.get(embedName)), act));
-  let x = g.op1("Gather", [embed, ids], { axis: 0 });
+  const x = g.op1("Gather", [embed, ids], { axis: 0 });
 
   const [cos, sin] = rotaryTables(g, cfg, Dp, opts.maxPositions);
   const ms = "com.microsoft";

@@ -169,7 +169,11 @@ export function outcomeOf(events: GenerateEvent[]): Outcome {
   return {
     ids: idsOf(events),
     text: textOf(events),
-    finishReason: last?.type === "done" ? last.finishReason : last?.type === "error" ? `error:${last.code}` : null,
+    finishReason: last?.type === "done"
+      ? last.finishReason
+      : last?.type === "error"
+      ? `error:${last.code}`
+      : null,
     completionTokens: last?.type === "done" ? last.completionTokens : null,
   };
 }
@@ -181,7 +185,11 @@ export interface Submission {
 }
 
 /** Runs each request with nothing else in the engine, one after the other. */
-export async function runAlone(h: Harness, reqs: Submission[], suffix = "-alone"): Promise<Map<string, Outcome>> {
+export async function runAlone(
+  h: Harness,
+  reqs: Submission[],
+  suffix = "-alone",
+): Promise<Map<string, Outcome>> {
   const out = new Map<string, Outcome>();
   for (const r of reqs) {
     if (!h.engine.scheduler.isIdle) throw new Error("runAlone needs an idle engine");

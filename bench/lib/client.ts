@@ -1,0 +1,155 @@
+// One streaming /v1/completions request, timed chunk by chunk.
+import type { RequestRecord } from "./stats.ts";
+import type { WorkloadItem } from "./workload.ts";
+
+export interface RequestOptions {
+  url: string;
+  headers: Record<string, string>;
+  /** Fields merged into every body (model, temperature, extra fields); the prompt and lengths are set here. */
+  bodyBase: Record<string, unknown>;
+  signal: AbortSignal;
+}
+
+/** Events of an SSE stream: the data of each event, with the time its last byte arrived. */
+export async function* sseEvents(
+  body: ReadableStream<Uint8Array>,
+  now: () => number = () => performance.now(),
+): AsyncGenerator<{ data: string; at: number }> {
+  const decoder = new TextDecoder();
+  let buf = "";
+  let data: string[] = [];
+  for await (const bytes of body) {
+    const at = now();
+    buf += decoder.decode(bytes, { stream: true });
+    let nl: number;
+    while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + (buf.startsWith("\r\n", nl) ? 2 : 1));
+      if (line === "") {
+        if (data.length > 0) yield { data: data.join("\n"), at };
+        data = [];
+      } else if (line.startsWith("data:")) {
+        data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+      }
+      // Comments (": ping") and other fields (event:, id:, retry:) carry nothing we time.
+    }
+  }
+  if (data.length > 0) yield { data: data.join("\n"), at: now() };
+}
+
+function errorText(v: unknown): string | null {
+  if (typeof v !== "object" || v === null || !("error" in v)) return null;
+  const e = (v as { error: unknown }).error;
+  if (typeof e === "string") return e;
+  if (typeof e === "object" && e !== null && "message" in e) {
+    return String((e as { message: unknown }).message);
+  }
+  return JSON.stringify(e);
+}
+
+const oneLine = (s: string, max = 300) => {
+  const t = s.replace(/\s+/g, " ").trim();
+  return t.length > max ? `${t.slice(0, max - 3)}...` : t;
+};
+
+/** Describes why a fetch or read failed, naming our own timeouts rather than a bare AbortError. */
+export function describeFailure(err: unknown, signal: AbortSignal): string {
+  if (signal.aborted) {
+    const reason = signal.reason;
+    if (reason instanceof Error) return oneLine(reason.message);
+    return oneLine(String(reason));
+  }
+  if (!(err instanceof Error)) return oneLine(String(err));
+  return oneLine(err.name === "Error" ? err.message : `${err.name}: ${err.message}`);
+}
+
+/** Sends one request and returns its record; never throws. */
+export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Promise<RequestRecord> {
+  const rec: RequestRecord = {
+    index: item.index,
+    ok: false,
+    error: null,
+    sentAt: null,
+    endAt: null,
+    chunkTimes: [],
+    outputTokens: 0,
+    outputTokensFrom: "chunks",
+    promptTokens: item.promptTokens,
+    expectedOutputTokens: item.outputTokens,
+    finishReason: null,
+  };
+  const body = {
+    ...opts.bodyBase,
+    prompt: item.prompt,
+    max_tokens: item.outputTokens,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
+  let usageOut: number | null = null;
+  let sawDone = false;
+  try {
+    rec.sentAt = performance.now();
+    const res = await fetch(opts.url, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...opts.headers },
+      body: JSON.stringify(body),
+      signal: opts.signal,
+    });
+    if (!res.ok || res.body === null) {
+      const text = await res.text().catch(() => "");
+      let detail = text;
+      try {
+        detail = errorText(JSON.parse(text)) ?? text;
+      } catch {
+        // not JSON; keep the raw text
+      }
+      rec.endAt = performance.now();
+      rec.error = oneLine(`HTTP ${res.status}${detail ? `: ${detail}` : ""}`);
+      return rec;
+    }
+    for await (const ev of sseEvents(res.body)) {
+      if (ev.data === "[DONE]") {
+        sawDone = true;
+        continue;
+      }
+      let msg: unknown;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        throw new Error(`bad SSE data: ${oneLine(ev.data, 80)}`);
+      }
+      const err = errorText(msg);
+      if (err !== null) throw new Error(`stream error: ${err}`);
+      const m = msg as {
+        choices?: { text?: unknown; finish_reason?: unknown }[];
+        usage?: { prompt_tokens?: unknown; completion_tokens?: unknown } | null;
+      };
+      const choice = m.choices?.[0];
+      if (choice) {
+        // Chunks without text (the finish chunk, held-back partial UTF-8) are not token arrivals.
+        if (typeof choice.text === "string" && choice.text !== "") rec.chunkTimes.push(ev.at);
+        if (typeof choice.finish_reason === "string") rec.finishReason = choice.finish_reason;
+      }
+      if (m.usage) {
+        if (typeof m.usage.completion_tokens === "number") usageOut = m.usage.completion_tokens;
+        if (typeof m.usage.prompt_tokens === "number") rec.promptTokens = m.usage.prompt_tokens;
+      }
+    }
+    rec.endAt = performance.now();
+    if (!sawDone && rec.finishReason === null) {
+      throw new Error("stream ended without finish_reason or [DONE]");
+    }
+    if (usageOut !== null) {
+      rec.outputTokens = usageOut;
+      rec.outputTokensFrom = "usage";
+    } else {
+      rec.outputTokens = rec.chunkTimes.length;
+    }
+    rec.ok = true;
+  } catch (err) {
+    rec.endAt ??= performance.now();
+    rec.error = describeFailure(err, opts.signal);
+    rec.ok = false;
+  }
+  return rec;
+}

@@ -1,0 +1,192 @@
+// Drives one benchmark against a running server: warmup, then the measured requests on their
+// arrival schedule under a concurrency cap, with per-request and overall deadlines.
+import { sendRequest } from "./client.ts";
+import type { Progress } from "./progress.ts";
+import { computeMetrics, type Metrics, type RequestRecord } from "./stats.ts";
+import { arrivalOffsets, arrivalRng, type WorkloadItem } from "./workload.ts";
+
+export interface RunOptions {
+  baseUrl: string;
+  endpoint: string;
+  headers: Record<string, string>;
+  bodyBase: Record<string, unknown>;
+  measured: WorkloadItem[];
+  warmup: WorkloadItem[];
+  /** Requests per second; Infinity sends all at once. */
+  rate: number;
+  /** Most requests in flight; Infinity for no cap. */
+  maxConcurrency: number;
+  seed: number;
+  requestTimeoutS: number;
+  /** Deadline for warmup and measurement together. */
+  timeoutS: number;
+  progress: Progress;
+  label: string;
+}
+
+export interface RunResult {
+  label: string;
+  metrics: Metrics;
+  warmup: { requests: number; completed: number; failed: number; errors: { error: string; count: number }[] };
+  timedOut: boolean;
+  /** Highest number of measured requests in flight at once. */
+  peakConcurrency: number;
+  records: RequestRecord[];
+}
+
+class Semaphore {
+  #free: number;
+  #waiters: (() => void)[] = [];
+  constructor(n: number) {
+    this.#free = n;
+  }
+  async acquire(signal: AbortSignal): Promise<void> {
+    if (this.#free > 0) {
+      this.#free--;
+      return;
+    }
+    signal.throwIfAborted();
+    await new Promise<void>((resolve, reject) => {
+      const wake = () => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        this.#waiters = this.#waiters.filter((w) => w !== wake);
+        reject(signal.reason);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#waiters.push(wake);
+    });
+  }
+  release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#free++;
+  }
+}
+
+function sleepUntil(at: number, signal: AbortSignal): Promise<void> {
+  const ms = at - performance.now();
+  if (ms <= 0) return Promise.resolve();
+  signal.throwIfAborted();
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** A record for a request that was never sent (the overall deadline came first). */
+function unsent(item: WorkloadItem, why: string): RequestRecord {
+  return {
+    index: item.index,
+    ok: false,
+    error: `not sent: ${why}`,
+    sentAt: null,
+    endAt: null,
+    chunkTimes: [],
+    outputTokens: 0,
+    outputTokensFrom: "chunks",
+    promptTokens: item.promptTokens,
+    expectedOutputTokens: item.outputTokens,
+    finishReason: null,
+  };
+}
+
+interface Phase {
+  records: RequestRecord[];
+  peak: number;
+}
+
+async function runPhase(
+  items: WorkloadItem[],
+  offsets: number[],
+  opts: RunOptions,
+  overall: AbortSignal,
+  label: string,
+): Promise<Phase> {
+  const url = new URL(opts.endpoint, opts.baseUrl).href;
+  const sem = new Semaphore(opts.maxConcurrency === Infinity ? Number.MAX_SAFE_INTEGER : opts.maxConcurrency);
+  const records: RequestRecord[] = new Array(items.length);
+  const state = { total: items.length, done: 0, failed: 0, inFlight: 0, outputTokens: 0 };
+  let peak = 0;
+  opts.progress.start(label, items.length);
+  const pending: Promise<void>[] = [];
+  const t0 = performance.now();
+  let i = 0;
+  try {
+    for (; i < items.length; i++) {
+      overall.throwIfAborted();
+      await sleepUntil(t0 + offsets[i], overall);
+      await sem.acquire(overall);
+      const item = items[i], slot = i;
+      const perRequest = new AbortController();
+      const timer = setTimeout(
+        () => perRequest.abort(new Error(`request timeout after ${opts.requestTimeoutS}s`)),
+        opts.requestTimeoutS * 1000,
+      );
+      state.inFlight++;
+      peak = Math.max(peak, state.inFlight);
+      opts.progress.update(state);
+      pending.push(
+        sendRequest(item, {
+          url,
+          headers: opts.headers,
+          bodyBase: opts.bodyBase,
+          signal: AbortSignal.any([overall, perRequest.signal]),
+        }).then((rec) => {
+          clearTimeout(timer);
+          sem.release();
+          records[slot] = rec;
+          state.inFlight--;
+          if (rec.ok) {
+            state.done++;
+            state.outputTokens += rec.outputTokens;
+          } else state.failed++;
+          opts.progress.update(state);
+        }),
+      );
+    }
+  } catch {
+    // The overall deadline fired while waiting to send; what is left is recorded as unsent below.
+  }
+  await Promise.all(pending);
+  const why = overall.aborted && overall.reason instanceof Error ? overall.reason.message : "aborted";
+  for (let j = i; j < items.length; j++) records[j] = unsent(items[j], why);
+  opts.progress.finish();
+  return { records, peak };
+}
+
+export async function runBenchmark(opts: RunOptions): Promise<RunResult> {
+  const overall = new AbortController();
+  const deadline = setTimeout(
+    () => overall.abort(new Error(`overall timeout after ${opts.timeoutS}s`)),
+    opts.timeoutS * 1000,
+  );
+  try {
+    // Warmup ignores the rate: its only job is to get kernels compiled and caches allocated.
+    const warm = opts.warmup.length > 0
+      ? await runPhase(opts.warmup, opts.warmup.map(() => 0), opts, overall.signal, `${opts.label} warmup`)
+      : { records: [], peak: 0 };
+    const wm = computeMetrics(warm.records);
+    const offsets = arrivalOffsets(opts.measured.length, opts.rate, arrivalRng(opts.seed));
+    const run = await runPhase(opts.measured, offsets, opts, overall.signal, opts.label);
+    return {
+      label: opts.label,
+      metrics: computeMetrics(run.records),
+      warmup: { requests: wm.requests, completed: wm.completed, failed: wm.failed, errors: wm.errors },
+      timedOut: overall.signal.aborted,
+      peakConcurrency: run.peak,
+      records: run.records,
+    };
+  } finally {
+    clearTimeout(deadline);
+  }
+}

@@ -1,0 +1,147 @@
+// Samples from the default model (models/ragtime-mini) through ragtime's own engine and prints them
+// as markdown, for the model card. Nothing is edited or filtered.
+//
+//   deno run -A tools/sample_default_model.ts [--model PATH] [--tokens 80] [--seed 1]
+//
+// Every prompt runs greedy (temperature 0) and sampled (temperature 0.8, top_p 0.95, the seed), one
+// request at a time, fp16 activations like the server. Completions are encoded as the completions
+// route does (BOS first); the chat sample is rendered and encoded as the chat route does.
+
+import { parseArgs } from "node:util";
+import { LLMEngine } from "../engine/llm_engine.ts";
+import { loadModel } from "../engine/model/load.ts";
+import type { ChatMessage } from "../engine/model/types.ts";
+import { ModelRunner } from "../engine/model_runner.ts";
+import type { FinishReason, GenerateEvent, SamplingParams } from "../engine/protocol.ts";
+
+export const PROMPTS = [
+  "It is a truth universally acknowledged",
+  "In the beginning",
+  "The hacker",
+  "Elizabeth looked at Mr. Darcy and",
+];
+export const CHAT: ChatMessage[] = [{ role: "user", content: "Tell me about Mr. Darcy." }];
+export const DEFAULT_MODEL_DIR = new URL("../models/ragtime-mini", import.meta.url).pathname;
+
+export function samplingParams(over: Partial<SamplingParams> = {}): SamplingParams {
+  return {
+    temperature: 0,
+    topP: 1,
+    topK: 0,
+    minP: 0,
+    presencePenalty: 0,
+    frequencyPenalty: 0,
+    repetitionPenalty: 1,
+    logitBias: {},
+    seed: null,
+    stopTokenIds: [],
+    stop: [],
+    ignoreEos: false,
+    maxTokens: 80,
+    logprobs: null,
+    skipSpecialTokens: true,
+    ...over,
+  };
+}
+
+export interface Sample {
+  text: string;
+  ids: number[];
+  finishReason: FinishReason | "error";
+  completionTokens: number;
+}
+
+function run(engine: LLMEngine, id: string, promptIds: number[], p: SamplingParams): Promise<Sample> {
+  return new Promise((resolve) => {
+    const events: GenerateEvent[] = [];
+    engine.add({ id, promptIds, params: p }, (ev) => {
+      events.push(ev);
+      if (ev.type === "delta") return;
+      const text = events.map((e) => (e.type === "delta" ? e.text : "")).join("");
+      const ids = events.flatMap((e) => (e.type === "delta" ? e.tokenIds : []));
+      if (ev.type === "error") {
+        resolve({
+          text: `[error ${ev.code}: ${ev.message}]`,
+          ids,
+          finishReason: "error",
+          completionTokens: 0,
+        });
+      } else resolve({ text, ids, finishReason: ev.finishReason, completionTokens: ev.completionTokens });
+    });
+  });
+}
+
+/** A fenced block that no backtick run inside the text can close early. */
+function fence(text: string): string {
+  const longest = Math.max(2, ...(text.match(/`+/g) ?? []).map((s) => s.length));
+  const f = "`".repeat(longest + 1);
+  return `${f}text\n${text}\n${f}`;
+}
+
+async function main() {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      model: { type: "string", default: DEFAULT_MODEL_DIR },
+      tokens: { type: "string", default: "80" },
+      seed: { type: "string", default: "1" },
+    },
+  });
+  const maxTokens = Number(values.tokens), seed = Number(values.seed);
+  const model = await loadModel(values.model!);
+  const runner = await ModelRunner.create(model, {
+    dtype: "f16",
+    blockSize: 16,
+    kvCacheMb: 64,
+    cacheDir: null,
+  });
+  const engine = new LLMEngine(model, runner, {
+    maxBatchTokens: 512,
+    maxSeqs: 16,
+    maxContext: model.config.maxContext,
+    policy: "continuous",
+  });
+  const loop = engine.run();
+  const modes: { label: string; params: SamplingParams }[] = [
+    { label: "temperature 0 (greedy)", params: samplingParams({ maxTokens }) },
+    {
+      label: `temperature 0.8, top_p 0.95, seed ${seed}`,
+      params: samplingParams({ maxTokens, temperature: 0.8, topP: 0.95, seed }),
+    },
+  ];
+  const out: string[] = [];
+  const note = (s: Sample) =>
+    `${s.completionTokens} tokens, finish_reason ${s.finishReason}` +
+    (s.finishReason === "stop" ? " (end-of-sequence token)" : "");
+  let n = 0;
+  try {
+    for (const prompt of PROMPTS) {
+      out.push(`#### "${prompt}"`, "");
+      const ids = model.tokenizer.encode(prompt, true);
+      for (const m of modes) {
+        const s = await run(engine, `s${n++}`, ids, m.params);
+        out.push(`${m.label}; ${note(s)}; the prompt is followed by the completion:`, "");
+        out.push(fence(prompt + s.text), "");
+      }
+    }
+    const text = model.chatTemplate.render(CHAT, true);
+    const tok = model.tokenizer;
+    const bos = tok.bosTokenId === null ? "" : tok.tokenText(tok.bosTokenId);
+    const ids = tok.encode(text, !(bos !== "" && text.startsWith(bos)));
+    out.push(`#### Chat: ${JSON.stringify(CHAT[0].content)}`, "");
+    out.push("The rendered prompt (ChatML, as the chat route renders and encodes it):", "");
+    out.push(fence(text), "");
+    for (const m of modes) {
+      const s = await run(engine, `s${n++}`, ids, m.params);
+      out.push(`${m.label}; ${note(s)}; the assistant message:`, "");
+      out.push(fence(s.text), "");
+    }
+  } finally {
+    engine.stop();
+    await loop;
+    await runner.close();
+  }
+  console.log(out.join("\n"));
+}
+
+if (import.meta.main) await main();
