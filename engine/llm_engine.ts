@@ -8,7 +8,7 @@
 import { BlockManager } from "./block_manager.ts";
 import { IncrementalDetokenizer } from "./detokenizer.ts";
 import type { LoadedModel } from "./model/types.ts";
-import type { ModelRunner, StepHandle, StepInputs } from "./model_runner.ts";
+import { MAX_CHUNK_TOKENS, type ModelRunner, type StepHandle, type StepInputs } from "./model_runner.ts";
 import type { EngineStats, FinishReason, GenerateEvent, GenerateRequest, TokenLogprob } from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
 import { sampleToken } from "./sampler.ts";
@@ -92,6 +92,8 @@ export class LLMEngine {
       maxSeqs: Math.min(opts.maxSeqs, opts.maxBatchTokens),
       maxContext: Math.min(opts.maxContext, runner.maxPositions),
       policy: opts.policy,
+      // Keeps every step on one attention kernel, so batching never changes a sequence's tokens.
+      maxChunkTokens: MAX_CHUNK_TOKENS,
     });
   }
 

@@ -157,16 +157,17 @@ export class ModelRunner {
     const bytesPerBlock = opts.blockSize * cfg.numKvHeads * paddedHead * 2;
     const perBuffer = Math.floor((opts.kvCacheMb * 2 ** 20) / (2 * cfg.numLayers));
     const bindLimit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
-    const numBlocks = Math.max(1, Math.floor(Math.min(perBuffer, bindLimit) / bytesPerBlock));
+    // One block more than the pool hands out: the padding item's (see run()).
+    const numBlocks = Math.max(1, Math.floor(Math.min(perBuffer, bindLimit) / bytesPerBlock) - 1);
     const caches: ort.Tensor[] = [];
     for (let i = 0; i < 2 * cfg.numLayers; i++) {
       const buffer = device.createBuffer({
-        size: numBlocks * bytesPerBlock,
+        size: (numBlocks + 1) * bytesPerBlock,
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
       });
       caches.push(ort.Tensor.fromGpuBuffer(buffer, {
         dataType: "float16",
-        dims: [numBlocks, opts.blockSize, cfg.numKvHeads, paddedHead],
+        dims: [numBlocks + 1, opts.blockSize, cfg.numKvHeads, paddedHead],
       }));
     }
     log(
@@ -183,15 +184,30 @@ export class ModelRunner {
     });
   }
 
-  /** Dispatches one step. The previous step's next_ids feed this step's idSrc rows. */
+  /**
+   * Dispatches one step. The previous step's next_ids feed this step's idSrc rows.
+   *
+   * PagedAttention on WebGPU picks its kernel from the step's longest query: 1 token, 2-31, or 32
+   * and more, and the kernels round differently in fp16, so a sequence's logits would depend on
+   * what shares its step. The engine keeps chunks under 32 tokens (MAX_CHUNK_TOKENS) and a step of
+   * decodes alone gets a 2-token padding item in the reserved block: every step uses one kernel.
+   */
   async run(s: StepInputs): Promise<StepHandle> {
-    const T = s.inputIds.length, B = s.pastSeqlens.length, S = s.sampleRows.length;
+    let B = s.pastSeqlens.length;
     let maxQ = 0, maxKv = 0;
     for (let b = 0; b < B; b++) {
       const q = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
       maxQ = Math.max(maxQ, q);
       maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
     }
+    if (maxQ > MAX_CHUNK_TOKENS) throw new Error(`a step item has ${maxQ} tokens (max ${MAX_CHUNK_TOKENS})`);
+    if (maxQ < 2) {
+      s = padStep(s, this.numBlocks);
+      B++;
+      maxQ = 2;
+      maxKv = Math.max(maxKv, 2);
+    }
+    const T = s.inputIds.length, S = s.sampleRows.length;
     const feeds: Record<string, ort.Tensor> = {
       [IO.inputIds]: new ort.Tensor("int32", s.inputIds, [T]),
       [IO.prevIds]: this.prev ?? this.placeholderPrev,
@@ -218,8 +234,8 @@ export class ModelRunner {
   }
 
   /**
-   * Compiles the step's shaders before the first request pays for it: a one-token step that writes
-   * position 0 of block 0 (whoever gets that block later overwrites it), greedy and sampled.
+   * Compiles the step's shaders before the first request pays for it: one-token steps into the
+   * reserved block, greedy and sampled.
    */
   async warmup(): Promise<void> {
     for (const u of [-1, 0.5]) {
@@ -229,7 +245,7 @@ export class ModelRunner {
           idSrc: Int32Array.of(-1),
           cuSeqlens: Int32Array.of(0, 1),
           pastSeqlens: Int32Array.of(0),
-          blockTable: Int32Array.of(0),
+          blockTable: Int32Array.of(this.numBlocks),
           maxBlocks: 1,
           sampleRows: Int32Array.of(0),
           sampleU: Float32Array.of(u),
@@ -257,6 +273,26 @@ export class ModelRunner {
     for (const c of this.caches) c.dispose();
     await this.session.release();
   }
+}
+
+/** Longest prefill chunk per sequence and step; see ModelRunner.run. */
+export const MAX_CHUNK_TOKENS = 31;
+
+/** Appends a 2-token item (past 0) whose KV lands in the reserved block `block`. */
+function padStep(s: StepInputs, block: number): StepInputs {
+  const T = s.inputIds.length, B = s.pastSeqlens.length, M = s.maxBlocks;
+  const bt = new Int32Array((B + 1) * M);
+  bt.set(s.blockTable);
+  bt[B * M] = block;
+  const grow = (a: Int32Array, ...v: number[]) => Int32Array.from([...a, ...v]);
+  return {
+    ...s,
+    inputIds: grow(s.inputIds, 0, 0),
+    idSrc: grow(s.idSrc, -1, -1),
+    cuSeqlens: grow(s.cuSeqlens, T + 2),
+    pastSeqlens: grow(s.pastSeqlens, 0),
+    blockTable: bt,
+  };
 }
 
 /**

@@ -29,6 +29,11 @@ export interface SchedulerConfig {
    * sequential: one sequence at a time.
    */
   policy: SchedulerPolicy;
+  /**
+   * Most tokens one sequence computes in a step (prefill chunk); default unlimited. The engine sets
+   * it so that every step uses the same attention kernel (see LLMEngine).
+   */
+  maxChunkTokens?: number;
   /** Clock in milliseconds; tests pass a fake one. */
   now?: () => number;
 }
@@ -81,6 +86,7 @@ export class Scheduler {
   readonly config: Readonly<SchedulerConfig>;
   #blocks: BlockManager;
   #now: () => number;
+  #maxChunk: number;
   /** Sorted by arrival order (FCFS priority). */
   #running: Sequence[] = [];
   #waiting: Sequence[] = [];
@@ -101,6 +107,7 @@ export class Scheduler {
     this.config = config;
     this.#blocks = config.blockManager;
     this.#now = config.now ?? (() => performance.now());
+    this.#maxChunk = config.maxChunkTokens ?? Infinity;
   }
 
   get running(): readonly Sequence[] {
@@ -262,7 +269,7 @@ export class Scheduler {
     for (const seq of [...this.#running]) {
       if (draft.budget === 0) break;
       if (seq.status !== "running" || draft.planned.has(seq) || !seq.isPrefilling) continue;
-      const wanted = Math.min(seq.totalLen - seq.numComputed, draft.budget);
+      const wanted = Math.min(seq.totalLen - seq.numComputed, draft.budget, this.#maxChunk);
       // Short of blocks, a smaller chunk still makes progress.
       this.#makeRoom(seq, seq.numComputed + wanted, draft);
       const chunk = Math.min(wanted, this.#blocks.capacity(seq.blockTable) - seq.numComputed);
@@ -281,7 +288,7 @@ export class Scheduler {
       // A preempted sequence restarts only once all its tokens are known; one at its token limit
       // is about to be finished by the engine.
       if (seq.pending > 0 || seq.remainingTokens <= 0) return;
-      const chunk = Math.min(seq.totalLen, draft.budget);
+      const chunk = Math.min(seq.totalLen, draft.budget, this.#maxChunk);
       if (!this.#blocks.cover(seq.blockTable, chunk)) return;
       this.#waiting.shift();
       this.#insertRunning(seq);

@@ -1,6 +1,7 @@
 // Engine behaviour over stories260K: KV eviction, chunked prefill, aborts, stop conditions, context
 // limits, logprobs, penalties and seeds.
 
+import { MAX_CHUNK_TOKENS } from "../engine/model_runner.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import {
   idsOf,
@@ -115,7 +116,7 @@ Deno.test("KV blocks of a finished request are free before the next step forms; 
   }
 });
 
-Deno.test("chunked prefill: a 300-token prompt spans several 64-token steps while another request decodes", async () => {
+Deno.test("chunked prefill: a 300-token prompt spans many 16-token steps while another request decodes", async () => {
   const tk = (await stories()).tokenizer;
   const story = tk.encode(STORY_TEXT, false);
   const longPrompt = [1, ...story.slice(0, 299)];
@@ -125,19 +126,20 @@ Deno.test("chunked prefill: a 300-token prompt spans several 64-token steps whil
     { id: "L", promptIds: longPrompt, params: params({ maxTokens: 8, ignoreEos: true }) },
   ];
 
-  // Reference: each alone with a budget that takes the long prompt in one step.
+  // Reference: each alone with a large budget, where only the engine's per-sequence chunk cap
+  // (MAX_CHUNK_TOKENS, which keeps every step on one attention kernel) splits the long prompt.
   const big = await startEngine({ maxBatchTokens: 512 });
   let alone: Map<string, Outcome>;
   try {
     const plans = tracePlans(big.engine);
     alone = await runAlone(big, reqs);
     const lFirst = plans.find((p) => p.items.some((it) => it.id === "L-alone"))!;
-    assertEquals(lFirst.items[0].numTokens, 300, "the large budget prefills L in one step");
+    assertEquals(lFirst.items[0].numTokens, MAX_CHUNK_TOKENS, "the large budget prefills L in capped chunks");
   } finally {
     await big.close();
   }
 
-  const h = await startEngine({ maxBatchTokens: 64 });
+  const h = await startEngine({ maxBatchTokens: 16 });
   try {
     const plans = tracePlans(h.engine);
     const steps: StepStats[] = [];
@@ -154,15 +156,15 @@ Deno.test("chunked prefill: a 300-token prompt spans several 64-token steps whil
     assert(l !== null);
     const lEvents = await (l as { done: Promise<GenerateEvent[]> }).done;
 
-    // L's prompt went through in contiguous chunks of at most 64 tokens, over several steps.
+    // L's prompt went through in contiguous chunks of at most 16 tokens (the budget), over many steps.
     const chunks = plans.flatMap((p) =>
       p.items.filter((it) => it.id === "L" && it.start < 300).map((it) => ({ plan: p, it }))
     );
-    assert(chunks.length >= 5, `only ${chunks.length} prefill steps for a 300-token prompt`);
+    assert(chunks.length >= 19, `only ${chunks.length} prefill steps for a 300-token prompt`);
     let pos = 0;
     for (const { it } of chunks) {
       assertEquals(it.start, pos, "chunks are contiguous");
-      assert(it.numTokens <= 64);
+      assert(it.numTokens <= 16);
       pos += it.numTokens;
     }
     assertEquals(pos, 300);

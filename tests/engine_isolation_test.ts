@@ -20,8 +20,11 @@ import { needsCpuLogits } from "../engine/sequence.ts";
 import type { StepStats } from "../engine/llm_engine.ts";
 
 const NUM_PROMPTS = 64;
-/** 16 blocks of 16 tokens: the longest request (120 + 20 - 1 positions, 9 blocks) fits alone. */
-const TINY_KV_MB = (16 * 2048 * 10) / 2 ** 20;
+/**
+ * 16 blocks of 16 tokens: the longest request (120 + 20 - 1 positions, 9 blocks) fits alone. The
+ * runner keeps one more block for its padding item, so the buffers hold 17.
+ */
+const TINY_KV_MB = (17 * 2048 * 10) / 2 ** 20;
 
 async function buildRequests(): Promise<Submission[]> {
   const tk = (await stories()).tokenizer;

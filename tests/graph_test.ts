@@ -92,7 +92,12 @@ Deno.test("GPU sampling head: argmax and inverse-CDF draws follow the CPU rule r
   });
   try {
     const ids = Array.from({ length: 40 }, (_, i) => (i * 13 + 5) % 700);
-    const inp = stepInputs([{ ids, past: 0, blocks: [0, 1, 2] }], 3);
+    // Two sequences of 20 (chunks stay under the 32-token kernel switch).
+    const inp = stepInputs([{ ids: ids.slice(0, 20), past: 0, blocks: [0, 1] }, {
+      ids: ids.slice(20),
+      past: 0,
+      blocks: [2, 3],
+    }], 2);
     const n = ids.length;
     inp.sampleU = Float32Array.from({ length: n }, (_, i) => (i % 5 === 0 ? -1 : ((i * 0.6180339) % 1)));
     inp.invTemp = Float32Array.from({ length: n }, (_, i) => 0.5 + (i % 3) * 0.4);

@@ -8,11 +8,10 @@
 // route does (BOS first); the chat sample is rendered and encoded as the chat route does.
 
 import { parseArgs } from "node:util";
-import { LLMEngine } from "../engine/llm_engine.ts";
+import { type LocalEngine, startLocalEngine } from "../engine/local_engine.ts";
 import { loadModel } from "../engine/model/load.ts";
 import type { ChatMessage } from "../engine/model/types.ts";
-import { ModelRunner } from "../engine/model_runner.ts";
-import type { FinishReason, GenerateEvent, SamplingParams } from "../engine/protocol.ts";
+import type { FinishReason, SamplingParams } from "../engine/protocol.ts";
 
 export const PROMPTS = [
   "It is a truth universally acknowledged",
@@ -51,24 +50,16 @@ export interface Sample {
   completionTokens: number;
 }
 
-function run(engine: LLMEngine, id: string, promptIds: number[], p: SamplingParams): Promise<Sample> {
-  return new Promise((resolve) => {
-    const events: GenerateEvent[] = [];
-    engine.add({ id, promptIds, params: p }, (ev) => {
-      events.push(ev);
-      if (ev.type === "delta") return;
-      const text = events.map((e) => (e.type === "delta" ? e.text : "")).join("");
-      const ids = events.flatMap((e) => (e.type === "delta" ? e.tokenIds : []));
-      if (ev.type === "error") {
-        resolve({
-          text: `[error ${ev.code}: ${ev.message}]`,
-          ids,
-          finishReason: "error",
-          completionTokens: 0,
-        });
-      } else resolve({ text, ids, finishReason: ev.finishReason, completionTokens: ev.completionTokens });
-    });
-  });
+async function run(local: LocalEngine, id: string, promptIds: number[], p: SamplingParams): Promise<Sample> {
+  const events = await local.generate(id, promptIds, p);
+  const ev = events[events.length - 1];
+  const text = events.map((e) => (e.type === "delta" ? e.text : "")).join("");
+  const ids = events.flatMap((e) => (e.type === "delta" ? e.tokenIds : []));
+  if (ev.type === "error") {
+    return { text: `[error ${ev.code}: ${ev.message}]`, ids, finishReason: "error", completionTokens: 0 };
+  }
+  if (ev.type !== "done") throw new Error("generate ended without a terminal event");
+  return { text, ids, finishReason: ev.finishReason, completionTokens: ev.completionTokens };
 }
 
 /** A fenced block that no backtick run inside the text can close early. */
@@ -89,19 +80,7 @@ async function main() {
   });
   const maxTokens = Number(values.tokens), seed = Number(values.seed);
   const model = await loadModel(values.model!);
-  const runner = await ModelRunner.create(model, {
-    dtype: "f16",
-    blockSize: 16,
-    kvCacheMb: 64,
-    cacheDir: null,
-  });
-  const engine = new LLMEngine(model, runner, {
-    maxBatchTokens: 512,
-    maxSeqs: 16,
-    maxContext: model.config.maxContext,
-    policy: "continuous",
-  });
-  const loop = engine.run();
+  const local = await startLocalEngine(model, { dtype: "f16", kvCacheMb: 64, maxSeqs: 16 });
   const modes: { label: string; params: SamplingParams }[] = [
     { label: "temperature 0 (greedy)", params: samplingParams({ maxTokens }) },
     {
@@ -119,7 +98,7 @@ async function main() {
       out.push(`#### "${prompt}"`, "");
       const ids = model.tokenizer.encode(prompt, true);
       for (const m of modes) {
-        const s = await run(engine, `s${n++}`, ids, m.params);
+        const s = await run(local, `s${n++}`, ids, m.params);
         out.push(`${m.label}; ${note(s)}; the prompt is followed by the completion:`, "");
         out.push(fence(prompt + s.text), "");
       }
@@ -132,14 +111,12 @@ async function main() {
     out.push("The rendered prompt (ChatML, as the chat route renders and encodes it):", "");
     out.push(fence(text), "");
     for (const m of modes) {
-      const s = await run(engine, `s${n++}`, ids, m.params);
+      const s = await run(local, `s${n++}`, ids, m.params);
       out.push(`${m.label}; ${note(s)}; the assistant message:`, "");
       out.push(fence(s.text), "");
     }
   } finally {
-    engine.stop();
-    await loop;
-    await runner.close();
+    await local.close();
   }
   console.log(out.join("\n"));
 }

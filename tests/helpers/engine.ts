@@ -1,9 +1,9 @@
 // An in-process engine over stories260K for tests (the server runs the same engine in a Worker).
 
-import { type EngineOptions, LLMEngine } from "../../engine/llm_engine.ts";
+import type { LLMEngine } from "../../engine/llm_engine.ts";
+import { type LocalEngine, type LocalEngineOptions, startLocalEngine } from "../../engine/local_engine.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
-import { ModelRunner } from "../../engine/model_runner.ts";
 import type { GenerateEvent, SamplingParams } from "../../engine/protocol.ts";
 
 export const STORIES =
@@ -42,53 +42,10 @@ export function params(over: Partial<SamplingParams> = {}): SamplingParams {
   };
 }
 
-export interface Harness {
-  engine: LLMEngine;
-  runner: ModelRunner;
-  model: LoadedModel;
-  /** Resolves with every event of the request. */
-  generate(id: string, promptIds: number[], p: SamplingParams): Promise<GenerateEvent[]>;
-  close(): Promise<void>;
-}
+export type Harness = LocalEngine;
 
-export async function startEngine(
-  opts: Partial<EngineOptions> & { kvCacheMb?: number; model?: LoadedModel } = {},
-): Promise<Harness> {
-  const model = opts.model ?? await stories();
-  const runner = await ModelRunner.create(model, {
-    dtype: "f32",
-    blockSize: 16,
-    kvCacheMb: opts.kvCacheMb ?? 8,
-    cacheDir: null,
-  });
-  const engine = new LLMEngine(model, runner, {
-    maxBatchTokens: opts.maxBatchTokens ?? 512,
-    maxSeqs: opts.maxSeqs ?? 64,
-    maxContext: opts.maxContext ?? model.config.maxContext,
-    policy: opts.policy ?? "continuous",
-    debugSteps: opts.debugSteps,
-    log: opts.log,
-  });
-  const loop = engine.run();
-  return {
-    engine,
-    runner,
-    model,
-    generate(id, promptIds, p) {
-      return new Promise((resolve) => {
-        const events: GenerateEvent[] = [];
-        engine.add({ id, promptIds, params: p }, (ev) => {
-          events.push(ev);
-          if (ev.type !== "delta") resolve(events);
-        });
-      });
-    },
-    async close() {
-      engine.stop();
-      await loop;
-      await runner.close();
-    },
-  };
+export async function startEngine(opts: LocalEngineOptions & { model?: LoadedModel } = {}): Promise<Harness> {
+  return startLocalEngine(opts.model ?? await stories(), opts);
 }
 
 export function textOf(events: GenerateEvent[]): string {
