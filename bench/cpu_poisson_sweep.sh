@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Poisson-arrival sweep on the CPU machine (software adapter, stories260K): TTFT and ITL per rate.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/cpu}
+mkdir -p "$OUT"
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/ragtime-xdg}
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+PORT=${PORT:-18555}
+deno run -A main.ts --model ../shared/models/stories260K/stories260K.gguf --port "$PORT" --max-model-len 512 \
+  --max-seqs 64 >"$OUT/sweep-server.log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 1; done
+for rate in ${RATES:-0.5 1 2 4}; do
+  deno task bench --base-url "http://127.0.0.1:$PORT" --num-prompts 32 --warmup 2 --input-len 16:128 \
+    --output-len 16:64 --vocab 512 --seed 0 --rate "$rate" --label "rate-$rate" --no-progress \
+    --result-json "$OUT/poisson-$rate.json" | grep -E "^(Output token|TTFT|ITL|Duration)"
+done
