@@ -30,6 +30,28 @@ export interface SamplingParams {
   skipSpecialTokens: boolean;
 }
 
+/** Neutral parameters (greedy, no penalties, 16 tokens) with overrides; for tools and tests. */
+export function samplingParams(over: Partial<SamplingParams> = {}): SamplingParams {
+  return {
+    temperature: 0,
+    topP: 1,
+    topK: 0,
+    minP: 0,
+    presencePenalty: 0,
+    frequencyPenalty: 0,
+    repetitionPenalty: 1,
+    logitBias: {},
+    seed: null,
+    stopTokenIds: [],
+    stop: [],
+    ignoreEos: false,
+    maxTokens: 16,
+    logprobs: null,
+    skipSpecialTokens: true,
+    ...over,
+  };
+}
+
 export interface GenerateRequest {
   id: string;
   promptIds: number[];

@@ -1,4 +1,5 @@
-import { f16ToF32, f32ToF16, loadGguf, parseGguf } from "../engine/model/gguf.ts";
+import { loadGguf, parseGguf } from "../engine/model/gguf.ts";
+import { f16BitsToF32 as f16ToF32, f32ToF16Bits as f32ToF16 } from "../engine/model/weights.ts";
 import { ModelLoadError } from "../engine/model/types.ts";
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import {

@@ -8,7 +8,8 @@ import { expectedTensors, loadHfFolder, parseHfConfig } from "../engine/model/hf
 import { readSafetensors, type TensorToWrite, writeSafetensors } from "../engine/model/safetensors.ts";
 import { ChatTemplateError, chatTemplateFrom, DEFAULT_CHAT_TEMPLATE } from "../engine/model/chat_template.ts";
 import { ModelLoadError } from "../engine/model/types.ts";
-import { f32ToBf16Bits, f32ToF16Bits, makeModel, type PresetName } from "../tools/make_model.ts";
+import { makeModel, type PresetName } from "../tools/make_model.ts";
+import { f32ToBf16Bits, f32ToF16Bits } from "../engine/model/weights.ts";
 
 const root = await Deno.makeTempDir({ prefix: "ragtime_hf_test_" });
 globalThis.addEventListener("unload", () => {

@@ -1,29 +1,14 @@
 // CPU sampler and counter-based RNG: exact semantics on small rows, statistics over many draws.
 
+import { samplingParams } from "../engine/protocol.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import type { SamplingParams } from "../engine/protocol.ts";
 import { needsCpuLogits, processLogits, type SampleContext, sampleToken } from "../engine/sampler.ts";
 import { philox4x32, randomSeed, seedWords, uniform } from "../engine/rng.ts";
 
+/** Sampling tests start from plain temperature-1 sampling. */
 function params(over: Partial<SamplingParams> = {}): SamplingParams {
-  return {
-    temperature: 1,
-    topP: 1,
-    topK: 0,
-    minP: 0,
-    presencePenalty: 0,
-    frequencyPenalty: 0,
-    repetitionPenalty: 1,
-    logitBias: {},
-    seed: null,
-    stopTokenIds: [],
-    stop: [],
-    ignoreEos: false,
-    maxTokens: 16,
-    logprobs: null,
-    skipSpecialTokens: true,
-    ...over,
-  };
+  return samplingParams({ temperature: 1, ...over });
 }
 
 function ctx(seed: number, k = 0, promptIds: number[] = [], outputIds?: number[]): SampleContext {

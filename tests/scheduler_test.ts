@@ -1,5 +1,6 @@
 // The scheduler's algorithm, step by step, plus long simulated runs that play the pipelined engine.
 
+import { samplingParams } from "../engine/protocol.ts";
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import { BlockManager } from "../engine/block_manager.ts";
 import {
@@ -14,26 +15,7 @@ import type { SamplingParams } from "../engine/protocol.ts";
 
 const EOS = 0;
 
-function params(over: Partial<SamplingParams> = {}): SamplingParams {
-  return {
-    temperature: 0,
-    topP: 1,
-    topK: 0,
-    minP: 0,
-    presencePenalty: 0,
-    frequencyPenalty: 0,
-    repetitionPenalty: 1,
-    logitBias: {},
-    seed: null,
-    stopTokenIds: [],
-    stop: [],
-    ignoreEos: false,
-    maxTokens: 16,
-    logprobs: null,
-    skipSpecialTokens: true,
-    ...over,
-  };
-}
+const params = samplingParams;
 
 function seq(id: string, promptLen: number, maxTokens = 16, over: Partial<SamplingParams> = {}): Sequence {
   return new Sequence(

@@ -8,6 +8,7 @@
 // from a fixed word list and extended letter by letter; both tokenizers.js and Python `tokenizers` load it.
 // Same preset, seed and dtype give byte-identical files.
 
+import { f32ToBf16Bits } from "../engine/model/weights.ts";
 import { join } from "node:path";
 import { expectedTensors, parseHfConfig } from "../engine/model/hf.ts";
 import { encodeSafetensorsHeader } from "../engine/model/safetensors.ts";
@@ -277,49 +278,13 @@ class Rng {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Float conversion (round to nearest even)
-
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-export function f32ToF16Bits(x: number): number {
-  f32Scratch[0] = x;
-  const b = u32Scratch[0];
-  const sign = (b >>> 16) & 0x8000;
-  const exp = (b >>> 23) & 0xff;
-  const mant = b & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    // Subnormal half: shift the full 24-bit significand down.
-    const shift = 14 - e;
-    if (shift > 24) return sign;
-    const m = mant | 0x800000;
-    let r = m >>> shift;
-    const rem = m & ((1 << shift) - 1);
-    const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && (r & 1))) r++;
-    return sign | r;
-  }
-  let r = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (r & 1))) r++; // a carry into the exponent is still correct
-  return sign | r;
-}
-
-export function f32ToBf16Bits(x: number): number {
-  f32Scratch[0] = x;
-  const b = u32Scratch[0];
-  if ((b & 0x7f800000) === 0x7f800000 && (b & 0x7fffff)) return (b >>> 16) | 0x40;
-  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
-}
+// Float encoding (round to nearest even)
 
 export function encodeFloats(values: Float32Array, dtype: MakeDType): Uint8Array {
   if (dtype === "f32") return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  if (dtype === "f16") return new Uint8Array(Float16Array.from(values).buffer);
   const out = new Uint16Array(values.length);
-  const conv = dtype === "f16" ? f32ToF16Bits : f32ToBf16Bits;
-  for (let i = 0; i < values.length; i++) out[i] = conv(values[i]);
+  for (let i = 0; i < values.length; i++) out[i] = f32ToBf16Bits(values[i]);
   return new Uint8Array(out.buffer);
 }
 

@@ -11,7 +11,7 @@ import { parseArgs } from "node:util";
 import { type LocalEngine, startLocalEngine } from "../engine/local_engine.ts";
 import { loadModel } from "../engine/model/load.ts";
 import type { ChatMessage } from "../engine/model/types.ts";
-import type { FinishReason, SamplingParams } from "../engine/protocol.ts";
+import { type FinishReason, type SamplingParams, samplingParams } from "../engine/protocol.ts";
 
 export const PROMPTS = [
   "It is a truth universally acknowledged",
@@ -21,27 +21,6 @@ export const PROMPTS = [
 ];
 export const CHAT: ChatMessage[] = [{ role: "user", content: "Tell me about Mr. Darcy." }];
 export const DEFAULT_MODEL_DIR = new URL("../models/ragtime-mini", import.meta.url).pathname;
-
-export function samplingParams(over: Partial<SamplingParams> = {}): SamplingParams {
-  return {
-    temperature: 0,
-    topP: 1,
-    topK: 0,
-    minP: 0,
-    presencePenalty: 0,
-    frequencyPenalty: 0,
-    repetitionPenalty: 1,
-    logitBias: {},
-    seed: null,
-    stopTokenIds: [],
-    stop: [],
-    ignoreEos: false,
-    maxTokens: 80,
-    logprobs: null,
-    skipSpecialTokens: true,
-    ...over,
-  };
-}
 
 export interface Sample {
   text: string;

@@ -17,6 +17,7 @@ import {
   type WeightSource,
   type WeightTensor,
 } from "./types.ts";
+import { f16BitsToF32, f32ToF16Bits } from "./weights.ts";
 import { chatTemplateFrom } from "./chat_template.ts";
 import { LlamaSpmTokenizer } from "../tokenizer/llama_spm.ts";
 import { Gpt2BpeTokenizer, gpt2PreTokenizerSupported } from "../tokenizer/gpt2_bpe.ts";
@@ -375,48 +376,6 @@ export function parseGguf(bytes: Uint8Array, file: string): GgufFile {
   return { version, metadata, tensors, alignment, dataOffset };
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Numeric conversions
-
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-export function f16ToF32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const mant = h & 0x3ff;
-  if (exp === 0) return sign * mant * 2 ** -24;
-  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
-  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
-}
-
-/** f32 -> f16 bits, round to nearest even (what a GPU conversion does). */
-export function f32ToF16(v: number): number {
-  f32Scratch[0] = v;
-  const x = u32Scratch[0];
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  const mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 112; // rebias 127 -> 15
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    // Subnormal in f16: shift the full 24-bit significand down to units of 2^-24.
-    const s = 14 - e;
-    if (s > 24) return sign;
-    const m = mant | 0x800000;
-    let h = m >>> s;
-    const half = 1 << (s - 1);
-    const rest = m & ((half << 1) - 1);
-    if (rest > half || (rest === half && (h & 1))) h++;
-    return sign | h;
-  }
-  let h = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (h & 1))) h++; // a carry into the exponent is still correct
-  return sign | h;
-}
-
 /** Q8_0 blocks (f16 scale + 32 int8) -> little-endian F16 bytes. */
 function dequantQ8_0ToF16(src: Uint8Array, elements: number): Uint8Array {
   const out = new Uint8Array(elements * 2);
@@ -425,9 +384,9 @@ function dequantQ8_0ToF16(src: Uint8Array, elements: number): Uint8Array {
   const blocks = elements / 32;
   for (let b = 0; b < blocks; b++) {
     const base = b * 34;
-    const d = f16ToF32(dv.getUint16(base, true));
+    const d = f16BitsToF32(dv.getUint16(base, true));
     for (let j = 0; j < 32; j++) {
-      dst.setUint16((b * 32 + j) * 2, f32ToF16(d * dv.getInt8(base + 2 + j)), true);
+      dst.setUint16((b * 32 + j) * 2, f32ToF16Bits(d * dv.getInt8(base + 2 + j)), true);
     }
   }
   return out;

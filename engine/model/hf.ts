@@ -1,5 +1,6 @@
 // Hugging Face model folders: config.json, safetensors weights (single or sharded), tokenizer, chat template.
 
+import { type Json, readJson } from "./json_file.ts";
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { chatTemplateFrom } from "./chat_template.ts";
@@ -15,8 +16,6 @@ import {
   type WeightTensor,
 } from "./types.ts";
 import { loadHfTokenizer, specialTokenContent } from "../tokenizer/hf_tokenizer.ts";
-
-type Json = Record<string, unknown>;
 
 export interface HfLoadOptions {
   progress?: LoadProgress;
@@ -179,25 +178,6 @@ export function expectedTensors(c: ModelConfig): { name: string; shape: number[]
   out.push({ name: "model.norm.weight", shape: [H] });
   if (!c.tieEmbeddings) out.push({ name: "lm_head.weight", shape: [V, H] });
   return out;
-}
-
-async function readJson(path: string, required: true): Promise<{ text: string; json: Json }>;
-async function readJson(path: string, required: false): Promise<{ text: string; json: Json } | null>;
-async function readJson(path: string, required: boolean): Promise<{ text: string; json: Json } | null> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (!required && e instanceof Deno.errors.NotFound) return null;
-    throw new ModelLoadError(`${path}: cannot read (${(e as Error).message})`, path);
-  }
-  try {
-    const json = JSON.parse(text);
-    if (!json || typeof json !== "object" || Array.isArray(json)) throw new Error("not a JSON object");
-    return { text, json };
-  } catch (e) {
-    throw new ModelLoadError(`${path}: invalid JSON (${(e as Error).message})`, path);
-  }
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -53,3 +53,27 @@ export function encodeAs(a: Float32Array, dtype: ActDType): Uint8Array {
   const h = Float16Array.from(a);
   return new Uint8Array(h.buffer);
 }
+
+// Scalar conversions to and from stored 16-bit floats. Float16Array rounds to nearest even, as a GPU does.
+const f16Scratch = new Float16Array(1);
+const f16Bits = new Uint16Array(f16Scratch.buffer);
+const f32Scratch = new Float32Array(1);
+const f32Bits = new Uint32Array(f32Scratch.buffer);
+
+export function f32ToF16Bits(x: number): number {
+  f16Scratch[0] = x;
+  return f16Bits[0];
+}
+
+export function f16BitsToF32(h: number): number {
+  f16Bits[0] = h;
+  return f16Scratch[0];
+}
+
+/** f32 -> bf16 bits, round to nearest even; NaN stays NaN. */
+export function f32ToBf16Bits(x: number): number {
+  f32Scratch[0] = x;
+  const b = f32Bits[0];
+  if ((b & 0x7f800000) === 0x7f800000 && (b & 0x7fffff)) return (b >>> 16) | 0x40;
+  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+}

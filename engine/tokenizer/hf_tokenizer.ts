@@ -1,5 +1,6 @@
 // Hugging Face tokenizer.json (+ tokenizer_config.json) behind the engine's Tokenizer interface.
 
+import { readJson } from "../model/json_file.ts";
 import { Tokenizer as JsTokenizer } from "@huggingface/tokenizers";
 import { ModelLoadError, type Tokenizer } from "../model/types.ts";
 
@@ -131,25 +132,10 @@ export function hfTokenizerFrom(
   };
 }
 
-async function readJson(path: string, required: boolean): Promise<Json | null> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (!required && e instanceof Deno.errors.NotFound) return null;
-    throw new ModelLoadError(`${path}: cannot read (${(e as Error).message})`, path);
-  }
-  try {
-    return JSON.parse(text) as Json;
-  } catch (e) {
-    throw new ModelLoadError(`${path}: invalid JSON (${(e as Error).message})`, path);
-  }
-}
-
 /** Loads tokenizer.json (required) and tokenizer_config.json (optional) from a model folder. */
 export async function loadHfTokenizer(dir: string, opts: HfTokenizerOptions = {}): Promise<HfTokenizer> {
   const file = `${dir}/tokenizer.json`;
-  const tj = await readJson(file, true);
-  const tc = (await readJson(`${dir}/tokenizer_config.json`, false)) ?? {};
+  const tj = (await readJson(file, true)).json;
+  const tc = (await readJson(`${dir}/tokenizer_config.json`, false))?.json ?? {};
   return hfTokenizerFrom(tj, tc, { ...opts, file });
 }

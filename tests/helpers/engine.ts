@@ -1,5 +1,6 @@
 // An in-process engine over stories260K for tests (the server runs the same engine in a Worker).
 
+import { samplingParams } from "../../engine/protocol.ts";
 import type { LLMEngine } from "../../engine/llm_engine.ts";
 import { type LocalEngine, type LocalEngineOptions, startLocalEngine } from "../../engine/local_engine.ts";
 import { loadModel } from "../../engine/model/load.ts";
@@ -21,26 +22,7 @@ export async function stories(): Promise<LoadedModel> {
   return cached;
 }
 
-export function params(over: Partial<SamplingParams> = {}): SamplingParams {
-  return {
-    temperature: 0,
-    topP: 1,
-    topK: 0,
-    minP: 0,
-    presencePenalty: 0,
-    frequencyPenalty: 0,
-    repetitionPenalty: 1,
-    logitBias: {},
-    seed: null,
-    stopTokenIds: [],
-    stop: [],
-    ignoreEos: false,
-    maxTokens: 16,
-    logprobs: null,
-    skipSpecialTokens: true,
-    ...over,
-  };
-}
+export const params = samplingParams;
 
 export type Harness = LocalEngine;
 
