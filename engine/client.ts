@@ -39,6 +39,15 @@ class WorkerEngineClient implements EngineClient {
     private log: (line: string) => void,
   ) {
     worker.onmessage = (e: MessageEvent<ToClient>) => this.onMessage(e.data);
+    // A crashed Worker sends nothing more: fail what is in flight instead of leaving it hanging.
+    worker.onerror = (e) => {
+      e.preventDefault();
+      this.onMessage({ type: "fatal", message: `engine worker crashed: ${e.message}` });
+    };
+  }
+
+  failure(): string | null {
+    return this.fatal;
   }
 
   private onMessage(m: ToClient) {

@@ -119,6 +119,8 @@ export interface EngineClient {
   readonly chatTemplate: import("./model/types.ts").ChatTemplate;
   /** Latest snapshot; cheap, never blocks. */
   stats(): EngineStats;
+  /** Why the engine can no longer serve (its loop or Worker died), or null while healthy. */
+  failure(): string | null;
   /**
    * Streams events until exactly one terminal event ("done" or "error").
    * Aborting the signal removes the request wherever it is (queued, prefilling, decoding)

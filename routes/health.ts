@@ -5,7 +5,10 @@ import type { AppEnv, Shared } from "./env.ts";
 export function healthRoutes(s: Shared): Hono<AppEnv> {
   return new Hono<AppEnv>().get("/health", (c) => {
     if (s.deps.draining()) return c.json({ status: "draining" }, 503);
-    if (!s.deps.engine()) return c.json({ status: "loading" }, 503);
+    const engine = s.deps.engine();
+    if (!engine) return c.json({ status: "loading" }, 503);
+    const failure = engine.failure();
+    if (failure) return c.json({ status: "failed", error: failure }, 503);
     return c.json({ status: "ok" }, 200);
   });
 }

@@ -182,13 +182,20 @@ Deno.test("loading: /health and inference routes answer 503 until the engine is 
     const metrics = await fetch(`${s.origin}/metrics`);
     assert.match(await metrics.text(), /ragtime_requests_running 0/);
 
-    s.setEngine(new FakeEngine());
+    const engine = new FakeEngine();
+    s.setEngine(engine);
     const ready = await fetch(`${s.origin}/health`);
     await ready.body?.cancel();
     assert.equal(ready.status, 200);
     const res = await post(`${s.baseURL}/chat/completions`, chatBody());
     await res.body?.cancel();
     assert.equal(res.status, 200);
+
+    // An engine whose loop died is not healthy: load balancers must stop sending it traffic.
+    engine.failed = "engine failed: boom";
+    const dead = await fetch(`${s.origin}/health`);
+    assert.equal(dead.status, 503);
+    assert.deepEqual(await dead.json(), { status: "failed", error: "engine failed: boom" });
   } finally {
     await s.close();
   }

@@ -106,6 +106,8 @@ export class FakeEngine implements EngineClient {
   extraWaiting = 0;
   running = 0;
   closed = false;
+  /** Set to simulate a dead engine (its loop or Worker failed). */
+  failed: string | null = null;
   #gate: Promise<void> | null = null;
   #openGate: (() => void) | null = null;
   #counters = { prompt: 0, generated: 0, steps: 0 };
@@ -143,6 +145,10 @@ export class FakeEngine implements EngineClient {
       };
       this.#arrivals.push(check);
     });
+  }
+
+  failure(): string | null {
+    return this.failed;
   }
 
   stats(): EngineStats {
