@@ -421,3 +421,23 @@ Deno.test("synthetic: missing head_count_kv defaults to head_count, missing freq
   assertEquals(m.config.ropeTheta, 10000);
   assertEquals(m.weights.get("model.layers.0.self_attn.k_proj.weight").shape, [32, 32]);
 });
+
+Deno.test("header-only load (skipWeights) reads the tokenizer and config without the weights", async () => {
+  const full = await loadGguf(STORIES);
+  const head = await loadGguf(STORIES, { skipWeights: true });
+  // Only tieEmbeddings may differ: spotting an output.weight that copies token_embd takes its bytes.
+  assertEquals({ ...head.config, tieEmbeddings: null }, { ...full.config, tieEmbeddings: null });
+  assertEquals(head.tokenizer.encode("Once upon a time", true), [1, 403, 407, 261, 378]);
+  assertEquals(head.weights.names(), []);
+  assertEquals(head.weights.hash, "");
+  // The header knows where every tensor ends, so a file cut in its data fails either way.
+  const bytes = await Deno.readFile(STORIES);
+  const cut = await Deno.makeTempFile({ suffix: ".gguf" });
+  await Deno.writeFile(cut, bytes.subarray(0, bytes.length - 1000));
+  try {
+    await assertRejects(() => loadGguf(cut), /truncated/);
+    await assertRejects(() => loadGguf(cut, { skipWeights: true }), /truncated/);
+  } finally {
+    await Deno.remove(cut);
+  }
+});

@@ -284,7 +284,7 @@ function safeBig(v: bigint): number | bigint {
  * Parses the header, metadata and tensor infos of a GGUF file held in memory, and checks that every
  * tensor's data lies inside the file. Does not look at the architecture or tensor types.
  */
-export function parseGguf(bytes: Uint8Array, file: string): GgufFile {
+export function parseGguf(bytes: Uint8Array, file: string, fileSize = bytes.length): GgufFile {
   const r: Reader = new Reader(bytes, file);
   if (bytes.length < 4 || r.dv.getUint32(0, true) !== GGUF_MAGIC) {
     r.fail('not a GGUF file (the first bytes are not the magic "GGUF")');
@@ -300,7 +300,7 @@ export function parseGguf(bytes: Uint8Array, file: string): GgufFile {
   const tensorCount = r.u64();
   const kvCount = r.u64();
   // A key/value takes at least 12 bytes and a tensor info at least 24: cheap sanity check on the counts.
-  if (kvCount * 12 + tensorCount * 24 > bytes.length) {
+  if (kvCount * 12 + tensorCount * 24 > fileSize) {
     r.fail(`truncated or corrupt GGUF header (${tensorCount} tensors, ${kvCount} metadata keys)`);
   }
 
@@ -363,10 +363,10 @@ export function parseGguf(bytes: Uint8Array, file: string): GgufFile {
       r.fail(`tensor "${name}" data offset ${rel} is not aligned to ${alignment}`, name);
     }
     const offset = dataOffset + rel;
-    if (offset > bytes.length || (byteLength !== null && offset + byteLength > bytes.length)) {
+    if (offset > fileSize || (byteLength !== null && offset + byteLength > fileSize)) {
       r.fail(
         `tensor "${name}" (${byteLength ?? "?"} bytes at offset ${offset}) lies past the end of the file ` +
-          `(${bytes.length} bytes): the file is truncated or corrupt`,
+          `(${fileSize} bytes): the file is truncated or corrupt`,
         name,
       );
     }
@@ -419,6 +419,8 @@ export interface GgufLoadOptions {
   progress?: LoadProgress;
   /** Overrides the context length stored in the file (some converters write a default there). */
   maxContext?: number;
+  /** Header only: config, tokenizer and chat template, no weights (the HTTP thread's view). */
+  skipWeights?: boolean;
 }
 
 const READ_CHUNK = 16 * 1024 * 1024;
@@ -450,9 +452,40 @@ async function readWholeFile(path: string, progress?: LoadProgress): Promise<Uin
 
 /** Loads a llama-architecture GGUF file: config, weights (HF names/layouts), tokenizer, chat template. */
 export async function loadGguf(path: string, opts: GgufLoadOptions = {}): Promise<LoadedModel> {
+  if (opts.skipWeights) return await loadGgufHeader(path, opts);
   const bytes = await readWholeFile(path, opts.progress);
   opts.progress?.({ phase: "parse" });
   return await ggufModelFromBytes(bytes, path, opts);
+}
+
+/**
+ * Config, tokenizer and chat template from the file's header only (the HTTP thread's view): reads a
+ * growing prefix until the header parses, so a multi-GB file is not read twice.
+ */
+async function loadGgufHeader(path: string, opts: GgufLoadOptions): Promise<LoadedModel> {
+  const size = (await Deno.stat(path)).size;
+  const file = await Deno.open(path, { read: true });
+  try {
+    for (let want = Math.min(size, 1 << 20);; want = Math.min(size, want * 4)) {
+      const bytes = new Uint8Array(want);
+      await file.seek(0, Deno.SeekMode.Start);
+      let done = 0;
+      while (done < want) {
+        const n = await file.read(bytes.subarray(done));
+        if (n === null) break;
+        done += n;
+      }
+      try {
+        return await ggufModelFromBytes(bytes.subarray(0, done), path, opts, size);
+      } catch (e) {
+        // Past the prefix, the parser reports the header as cut short: read more (errors on the whole
+        // file are the real ones).
+        if (done >= size) throw e;
+      }
+    }
+  } finally {
+    file.close();
+  }
 }
 
 /** Same as loadGguf for a file already in memory; `file` is used for the name and in errors. */
@@ -460,8 +493,9 @@ export async function ggufModelFromBytes(
   bytes: Uint8Array,
   file: string,
   opts: GgufLoadOptions = {},
+  fileSize = bytes.length,
 ): Promise<LoadedModel> {
-  const gguf = parseGguf(bytes, file);
+  const gguf = parseGguf(bytes, file, fileSize);
   const meta = new MetaReader(gguf.metadata, file);
   const fail: (message: string, tensor?: string) => never = (message, tensor) => {
     throw new ModelLoadError(`${file}: ${message}`, file, tensor);
@@ -534,8 +568,9 @@ export async function ggufModelFromBytes(
     rmsNormEps: meta.float(p + "attention.layer_norm_rms_epsilon", true),
     ropeTheta: meta.float(p + "rope.freq_base") ?? 10000,
     maxContext: opts.maxContext ?? meta.int(p + "context_length", true),
+    // Header-only loads cannot compare the bytes of a copied output.weight (nor need to: no weights).
     tieEmbeddings: !byName.has("output.weight") ||
-      sameData(bytes, byName.get("output.weight")!, byName.get("token_embd.weight")),
+      (!opts.skipWeights && sameData(bytes, byName.get("output.weight")!, byName.get("token_embd.weight"))),
     attentionBias: false,
     qkNorm: false,
     bosTokenId,
@@ -586,8 +621,9 @@ export async function ggufModelFromBytes(
   const { vocabSize, intermediateSize: ffn } = config;
   const qDim = numHeads * headDim;
   const kvDim = numKvHeads * headDim;
-  take("token_embd.weight", "model.embed_tokens.weight", [vocabSize, hidden]);
-  for (let i = 0; i < config.numLayers; i++) {
+  const loadWeights = !opts.skipWeights;
+  if (loadWeights) take("token_embd.weight", "model.embed_tokens.weight", [vocabSize, hidden]);
+  for (let i = 0; loadWeights && i < config.numLayers; i++) {
     const b = `blk.${i}.`;
     const m = `model.layers.${i}.`;
     take(b + "attn_norm.weight", m + "input_layernorm.weight", [hidden]);
@@ -600,11 +636,13 @@ export async function ggufModelFromBytes(
     take(b + "ffn_up.weight", m + "mlp.up_proj.weight", [ffn, hidden]);
     take(b + "ffn_down.weight", m + "mlp.down_proj.weight", [hidden, ffn]);
   }
-  take("output_norm.weight", "model.norm.weight", [hidden]);
-  if (!config.tieEmbeddings) take("output.weight", "lm_head.weight", [vocabSize, hidden]);
+  if (loadWeights) take("output_norm.weight", "model.norm.weight", [hidden]);
+  if (loadWeights && !config.tieEmbeddings) take("output.weight", "lm_head.weight", [vocabSize, hidden]);
 
-  const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
-  const hash = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  const digest = loadWeights ? await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>) : null;
+  const hash = digest
+    ? Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("")
+    : "";
   const source: WeightSource = {
     hash,
     get(name) {

@@ -8,7 +8,7 @@ import { type LoadedModel, type LoadProgress, ModelLoadError } from "./types.ts"
 export interface LoadOptions {
   progress?: LoadProgress;
   maxContext?: number;
-  /** Skip reading weights where the format allows it (HF folders); GGUF files are read whole. */
+  /** Config, tokenizer and chat template only: weights are not read (the HTTP thread's view). */
   skipWeights?: boolean;
 }
 
