@@ -63,12 +63,12 @@ export function describeFailure(err: unknown, signal: AbortSignal): string {
   return oneLine(err.name === "Error" ? err.message : `${err.name}: ${err.message}`);
 }
 
-/** Sends one request and returns its record; never throws. */
-export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Promise<RequestRecord> {
-  const rec: RequestRecord = {
+/** The record of a request before anything happened to it (error: why it was not sent, if so). */
+export function emptyRecord(item: WorkloadItem, error: string | null = null): RequestRecord {
+  return {
     index: item.index,
     ok: false,
-    error: null,
+    error,
     sentAt: null,
     endAt: null,
     chunkTimes: [],
@@ -78,6 +78,11 @@ export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Pro
     expectedOutputTokens: item.outputTokens,
     finishReason: null,
   };
+}
+
+/** Sends one request and returns its record; never throws. */
+export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Promise<RequestRecord> {
+  const rec = emptyRecord(item);
   const body = {
     ...opts.bodyBase,
     prompt: item.prompt,

@@ -1,6 +1,6 @@
 // Drives one benchmark against a running server: warmup, then the measured requests on their
 // arrival schedule under a concurrency cap, with per-request and overall deadlines.
-import { sendRequest } from "./client.ts";
+import { emptyRecord, sendRequest } from "./client.ts";
 import type { Progress } from "./progress.ts";
 import { computeMetrics, type Metrics, type RequestRecord } from "./stats.ts";
 import { arrivalOffsets, arrivalRng, type WorkloadItem } from "./workload.ts";
@@ -85,19 +85,7 @@ function sleepUntil(at: number, signal: AbortSignal): Promise<void> {
 
 /** A record for a request that was never sent (the overall deadline came first). */
 function unsent(item: WorkloadItem, why: string): RequestRecord {
-  return {
-    index: item.index,
-    ok: false,
-    error: `not sent: ${why}`,
-    sentAt: null,
-    endAt: null,
-    chunkTimes: [],
-    outputTokens: 0,
-    outputTokensFrom: "chunks",
-    promptTokens: item.promptTokens,
-    expectedOutputTokens: item.outputTokens,
-    finishReason: null,
-  };
+  return emptyRecord(item, `not sent: ${why}`);
 }
 
 interface Phase {
