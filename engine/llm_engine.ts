@@ -1,9 +1,12 @@
-// The engine loop: schedule a step, dispatch it, then read back the step before it.
+// The engine loop: schedule a step, dispatch it, and read back the steps before it.
 //
-// Two steps are in flight: step N+1 is dispatched before step N's tokens are read back, because a
-// readback costs ~11 ms in Deno whatever its size. A decoding sequence's input in step N+1 is then
-// the token step N sampled for it, fed on the GPU (see IO.prevIds). A sequence that ends in step N
-// may already sit in step N+1: one wasted token of compute, never sent to its client.
+// Up to three steps are in flight: step N+1 and N+2 are dispatched before step N's tokens are
+// used. A readback in Deno settles on a ~10 ms poll and dispatching a step costs tens of ms of
+// CPU, so N's readback is requested right after N+1 is dispatched and awaited after N+2 is: the
+// wait hides behind a dispatch instead of stalling the loop. A decoding sequence's input in a step
+// is the token the step before sampled for it, fed on the GPU (see IO.prevIds). A sequence that
+// ends in step N may already sit in N+1 and N+2: wasted compute, never sent to its client.
+// Sequences sampled on the CPU (their next input must come back first) keep the pipeline at two.
 
 import { BlockManager } from "./block_manager.ts";
 import { IncrementalDetokenizer } from "./detokenizer.ts";
@@ -42,6 +45,9 @@ interface Request {
   /** Stop token ids, EOS included unless ignore_eos. */
   stopIds: Set<number>;
 }
+
+/** Steps in flight at most (see the header). */
+const PIPELINE_DEPTH = 3;
 
 interface InFlight {
   plan: StepPlan;
@@ -164,19 +170,22 @@ export class LLMEngine {
 
   /** Runs until stop(); each iteration dispatches at most one step and reads back at most one. */
   async run(): Promise<void> {
-    let inFlight: InFlight | null = null;
+    const inFlight: InFlight[] = [];
     while (!this.stopped) {
       const plan = this.scheduler.schedule();
-      let next: InFlight | null = null;
-      if (plan) next = await this.dispatch(plan);
-      if (inFlight) await this.complete(inFlight);
-      inFlight = next;
-      if (!plan && !inFlight && !this.stopped && this.scheduler.isIdle) {
+      if (plan) {
+        inFlight.push(await this.dispatch(plan));
+        if (inFlight.length >= 2) this.runner.startRead(inFlight[inFlight.length - 2].handle);
+      }
+      // A CPU-sampled sequence cannot decode again before its token is back: read at depth two.
+      const depth = inFlight[0]?.handle.logits ? 2 : PIPELINE_DEPTH;
+      if (inFlight.length > 0 && (!plan || inFlight.length >= depth)) await this.complete(inFlight.shift()!);
+      if (!plan && inFlight.length === 0 && !this.stopped && this.scheduler.isIdle) {
         await new Promise<void>((resolve) => (this.wake = resolve));
         this.wake = null;
       }
     }
-    if (inFlight) await this.complete(inFlight);
+    while (inFlight.length > 0) await this.complete(inFlight.shift()!);
   }
 
   private async dispatch(plan: StepPlan): Promise<InFlight> {

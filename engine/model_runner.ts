@@ -46,6 +46,8 @@ export interface StepHandle {
   nextIds: ort.Tensor;
   logits: ort.Tensor | null;
   numRows: number;
+  /** The readback, once started (see ModelRunner.startRead). */
+  pending: Promise<StepResult> | null;
 }
 
 export interface StepResult {
@@ -135,8 +137,9 @@ export class ModelRunner {
 
     opts.progress?.({ phase: "session" });
     const session = await ort.InferenceSession.create(bytes, {
-      executionProviders: ["webgpu"],
-      extra: { ...DEFAULT_EP_CONFIG, ...envEpConfig() },
+      executionProviders: [{ name: "webgpu", ...DEFAULT_EP_OPTIONS, ...envEpOptions() }],
+      // RAGTIME_ORT_LOG=1 logs every WebGPU program ORT starts (what a step dispatches).
+      logSeverityLevel: Number(Deno.env.get("RAGTIME_ORT_LOG") ?? 3) as 0 | 1 | 2 | 3 | 4,
       preferredOutputLocation: {
         [IO.logits]: "gpu-buffer",
         [IO.nextIds]: "gpu-buffer",
@@ -229,8 +232,9 @@ export class ModelRunner {
     const idsName = s.sampleU.some((u) => u >= 0) ? IO.sampledIds : IO.nextIds;
     const out = await this.session.run(feeds, s.wantLogits ? [idsName, IO.logits] : [idsName]);
     const nextIds = out[idsName];
+    const logits = s.wantLogits ? out[IO.logits] : null;
     this.prev = nextIds;
-    return { nextIds, logits: s.wantLogits ? out[IO.logits] : null, numRows: S };
+    return { nextIds, logits, numRows: S, pending: null };
   }
 
   /**
@@ -256,15 +260,26 @@ export class ModelRunner {
     }
   }
 
+  /**
+   * Requests a dispatched step's readback without waiting for it. Deno settles a buffer map on a
+   * ~10 ms poll, and the map request itself waits for the GPU to finish that step: request it once
+   * the step after it is dispatched, await it after one more dispatch, and the wait is hidden.
+   */
+  startRead(h: StepHandle): void {
+    if (h.pending) return;
+    h.pending = download(h.nextIds, h.logits);
+    h.pending.catch(() => {}); // a step abandoned at shutdown is not an unhandled rejection
+  }
+
   /** Reads a dispatched step's results back to the CPU. */
   async read(h: StepHandle): Promise<StepResult> {
-    const nextIds = (await h.nextIds.getData()) as Int32Array;
-    const logits = h.logits ? (await h.logits.getData()) as Float32Array : null;
+    this.startRead(h);
+    const result = await h.pending!;
     // A step's GPU outputs may still be bound by the step dispatched after it, which has surely
     // finished once this (later) step's data is back: release the older handle only now.
     this.releaseLater.forEach((t) => t !== this.prev && t.dispose());
     this.releaseLater = [h.nextIds, ...(h.logits ? [h.logits] : [])];
-    return { nextIds, logits };
+    return result;
   }
 
   async close() {
@@ -273,6 +288,11 @@ export class ModelRunner {
     for (const c of this.caches) c.dispose();
     await this.session.release();
   }
+}
+
+async function download(nextIds: ort.Tensor, logits: ort.Tensor | null): Promise<StepResult> {
+  const [ids, l] = await Promise.all([nextIds.getData(), logits?.getData() ?? null]);
+  return { nextIds: ids as Int32Array, logits: l as Float32Array | null };
 }
 
 /** Longest prefill chunk per sequence and step; see ModelRunner.run. */
@@ -296,16 +316,17 @@ function padStep(s: StepInputs, block: number): StepInputs {
 }
 
 /**
- * WebGPU EP session config. Per-run CPU cost is the bottleneck of a step, so these settings are
- * measured choices (docs/BENCHMARKS.md); RAGTIME_ORT_EXTRA (JSON) overrides them for experiments.
+ * WebGPU EP options. They must go in the execution provider entry: onnxruntime-web hands session
+ * `extra` entries to ORT only after the EP (and its process-wide WebGPU context) exists.
+ * RAGTIME_ORT_EP (JSON) overrides them for experiments.
  */
-const DEFAULT_EP_CONFIG: Record<string, string> = {
-  // ORT's own WebGPU validation costs CPU on every dispatch; the graph is fixed and tested.
-  "ep.webgpuexecutionprovider.validationMode": "disabled",
+const DEFAULT_EP_OPTIONS: Record<string, string> = {
+  // ORT's own checks on every dispatch cost CPU, the bound of a step; the graph is fixed and tested.
+  validationMode: "disabled",
 };
 
-function envEpConfig(): Record<string, string> {
-  const raw = Deno.env.get("RAGTIME_ORT_EXTRA");
+function envEpOptions(): Record<string, string> {
+  const raw = Deno.env.get("RAGTIME_ORT_EP");
   return raw ? JSON.parse(raw) : {};
 }
 

@@ -1,9 +1,47 @@
 // Times single engine steps of a SmolLM2-135M-shaped random model: dispatch (CPU) and readback.
 // deno run -A bench/gpu/step_probe.ts [dtype]
+// QUICK=1: only the 256-row cases. TRACE=1: counts and times every WebGPU API call made during
+// the timed dispatches, to split a step's CPU cost between WebGPU calls and the rest (ORT's wasm).
+// RAGTIME_ORT_EP (JSON): ORT WebGPU EP options for this process (see engine/model_runner.ts).
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
 import { randomModel } from "../../tests/helpers/random_model.ts";
 
 const dtype = (Deno.args[0] ?? "f16") as "f16" | "f32";
+const trace = new Map<string, { n: number; ms: number }>();
+let tracing = false;
+if (Deno.env.get("TRACE")) {
+  const protos: [string, object][] = [
+    ["device", GPUDevice.prototype],
+    ["queue", GPUQueue.prototype],
+    ["encoder", GPUCommandEncoder.prototype],
+    ["pass", GPUComputePassEncoder.prototype],
+    ["buffer", GPUBuffer.prototype],
+  ];
+  for (const [tag, proto] of protos) {
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      const desc = Object.getOwnPropertyDescriptor(proto, name);
+      if (!desc || typeof desc.value !== "function" || name === "constructor") continue;
+      const orig = desc.value as (...a: unknown[]) => unknown;
+      const key = `${tag}.${name}`;
+      Object.defineProperty(proto, name, {
+        ...desc,
+        value: function (this: unknown, ...args: unknown[]) {
+          if (!tracing) return orig.apply(this, args);
+          const t = performance.now();
+          try {
+            return orig.apply(this, args);
+          } finally {
+            const e = trace.get(key) ?? { n: 0, ms: 0 };
+            e.n++;
+            e.ms += performance.now() - t;
+            trace.set(key, e);
+          }
+        },
+      });
+    }
+  }
+}
+
 const model = randomModel("llama", 1, {
   vocabSize: 49152,
   hiddenSize: 576,
@@ -20,7 +58,7 @@ const runner = await ModelRunner.create(model, {
   dtype,
   blockSize: 16,
   kvCacheMb: 2048,
-  cacheDir: null,
+  cacheDir: Deno.env.get("GRAPH_CACHE") ?? null,
   log: console.log,
 });
 console.log(
@@ -62,38 +100,62 @@ const all: [number, number, number, boolean][] = [
   [256, 31, 0, false],
 ];
 // QUICK=1: the cases that decide the reference workload's step time.
-const cases = Deno.env.get("QUICK") ? all.filter(([B]) => B === 256) : all;
-console.log(`ORT extra: ${Deno.env.get("RAGTIME_ORT_EXTRA") ?? "{}"}`);
+const only = Deno.env.get("ONLY_B");
+const cases = all.filter(([B]) => only ? B === Number(only) : !Deno.env.get("QUICK") || B === 256);
+const N = Number(Deno.env.get("STEPS") ?? 10);
+const pct = (v: number[], p: number) => [...v].sort((a, b) => a - b)[Math.min(v.length - 1, Math.floor(p * v.length))];
+console.log(`ORT EP options: ${Deno.env.get("RAGTIME_ORT_EP") ?? "{}"}`);
 for (const [B, q, past, sample] of cases) {
   const inp = inputs(B, q, past, sample);
   // warm-up (shader compilation)
   await runner.read(await runner.run(inp));
   await runner.read(await runner.run(inp));
-  const N = 10;
-  let dispatch = 0;
+  const dispatch: number[] = [];
+  trace.clear();
   const tA = performance.now();
   for (let i = 0; i < N; i++) {
     const t = performance.now();
+    tracing = true;
     const h = await runner.run(inp);
-    dispatch += performance.now() - t;
+    tracing = false;
+    dispatch.push(performance.now() - t);
     await runner.read(h);
   }
   const serial = (performance.now() - tA) / N;
-  // Pipelined: dispatch step i+1 before reading step i.
-  const tB = performance.now();
-  let prev = await runner.run(inp);
-  for (let i = 0; i < N; i++) {
-    const h = await runner.run(inp);
-    await runner.read(prev);
-    prev = h;
+  // Pipelined as the engine runs: two steps in flight (dispatch i+1, then read i), or three (read
+  // of i requested after dispatching i+1, awaited after dispatching i+2).
+  const piped: Record<number, number> = {};
+  for (const depth of [2, 3]) {
+    const tB = performance.now();
+    const flight = [];
+    for (let i = 0; i < N + depth - 1; i++) {
+      flight.push(await runner.run(inp));
+      if (flight.length >= 2) runner.startRead(flight[flight.length - 2]);
+      if (flight.length >= depth) await runner.read(flight.shift()!);
+    }
+    while (flight.length) await runner.read(flight.shift()!);
+    piped[depth] = (performance.now() - tB) / (N + depth - 1);
   }
-  await runner.read(prev);
-  const piped = (performance.now() - tB) / (N + 1);
+  const mean = dispatch.reduce((a, b) => a + b, 0) / N;
   console.log(
-    `B=${B} q=${q} past=${past}${sample ? " sampled" : ""}: dispatch ${
-      (dispatch / N).toFixed(2)
-    } ms, serial step ${serial.toFixed(2)} ms, ` +
-      `pipelined step ${piped.toFixed(2)} ms (${((B * 1000) / piped).toFixed(0)} rows/s)`,
+    `B=${B} q=${q} past=${past}${sample ? " sampled" : ""}: dispatch mean ${mean.toFixed(2)} p50 ${
+      pct(dispatch, 0.5).toFixed(2)
+    } max ${Math.max(...dispatch).toFixed(2)} ms, serial step ${serial.toFixed(2)} ms, ` +
+      `pipelined step: 2 in flight ${piped[2].toFixed(2)} ms, 3 in flight ${piped[3].toFixed(2)} ms ` +
+      `(${((B * 1000) / piped[3]).toFixed(0)} rows/s)`,
   );
+  if (trace.size) {
+    let total = 0;
+    const rows = [...trace].sort((a, b) => b[1].ms - a[1].ms);
+    for (const [, e] of rows) total += e.ms;
+    console.log(`  WebGPU calls per dispatch: ${(total / N).toFixed(2)} ms of ${mean.toFixed(2)} ms`);
+    for (const [k, e] of rows.slice(0, 12)) {
+      console.log(
+        `    ${k.padEnd(32)} ${(e.n / N).toFixed(0).padStart(6)} calls ${(e.ms / N).toFixed(2).padStart(8)} ms ${
+          ((1000 * e.ms) / e.n).toFixed(1)
+        } us/call`,
+      );
+    }
+  }
 }
 await runner.close();
