@@ -52,8 +52,8 @@ class WorkerEngineClient implements EngineClient {
 
   private onMessage(m: ToClient) {
     switch (m.type) {
-      case "event":
-        this.listeners.get(m.id)?.(m.ev);
+      case "events":
+        for (const { id, ev } of m.items) this.listeners.get(id)?.(ev);
         break;
       case "stats":
         this.latest = m.stats;

@@ -4,7 +4,7 @@
 // this one's tokens are read back (a readback costs ~11 ms in Deno whatever its size).
 
 import * as ort from "onnxruntime-web/webgpu";
-import { buildGraph, IO } from "./model/graph.ts";
+import { buildGraph, buildSamplerGraph, IO } from "./model/graph.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
 
@@ -48,6 +48,8 @@ export interface StepHandle {
   numRows: number;
   /** The readback, once started (see ModelRunner.startRead). */
   pending: Promise<StepResult> | null;
+  /** GPU outputs of the step that nobody reads (greedy ids and logits feeding the sampler). */
+  scratch: ort.Tensor[];
 }
 
 export interface StepResult {
@@ -68,6 +70,7 @@ export class ModelRunner {
 
   private constructor(
     private session: ort.InferenceSession,
+    private sampler: ort.InferenceSession,
     private caches: ort.Tensor[],
     private model: LoadedModel,
     info: {
@@ -136,16 +139,17 @@ export class ModelRunner {
     }
 
     opts.progress?.({ phase: "session" });
-    const session = await ort.InferenceSession.create(bytes, {
+    const sessionOptions = (outputs: string[]): ort.InferenceSession.SessionOptions => ({
       executionProviders: [{ name: "webgpu", ...DEFAULT_EP_OPTIONS, ...envEpOptions() }],
       // RAGTIME_ORT_LOG=1 logs every WebGPU program ORT starts (what a step dispatches).
       logSeverityLevel: Number(Deno.env.get("RAGTIME_ORT_LOG") ?? 3) as 0 | 1 | 2 | 3 | 4,
-      preferredOutputLocation: {
-        [IO.logits]: "gpu-buffer",
-        [IO.nextIds]: "gpu-buffer",
-        [IO.sampledIds]: "gpu-buffer",
-      },
+      preferredOutputLocation: Object.fromEntries(outputs.map((o) => [o, "gpu-buffer"])),
     });
+    const session = await ort.InferenceSession.create(bytes, sessionOptions([IO.logits, IO.nextIds]));
+    const sampler = await ort.InferenceSession.create(
+      buildSamplerGraph(cfg.vocabSize),
+      sessionOptions([IO.sampledIds]),
+    );
     const device = await ort.env.webgpu.device;
     const adapterInfo = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo ??
       (ort.env.webgpu.adapter as GPUAdapter | undefined)?.info;
@@ -177,7 +181,7 @@ export class ModelRunner {
       `kv cache: ${numBlocks} blocks of ${opts.blockSize} tokens ` +
         `(${((2 * cfg.numLayers * numBlocks * bytesPerBlock) / 2 ** 20).toFixed(1)} MiB) on ${adapterName}`,
     );
-    return new ModelRunner(session, caches, model, {
+    return new ModelRunner(session, sampler, caches, model, {
       numBlocks,
       blockSize: opts.blockSize,
       maxPositions,
@@ -221,20 +225,33 @@ export class ModelRunner {
       // Host-side bounds spare PagedAttention a metadata readback in every layer.
       [IO.attnMeta]: new ort.Tensor("int32", Int32Array.of(maxQ, maxKv), [2]),
       [IO.sampleRows]: new ort.Tensor("int32", s.sampleRows, [S]),
-      [IO.sampleU]: new ort.Tensor("float32", s.sampleU, [S]),
-      [IO.invTemp]: new ort.Tensor("float32", s.invTemp, [S]),
     };
     for (let i = 0; i < this.model.config.numLayers; i++) {
       feeds[IO.keyCache(i)] = this.caches[2 * i];
       feeds[IO.valueCache(i)] = this.caches[2 * i + 1];
     }
-    // Only steps with a sampling row pay for the sampling head (see sampleOnGpu).
-    const idsName = s.sampleU.some((u) => u >= 0) ? IO.sampledIds : IO.nextIds;
-    const out = await this.session.run(feeds, s.wantLogits ? [idsName, IO.logits] : [idsName]);
-    const nextIds = out[idsName];
-    const logits = s.wantLogits ? out[IO.logits] : null;
+    const sampling = s.sampleU.some((u) => u >= 0);
+    const out = await this.session.run(
+      feeds,
+      sampling || s.wantLogits ? [IO.nextIds, IO.logits] : [IO.nextIds],
+    );
+    let nextIds = out[IO.nextIds];
+    const logits = out[IO.logits] ?? null;
+    const scratch: ort.Tensor[] = [];
+    if (sampling) {
+      // Only steps with a sampling row pay for the sampling head (see buildSamplerGraph).
+      const sampled = await this.sampler.run({
+        [IO.logits]: logits!,
+        [IO.nextIds]: nextIds,
+        [IO.sampleU]: new ort.Tensor("float32", s.sampleU, [S]),
+        [IO.invTemp]: new ort.Tensor("float32", s.invTemp, [S]),
+      });
+      scratch.push(nextIds);
+      nextIds = sampled[IO.sampledIds];
+    }
+    if (logits && !s.wantLogits) scratch.push(logits);
     this.prev = nextIds;
-    return { nextIds, logits, numRows: S, pending: null };
+    return { nextIds, logits: s.wantLogits ? logits : null, numRows: S, pending: null, scratch };
   }
 
   /**
@@ -278,7 +295,7 @@ export class ModelRunner {
     // A step's GPU outputs may still be bound by the step dispatched after it, which has surely
     // finished once this (later) step's data is back: release the older handle only now.
     this.releaseLater.forEach((t) => t !== this.prev && t.dispose());
-    this.releaseLater = [h.nextIds, ...(h.logits ? [h.logits] : [])];
+    this.releaseLater = [h.nextIds, ...(h.logits ? [h.logits] : []), ...h.scratch];
     return result;
   }
 
@@ -287,6 +304,7 @@ export class ModelRunner {
     this.prev = null;
     for (const c of this.caches) c.dispose();
     await this.session.release();
+    await this.sampler.release();
   }
 }
 
@@ -332,7 +350,7 @@ function envEpOptions(): Record<string, string> {
 
 async function graphKey(model: LoadedModel, dtype: ActDType, maxPositions: number): Promise<string> {
   // Bump GRAPH_VERSION whenever buildGraph's output changes for the same weights.
-  const GRAPH_VERSION = 3;
+  const GRAPH_VERSION = 4;
   const text = JSON.stringify({
     v: GRAPH_VERSION,
     w: model.weights.hash,

@@ -6,6 +6,7 @@
 import "./worker_env.ts";
 import type { LLMEngine } from "./llm_engine.ts";
 import type { ModelRunner } from "./model_runner.ts";
+import type { GenerateEvent } from "./protocol.ts";
 import type { ToClient, ToWorker, WorkerInit } from "./worker_protocol.ts";
 
 let engine: LLMEngine | null = null;
@@ -13,6 +14,17 @@ let runner: ModelRunner | null = null;
 let loop: Promise<void> | null = null;
 const post = (m: ToClient) => self.postMessage(m);
 const log = (line: string) => post({ type: "log", line });
+// Events emitted in one synchronous stretch (a step's results) leave as one message.
+let outbox: { id: string; ev: GenerateEvent }[] = [];
+const emitEvent = (id: string, ev: GenerateEvent) => {
+  if (outbox.length === 0) {
+    queueMicrotask(() => {
+      post({ type: "events", items: outbox });
+      outbox = [];
+    });
+  }
+  outbox.push({ id, ev });
+};
 
 async function init(o: WorkerInit) {
   const t0 = performance.now();
@@ -80,7 +92,7 @@ self.onmessage = async (e: MessageEvent<ToWorker>) => {
         await init(m.options);
         break;
       case "generate":
-        engine!.add(m.request, (ev) => post({ type: "event", id: m.request.id, ev }));
+        engine!.add(m.request, (ev) => emitEvent(m.request.id, ev));
         post({ type: "stats", stats: engine!.stats() });
         break;
       case "abort":
@@ -97,11 +109,7 @@ self.onmessage = async (e: MessageEvent<ToWorker>) => {
   } catch (err) {
     if (m.type === "init") post({ type: "failed", message: (err as Error).message });
     else if (m.type === "generate") {
-      post({
-        type: "event",
-        id: m.request.id,
-        ev: { type: "error", message: (err as Error).message, code: "internal" },
-      });
+      emitEvent(m.request.id, { type: "error", message: (err as Error).message, code: "internal" });
     } else log(`worker: ${(err as Error).stack ?? err}`);
   }
 };

@@ -40,5 +40,6 @@ export type ToClient =
   | { type: "progress"; phase: string; done?: number; total?: number }
   | { type: "log"; line: string }
   | { type: "stats"; stats: EngineStats }
-  | { type: "event"; id: string; ev: GenerateEvent }
+  /** A step's token events travel together: one message per step, not one per token. */
+  | { type: "events"; items: { id: string; ev: GenerateEvent }[] }
   | { type: "closed" };

@@ -103,7 +103,8 @@ const all: [number, number, number, boolean][] = [
 const only = Deno.env.get("ONLY_B");
 const cases = all.filter(([B]) => only ? B === Number(only) : !Deno.env.get("QUICK") || B === 256);
 const N = Number(Deno.env.get("STEPS") ?? 10);
-const pct = (v: number[], p: number) => [...v].sort((a, b) => a - b)[Math.min(v.length - 1, Math.floor(p * v.length))];
+const pct = (v: number[], p: number) =>
+  [...v].sort((a, b) => a - b)[Math.min(v.length - 1, Math.floor(p * v.length))];
 console.log(`ORT EP options: ${Deno.env.get("RAGTIME_ORT_EP") ?? "{}"}`);
 for (const [B, q, past, sample] of cases) {
   const inp = inputs(B, q, past, sample);
@@ -151,9 +152,9 @@ for (const [B, q, past, sample] of cases) {
     console.log(`  WebGPU calls per dispatch: ${(total / N).toFixed(2)} ms of ${mean.toFixed(2)} ms`);
     for (const [k, e] of rows.slice(0, 12)) {
       console.log(
-        `    ${k.padEnd(32)} ${(e.n / N).toFixed(0).padStart(6)} calls ${(e.ms / N).toFixed(2).padStart(8)} ms ${
-          ((1000 * e.ms) / e.n).toFixed(1)
-        } us/call`,
+        `    ${k.padEnd(32)} ${(e.n / N).toFixed(0).padStart(6)} calls ${
+          (e.ms / N).toFixed(2).padStart(8)
+        } ms ${((1000 * e.ms) / e.n).toFixed(1)} us/call`,
       );
     }
   }

@@ -4,7 +4,10 @@
 // tokens mixed, no padding), per-sequence metadata for com.microsoft.PagedAttention, and the rows to
 // sample. The KV cache lives in engine-owned GPU buffers passed as inputs; PagedAttention writes the
 // step's K/V into them in place (its cache outputs are omitted). Sampling happens on the GPU too, so
-// that a decode's input token can come straight from the previous step's output without a readback.
+// that a decode's input token can come straight from the previous step's output without a readback:
+// greedy ids in the step graph, temperature sampling in a small second graph (buildSamplerGraph)
+// that runs only in steps with a sampled row. ORT runs every node of a session whatever outputs
+// are fetched, and the sampling head is ~30 dispatches, each costing CPU time in every step.
 
 import { GraphBuilder, TensorType } from "../onnx/builder.ts";
 import type { LoadedModel, ModelConfig } from "./types.ts";
@@ -79,8 +82,6 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
   g.input(IO.blockTable, TensorType.INT32, ["B", "M"]);
   g.input(IO.attnMeta, TensorType.INT32, [2]);
   g.input(IO.sampleRows, TensorType.INT32, ["S"]);
-  g.input(IO.sampleU, TensorType.FLOAT, ["S"]);
-  g.input(IO.invTemp, TensorType.FLOAT, ["S"]);
   for (let i = 0; i < cfg.numLayers; i++) {
     g.input(IO.keyCache(i), TensorType.FLOAT16, ["NB", "BS", NKV, Dp]);
     g.input(IO.valueCache(i), TensorType.FLOAT16, ["NB", "BS", NKV, Dp]);
@@ -225,9 +226,8 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
   g.op("Identity", [logits], {}, { name: IO.logits });
   g.output(IO.logits, TensorType.FLOAT, ["S", V]);
 
-  sampleOnGpu(g, IO.logits, V);
+  greedyIds(g, IO.logits, V);
   g.output(IO.nextIds, TensorType.INT32, ["S"]);
-  g.output(IO.sampledIds, TensorType.INT32, ["S"]);
 
   return {
     bytes: g.encode("ragtime-step"),
@@ -277,19 +277,46 @@ function rotaryTables(g: GraphBuilder, cfg: ModelConfig, Dp: number, maxPosition
 }
 
 /**
- * Two heads over the same logits, so a step that samples nothing skips the sampling work:
- * next_ids[s] = argmax(logits[s]) (lowest id on ties), and
+ * next_ids[s] = argmax(logits[s]), lowest id on ties. Measured on an H100: ArgMax's int64 output
+ * sends its Cast to the CPU (a readback mid-step), so argmax is a max-reduction over a descending
+ * ramp: the largest (vocab - id) among the maxima is the lowest id holding the max.
+ */
+function greedyIds(g: GraphBuilder, logits: string, vocab: number) {
+  const axis1 = g.constI64([1]);
+  const isMax = g.op1("Cast", [
+    g.op1("Equal", [logits, g.op1("ReduceMax", [logits, axis1], { keepdims: 1 })]),
+  ], {
+    to: TensorType.FLOAT,
+  });
+  const ramp = g.constF32(Array.from({ length: vocab }, (_, i) => vocab - i), [vocab]);
+  const best = g.op1("ReduceMax", [g.op1("Mul", [isMax, ramp]), axis1], { keepdims: 0 });
+  const greedy = g.op1("Cast", [g.op1("Sub", [g.constF32([vocab], []), best])], { to: TensorType.INT32 });
+  g.op("Identity", [greedy], {}, { name: IO.nextIds });
+}
+
+/**
+ * The sampling graph, run after a step with a sampled row: inputs logits [S, V] and next_ids [S]
+ * (the step's greedy ids), sample_u [S], inv_temp [S]; output
  * sampled_ids[s] = next_ids[s] when sample_u[s] < 0, else inverse-CDF sampling of
  * softmax(logits[s] * inv_temp[s]) with the sequence's own uniform u (first id whose cumulative
  * probability exceeds u, ids ascending) — the CPU sampler's rule, so a seeded sequence draws from the
- * same stream wherever it runs.
- * Measured on an H100: ArgMax's int64 output sends its Cast to the CPU (a readback mid-step), and
- * CumSum over a whole 49k vocabulary costs ~0.7 ms per row, so argmax is a max-reduction over a
- * descending ramp and the CDF is two-level (chunks of CHUNK ids, then ids within the chosen chunk).
+ * same stream wherever it runs. CumSum over a whole 49k vocabulary measured ~0.7 ms per row on an
+ * H100, so the CDF is two-level (chunks of CHUNK ids, then ids within the chosen chunk).
  */
+export function buildSamplerGraph(vocab: number): Uint8Array {
+  const g = new GraphBuilder();
+  g.input(IO.logits, TensorType.FLOAT, ["S", vocab]);
+  g.input(IO.nextIds, TensorType.INT32, ["S"]);
+  g.input(IO.sampleU, TensorType.FLOAT, ["S"]);
+  g.input(IO.invTemp, TensorType.FLOAT, ["S"]);
+  sampleIds(g, IO.logits, IO.nextIds, vocab);
+  g.output(IO.sampledIds, TensorType.INT32, ["S"]);
+  return g.encode("ragtime-sampler");
+}
+
 const CHUNK = 256;
 
-function sampleOnGpu(g: GraphBuilder, logits: string, vocab: number) {
+function sampleIds(g: GraphBuilder, logits: string, greedy: string, vocab: number) {
   const axis1 = g.constI64([1]);
   const f = (t: string) => g.op1("Cast", [t], { to: TensorType.FLOAT });
   const i32 = (t: string) => g.op1("Cast", [t], { to: TensorType.INT32 });
@@ -298,13 +325,6 @@ function sampleOnGpu(g: GraphBuilder, logits: string, vocab: number) {
       i32(g.op1("ReduceSum", [f(g.op1("Less", [cdf, threshold])), axis1], { keepdims: 0 })),
       g.constI32([max], []),
     ]);
-
-  // Argmax: the largest of (vocab - id) among the maxima is the lowest id holding the max.
-  const isMax = f(g.op1("Equal", [logits, g.op1("ReduceMax", [logits, axis1], { keepdims: 1 })]));
-  const ramp = g.constF32(Array.from({ length: vocab }, (_, i) => vocab - i), [vocab]);
-  const best = g.op1("ReduceMax", [g.op1("Mul", [isMax, ramp]), axis1], { keepdims: 0 });
-  const greedy = i32(g.op1("Sub", [g.constF32([vocab], []), best]));
-  g.op("Identity", [greedy], {}, { name: IO.nextIds });
 
   const chunks = Math.ceil(vocab / CHUNK);
   let scaled = g.op1("Mul", [logits, g.op1("Unsqueeze", [IO.invTemp, axis1])]);
