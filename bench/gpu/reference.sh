@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU-host reference run (docs/BENCHMARKS.md), from the repo root on the device machine:
-#   bash bench/pack.sh here, then on the host: bash bench/gpu/reference.sh [what]
-# what: all (default) | ragtime | peer | sweep. Results land in $OUT (or bench/results/gpu).
-# Budget (H100, 2026-11-27): continuous ~60 s, peer ~60 s, static-32 over 130 s, sequential(4) ~50 s,
-# sweep ~150 s, each plus server start (~20 s); split over several device calls if needed.
+#   bash bench/gpu/pack.sh here, then on the host: bash bench/gpu/reference.sh [part...]
+# parts, run in the order given: continuous peer static sequential sweep (default: all of them).
+# Ratios should come from parts run in one call on one card (e.g. "continuous peer sequential",
+# then "continuous static"). Results land in $OUT (or bench/results/gpu); a part run twice in one
+# call writes its second result as NAME-2.json.
+# Budget (H100, 2026-11-27): continuous ~60 s, peer ~90 s, static-32 ~150 s, sequential(8) ~70 s,
+# sweep ~200 s, each ragtime part plus server start (~20 s); one device call allows 600 s.
 # Workload (../shared/notes/webgpu-facts.md): 256 requests at once, prompts uniform in [32, 512],
 # outputs uniform in [16, 256], EOS ignored, SmolLM2-135M-shaped random weights in fp16.
 set -uo pipefail
@@ -11,7 +14,8 @@ cd "$(dirname "$0")/../.."
 source bench/gpu/setup.sh
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
-what=${1:-all}
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(continuous peer static sequential sweep)
 MODEL=/tmp/smollm2-135m-f16
 WL="--num-prompts 256 --warmup 8 --input-len 32:512 --output-len 16:256 --vocab 49152 --seed 0"
 SERVER="--max-batch-tokens 8192 --kv-cache-mb 4096 --max-model-len 1024 --graph-cache /tmp/graphs"
@@ -26,42 +30,55 @@ SERVER="--max-batch-tokens 8192 --kv-cache-mb 4096 --max-model-len 1024 --graph-
 [ -f "$MODEL/config.json" ] || deno task make-model --preset smollm2-135m --out "$MODEL" --dtype f16 --seed 0
 deno task bench $WL --dump-workload "$OUT/workload.json" >/dev/null
 
-if [ "$what" = all ] || [ "$what" = ragtime ]; then
-  # Continuous with up to 256 sequences per step; static in groups of 32 (like the peer's static
-  # baseline: a group runs until its longest request ends); sequential one at a time (first 8).
-  rm -rf bench/results/tmp
-  deno task bench $WL --compare continuous --model "$MODEL" --server-args "$SERVER --max-seqs 256 --debug-steps" \
-    --label continuous --result-json "$OUT/continuous.json" --no-progress 2>&1 | tail -40
-  for f in bench/results/tmp/*.log; do
-    grep -h -E "nodes per layer|kv cache|ready in|rss" "$f"
-    python3 bench/gpu/step_summary.py "$f"
-    grep -h "step {" "$f" | xz -9 > "$OUT/continuous_steps.log.xz"
-  done
-fi
 
-if [ "$what" = all ] || [ "$what" = peer ]; then
-  python3 bench/peer/hf_cb.py --model "$MODEL" --workload "$OUT/workload.json" --result-json "$OUT/peer_cb.json" 2>&1 |
-    grep -v -E "Loading weights|it/s\]" | tail -25
-fi
+result() { # NAME -> a result path not yet used in this call
+  local f="$OUT/$1.json" n=2
+  while [ -e "$f" ]; do f="$OUT/$1-$n.json"; n=$((n + 1)); done
+  echo "$f"
+}
 
-if [ "$what" = all ] || [ "$what" = ragtime ]; then
-  deno task bench $WL --compare static --model "$MODEL" --server-args "$SERVER --max-seqs 32" \
-    --label static-32 --result-json "$OUT/static.json" --no-progress 2>&1 | tail -25
-  deno task bench $WL --compare sequential --model "$MODEL" --server-args "$SERVER" \
-    --num-prompts-sequential 8 --label sequential --result-json "$OUT/sequential.json" --no-progress 2>&1 | tail -25
-  grep -h -E "nodes per layer|kv cache|ready in" bench/results/tmp/*.log 2>/dev/null | sort -u | head -10
-fi
-
-if [ "$what" = sweep ]; then
-  # Poisson arrivals against one continuous server: TTFT and ITL per rate, where it saturates.
-  PORT=18600
-  deno run -A main.ts --model "$MODEL" --port $PORT $SERVER --max-seqs 256 >"$OUT/sweep-server.log" 2>&1 &
-  server=$!
-  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 1; done
-  for rate in 2 4 8 16; do
-    deno task bench --base-url "http://127.0.0.1:$PORT" --num-prompts 128 --warmup 4 --input-len 32:512 \
-      --output-len 16:256 --vocab 49152 --seed 0 --rate $rate --label "rate-$rate" --no-progress \
-      --result-json "$OUT/poisson-$rate.json" 2>&1 | grep -E "^(Output token|TTFT|ITL|Duration)"
-  done
-  kill -TERM $server; wait $server
-fi
+for part in "${parts[@]}"; do
+  echo "=== $part"
+  case $part in
+  continuous)
+    # Up to 256 sequences per step; the server log's step lines give the step-time breakdown.
+    rm -rf bench/results/tmp
+    r=$(result continuous)
+    deno task bench $WL --compare continuous --model "$MODEL" --server-args "$SERVER --max-seqs 256 --debug-steps" \
+      --label continuous --result-json "$r" --no-progress 2>&1 | tail -30
+    for f in bench/results/tmp/*.log; do
+      grep -h -E "nodes per layer|kv cache|ready in|rss" "$f"
+      python3 bench/gpu/step_summary.py "$f"
+      grep -h "step {" "$f" | xz -9 >"${r%.json}_steps.log.xz"
+    done
+    ;;
+  peer)
+    python3 bench/peer/hf_cb.py --model "$MODEL" --workload "$OUT/workload.json" --result-json "$(result peer_cb)" 2>&1 |
+      grep -v -E "Loading weights|it/s\]" | tail -25
+    ;;
+  static)
+    # Groups of 32, like the peer's static baseline: a group runs until its longest request ends.
+    deno task bench $WL --compare static --model "$MODEL" --server-args "$SERVER --max-seqs 32" \
+      --label static-32 --result-json "$(result static)" --no-progress 2>&1 | tail -25
+    ;;
+  sequential)
+    deno task bench $WL --compare sequential --model "$MODEL" --server-args "$SERVER" \
+      --num-prompts-sequential 8 --label sequential --result-json "$(result sequential)" --no-progress 2>&1 | tail -25
+    ;;
+  sweep)
+    # Poisson arrivals against one continuous server: TTFT and ITL per rate, where it saturates.
+    PORT=18600
+    deno run -A main.ts --model "$MODEL" --port $PORT $SERVER --max-seqs 256 >"$OUT/sweep-server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 1; done
+    for rate in ${RATES:-2 4 8 16}; do
+      deno task bench --base-url "http://127.0.0.1:$PORT" --num-prompts 128 --warmup 4 --input-len 32:512 \
+        --output-len 16:256 --vocab 49152 --seed 0 --rate $rate --label "rate-$rate" --no-progress \
+        --result-json "$OUT/poisson-$rate.json" 2>&1 | grep -E "^(Output token|TTFT|ITL|Duration)"
+    done
+    kill -TERM $server
+    wait $server
+    ;;
+  *) echo "unknown part: $part" >&2 ;;
+  esac
+done
