@@ -109,5 +109,5 @@ try {
 
 await server.finished;
 log(`ragtime: stopped (rss ${(Deno.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB)`);
-await engine?.close();
+await engine?.close(true);
 Deno.exit(0);

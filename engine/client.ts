@@ -120,11 +120,11 @@ class WorkerEngineClient implements EngineClient {
     }
   }
 
-  async close(): Promise<void> {
+  async close(keepWorker = false): Promise<void> {
     const done = new Promise<void>((resolve) => (this.closed = resolve));
     this.send({ type: "close" });
     await Promise.race([done, new Promise((r) => setTimeout(r, 5000))]);
-    this.worker.terminate();
+    if (!keepWorker) this.worker.terminate();
   }
 }
 

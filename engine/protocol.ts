@@ -127,6 +127,9 @@ export interface EngineClient {
    * and frees its KV blocks by the next step; the iterator then ends with done/abort.
    */
   generate(req: GenerateRequest, signal: AbortSignal): AsyncIterable<GenerateEvent>;
-  /** Stops the worker. */
-  close(): Promise<void>;
+  /**
+   * Stops the engine after the steps in flight and releases the GPU. `exiting`: the process exits
+   * next, so the engine's thread is left to the exit (see EngineClient in client.ts).
+   */
+  close(exiting?: boolean): Promise<void>;
 }
