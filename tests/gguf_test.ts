@@ -239,16 +239,36 @@ Deno.test("error: wrong shape names the tensor, expected and actual shape", asyn
 });
 
 Deno.test("error: unsupported tensor type names the tensor and the type", async () => {
-  // ffn_down is [hidden=32, ffn=256] in HF order: 32 rows of one Q4_K block (144 bytes) each.
+  // ffn_down is [hidden=32, ffn=256] in HF order: 32 rows of one IQ2_XXS block (66 bytes) each.
   const msg = await expectLoadError(
     tinyLlamaGguf({
       ffn: 256,
-      override: { "blk.0.ffn_down.weight": { type: GT.Q4_K, data: new Uint8Array(32 * 144) } },
+      override: { "blk.0.ffn_down.weight": { type: GT.IQ2_XXS, data: new Uint8Array(32 * 66) } },
     }),
-    /unsupported type Q4_K/,
+    /unsupported type IQ2_XXS/,
     "blk.0.ffn_down.weight",
   );
-  assert(msg.includes("Q8_0"), "lists the supported types: " + msg);
+  assert(msg.includes("Q8_0") && msg.includes("Q4_K"), "lists the supported types: " + msg);
+});
+
+Deno.test("synthetic: Q4_K and Q6_K tensors load as F16 of llama.cpp's dequantized values", async () => {
+  const fx = JSON.parse(await Deno.readTextFile(new URL("./fixtures/gguf_quants.json", import.meta.url)));
+  const b64 = (s: string) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  // ffn_down is [32, 256] in HF order, one 256-value block per row: the fixture's 4 blocks, 8 times.
+  for (const name of ["Q4_K", "Q6_K"] as const) {
+    const f = fx.types[name];
+    const blocks = b64(f.blocks), values = new Float32Array(b64(f.values).buffer);
+    const data = new Uint8Array(blocks.length * 8);
+    for (let i = 0; i < 8; i++) data.set(blocks, i * blocks.length);
+    const m = await loadTiny({ ffn: 256, override: { "blk.0.ffn_down.weight": { type: GT[name], data } } });
+    const w = m.weights.get("model.layers.0.mlp.down_proj.weight");
+    assertEquals([w.dtype, ...w.shape], ["f16", 32, 256]);
+    const got = new Float16Array(w.bytes.buffer, w.bytes.byteOffset, w.bytes.length / 2);
+    for (let i = 0; i < got.length; i++) {
+      const want = new Float16Array([values[i % values.length]])[0];
+      assert(Object.is(got[i], want), `${name} element ${i}: ${got[i]} vs ${want}`);
+    }
+  }
 });
 
 Deno.test("error: unsupported architecture names the file and architecture", async () => {

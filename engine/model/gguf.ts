@@ -2,9 +2,10 @@
 //
 // Produces a LoadedModel in Hugging Face terms: tensor names, [out, in] layouts and the rotate-half
 // row order of q/k that the graph builder expects. Supported tensor types: F32, F16 and BF16 (passed
-// through as views into the file) and Q8_0, which is dequantized at load to F16 (2 bytes per weight
-// instead of 1.0625: simpler kernels at the cost of memory; F16 holds every Q8_0 value d*q to within
-// F16 rounding). Anything else is refused with an error naming the tensor and its type.
+// through as views into the file) and the block-quantized types of ggml_quants.ts (Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0, Q2_K-Q6_K, IQ4_NL, IQ4_XS: what llama.cpp's common Q*_0, Q*_K_S/M and IQ4 files hold),
+// dequantized at load to F16: simpler kernels at the cost of memory (2 bytes per weight instead of
+// ~0.3-1.1). Anything else is refused with an error naming the tensor and its type.
 
 import {
   type ChatTemplate,
@@ -17,7 +18,7 @@ import {
   type WeightSource,
   type WeightTensor,
 } from "./types.ts";
-import { f16BitsToF32, f32ToF16Bits } from "./weights.ts";
+import { dequantizeF16, QUANT_KERNELS } from "./ggml_quants.ts";
 import { chatTemplateFrom } from "./chat_template.ts";
 import { LlamaSpmTokenizer } from "../tokenizer/llama_spm.ts";
 import { Gpt2BpeTokenizer, gpt2PreTokenizerSupported } from "../tokenizer/gpt2_bpe.ts";
@@ -376,22 +377,6 @@ export function parseGguf(bytes: Uint8Array, file: string, fileSize = bytes.leng
   return { version, metadata, tensors, alignment, dataOffset };
 }
 
-/** Q8_0 blocks (f16 scale + 32 int8) -> little-endian F16 bytes. */
-function dequantQ8_0ToF16(src: Uint8Array, elements: number): Uint8Array {
-  const out = new Uint8Array(elements * 2);
-  const dst = new DataView(out.buffer);
-  const dv = new DataView(src.buffer, src.byteOffset, src.byteLength);
-  const blocks = elements / 32;
-  for (let b = 0; b < blocks; b++) {
-    const base = b * 34;
-    const d = f16BitsToF32(dv.getUint16(base, true));
-    for (let j = 0; j < 32; j++) {
-      dst.setUint16((b * 32 + j) * 2, f32ToF16Bits(d * dv.getInt8(base + 2 + j)), true);
-    }
-  }
-  return out;
-}
-
 /**
  * llama.cpp's converter permutes q/k rows so RoPE can rotate adjacent pairs; HF rotates the two halves
  * of each head. Within a head of size d: HF row (t*d/2 + j) = GGUF row (2*j + t).
@@ -603,14 +588,15 @@ export async function ggufModelFromBytes(
       case GGML_TYPE.BF16:
         [dtype, data] = ["bf16", raw];
         break;
-      case GGML_TYPE.Q8_0:
-        [dtype, data] = ["f16", dequantQ8_0ToF16(raw, elements)];
-        break;
       default:
-        return fail(
-          `tensor "${gg}" has unsupported type ${info.typeName} (supported: F32, F16, BF16, Q8_0)`,
-          gg,
-        );
+        if (!QUANT_KERNELS[info.type]) {
+          return fail(
+            `tensor "${gg}" has unsupported type ${info.typeName} (supported: F32, F16, BF16, ` +
+              `${Object.values(QUANT_KERNELS).map((k) => k.name).join(", ")})`,
+            gg,
+          );
+        }
+        [dtype, data] = ["f16", dequantizeF16(info.type, raw, elements)];
     }
     if (permuteHeads !== undefined) {
       data = unpermuteRows(data, shape[0], permuteHeads, (data.length / shape[0]) | 0);

@@ -16,7 +16,7 @@ export const VT = {
   F64: 12,
 } as const;
 
-export const GT = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q4_K: 12, BF16: 30 } as const;
+export const GT = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q4_K: 12, Q6_K: 14, IQ2_XXS: 16, BF16: 30 } as const;
 
 class Sink {
   private parts: number[] = [];
