@@ -71,6 +71,8 @@ export interface StepStats {
   dispatchMs: number;
   /** Time blocked waiting for the readback of this step's results. */
   readMs: number;
+  /** CPU time to apply the results (sampling on the CPU, detokenising, emitting events). */
+  processMs: number;
   blocksUsed: number;
   preemptions: number;
 }
@@ -270,6 +272,7 @@ export class LLMEngine {
     const readStart = performance.now();
     const result = await this.runner.read(f.handle);
     const readMs = performance.now() - readStart;
+    const processStart = performance.now();
     const V = this.model.config.vocabSize;
     f.sampled.forEach((it, row) => {
       const seq = it.seq;
@@ -312,6 +315,7 @@ export class LLMEngine {
       stepMs: performance.now() - f.startedAt,
       dispatchMs: f.dispatchMs,
       readMs,
+      processMs: performance.now() - processStart,
       blocksUsed: this.scheduler.stats().blocksUsed,
       preemptions: f.plan.preempted.length,
     };

@@ -15,10 +15,11 @@ if not steps:
 
 
 def row(key):
-    v = [s[key] for s in steps]
+    v = [s.get(key, 0) for s in steps]
     return f"{key:14s} mean {statistics.mean(v):9.2f}  p50 {statistics.median(v):9.2f}  max {max(v):9.2f}"
 
 
 print(f"steps {len(steps)}; preemptions {sum(s['preemptions'] for s in steps)}")
-for k in ("tokens", "seqs", "prefillTokens", "decodeTokens", "stepMs", "dispatchMs", "readMs", "blocksUsed"):
+for k in ("tokens", "seqs", "prefillTokens", "decodeTokens", "stepMs", "dispatchMs", "readMs", "processMs",
+          "blocksUsed"):
     print(row(k))
