@@ -85,6 +85,7 @@ try {
     blockSize: 16,
     maxBatchTokens: config.maxBatchTokens,
     maxSeqs: config.maxSeqs,
+    maxChunkTokens: config.maxChunkTokens,
     policy: config.batching,
     debugSteps: config.debugSteps,
     graphCache: config.graphCache || null,

@@ -156,6 +156,7 @@ export async function createEngineClient(
     blockSize: opts.blockSize,
     maxBatchTokens: opts.maxBatchTokens,
     maxSeqs: opts.maxSeqs,
+    maxChunkTokens: opts.maxChunkTokens,
     policy: opts.policy,
     debugSteps: opts.debugSteps,
     graphCache: opts.graphCache,

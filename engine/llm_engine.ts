@@ -11,8 +11,15 @@
 import { BlockManager } from "./block_manager.ts";
 import { IncrementalDetokenizer } from "./detokenizer.ts";
 import type { LoadedModel } from "./model/types.ts";
-import { MAX_CHUNK_TOKENS, type ModelRunner, type StepHandle, type StepInputs } from "./model_runner.ts";
-import type { EngineStats, FinishReason, GenerateEvent, GenerateRequest, TokenLogprob } from "./protocol.ts";
+import type { ModelRunner, StepHandle, StepInputs } from "./model_runner.ts";
+import {
+  BATCH_INVARIANT_CHUNK_TOKENS,
+  type EngineStats,
+  type FinishReason,
+  type GenerateEvent,
+  type GenerateRequest,
+  type TokenLogprob,
+} from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
 import { sampleToken } from "./sampler.ts";
 import {
@@ -29,6 +36,11 @@ export interface EngineOptions {
   maxSeqs: number;
   maxContext: number;
   policy: SchedulerPolicy;
+  /**
+   * Longest prefill chunk per sequence and step (default BATCH_INVARIANT_CHUNK_TOKENS, which keeps a
+   * request's tokens independent of its batch; longer chunks prefill long prompts in fewer steps).
+   */
+  maxChunkTokens?: number;
   /** One log line per step. */
   debugSteps?: boolean;
   log?: (line: string) => void;
@@ -100,8 +112,7 @@ export class LLMEngine {
       maxSeqs: Math.min(opts.maxSeqs, opts.maxBatchTokens),
       maxContext: Math.min(opts.maxContext, runner.maxPositions),
       policy: opts.policy,
-      // Keeps every step on one attention kernel, so batching never changes a sequence's tokens.
-      maxChunkTokens: MAX_CHUNK_TOKENS,
+      maxChunkTokens: opts.maxChunkTokens ?? BATCH_INVARIANT_CHUNK_TOKENS,
     });
   }
 

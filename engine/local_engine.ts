@@ -33,6 +33,7 @@ export async function startLocalEngine(
   const engine = new LLMEngine(model, runner, {
     maxBatchTokens: opts.maxBatchTokens ?? 512,
     maxSeqs: opts.maxSeqs ?? 64,
+    maxChunkTokens: opts.maxChunkTokens,
     maxContext: opts.maxContext ?? model.config.maxContext,
     policy: opts.policy ?? "continuous",
     debugSteps: opts.debugSteps,

@@ -196,8 +196,9 @@ export class ModelRunner {
    *
    * PagedAttention on WebGPU picks its kernel from the step's longest query: 1 token, 2-31, or 32
    * and more, and the kernels round differently in fp16, so a sequence's logits would depend on
-   * what shares its step. The engine keeps chunks under 32 tokens (MAX_CHUNK_TOKENS) and a step of
-   * decodes alone gets a 2-token padding item in the reserved block: every step uses one kernel.
+   * what shares its step. By default the engine keeps chunks under 32 tokens
+   * (BATCH_INVARIANT_CHUNK_TOKENS) and a step of decodes alone gets a 2-token padding item in the
+   * reserved block: every step uses one kernel. Longer chunks (--max-chunk-tokens) give that up.
    */
   async run(s: StepInputs): Promise<StepHandle> {
     let B = s.pastSeqlens.length;
@@ -207,7 +208,6 @@ export class ModelRunner {
       maxQ = Math.max(maxQ, q);
       maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
     }
-    if (maxQ > MAX_CHUNK_TOKENS) throw new Error(`a step item has ${maxQ} tokens (max ${MAX_CHUNK_TOKENS})`);
     if (maxQ < 2) {
       s = padStep(s, this.numBlocks);
       B++;
@@ -312,9 +312,6 @@ async function download(nextIds: ort.Tensor, logits: ort.Tensor | null): Promise
   const [ids, l] = await Promise.all([nextIds.getData(), logits?.getData() ?? null]);
   return { nextIds: ids as Int32Array, logits: l as Float32Array | null };
 }
-
-/** Longest prefill chunk per sequence and step; see ModelRunner.run. */
-export const MAX_CHUNK_TOKENS = 31;
 
 /** Appends a 2-token item (past 0) whose KV lands in the reserved block `block`. */
 function padStep(s: StepInputs, block: number): StepInputs {

@@ -133,3 +133,11 @@ export interface EngineClient {
    */
   close(exiting?: boolean): Promise<void>;
 }
+
+/**
+ * Longest prefill chunk per sequence and step that keeps outputs independent of what shares a step.
+ * onnxruntime's PagedAttention on WebGPU picks its kernel from a step's longest query (1 token, 2-31,
+ * 32 and more) and the kernels round differently in fp16; chunks of at most 31 tokens, and a
+ * 2-token padding item in decode-only steps, keep every step on one kernel (see ModelRunner.run).
+ */
+export const BATCH_INVARIANT_CHUNK_TOKENS = 31;

@@ -62,6 +62,7 @@ async function init(o: WorkerInit) {
   engine = new LLMEngine(model, runner, {
     maxBatchTokens: o.maxBatchTokens,
     maxSeqs: o.maxSeqs,
+    maxChunkTokens: o.maxChunkTokens,
     maxContext: model.config.maxContext,
     policy: o.policy,
     debugSteps: o.debugSteps,

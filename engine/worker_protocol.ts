@@ -12,6 +12,8 @@ export interface WorkerInit {
   blockSize: number;
   maxBatchTokens: number;
   maxSeqs: number;
+  /** Longest prefill chunk per sequence and step (see EngineOptions.maxChunkTokens). */
+  maxChunkTokens: number;
   policy: SchedulerPolicy;
   debugSteps: boolean;
   graphCache: string | null;

@@ -1,5 +1,6 @@
 // Command-line flags with environment twins, validated with zod. Flags win over the environment.
 import { z } from "zod";
+import { BATCH_INVARIANT_CHUNK_TOKENS } from "../engine/protocol.ts";
 
 /** A bad flag or environment value; the message is one line that names the flag. */
 export class ConfigError extends Error {
@@ -126,6 +127,17 @@ const OPTIONS = {
     expect: "an integer in [1, 65536]",
     help: "Most sequences running at once.",
     schema: positiveInt(1, 65536).default(256),
+  }),
+  maxChunkTokens: opt({
+    flag: "--max-chunk-tokens",
+    env: "RAGTIME_MAX_CHUNK_TOKENS",
+    kind: "value",
+    metavar: "N",
+    expect: "an integer in [1, 1048576]",
+    help: "Longest prefill chunk per request and step. The default 31 keeps a request's tokens independent " +
+      "of what shares its steps; larger values prefill long prompts in fewer steps (lower TTFT) without " +
+      "that guarantee.",
+    schema: positiveInt(1, 1 << 20).default(BATCH_INVARIANT_CHUNK_TOKENS),
   }),
   maxModelLen: opt({
     flag: "--max-model-len",

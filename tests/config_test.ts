@@ -26,6 +26,7 @@ Deno.test("config: defaults", () => {
     kvCacheMb: undefined,
     maxBatchTokens: 2048,
     maxSeqs: 256,
+    maxChunkTokens: 31,
     maxModelLen: undefined,
     batching: "continuous",
     maxQueue: 1024,
@@ -57,6 +58,8 @@ Deno.test("config: every flag, both spellings", () => {
     "4096",
     "--max-seqs",
     "64",
+    "--max-chunk-tokens",
+    "512",
     "--max-model-len",
     "8192",
     "--batching",
@@ -88,6 +91,7 @@ Deno.test("config: every flag, both spellings", () => {
   assertEquals(c.kvCacheMb, 512);
   assertEquals(c.maxBatchTokens, 4096);
   assertEquals(c.maxSeqs, 64);
+  assertEquals(c.maxChunkTokens, 512);
   assertEquals(c.maxModelLen, 8192);
   assertEquals(c.batching, "static");
   assertEquals(c.maxQueue, 10);
@@ -145,6 +149,7 @@ const bad: Array<[string[], Record<string, string>, string]> = [
   [["--model", "m", "--batching", "fast"], {}, "--batching: expected one of"],
   [["--model", "m", "--max-seqs", "0"], {}, "--max-seqs: expected an integer"],
   [["--model", "m", "--max-batch-tokens", "1.5"], {}, "--max-batch-tokens: expected an integer"],
+  [["--model", "m"], { RAGTIME_MAX_CHUNK_TOKENS: "0" }, "--max-chunk-tokens (from RAGTIME_MAX_CHUNK_TOKENS)"],
   [["--model", "m", "--kv-cache-mb", "-1"], {}, "--kv-cache-mb: expected an integer"],
   [["--model", "m", "--shutdown-timeout", "soon"], {}, "--shutdown-timeout: expected a number of seconds"],
   [["--model", "m", "--log-prompts=maybe"], {}, '--log-prompts: expected true or false, got "maybe"'],

@@ -1,7 +1,7 @@
 // Engine behaviour over stories260K: KV eviction, chunked prefill, aborts, stop conditions, context
 // limits, logprobs, penalties and seeds.
 
-import { MAX_CHUNK_TOKENS } from "../engine/model_runner.ts";
+import { BATCH_INVARIANT_CHUNK_TOKENS } from "../engine/protocol.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import {
   idsOf,
@@ -127,14 +127,18 @@ Deno.test("chunked prefill: a 300-token prompt spans many 16-token steps while a
   ];
 
   // Reference: each alone with a large budget, where only the engine's per-sequence chunk cap
-  // (MAX_CHUNK_TOKENS, which keeps every step on one attention kernel) splits the long prompt.
+  // (BATCH_INVARIANT_CHUNK_TOKENS, which keeps every step on one attention kernel) splits the long prompt.
   const big = await startEngine({ maxBatchTokens: 512 });
   let alone: Map<string, Outcome>;
   try {
     const plans = tracePlans(big.engine);
     alone = await runAlone(big, reqs);
     const lFirst = plans.find((p) => p.items.some((it) => it.id === "L-alone"))!;
-    assertEquals(lFirst.items[0].numTokens, MAX_CHUNK_TOKENS, "the large budget prefills L in capped chunks");
+    assertEquals(
+      lFirst.items[0].numTokens,
+      BATCH_INVARIANT_CHUNK_TOKENS,
+      "the large budget prefills L in capped chunks",
+    );
   } finally {
     await big.close();
   }
@@ -182,6 +186,22 @@ Deno.test("chunked prefill: a 300-token prompt spans many 16-token steps while a
     assertEquals(outcomeOf(r.events), alone.get("R")!);
     const st = h.engine.stats();
     assertEquals([st.running, st.waiting, st.kvBlocksUsed], [0, 0, 0]);
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("--max-chunk-tokens above 31 prefills a 300-token prompt in one step", async () => {
+  const tk = (await stories()).tokenizer;
+  const longPrompt = [1, ...tk.encode(STORY_TEXT, false).slice(0, 299)];
+  const h = await startEngine({ maxBatchTokens: 512, maxChunkTokens: 512 });
+  try {
+    const plans = tracePlans(h.engine);
+    const events = await h.generate("L", longPrompt, params({ maxTokens: 8, ignoreEos: true }));
+    const first = plans.find((p) => p.items.some((it) => it.id === "L"))!;
+    assertEquals(first.items.map((it) => [it.start, it.numTokens]), [[0, 300]]);
+    assertEquals(idsOf(events).length, 8);
+    assertEquals(doneOf(events).finishReason, "length");
   } finally {
     await h.close();
   }
