@@ -140,14 +140,19 @@ function scaleMinK4(src: Uint8Array, at: number, j: number): [number, number] {
   ];
 }
 
+/** Scales and mins, in ggml's float32 products, of the two 32-value halves of 64-value group g. */
+function groupScalesK4(src: Uint8Array, s: number, g: number): [number, number, number, number] {
+  const d = half(src, s), dmin = half(src, s + 2);
+  const [sc1, m1] = scaleMinK4(src, s + 4, 2 * g);
+  const [sc2, m2] = scaleMinK4(src, s + 4, 2 * g + 1);
+  return [f32(d * sc1), f32(dmin * m1), f32(d * sc2), f32(dmin * m2)];
+}
+
 // Q4_K: then 128 bytes; each 32-byte run holds a 64-value group: low nibbles first, then high nibbles.
 function q4_K(src: Uint8Array, blocks: number, out: Out) {
   for (let b = 0, s = 0, o = 0; b < blocks; b++, s += 144, o += 256) {
-    const d = half(src, s), dmin = half(src, s + 2);
     for (let g = 0; g < 4; g++) {
-      const [sc1, m1] = scaleMinK4(src, s + 4, 2 * g);
-      const [sc2, m2] = scaleMinK4(src, s + 4, 2 * g + 1);
-      const d1 = f32(d * sc1), mm1 = f32(dmin * m1), d2 = f32(d * sc2), mm2 = f32(dmin * m2);
+      const [d1, mm1, d2, mm2] = groupScalesK4(src, s, g);
       const q = s + 16 + g * 32, ob = o + g * 64;
       for (let l = 0; l < 32; l++) {
         out[ob + l] = f32(f32(d1 * (src[q + l] & 15)) - mm1);
@@ -160,11 +165,8 @@ function q4_K(src: Uint8Array, blocks: number, out: Out) {
 // Q5_K: as Q4_K with 32 bytes of high bits before the nibbles (bit 2g and 2g+1 of byte l for group g).
 function q5_K(src: Uint8Array, blocks: number, out: Out) {
   for (let b = 0, s = 0, o = 0; b < blocks; b++, s += 176, o += 256) {
-    const d = half(src, s), dmin = half(src, s + 2);
     for (let g = 0; g < 4; g++) {
-      const [sc1, m1] = scaleMinK4(src, s + 4, 2 * g);
-      const [sc2, m2] = scaleMinK4(src, s + 4, 2 * g + 1);
-      const d1 = f32(d * sc1), mm1 = f32(dmin * m1), d2 = f32(d * sc2), mm2 = f32(dmin * m2);
+      const [d1, mm1, d2, mm2] = groupScalesK4(src, s, g);
       const q = s + 48 + g * 32, h = s + 16, ob = o + g * 64;
       for (let l = 0; l < 32; l++) {
         const hb = src[h + l];
@@ -230,47 +232,100 @@ function iq4_xs(src: Uint8Array, blocks: number, out: Out) {
   }
 }
 
-/** The quantized GGML types ragtime dequantizes, by type id: values per block, bytes per block, kernel. */
-export const QUANT_KERNELS: Record<
-  number,
-  { name: string; blockSize: number; typeSize: number; run: Kernel }
-> = {
-  2: { name: "Q4_0", blockSize: 32, typeSize: 18, run: q4_0 },
-  3: { name: "Q4_1", blockSize: 32, typeSize: 20, run: q4_1 },
-  6: { name: "Q5_0", blockSize: 32, typeSize: 22, run: q5_0 },
-  7: { name: "Q5_1", blockSize: 32, typeSize: 24, run: q5_1 },
-  8: { name: "Q8_0", blockSize: 32, typeSize: 34, run: q8_0 },
-  10: { name: "Q2_K", blockSize: 256, typeSize: 84, run: q2_K },
-  11: { name: "Q3_K", blockSize: 256, typeSize: 110, run: q3_K },
-  12: { name: "Q4_K", blockSize: 256, typeSize: 144, run: q4_K },
-  13: { name: "Q5_K", blockSize: 256, typeSize: 176, run: q5_K },
-  14: { name: "Q6_K", blockSize: 256, typeSize: 210, run: q6_K },
-  20: { name: "IQ4_NL", blockSize: 32, typeSize: 18, run: iq4_nl },
-  23: { name: "IQ4_XS", blockSize: 256, typeSize: 136, run: iq4_xs },
+export interface GgmlTypeInfo {
+  name: string;
+  /** Elements per block and bytes per block; absent for types that were removed from ggml. */
+  blockSize?: number;
+  typeSize?: number;
+}
+
+// ggml_type ids (ggml.h). Sizes are needed to bounds-check tensors we will refuse anyway, so that a
+// truncated file is reported as truncated rather than as "unsupported type".
+export const GGML_TYPES: Record<number, GgmlTypeInfo> = {
+  0: { name: "F32", blockSize: 1, typeSize: 4 },
+  1: { name: "F16", blockSize: 1, typeSize: 2 },
+  2: { name: "Q4_0", blockSize: 32, typeSize: 18 },
+  3: { name: "Q4_1", blockSize: 32, typeSize: 20 },
+  4: { name: "Q4_2" },
+  5: { name: "Q4_3" },
+  6: { name: "Q5_0", blockSize: 32, typeSize: 22 },
+  7: { name: "Q5_1", blockSize: 32, typeSize: 24 },
+  8: { name: "Q8_0", blockSize: 32, typeSize: 34 },
+  9: { name: "Q8_1", blockSize: 32, typeSize: 36 },
+  10: { name: "Q2_K", blockSize: 256, typeSize: 84 },
+  11: { name: "Q3_K", blockSize: 256, typeSize: 110 },
+  12: { name: "Q4_K", blockSize: 256, typeSize: 144 },
+  13: { name: "Q5_K", blockSize: 256, typeSize: 176 },
+  14: { name: "Q6_K", blockSize: 256, typeSize: 210 },
+  15: { name: "Q8_K", blockSize: 256, typeSize: 292 },
+  16: { name: "IQ2_XXS", blockSize: 256, typeSize: 66 },
+  17: { name: "IQ2_XS", blockSize: 256, typeSize: 74 },
+  18: { name: "IQ3_XXS", blockSize: 256, typeSize: 98 },
+  19: { name: "IQ1_S", blockSize: 256, typeSize: 50 },
+  20: { name: "IQ4_NL", blockSize: 32, typeSize: 18 },
+  21: { name: "IQ3_S", blockSize: 256, typeSize: 110 },
+  22: { name: "IQ2_S", blockSize: 256, typeSize: 82 },
+  23: { name: "IQ4_XS", blockSize: 256, typeSize: 136 },
+  24: { name: "I8", blockSize: 1, typeSize: 1 },
+  25: { name: "I16", blockSize: 1, typeSize: 2 },
+  26: { name: "I32", blockSize: 1, typeSize: 4 },
+  27: { name: "I64", blockSize: 1, typeSize: 8 },
+  28: { name: "F64", blockSize: 1, typeSize: 8 },
+  29: { name: "IQ1_M", blockSize: 256, typeSize: 56 },
+  30: { name: "BF16", blockSize: 1, typeSize: 2 },
+  31: { name: "Q4_0_4_4" },
+  32: { name: "Q4_0_4_8" },
+  33: { name: "Q4_0_8_8" },
+  34: { name: "TQ1_0", blockSize: 256, typeSize: 54 },
+  35: { name: "TQ2_0", blockSize: 256, typeSize: 66 },
+  36: { name: "IQ4_NL_4_4" },
+  37: { name: "IQ4_NL_4_8" },
+  38: { name: "IQ4_NL_8_8" },
+  39: { name: "MXFP4", blockSize: 32, typeSize: 17 },
 };
 
+/** Dequantization kernels by ggml type id. */
+const KERNELS: Record<number, Kernel> = {
+  2: q4_0,
+  3: q4_1,
+  6: q5_0,
+  7: q5_1,
+  8: q8_0,
+  10: q2_K,
+  11: q3_K,
+  12: q4_K,
+  13: q5_K,
+  14: q6_K,
+  20: iq4_nl,
+  23: iq4_xs,
+};
+
+/** Names of the quantized types that load (dequantized to F16). */
+export const DEQUANTIZABLE: readonly string[] = Object.keys(KERNELS).map((t) => GGML_TYPES[Number(t)].name);
+
 function kernelFor(type: number, src: Uint8Array, elements: number) {
-  const k = QUANT_KERNELS[type];
-  if (!k) throw new Error(`GGML type ${type} cannot be dequantized`);
-  const blocks = elements / k.blockSize;
-  if (!Number.isInteger(blocks) || src.length < blocks * k.typeSize) {
-    throw new Error(`${k.name}: ${src.length} bytes do not hold ${elements} values`);
+  const run = KERNELS[type];
+  const info = GGML_TYPES[type];
+  if (!run) throw new Error(`GGML type ${info?.name ?? type} cannot be dequantized`);
+  const blocks = elements / info.blockSize!;
+  if (!Number.isInteger(blocks) || src.length < blocks * info.typeSize!) {
+    throw new Error(`${info.name}: ${src.length} bytes do not hold ${elements} values`);
   }
-  return { k, blocks };
+  return { run, blocks };
 }
 
 /** Dequantizes to float32 (ggml's own values). */
 export function dequantizeF32(type: number, src: Uint8Array, elements: number): Float32Array {
-  const { k, blocks } = kernelFor(type, src, elements);
+  const { run, blocks } = kernelFor(type, src, elements);
   const out = new Float32Array(elements);
-  k.run(src, blocks, out);
+  run(src, blocks, out);
   return out;
 }
 
 /** Dequantizes to little-endian F16 bytes, the weights the graph is built from. */
 export function dequantizeF16(type: number, src: Uint8Array, elements: number): Uint8Array {
-  const { k, blocks } = kernelFor(type, src, elements);
+  const { run, blocks } = kernelFor(type, src, elements);
   const out = new Float16Array(elements);
-  k.run(src, blocks, out);
+  run(src, blocks, out);
   return new Uint8Array(out.buffer);
 }

@@ -18,7 +18,7 @@ import {
   type WeightSource,
   type WeightTensor,
 } from "./types.ts";
-import { dequantizeF16, QUANT_KERNELS } from "./ggml_quants.ts";
+import { DEQUANTIZABLE, dequantizeF16, GGML_TYPES } from "./ggml_quants.ts";
 import { chatTemplateFrom } from "./chat_template.ts";
 import { LlamaSpmTokenizer } from "../tokenizer/llama_spm.ts";
 import { Gpt2BpeTokenizer, gpt2PreTokenizerSupported } from "../tokenizer/gpt2_bpe.ts";
@@ -59,58 +59,6 @@ export const GgufValueType = {
   INT64: 11,
   FLOAT64: 12,
 } as const;
-
-interface GgmlTypeInfo {
-  name: string;
-  /** Elements per block and bytes per block; absent for types that were removed from ggml. */
-  blockSize?: number;
-  typeSize?: number;
-}
-
-// ggml_type ids (ggml.h). Sizes are needed to bounds-check tensors we will refuse anyway, so that a
-// truncated file is reported as truncated rather than as "unsupported type".
-const GGML_TYPES: Record<number, GgmlTypeInfo> = {
-  0: { name: "F32", blockSize: 1, typeSize: 4 },
-  1: { name: "F16", blockSize: 1, typeSize: 2 },
-  2: { name: "Q4_0", blockSize: 32, typeSize: 18 },
-  3: { name: "Q4_1", blockSize: 32, typeSize: 20 },
-  4: { name: "Q4_2" },
-  5: { name: "Q4_3" },
-  6: { name: "Q5_0", blockSize: 32, typeSize: 22 },
-  7: { name: "Q5_1", blockSize: 32, typeSize: 24 },
-  8: { name: "Q8_0", blockSize: 32, typeSize: 34 },
-  9: { name: "Q8_1", blockSize: 32, typeSize: 36 },
-  10: { name: "Q2_K", blockSize: 256, typeSize: 84 },
-  11: { name: "Q3_K", blockSize: 256, typeSize: 110 },
-  12: { name: "Q4_K", blockSize: 256, typeSize: 144 },
-  13: { name: "Q5_K", blockSize: 256, typeSize: 176 },
-  14: { name: "Q6_K", blockSize: 256, typeSize: 210 },
-  15: { name: "Q8_K", blockSize: 256, typeSize: 292 },
-  16: { name: "IQ2_XXS", blockSize: 256, typeSize: 66 },
-  17: { name: "IQ2_XS", blockSize: 256, typeSize: 74 },
-  18: { name: "IQ3_XXS", blockSize: 256, typeSize: 98 },
-  19: { name: "IQ1_S", blockSize: 256, typeSize: 50 },
-  20: { name: "IQ4_NL", blockSize: 32, typeSize: 18 },
-  21: { name: "IQ3_S", blockSize: 256, typeSize: 110 },
-  22: { name: "IQ2_S", blockSize: 256, typeSize: 82 },
-  23: { name: "IQ4_XS", blockSize: 256, typeSize: 136 },
-  24: { name: "I8", blockSize: 1, typeSize: 1 },
-  25: { name: "I16", blockSize: 1, typeSize: 2 },
-  26: { name: "I32", blockSize: 1, typeSize: 4 },
-  27: { name: "I64", blockSize: 1, typeSize: 8 },
-  28: { name: "F64", blockSize: 1, typeSize: 8 },
-  29: { name: "IQ1_M", blockSize: 256, typeSize: 56 },
-  30: { name: "BF16", blockSize: 1, typeSize: 2 },
-  31: { name: "Q4_0_4_4" },
-  32: { name: "Q4_0_4_8" },
-  33: { name: "Q4_0_8_8" },
-  34: { name: "TQ1_0", blockSize: 256, typeSize: 54 },
-  35: { name: "TQ2_0", blockSize: 256, typeSize: 66 },
-  36: { name: "IQ4_NL_4_4" },
-  37: { name: "IQ4_NL_4_8" },
-  38: { name: "IQ4_NL_8_8" },
-  39: { name: "MXFP4", blockSize: 32, typeSize: 17 },
-};
 
 export const GGML_TYPE = { F32: 0, F16: 1, Q8_0: 8, BF16: 30 } as const;
 
@@ -589,10 +537,10 @@ export async function ggufModelFromBytes(
         [dtype, data] = ["bf16", raw];
         break;
       default:
-        if (!QUANT_KERNELS[info.type]) {
+        if (!DEQUANTIZABLE.includes(info.typeName)) {
           return fail(
             `tensor "${gg}" has unsupported type ${info.typeName} (supported: F32, F16, BF16, ` +
-              `${Object.values(QUANT_KERNELS).map((k) => k.name).join(", ")})`,
+              `${DEQUANTIZABLE.join(", ")})`,
             gg,
           );
         }
