@@ -275,9 +275,12 @@ Deno.test("error: unsupported architecture names the file and architecture", asy
   await expectLoadError(tinyLlamaGguf({ arch: "qwen2" }), /unsupported architecture "qwen2"/);
 });
 
-Deno.test("error: Llama 3.1-style RoPE frequency factors are refused, not ignored", async () => {
+Deno.test("Llama 3.1-style RoPE frequency factors (rope_freqs.weight) are read; a wrong shape is an error", async () => {
   const extraTensors = [{ name: "rope_freqs.weight", dims: [4], type: GT.F32, data: f32Bytes([1, 1, 2, 8]) }];
-  await expectLoadError(tinyLlamaGguf({ extraTensors }), /rope_freqs\.weight/);
+  const m = await loadTiny({ extraTensors });
+  assertEquals(m.config.ropeFreqFactors, [1, 1, 2, 8]);
+  const wrong = [{ name: "rope_freqs.weight", dims: [3], type: GT.F32, data: f32Bytes([1, 2, 8]) }];
+  await expectLoadError(tinyLlamaGguf({ extraTensors: wrong }), /rope_freqs\.weight.*F32 \[4\]/);
 });
 
 Deno.test("error: tensor data offset inside the file but length past its end", async () => {

@@ -77,6 +77,11 @@ for (const arch of ["llama", "mistral", "qwen2", "qwen3"] as Architecture[]) {
   });
 }
 
+Deno.test("graph applies Llama 3.1 RoPE frequency divisors as the reference does", async () => {
+  // Head dim 8: four frequencies, the last two stretched 8x, one interpolated (2.5x).
+  await checkRagged(randomModel("llama", 5, { ropeFreqFactors: [1, 2.5, 8, 8] }), "f32", 2e-2);
+});
+
 Deno.test("graph f16 matches the reference within fp16 tolerance", async () => {
   await checkRagged(randomModel("llama", 3), "f16", 8e-2);
 });

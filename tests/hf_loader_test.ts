@@ -253,12 +253,12 @@ Deno.test("unsupported architecture names config.json and the architecture", asy
   assert(/config\.json/.test(err.message) && /GPT2LMHeadModel/.test(err.message), err.message);
 });
 
-Deno.test("rope_scaling is rejected clearly; rope_parameters.rope_theta is read", async () => {
+Deno.test("rope_scaling: llama3 gives per-frequency divisors, other types and bad fields are rejected", async () => {
   const dir = await fresh("tiny-llama");
   await editJson(join(dir, "config.json"), (j) => (j.rope_scaling = { rope_type: "llama3", factor: 8 }));
   const err = await assertRejects(() => loadModel(dir));
   isLoadError(err);
-  assert(/rope_scaling/.test(err.message) && /llama3/.test(err.message) && /config\.json/.test(err.message));
+  assert(/rope_scaling\.low_freq_factor/.test(err.message) && /config\.json/.test(err.message), err.message);
 
   const base = { architectures: ["LlamaForCausalLM"], vocab_size: 8, hidden_size: 8, intermediate_size: 8 };
   const more = {
@@ -273,6 +273,35 @@ Deno.test("rope_scaling is rejected clearly; rope_parameters.rope_theta is read"
   assertThrows(
     () => parseHfConfig({ ...base, ...more, rope_parameters: { rope_type: "yarn", factor: 4 } }),
     /yarn/,
+  );
+  // Llama 3.1's published setting on a 64-wide head: wavelengths under 8192/4 keep their frequency,
+  // over 8192/1 are divided by 8, between are interpolated. By hand for j = 16: inverse frequency
+  // 500000^(-1/2), wavelength 2*pi*707.107 = 4442.9, smooth = (8192/4442.9 - 1) / 3 = 0.28128,
+  // divisor = 1 / ((1 - 0.28128) / 8 + 0.28128) = 2.6945.
+  const llama31 = {
+    rope_type: "llama3",
+    factor: 8,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position_embeddings: 8192,
+  };
+  const c3 = parseHfConfig({
+    ...base,
+    ...more,
+    hidden_size: 128,
+    rope_theta: 500000,
+    rope_scaling: llama31,
+  });
+  const f = c3.ropeFreqFactors!;
+  assertEquals(f.length, 32);
+  assert(f.slice(0, 15).every((x) => x === 1), `high frequencies unscaled: ${f.slice(0, 15)}`);
+  assert(f.slice(18).every((x) => x === 8), `low frequencies divided by 8: ${f.slice(18)}`);
+  assert(Math.abs(f[16] - 2.6945) < 1e-3, `j=16: ${f[16]}`);
+  assert(f[14] < f[15] && f[15] < f[16] && f[16] < f[17] && f[17] < f[18], "monotonic between");
+  assertEquals(parseHfConfig({ ...base, ...more, rope_theta: 500000 }).ropeFreqFactors, undefined);
+  assertThrows(
+    () => parseHfConfig({ ...base, ...more, rope_scaling: { ...llama31, high_freq_factor: 1 } }),
+    /high_freq_factor/,
   );
   assertThrows(() => parseHfConfig({ ...base, num_hidden_layers: 1 }), /num_attention_heads/);
   // Mistral's sliding window caps the context (exact for prompts that fit the window); opts cap it further.

@@ -441,10 +441,6 @@ export async function ggufModelFromBytes(
 
   const scaling = meta.str(p + "rope.scaling.type");
   if (scaling !== undefined && scaling !== "none") fail(`unsupported RoPE scaling "${scaling}"`);
-  // Llama 3.1+ stores its frequency-dependent RoPE scaling as this tensor; ignoring it would be wrong.
-  if (gguf.tensors.some((t) => t.name === "rope_freqs.weight")) {
-    fail(`unsupported RoPE frequency factors (tensor "rope_freqs.weight", Llama 3.1-style scaling)`);
-  }
 
   const tokens = meta.strings("tokenizer.ggml.tokens");
   if (tokens === undefined) fail("no tokenizer.ggml.tokens in the metadata (the tokenizer is required)");
@@ -509,6 +505,22 @@ export async function ggufModelFromBytes(
     bosTokenId,
     eosTokenIds,
   };
+  // Llama 3.1+ stores its frequency-dependent RoPE scaling as divisors of the inverse frequencies.
+  const freqs = byName.get("rope_freqs.weight");
+  if (freqs && !opts.skipWeights) {
+    if (freqs.type !== GGML_TYPE.F32 || freqs.dims.length !== 1 || freqs.dims[0] !== headDim / 2) {
+      fail(
+        `tensor "rope_freqs.weight" should be F32 [${headDim / 2}], is ${freqs.typeName} [${freqs.dims}]`,
+        "rope_freqs.weight",
+      );
+    }
+    const raw = bytes.slice(freqs.offset, freqs.offset + freqs.byteLength!);
+    const factors = Array.from(new Float32Array(raw.buffer));
+    if (factors.some((f) => !(f > 0) || !Number.isFinite(f))) {
+      fail(`tensor "rope_freqs.weight" holds a factor that is not a positive number`, "rope_freqs.weight");
+    }
+    config.ropeFreqFactors = factors;
+  }
 
   const weights = new Map<string, WeightTensor>();
   const take = (gg: string, hf: string, shape: number[], permuteHeads?: number) => {

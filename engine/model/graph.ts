@@ -11,6 +11,7 @@
 
 import { GraphBuilder, TensorType } from "../onnx/builder.ts";
 import type { LoadedModel, ModelConfig } from "./types.ts";
+import { inverseFrequency } from "./rope.ts";
 import { type ActDType, concatRows, encodeAs, toF32, transpose } from "./weights.ts";
 
 export interface GraphOptions {
@@ -259,13 +260,16 @@ export function padHeadRows(
   return out;
 }
 
-/** cos/sin tables [maxPositions, Dp/2] in fp16 for PagedAttention's fused rotary (zeros past D/2). */
+/**
+ * cos/sin tables [maxPositions, Dp/2] in fp16 for PagedAttention's fused rotary (zeros past D/2),
+ * with Llama 3.1-style frequency divisors applied when the model has them.
+ */
 function rotaryTables(g: GraphBuilder, cfg: ModelConfig, Dp: number, maxPositions: number): [string, string] {
   const half = Dp / 2;
   const cos = new Float32Array(maxPositions * half), sin = new Float32Array(maxPositions * half);
   for (let p = 0; p < maxPositions; p++) {
     for (let j = 0; j < cfg.headDim / 2; j++) {
-      const freq = Math.pow(cfg.ropeTheta, (-2 * j) / cfg.headDim);
+      const freq = inverseFrequency(cfg.ropeTheta, cfg.headDim, j) / (cfg.ropeFreqFactors?.[j] ?? 1);
       cos[p * half + j] = Math.cos(p * freq);
       sin[p * half + j] = Math.sin(p * freq);
     }

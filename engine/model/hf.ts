@@ -4,6 +4,7 @@ import { type Json, readJson } from "./json_file.ts";
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { chatTemplateFrom } from "./chat_template.ts";
+import { llama3RopeFactors, type Llama3RopeScaling } from "./rope.ts";
 import { readSafetensorsFiles } from "./safetensors.ts";
 import {
   type Architecture,
@@ -93,22 +94,39 @@ export function parseHfConfig(
   const ropeParams = (raw.rope_parameters && typeof raw.rope_parameters === "object")
     ? raw.rope_parameters as Json
     : null;
+  let ropeTheta = 10000;
+  if (typeof ropeParams?.rope_theta === "number") ropeTheta = ropeParams.rope_theta;
+  if (raw.rope_theta !== undefined && raw.rope_theta !== null) ropeTheta = num("rope_theta");
+  let llama3: Llama3RopeScaling | null = null;
   for (
     const [key, scaling] of [["rope_scaling", raw.rope_scaling], ["rope_parameters", ropeParams]] as const
   ) {
     if (!scaling || typeof scaling !== "object") continue;
     const s = scaling as Json;
     const type = s.rope_type ?? s.type;
-    if (type !== undefined && type !== "default") {
-      bad(`${key} with rope_type ${String(type)} is not supported yet (only plain RoPE)`);
-    }
-    if (type === undefined && key === "rope_scaling") {
-      bad(`rope_scaling ${JSON.stringify(s)} is not supported yet (only plain RoPE)`);
+    if (type === "llama3") {
+      const field = (name: string) => {
+        const v = s[name];
+        if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
+          bad(`${key}.${name} must be a positive number for rope_type llama3, got ${JSON.stringify(v)}`);
+        }
+        return v as number;
+      };
+      llama3 = {
+        factor: field("factor"),
+        lowFreqFactor: field("low_freq_factor"),
+        highFreqFactor: field("high_freq_factor"),
+        originalMaxPositions: field("original_max_position_embeddings"),
+      };
+      if (llama3.highFreqFactor <= llama3.lowFreqFactor) {
+        bad(`${key}: high_freq_factor must exceed low_freq_factor for rope_type llama3`);
+      }
+    } else if (type !== undefined && type !== "default") {
+      bad(`${key} with rope_type ${String(type)} is not supported (plain RoPE and llama3 only)`);
+    } else if (type === undefined && key === "rope_scaling") {
+      bad(`rope_scaling ${JSON.stringify(s)} is not supported (plain RoPE and llama3 only)`);
     }
   }
-  let ropeTheta = 10000;
-  if (typeof ropeParams?.rope_theta === "number") ropeTheta = ropeParams.rope_theta;
-  if (raw.rope_theta !== undefined && raw.rope_theta !== null) ropeTheta = num("rope_theta");
 
   // Qwen2 always has q/k/v bias; elsewhere attention_bias would also add an o_proj bias we don't model.
   let attentionBias = false;
@@ -140,6 +158,7 @@ export function parseHfConfig(
     headDim,
     rmsNormEps: num("rms_norm_eps", 1e-6),
     ropeTheta,
+    ...(llama3 ? { ropeFreqFactors: llama3RopeFactors(ropeTheta, headDim, llama3) } : {}),
     maxContext: context,
     tieEmbeddings: typeof raw.tie_word_embeddings === "boolean" ? raw.tie_word_embeddings : false,
     attentionBias,

@@ -14,6 +14,11 @@ export interface ModelConfig {
   headDim: number;
   rmsNormEps: number;
   ropeTheta: number;
+  /**
+   * Divisors of RoPE's inverse frequencies, one per pair of head dimensions (Llama 3.1 scaling);
+   * absent means plain RoPE (see rope.ts).
+   */
+  ropeFreqFactors?: number[];
   /** Context the model was trained for; prompts plus outputs beyond it are rejected. */
   maxContext: number;
   tieEmbeddings: boolean;

@@ -27,7 +27,7 @@ export function referenceLogits(model: LoadedModel, ids: number[]): Float64Array
   const rope = (v: Float64Array, heads: number, pos: number) => {
     for (let h = 0; h < heads; h++) {
       for (let j = 0; j < D / 2; j++) {
-        const f = pos * Math.pow(c.ropeTheta, (-2 * j) / D);
+        const f = (pos * Math.pow(c.ropeTheta, (-2 * j) / D)) / (c.ropeFreqFactors?.[j] ?? 1);
         const a = v[h * D + j], b = v[h * D + j + D / 2];
         v[h * D + j] = a * Math.cos(f) - b * Math.sin(f);
         v[h * D + j + D / 2] = b * Math.cos(f) + a * Math.sin(f);
