@@ -272,7 +272,7 @@ Deno.test("synthetic: Q4_K and Q6_K tensors load as F16 of llama.cpp's dequantiz
 });
 
 Deno.test("error: unsupported architecture names the file and architecture", async () => {
-  await expectLoadError(tinyLlamaGguf({ arch: "qwen2" }), /unsupported architecture "qwen2"/);
+  await expectLoadError(tinyLlamaGguf({ arch: "gemma" }), /unsupported architecture "gemma"/);
 });
 
 Deno.test("Llama 3.1-style RoPE frequency factors (rope_freqs.weight) are read; a wrong shape is an error", async () => {
@@ -316,6 +316,31 @@ Deno.test("synthetic: q/k un-permutation gives HF rotate-half row order (F32)", 
   assertEquals(m.config.headDim, 8);
   assertEquals(m.config.ropeTheta, 500000);
   assertEquals(m.config.rmsNormEps, 1e-6);
+});
+
+Deno.test("synthetic: qwen2 keeps q/k rows as stored and loads the q/k/v biases", async () => {
+  // hidden 32, 4 heads of 8, 2 KV heads: q bias [32], k/v bias [16].
+  const bias = (n: number, base: number) => f32Bytes(Array.from({ length: n }, (_, i) => base + i));
+  const biases = [
+    { name: "blk.0.attn_q.bias", dims: [32], type: GT.F32, data: bias(32, 100) },
+    { name: "blk.0.attn_k.bias", dims: [16], type: GT.F32, data: bias(16, 200) },
+    { name: "blk.0.attn_v.bias", dims: [16], type: GT.F32, data: bias(16, 300) },
+  ];
+  const m = await loadTiny({ arch: "qwen2", extraTensors: biases });
+  assertEquals([m.config.architecture, m.config.attentionBias], ["qwen2", true]);
+  // The writer's element (r, c) is r * 1000 + c in the file's order: unchanged rows for qwen2.
+  const q = f32Rows(m.weights.get("model.layers.0.self_attn.q_proj.weight").bytes, 32);
+  for (let r = 0; r < 32; r++) assertEquals(q[r][0], r * 1000, `q row ${r}`);
+  const kb = m.weights.get("model.layers.0.self_attn.k_proj.bias");
+  assertEquals(
+    Array.from(new Float32Array(kb.bytes.slice().buffer)),
+    Array.from({ length: 16 }, (_, i) => 200 + i),
+  );
+  await expectLoadError(
+    tinyLlamaGguf({ arch: "qwen2", extraTensors: biases.slice(1) }),
+    /missing tensor "blk\.0\.attn_q\.bias"/,
+    "blk.0.attn_q.bias",
+  );
 });
 
 Deno.test("synthetic: F16 q and Q8_0 k are un-permuted too; Q8_0 dequantizes to F16", async () => {

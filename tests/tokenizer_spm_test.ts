@@ -266,7 +266,7 @@ Deno.test("gpt2 bpe: merges by rank inside pre-tokenized words, byte-level round
   assertEquals(tok.decode([id("é")[0]]), "\uFFFD");
 });
 
-Deno.test("gpt2 bpe: control tokens in text, skipSpecial, and the digit split of llama3's regex", () => {
+Deno.test("gpt2 bpe: control tokens in text, skipSpecial, and the digit splits of llama3's and qwen2's regexes", () => {
   const tok = gpt2Tokenizer();
   const eot = tok.vocabSize - 1;
   assertEquals(tok.encode("hello<|eot|>", false), [261, eot]);
@@ -277,4 +277,9 @@ Deno.test("gpt2 bpe: control tokens in text, skipSpecial, and the digit split of
   const l3 = gpt2Tokenizer("llama-bpe");
   assertEquals(l3.encode("23123", false), [0x32, 0x33, 0x31, 0x32, 0x33]);
   assertEquals(l3.decode(l3.encode("It'S 2024, ok\n\n  x", false)), "It'S 2024, ok\n\n  x");
+  // Qwen2's regex is Llama 3's with digits one at a time: "123" is one piece (merged) for Llama 3 only.
+  const q2 = gpt2Tokenizer("qwen2");
+  assertEquals(l3.encode("123", false), [263]);
+  assertEquals(q2.encode("123", false), [0x31, 0x32, 0x33]);
+  assertEquals(q2.encode(" the hello", false), l3.encode(" the hello", false));
 });

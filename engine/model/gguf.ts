@@ -1,11 +1,12 @@
 // GGUF checkpoint loader (llama.cpp's single-file format, v2 and v3, little-endian).
 //
-// Produces a LoadedModel in Hugging Face terms: tensor names, [out, in] layouts and the rotate-half
-// row order of q/k that the graph builder expects. Supported tensor types: F32, F16 and BF16 (passed
-// through as views into the file) and the block-quantized types of ggml_quants.ts (Q4_0, Q4_1, Q5_0,
-// Q5_1, Q8_0, Q2_K-Q6_K, IQ4_NL, IQ4_XS: what llama.cpp's common Q*_0, Q*_K_S/M and IQ4 files hold),
-// dequantized at load to F16: simpler kernels at the cost of memory (2 bytes per weight instead of
-// ~0.3-1.1). Anything else is refused with an error naming the tensor and its type.
+// Architectures "llama" and "qwen2". Produces a LoadedModel in Hugging Face terms: tensor names,
+// [out, in] layouts and the rotate-half row order of q/k that the graph builder expects. Supported
+// tensor types: F32, F16 and BF16 (passed through as views into the file) and the block-quantized
+// types of ggml_quants.ts (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K, IQ4_NL, IQ4_XS: what llama.cpp's
+// common Q*_0, Q*_K_S/M and IQ4 files hold), dequantized at load to F16: simpler kernels at the cost
+// of memory (2 bytes per weight instead of ~0.3-1.1). Anything else is refused with an error naming
+// the tensor and its type.
 
 import {
   type ChatTemplate,
@@ -436,7 +437,9 @@ export async function ggufModelFromBytes(
 
   const arch = meta.str("general.architecture");
   if (arch === undefined) fail("no general.architecture in the metadata");
-  if (arch !== "llama") fail(`unsupported architecture "${arch}" (only "llama" GGUF files are supported)`);
+  if (arch !== "llama" && arch !== "qwen2") {
+    fail(`unsupported architecture "${arch}" (supported GGUF architectures: llama, qwen2)`);
+  }
   const p = `${arch}.`;
 
   const scaling = meta.str(p + "rope.scaling.type");
@@ -486,7 +489,7 @@ export async function ggufModelFromBytes(
 
   const byName = new Map(gguf.tensors.map((t) => [t.name, t]));
   const config: ModelConfig = {
-    architecture: "llama",
+    architecture: arch,
     vocabSize: tokens.length,
     hiddenSize: hidden,
     intermediateSize: meta.int(p + "feed_forward_length", true),
@@ -500,7 +503,7 @@ export async function ggufModelFromBytes(
     // Header-only loads cannot compare the bytes of a copied output.weight (nor need to: no weights).
     tieEmbeddings: !byName.has("output.weight") ||
       (!opts.skipWeights && sameData(bytes, byName.get("output.weight")!, byName.get("token_embd.weight"))),
-    attentionBias: false,
+    attentionBias: arch === "qwen2",
     qkNorm: false,
     bosTokenId,
     eosTokenIds,
@@ -573,9 +576,22 @@ export async function ggufModelFromBytes(
     const b = `blk.${i}.`;
     const m = `model.layers.${i}.`;
     take(b + "attn_norm.weight", m + "input_layernorm.weight", [hidden]);
-    take(b + "attn_q.weight", m + "self_attn.q_proj.weight", [qDim, hidden], numHeads);
-    take(b + "attn_k.weight", m + "self_attn.k_proj.weight", [kvDim, hidden], numKvHeads);
+    // llama.cpp rotates adjacent pairs for "llama" (its converter permuted q/k) but halves, as HF
+    // does, for "qwen2": only llama's rows need un-permuting.
+    const permuted = arch === "llama";
+    take(b + "attn_q.weight", m + "self_attn.q_proj.weight", [qDim, hidden], permuted ? numHeads : undefined);
+    take(
+      b + "attn_k.weight",
+      m + "self_attn.k_proj.weight",
+      [kvDim, hidden],
+      permuted ? numKvHeads : undefined,
+    );
     take(b + "attn_v.weight", m + "self_attn.v_proj.weight", [kvDim, hidden]);
+    if (config.attentionBias) {
+      take(b + "attn_q.bias", m + "self_attn.q_proj.bias", [qDim]);
+      take(b + "attn_k.bias", m + "self_attn.k_proj.bias", [kvDim]);
+      take(b + "attn_v.bias", m + "self_attn.v_proj.bias", [kvDim]);
+    }
     take(b + "attn_output.weight", m + "self_attn.o_proj.weight", [hidden, qDim]);
     take(b + "ffn_norm.weight", m + "post_attention_layernorm.weight", [hidden]);
     take(b + "ffn_gate.weight", m + "mlp.gate_proj.weight", [ffn, hidden]);

@@ -11,12 +11,17 @@ const GPT2_PATTERN = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}
 const LLAMA3_PATTERN =
   /'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+/gu;
 
+// Qwen2: Llama 3's, but digits one at a time.
+const QWEN2_PATTERN =
+  /'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+/gu;
+
 const PRE_TOKENIZERS: Record<string, RegExp> = {
   default: GPT2_PATTERN,
   gpt2: GPT2_PATTERN,
   "llama-bpe": LLAMA3_PATTERN,
   llama3: LLAMA3_PATTERN,
   "llama-v3": LLAMA3_PATTERN,
+  qwen2: QWEN2_PATTERN,
 };
 
 export function gpt2PreTokenizerSupported(pre: string): boolean {
