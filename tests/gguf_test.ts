@@ -1,4 +1,5 @@
 import { loadGguf, parseGguf } from "../engine/model/gguf.ts";
+import { loadModel } from "../engine/model/load.ts";
 import { f16BitsToF32 as f16ToF32, f32ToF16Bits as f32ToF16 } from "../engine/model/weights.ts";
 import { ModelLoadError } from "../engine/model/types.ts";
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
@@ -487,5 +488,21 @@ Deno.test("header-only load (skipWeights) reads the tokenizer and config without
     await assertRejects(() => loadGguf(cut, { skipWeights: true }), /truncated/);
   } finally {
     await Deno.remove(cut);
+  }
+});
+
+Deno.test("a GGUF file without the .gguf extension (an Ollama blob) loads by its magic; other files do not", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const blob = `${dir}/sha256-0123abcd`;
+    await Deno.copyFile(STORIES, blob);
+    const m = await loadModel(blob, { skipWeights: true });
+    assertEquals([m.config.numLayers, m.config.vocabSize], [5, 512]);
+    const other = `${dir}/notes.txt`;
+    await Deno.writeTextFile(other, "GGU");
+    const err = await assertRejects(() => loadModel(other));
+    assert(err instanceof ModelLoadError && /not a model/.test(err.message), err.message);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

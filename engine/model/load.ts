@@ -1,4 +1,4 @@
-// Entry point for loading a model from disk: a .gguf file or a Hugging Face folder.
+// Entry point for loading a model from disk: a GGUF file or a Hugging Face folder.
 
 import { dirname } from "node:path";
 import { loadGguf } from "./gguf.ts";
@@ -26,8 +26,21 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<L
   if (lower.endsWith(".safetensors") || lower.endsWith("config.json") || lower.endsWith(".index.json")) {
     return await loadHfFolder(dirname(path), opts);
   }
+  // GGUF files without the extension, such as Ollama's blobs (models/blobs/sha256-...), by their magic.
+  if (await startsWithGgufMagic(path)) return await loadGguf(path, opts);
   throw new ModelLoadError(
-    `${path}: not a model (expected a .gguf file or a Hugging Face folder with config.json)`,
+    `${path}: not a model (expected a GGUF file or a Hugging Face folder with config.json)`,
     path,
   );
+}
+
+async function startsWithGgufMagic(path: string): Promise<boolean> {
+  try {
+    using f = await Deno.open(path, { read: true });
+    const head = new Uint8Array(4);
+    const n = await f.read(head);
+    return n === 4 && new TextDecoder().decode(head) === "GGUF";
+  } catch {
+    return false;
+  }
 }
