@@ -5,6 +5,7 @@
 
 import * as ort from "onnxruntime-web/webgpu";
 import { buildGraph, buildSamplerGraph, IO } from "./model/graph.ts";
+import { EXTERNAL_DATA_NAME } from "./onnx/builder.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
 
@@ -15,6 +16,8 @@ export interface RunnerOptions {
   kvCacheMb: number;
   /** Folder for built graphs keyed by weights hash and options; null disables the cache. */
   cacheDir: string | null;
+  /** Weights of at least this many bytes travel as ONNX external data (default: graph.ts's). */
+  externalMinBytes?: number;
   progress?: LoadProgress;
   log?: (msg: string) => void;
 }
@@ -96,12 +99,15 @@ export class ModelRunner {
     ort.env.wasm.numThreads = 1;
     ort.env.logLevel = "error";
     const maxPositions = cfg.maxContext;
-    const key = await graphKey(model, opts.dtype, maxPositions);
+    const key = await graphKey(model, opts.dtype, maxPositions, opts.externalMinBytes);
     let bytes: Uint8Array | null = null;
+    let data: Uint8Array = new Uint8Array(0);
     let nodesPerLayer = 0, totalNodes = 0;
     const cachePath = opts.cacheDir ? `${opts.cacheDir}/${key}.onnx` : null;
     if (cachePath) {
       try {
+        // The weights file first: the graph is renamed into place last, so its presence means both are whole.
+        data = await Deno.readFile(`${cachePath}.data`);
         bytes = await Deno.readFile(cachePath);
         const meta = JSON.parse(await Deno.readTextFile(`${cachePath}.json`));
         nodesPerLayer = meta.nodesPerLayer;
@@ -114,20 +120,26 @@ export class ModelRunner {
     if (!bytes) {
       opts.progress?.({ phase: "graph" });
       const t0 = performance.now();
-      const built = buildGraph(model, { dtype: opts.dtype, maxPositions });
+      const built = buildGraph(model, {
+        dtype: opts.dtype,
+        maxPositions,
+        externalMinBytes: opts.externalMinBytes,
+      });
       bytes = built.bytes;
+      data = built.data;
       nodesPerLayer = built.nodesPerLayer;
       totalNodes = built.totalNodes;
       log(
         `graph: built in ${
           ((performance.now() - t0) / 1000).toFixed(2)
         } s, ${nodesPerLayer} nodes per layer, ` +
-          `${totalNodes} nodes in all, ${(bytes.length / 2 ** 20).toFixed(1)} MiB`,
+          `${totalNodes} nodes in all, ${((bytes.length + data.length) / 2 ** 20).toFixed(1)} MiB`,
       );
       if (cachePath) {
         try {
           await Deno.mkdir(opts.cacheDir!, { recursive: true });
           // Write then rename so a crash never leaves a half-written graph behind.
+          await Deno.writeFile(`${cachePath}.data`, data);
           await Deno.writeFile(`${cachePath}.tmp`, bytes);
           await Deno.writeTextFile(`${cachePath}.json`, JSON.stringify({ nodesPerLayer, totalNodes }));
           await Deno.rename(`${cachePath}.tmp`, cachePath);
@@ -145,7 +157,10 @@ export class ModelRunner {
       logSeverityLevel: Number(Deno.env.get("RAGTIME_ORT_LOG") ?? 3) as 0 | 1 | 2 | 3 | 4,
       preferredOutputLocation: Object.fromEntries(outputs.map((o) => [o, "gpu-buffer"])),
     });
-    const session = await ort.InferenceSession.create(bytes, sessionOptions([IO.logits, IO.nextIds]));
+    const session = await ort.InferenceSession.create(bytes, {
+      ...sessionOptions([IO.logits, IO.nextIds]),
+      externalData: [{ path: EXTERNAL_DATA_NAME, data }],
+    });
     const sampler = await ort.InferenceSession.create(
       buildSamplerGraph(cfg.vocabSize),
       sessionOptions([IO.sampledIds]),
@@ -345,14 +360,20 @@ function envEpOptions(): Record<string, string> {
   return raw ? JSON.parse(raw) : {};
 }
 
-async function graphKey(model: LoadedModel, dtype: ActDType, maxPositions: number): Promise<string> {
+async function graphKey(
+  model: LoadedModel,
+  dtype: ActDType,
+  maxPositions: number,
+  externalMinBytes: number | undefined,
+): Promise<string> {
   // Bump GRAPH_VERSION whenever buildGraph's output changes for the same weights.
-  const GRAPH_VERSION = 4;
+  const GRAPH_VERSION = 5;
   const text = JSON.stringify({
     v: GRAPH_VERSION,
     w: model.weights.hash,
     dtype,
     maxPositions,
+    ext: externalMinBytes ?? "default",
     cfg: model.config,
   });
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));

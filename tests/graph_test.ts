@@ -39,8 +39,14 @@ function maxDiff(a: Float32Array, off: number, b: Float64Array) {
   return m;
 }
 
-async function checkRagged(model: LoadedModel, dtype: "f32" | "f16", tol: number) {
-  const runner = await ModelRunner.create(model, { dtype, blockSize: 16, kvCacheMb: 1, cacheDir: null });
+async function checkRagged(model: LoadedModel, dtype: "f32" | "f16", tol: number, externalMinBytes?: number) {
+  const runner = await ModelRunner.create(model, {
+    dtype,
+    blockSize: 16,
+    kvCacheMb: 1,
+    cacheDir: null,
+    externalMinBytes,
+  });
   const V = model.config.vocabSize;
   // Long enough to cross block boundaries (block size 16) at step edges.
   const a = Array.from({ length: 37 }, (_, i) => (i * 7 + 1) % V), b = [1, 60, 61, 2, 33];
@@ -80,6 +86,12 @@ for (const arch of ["llama", "mistral", "qwen2", "qwen3"] as Architecture[]) {
 Deno.test("graph applies Llama 3.1 RoPE frequency divisors as the reference does", async () => {
   // Head dim 8: four frequencies, the last two stretched 8x, one interpolated (2.5x).
   await checkRagged(randomModel("llama", 5, { ropeFreqFactors: [1, 2.5, 8, 8] }), "f32", 2e-2);
+});
+
+Deno.test("weights as ONNX external data (all but shapes, or those of 1 KiB and more) give the same logits", async () => {
+  // The step graph keeps weights of 64 KiB and more outside the model proto (a proto cannot exceed 2 GiB).
+  await checkRagged(randomModel("qwen2", 7), "f32", 2e-2, 0);
+  await checkRagged(randomModel("llama", 3), "f16", 8e-2, 1024);
 });
 
 Deno.test("graph f16 matches the reference within fp16 tolerance", async () => {

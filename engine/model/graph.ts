@@ -19,10 +19,14 @@ export interface GraphOptions {
   dtype: ActDType;
   /** Rotary tables cover positions [0, maxPositions). */
   maxPositions: number;
+  /** Initializers of at least this many bytes go to the external data blob (default 64 KiB). */
+  externalMinBytes?: number;
 }
 
 export interface BuiltGraph {
+  /** The model proto; its large weights refer to `data` (ONNX external data, see encodeSplit). */
   bytes: Uint8Array;
+  data: Uint8Array;
   nodesPerLayer: number;
   totalNodes: number;
 }
@@ -231,7 +235,9 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
   g.output(IO.nextIds, TensorType.INT32, ["S"]);
 
   return {
-    bytes: g.encode("ragtime-step"),
+    ...(({ model, data }) => ({ bytes: model, data }))(
+      g.encodeSplit("ragtime-step", opts.externalMinBytes ?? 64 * 1024),
+    ),
     nodesPerLayer,
     totalNodes: g.nodes.length,
   };

@@ -11,6 +11,9 @@ import {
 
 export { TensorType };
 
+/** The external data file name the model refers to (onnxruntime-web is handed the bytes under it). */
+export const EXTERNAL_DATA_NAME = "weights.bin";
+
 export class GraphBuilder {
   readonly nodes: NodeDef[] = [];
   readonly initializers: TensorDef[] = [];
@@ -92,13 +95,34 @@ export class GraphBuilder {
   }
 
   encode(name: string): Uint8Array {
-    return encodeModel({
+    return this.encodeSplit(name, Infinity).model;
+  }
+
+  /**
+   * Encodes the model with every initializer of at least `minExternalBytes` moved to one external
+   * data blob (ONNX external data, location EXTERNAL_DATA_NAME). A model proto cannot exceed 2 GiB,
+   * and onnxruntime-web uploads external weights straight to the GPU instead of through its wasm heap.
+   */
+  encodeSplit(name: string, minExternalBytes: number): { model: Uint8Array; data: Uint8Array } {
+    let size = 0;
+    const align = (n: number) => Math.ceil(n / 64) * 64;
+    const initializers = this.initializers.map((t) => {
+      // INT64 initializers are shapes and axes, which onnxruntime must read while it loads the graph.
+      if (t.raw.length < minExternalBytes || t.type === TensorType.INT64) return t;
+      const external = { location: EXTERNAL_DATA_NAME, offset: size, length: t.raw.length };
+      size = align(size + t.raw.length);
+      return { ...t, external };
+    });
+    const data = new Uint8Array(size);
+    for (const t of initializers) if (t.external) data.set(t.raw, t.external.offset);
+    const model = encodeModel({
       name,
       nodes: this.nodes,
-      initializers: this.initializers,
+      initializers,
       inputs: this.inputs,
       outputs: this.outputs,
       opsets: { "": 21, "com.microsoft": 1 },
     });
+    return { model, data };
   }
 }

@@ -97,6 +97,8 @@ export interface TensorDef {
   type: TensorType;
   dims: number[];
   raw: Uint8Array;
+  /** Stored outside the model proto, at this byte range of the external data file (see encodeModel). */
+  external?: { location: string; offset: number; length: number };
 }
 
 export interface ValueDef {
@@ -161,7 +163,20 @@ function tensor(t: TensorDef): Writer {
   for (const d of t.dims) w.int(1, d);
   w.int(2, t.type);
   w.string(8, t.name);
-  w.bytes(9, t.raw);
+  if (t.external) {
+    const entry = (key: string, value: string) => {
+      const e = new Writer();
+      e.string(1, key);
+      e.string(2, value);
+      return e;
+    };
+    w.message(13, entry("location", t.external.location));
+    w.message(13, entry("offset", String(t.external.offset)));
+    w.message(13, entry("length", String(t.external.length)));
+    w.int(14, 1); // data_location = EXTERNAL
+  } else {
+    w.bytes(9, t.raw);
+  }
   return w;
 }
 
