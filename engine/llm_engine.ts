@@ -101,7 +101,12 @@ export class LLMEngine {
   lastStep: StepStats | null = null;
   onStep: ((s: StepStats) => void) | null = null;
 
-  constructor(private model: LoadedModel, private runner: ModelRunner, private opts: EngineOptions) {
+  /** `model`: config and tokenizer only; holding the weights would keep them in memory for nothing. */
+  constructor(
+    private model: Pick<LoadedModel, "config" | "tokenizer">,
+    private runner: ModelRunner,
+    private opts: EngineOptions,
+  ) {
     const blocks = new BlockManager(runner.numBlocks, runner.blockSize);
     this.scheduler = new Scheduler({
       blockManager: blocks,

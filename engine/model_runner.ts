@@ -75,7 +75,8 @@ export class ModelRunner {
     private session: ort.InferenceSession,
     private sampler: ort.InferenceSession,
     private caches: ort.Tensor[],
-    private model: LoadedModel,
+    /** Only the layer count: the runner must not keep the weights alive once they are on the GPU. */
+    private numLayers: number,
     info: {
       numBlocks: number;
       blockSize: number;
@@ -196,7 +197,7 @@ export class ModelRunner {
       `kv cache: ${numBlocks} blocks of ${opts.blockSize} tokens ` +
         `(${((2 * cfg.numLayers * numBlocks * bytesPerBlock) / 2 ** 20).toFixed(1)} MiB) on ${adapterName}`,
     );
-    return new ModelRunner(session, sampler, caches, model, {
+    return new ModelRunner(session, sampler, caches, cfg.numLayers, {
       numBlocks,
       blockSize: opts.blockSize,
       maxPositions,
@@ -241,7 +242,7 @@ export class ModelRunner {
       [IO.attnMeta]: new ort.Tensor("int32", Int32Array.of(maxQ, maxKv), [2]),
       [IO.sampleRows]: new ort.Tensor("int32", s.sampleRows, [S]),
     };
-    for (let i = 0; i < this.model.config.numLayers; i++) {
+    for (let i = 0; i < this.numLayers; i++) {
       feeds[IO.keyCache(i)] = this.caches[2 * i];
       feeds[IO.valueCache(i)] = this.caches[2 * i + 1];
     }

@@ -59,7 +59,8 @@ async function init(o: WorkerInit) {
   });
   post({ type: "progress", phase: "warmup" });
   await runner.warmup();
-  engine = new LLMEngine(model, runner, {
+  // Only config and tokenizer stay: the weights (the whole file for GGUF) are on the GPU now.
+  engine = new LLMEngine({ config: model.config, tokenizer: model.tokenizer }, runner, {
     maxBatchTokens: o.maxBatchTokens,
     maxSeqs: o.maxSeqs,
     maxChunkTokens: o.maxChunkTokens,
