@@ -401,3 +401,16 @@ Deno.test("chat templates: default when none, errors are clear", async () => {
   await Deno.writeTextFile(join(dir, "chat_template.jinja"), "{{ messages[0]['content'] }}!");
   assertEquals((await loadModel(dir)).chatTemplate.render([{ role: "user", content: "yo" }], true), "yo!");
 });
+
+Deno.test("chat templates have strftime_now, as under transformers (Llama 3.x's Today Date line)", () => {
+  // Llama 3.2's own construction: the current date when the template can make it, else a fixed one.
+  const tpl = chatTemplateFrom(
+    '{%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}' +
+      '{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}Today Date: {{ date_string }}',
+    { bosToken: "", eosToken: "" },
+  );
+  const out = tpl.render([], false);
+  const now = new Date();
+  assert(/^Today Date: \d{2} [A-Z][a-z]{2} \d{4}$/.test(out), out);
+  assert(out.endsWith(String(now.getFullYear())) || out.endsWith(String(now.getUTCFullYear())), out);
+});
