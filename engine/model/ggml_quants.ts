@@ -5,17 +5,15 @@
 // (Math.fround after each product), so the values match llama.cpp's own dequantization; the F16 store
 // then rounds once. Block layouts are ggml's (little-endian, fields in declaration order).
 
+import { f16BitsToF32 } from "./weights.ts";
+
 type Out = Float32Array | Float16Array;
 type Kernel = (src: Uint8Array, blocks: number, out: Out) => void;
 
 const f32 = Math.fround;
-const h16 = new Float16Array(1);
-const h16Bits = new Uint16Array(h16.buffer);
 
-function half(src: Uint8Array, at: number): number {
-  h16Bits[0] = src[at] | (src[at + 1] << 8);
-  return h16[0];
-}
+/** The little-endian f16 at byte `at`. */
+const half = (src: Uint8Array, at: number) => f16BitsToF32(src[at] | (src[at + 1] << 8));
 
 const i8 = (b: number) => (b << 24) >> 24;
 

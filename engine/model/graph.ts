@@ -234,10 +234,10 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
   greedyIds(g, IO.logits, V);
   g.output(IO.nextIds, TensorType.INT32, ["S"]);
 
+  const { model: bytes, data } = g.encodeSplit("ragtime-step", opts.externalMinBytes ?? 64 * 1024);
   return {
-    ...(({ model, data }) => ({ bytes: model, data }))(
-      g.encodeSplit("ragtime-step", opts.externalMinBytes ?? 64 * 1024),
-    ),
+    bytes,
+    data,
     nodesPerLayer,
     totalNodes: g.nodes.length,
   };
