@@ -73,6 +73,19 @@ const TINY = {
   use_cache: true,
 };
 
+/** The tokenizer side of both tiny Qwen presets: ChatML, no BOS, byte-level BPE. */
+const QWEN_TOKENIZER: Pick<
+  Preset,
+  "specials" | "bos" | "eos" | "postProcessor" | "chatTemplate" | "tokenizerConfig"
+> = {
+  specials: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+  bos: null,
+  eos: "<|im_end|>",
+  postProcessor: "bytelevel",
+  chatTemplate: CHATML,
+  tokenizerConfig: { pad_token: "<|endoftext|>", unk_token: null },
+};
+
 export const PRESETS: Record<PresetName, Preset> = {
   "smollm2-135m": {
     config: {
@@ -178,12 +191,7 @@ export const PRESETS: Record<PresetName, Preset> = {
       use_sliding_window: false,
       tie_word_embeddings: true,
     },
-    specials: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-    bos: null,
-    eos: "<|im_end|>",
-    postProcessor: "bytelevel",
-    chatTemplate: CHATML,
-    tokenizerConfig: { pad_token: "<|endoftext|>", unk_token: null },
+    ...QWEN_TOKENIZER,
     // Qwen2.5-instruct style: two stop tokens and sampling defaults.
     generationConfig: {
       bos_token_id: 0,
@@ -215,12 +223,7 @@ export const PRESETS: Record<PresetName, Preset> = {
       use_sliding_window: false,
       tie_word_embeddings: false,
     },
-    specials: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-    bos: null,
-    eos: "<|im_end|>",
-    postProcessor: "bytelevel",
-    chatTemplate: CHATML,
-    tokenizerConfig: { pad_token: "<|endoftext|>", unk_token: null },
+    ...QWEN_TOKENIZER,
     generationConfig: {
       bos_token_id: 0,
       eos_token_id: [2, 0],
