@@ -138,14 +138,19 @@ podman run --name "$NAME" --runtime runc \
 RUN_PID=$!
 ctr_log() { grep -v 'systemd connection' "$WORK/ctr.log" || true; }
 URL=http://127.0.0.1:$PORT
+# wait_healthy SUFFIX: until /health answers 200 from the container started as $RUN_PID.
+wait_healthy() {
+  local t0=$SECONDS
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$URL/health" || true)" = 200 ]; do
+    kill -0 "$RUN_PID" 2>/dev/null || die "container exited during startup$1"
+    [ $((SECONDS - t0)) -lt "$HEALTH_TIMEOUT_S" ] || die "/health not 200 after $HEALTH_TIMEOUT_S s$1"
+    sleep 1
+  done
+  log "/health 200 after $((SECONDS - t0)) s"
+}
 
-t0=$SECONDS
-until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$URL/health" || true)" = 200 ]; do
-  kill -0 "$RUN_PID" 2>/dev/null || die "container exited during startup"
-  [ $((SECONDS - t0)) -lt "$HEALTH_TIMEOUT_S" ] || die "/health not 200 after $HEALTH_TIMEOUT_S s"
-  sleep 1
-done
-log "/health 200 after $((SECONDS - t0)) s"
+
+wait_healthy ""
 podman healthcheck run "$NAME" 2>/dev/null || die "the image's HEALTHCHECK command failed"
 log "image HEALTHCHECK: healthy"
 log "adapter lines from the container log:"
@@ -215,13 +220,7 @@ if [ -f models/ragtime-mini/config.json ]; then
     --network=host -e PORT="$PORT" \
     "$IMAGE" </dev/null >"$WORK/ctr.log" 2>&1 &
   RUN_PID=$!
-  t0=$SECONDS
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$URL/health" || true)" = 200 ]; do
-    kill -0 "$RUN_PID" 2>/dev/null || die "container exited during startup (default model)"
-    [ $((SECONDS - t0)) -lt "$HEALTH_TIMEOUT_S" ] || die "/health not 200 after $HEALTH_TIMEOUT_S s (default model)"
-    sleep 1
-  done
-  log "/health 200 after $((SECONDS - t0)) s"
+  wait_healthy " (default model)"
   curl -fsS --max-time 120 "$URL/v1/chat/completions" -H 'content-type: application/json' \
     -d '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"temperature":0}' >"$WORK/chat.json" ||
     die "chat completion (default model)"
