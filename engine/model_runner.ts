@@ -4,7 +4,9 @@
 // this one's tokens are read back (a readback costs ~11 ms in Deno whatever its size).
 
 import * as ort from "onnxruntime-web/webgpu";
-import { buildGraph, buildSamplerGraph, IO } from "./model/graph.ts";
+import { buildGraph } from "./model/graph.ts";
+import { IO } from "./model/graph_io.ts";
+import { buildSamplerGraph } from "./model/sampler_graph.ts";
 import { EXTERNAL_DATA_NAME } from "./onnx/builder.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";

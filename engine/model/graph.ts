@@ -5,13 +5,13 @@
 // sample. The KV cache lives in engine-owned GPU buffers passed as inputs; PagedAttention writes the
 // step's K/V into them in place (its cache outputs are omitted). Sampling happens on the GPU too, so
 // that a decode's input token can come straight from the previous step's output without a readback:
-// greedy ids in the step graph, temperature sampling in a small second graph (buildSamplerGraph)
-// that runs only in steps with a sampled row. ORT runs every node of a session whatever outputs
-// are fetched, and the sampling head is ~30 dispatches, each costing CPU time in every step.
+// greedy ids in the step graph, temperature sampling in a small second graph (sampler_graph.ts)
+// that runs only in steps with a sampled row.
 
 import { GraphBuilder, TensorType } from "../onnx/builder.ts";
 import type { LoadedModel, ModelConfig } from "./types.ts";
 import { inverseFrequency } from "./rope.ts";
+import { IO } from "./graph_io.ts";
 import { type ActDType, concatRows, encodeAs, toF32, transpose } from "./weights.ts";
 
 export interface GraphOptions {
@@ -30,25 +30,6 @@ export interface BuiltGraph {
   nodesPerLayer: number;
   totalNodes: number;
 }
-
-/** Graph input/output names shared with the runner. */
-export const IO = {
-  inputIds: "input_ids",
-  prevIds: "prev_ids",
-  idSrc: "id_src",
-  cuSeqlens: "cu_seqlens",
-  pastSeqlens: "past_seqlens",
-  blockTable: "block_table",
-  attnMeta: "attn_meta",
-  sampleRows: "sample_rows",
-  sampleU: "sample_u",
-  invTemp: "inv_temp",
-  keyCache: (i: number) => `key_cache_${i}`,
-  valueCache: (i: number) => `value_cache_${i}`,
-  logits: "logits",
-  nextIds: "next_ids",
-  sampledIds: "sampled_ids",
-} as const;
 
 export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
   const cfg = model.config;
@@ -302,65 +283,4 @@ function greedyIds(g: GraphBuilder, logits: string, vocab: number) {
   const best = g.op1("ReduceMax", [g.op1("Mul", [isMax, ramp]), axis1], { keepdims: 0 });
   const greedy = g.op1("Cast", [g.op1("Sub", [g.constF32([vocab], []), best])], { to: TensorType.INT32 });
   g.op("Identity", [greedy], {}, { name: IO.nextIds });
-}
-
-/**
- * The sampling graph, run after a step with a sampled row: inputs logits [S, V] and next_ids [S]
- * (the step's greedy ids), sample_u [S], inv_temp [S]; output
- * sampled_ids[s] = next_ids[s] when sample_u[s] < 0, else inverse-CDF sampling of
- * softmax(logits[s] * inv_temp[s]) with the sequence's own uniform u (first id whose cumulative
- * probability exceeds u, ids ascending) — the CPU sampler's rule, so a seeded sequence draws from the
- * same stream wherever it runs. CumSum over a whole 49k vocabulary measured ~0.7 ms per row on an
- * H100, so the CDF is two-level (chunks of CHUNK ids, then ids within the chosen chunk).
- */
-export function buildSamplerGraph(vocab: number): Uint8Array {
-  const g = new GraphBuilder();
-  g.input(IO.logits, TensorType.FLOAT, ["S", vocab]);
-  g.input(IO.nextIds, TensorType.INT32, ["S"]);
-  g.input(IO.sampleU, TensorType.FLOAT, ["S"]);
-  g.input(IO.invTemp, TensorType.FLOAT, ["S"]);
-  sampleIds(g, IO.logits, IO.nextIds, vocab);
-  g.output(IO.sampledIds, TensorType.INT32, ["S"]);
-  return g.encode("ragtime-sampler");
-}
-
-const CHUNK = 256;
-
-function sampleIds(g: GraphBuilder, logits: string, greedy: string, vocab: number) {
-  const axis1 = g.constI64([1]);
-  const f = (t: string) => g.op1("Cast", [t], { to: TensorType.FLOAT });
-  const i32 = (t: string) => g.op1("Cast", [t], { to: TensorType.INT32 });
-  const countBelow = (cdf: string, threshold: string, max: number) =>
-    g.op1("Min", [
-      i32(g.op1("ReduceSum", [f(g.op1("Less", [cdf, threshold])), axis1], { keepdims: 0 })),
-      g.constI32([max], []),
-    ]);
-
-  const chunks = Math.ceil(vocab / CHUNK);
-  let scaled = g.op1("Mul", [logits, g.op1("Unsqueeze", [IO.invTemp, axis1])]);
-  if (chunks * CHUNK !== vocab) {
-    scaled = g.op1("Pad", [scaled, g.constI64([0, 0, 0, chunks * CHUNK - vocab]), g.constF32([-1e30], [])]);
-  }
-  const probs = g.op1("Reshape", [g.op1("Softmax", [scaled], { axis: 1 }), g.constI64([-1, chunks, CHUNK])]);
-  const chunkMass = g.op1("ReduceSum", [probs, g.constI64([2])], { keepdims: 0 });
-  const chunkCdf = g.op1("CumSum", [chunkMass, g.constI32([1], [])]);
-  const u = g.op1("Unsqueeze", [IO.sampleU, axis1]);
-  const c = countBelow(chunkCdf, u, chunks - 1); // [S]
-  const c2 = g.op1("Unsqueeze", [c, axis1]); // [S,1]
-  const before = g.op1("GatherElements", [g.op1("Sub", [chunkCdf, chunkMass]), c2], { axis: 1 });
-  const inChunk = g.op1("GatherElements", [
-    probs,
-    g.op1("Expand", [g.op1("Unsqueeze", [c2, g.constI64([2])]), g.constI64([1, 1, CHUNK])]),
-  ], { axis: 1 });
-  const innerCdf = g.op1("CumSum", [
-    g.op1("Reshape", [inChunk, g.constI64([-1, CHUNK])]),
-    g.constI32([1], []),
-  ]);
-  const k = countBelow(innerCdf, g.op1("Sub", [u, before]), CHUNK - 1);
-  const id = g.op1("Min", [
-    g.op1("Add", [g.op1("Mul", [c, g.constI32([CHUNK], [])]), k]),
-    g.constI32([vocab - 1], []),
-  ]);
-  const isGreedy = g.op1("Less", [IO.sampleU, g.constF32([0], [])]);
-  g.op("Where", [isGreedy, greedy, id], {}, { name: IO.sampledIds });
 }
