@@ -1,4 +1,5 @@
-import { loadGguf, parseGguf } from "../engine/model/gguf.ts";
+import { loadGguf } from "../engine/model/gguf.ts";
+import { parseGguf } from "../engine/model/gguf_file.ts";
 import { loadModel } from "../engine/model/load.ts";
 import { f16BitsToF32 as f16ToF32, f32ToF16Bits as f32ToF16 } from "../engine/model/weights.ts";
 import { ModelLoadError } from "../engine/model/types.ts";

@@ -1,4 +1,5 @@
-import { loadGguf, parseGguf } from "../engine/model/gguf.ts";
+import { loadGguf } from "../engine/model/gguf.ts";
+import { parseGguf } from "../engine/model/gguf_file.ts";
 import { LlamaSpmTokenizer, TokenType } from "../engine/tokenizer/llama_spm.ts";
 import { Gpt2BpeTokenizer } from "../engine/tokenizer/gpt2_bpe.ts";
 import type { Tokenizer } from "../engine/model/types.ts";
