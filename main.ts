@@ -2,7 +2,7 @@
 
 import { createEngineClient } from "./engine/client.ts";
 import type { EngineClient } from "./engine/protocol.ts";
-import { createApp } from "./server/app.ts";
+import { createApp } from "./http/app.ts";
 import { type Config, ConfigError, HelpRequested, parseConfig } from "./server/config.ts";
 import { serve } from "./server/serve.ts";
 

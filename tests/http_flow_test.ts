@@ -250,7 +250,7 @@ Deno.test("serve: SIGTERM drains in-flight streams, then the process exits 0", a
   const at = (path: string) => new URL(path, import.meta.url).href;
   const script = `
     import { serve } from "${at("../server/serve.ts")}";
-    import { createApp } from "${at("../server/app.ts")}";
+    import { createApp } from "${at("../http/app.ts")}";
     import { parseConfig } from "${at("../server/config.ts")}";
     import { FakeEngine } from "${at("./helpers/fake_engine.ts")}";
     let draining = false;

@@ -9,7 +9,7 @@ import type {
   TokenLogprob,
 } from "../../engine/protocol.ts";
 import type { ChatMessage, ChatTemplate, Tokenizer } from "../../engine/model/types.ts";
-import { createApp } from "../../server/app.ts";
+import { createApp } from "../../http/app.ts";
 import { type Config, parseConfig } from "../../server/config.ts";
 import { type RunningServer, serve } from "../../server/serve.ts";
 

@@ -1,8 +1,8 @@
 // GET /v1/models and /v1/models/:model
 import { Hono } from "hono";
-import type { EngineClient } from "../engine/protocol.ts";
-import type { AppEnv, Shared } from "./env.ts";
-import { checkModel, contextLimit, requireEngine, servedName } from "./inference.ts";
+import type { EngineClient } from "../../engine/protocol.ts";
+import type { AppEnv, Shared } from "../context.ts";
+import { checkModel, contextLimit, requireEngine, servedName } from "../inference.ts";
 
 export function modelRoutes(s: Shared): Hono<AppEnv> {
   const created = Math.floor(Date.now() / 1000);

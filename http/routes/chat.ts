@@ -1,11 +1,18 @@
 // POST /v1/chat/completions
 import { Hono } from "hono";
-import type { TokenLogprob } from "../engine/protocol.ts";
-import { badRequest } from "../server/errors.ts";
-import { readJson } from "./body.ts";
-import type { AppEnv, Shared } from "./env.ts";
-import { checkModel, encodeChat, type Format, generate, requireEngine, samplingParams } from "./inference.ts";
-import { ChatRequest, parseBody } from "./schemas.ts";
+import type { TokenLogprob } from "../../engine/protocol.ts";
+import { badRequest } from "../errors.ts";
+import { readJson } from "../body.ts";
+import type { AppEnv, Shared } from "../context.ts";
+import {
+  checkModel,
+  encodeChat,
+  type Format,
+  generate,
+  requireEngine,
+  samplingParams,
+} from "../inference.ts";
+import { ChatRequest, parseBody } from "../schemas.ts";
 
 const bytes = (s: string) => Array.from(new TextEncoder().encode(s));
 

@@ -9,9 +9,9 @@ import type {
   TokenLogprob,
 } from "../engine/protocol.ts";
 import type { ChatMessage } from "../engine/model/types.ts";
-import { ApiError, badRequest, engineError } from "../server/errors.ts";
-import { sseResponse } from "../server/sse.ts";
-import type { AppContext, Shared } from "./env.ts";
+import { ApiError, badRequest, engineError } from "./errors.ts";
+import { sseResponse } from "./sse.ts";
+import type { AppContext, Shared } from "./context.ts";
 import type { SamplingFields } from "./schemas.ts";
 
 /**

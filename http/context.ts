@@ -2,7 +2,7 @@
 import type { Context } from "hono";
 import type { EngineClient } from "../engine/protocol.ts";
 import type { Config } from "../server/config.ts";
-import type { Metrics } from "../server/metrics.ts";
+import type { Metrics } from "./metrics.ts";
 import type { Admission } from "./inference.ts";
 
 export interface AppDeps {

@@ -1,9 +1,9 @@
 // POST /tokenize and /detokenize, in vLLM's shapes.
 import { Hono } from "hono";
-import { readJson } from "./body.ts";
-import type { AppEnv, Shared } from "./env.ts";
-import { checkModel, checkTokenIds, contextLimit, encodeChat, requireEngine } from "./inference.ts";
-import { DetokenizeRequest, parseBody, TokenizeRequest } from "./schemas.ts";
+import { readJson } from "../body.ts";
+import type { AppEnv, Shared } from "../context.ts";
+import { checkModel, checkTokenIds, contextLimit, encodeChat, requireEngine } from "../inference.ts";
+import { DetokenizeRequest, parseBody, TokenizeRequest } from "../schemas.ts";
 
 export function tokenizeRoutes(s: Shared): Hono<AppEnv> {
   return new Hono<AppEnv>()

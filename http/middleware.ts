@@ -1,7 +1,7 @@
 // Cross-cutting middleware: request ids and log lines, CORS, bearer-token auth.
 import type { MiddlewareHandler } from "hono";
-import { ApiError } from "../server/errors.ts";
-import type { AppEnv, RequestLog } from "./env.ts";
+import { ApiError } from "./errors.ts";
+import type { AppEnv, RequestLog } from "./context.ts";
 
 /** Ids from clients end up in logs and headers: keep them short and free of odd characters. */
 const sanitizeId = (id: string | undefined) => (id ?? "").replace(/[^\w.:@/+=-]/g, "").slice(0, 128);

@@ -1,8 +1,8 @@
 // POST /v1/completions
 import { Hono } from "hono";
-import type { TokenLogprob } from "../engine/protocol.ts";
-import { readJson } from "./body.ts";
-import type { AppEnv, Shared } from "./env.ts";
+import type { TokenLogprob } from "../../engine/protocol.ts";
+import { readJson } from "../body.ts";
+import type { AppEnv, Shared } from "../context.ts";
 import {
   checkModel,
   checkTokenIds,
@@ -10,8 +10,8 @@ import {
   generate,
   requireEngine,
   samplingParams,
-} from "./inference.ts";
-import { CompletionRequest, parseBody } from "./schemas.ts";
+} from "../inference.ts";
+import { CompletionRequest, parseBody } from "../schemas.ts";
 
 /** Legacy logprobs; text_offset counts characters of the completion so far, across chunks. */
 export function completionFormat(): Format {

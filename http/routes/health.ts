@@ -1,6 +1,6 @@
 // GET /health: always public; load balancers read the status code.
 import { Hono } from "hono";
-import type { AppEnv, Shared } from "./env.ts";
+import type { AppEnv, Shared } from "../context.ts";
 
 export function healthRoutes(s: Shared): Hono<AppEnv> {
   return new Hono<AppEnv>().get("/health", (c) => {

@@ -1,6 +1,6 @@
 // Reads a JSON request body under a size limit: the declared length is checked first, then the
 // bytes actually read, since Content-Length can be absent (chunked) or wrong.
-import { ApiError, badRequest } from "../server/errors.ts";
+import { ApiError, badRequest } from "./errors.ts";
 
 const tooLarge = (limit: number) =>
   new ApiError(413, `Request body exceeds the limit of ${limit} bytes.`, { code: "request_too_large" });

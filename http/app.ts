@@ -1,18 +1,18 @@
 // The HTTP application: OpenAI-compatible routes over an EngineClient.
 import { Hono } from "hono";
-import { chatRoutes } from "../routes/chat.ts";
-import { completionRoutes } from "../routes/completions.ts";
-import type { AppDeps, AppEnv, Shared } from "../routes/env.ts";
-import { healthRoutes } from "../routes/health.ts";
-import { Admission } from "../routes/inference.ts";
-import { metricsRoutes } from "../routes/metrics.ts";
-import { bearerAuth, cors, requestContext } from "../routes/middleware.ts";
-import { modelRoutes } from "../routes/models.ts";
-import { tokenizeRoutes } from "../routes/tokenize.ts";
+import { chatRoutes } from "./routes/chat.ts";
+import { completionRoutes } from "./routes/completions.ts";
+import type { AppDeps, AppEnv, Shared } from "./context.ts";
+import { healthRoutes } from "./routes/health.ts";
+import { Admission } from "./inference.ts";
+import { metricsRoutes } from "./routes/metrics.ts";
+import { bearerAuth, cors, requestContext } from "./middleware.ts";
+import { modelRoutes } from "./routes/models.ts";
+import { tokenizeRoutes } from "./routes/tokenize.ts";
 import { ApiError, toApiError } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 
-export type { AppDeps, AppEnv } from "../routes/env.ts";
+export type { AppDeps, AppEnv } from "./context.ts";
 
 const INFERENCE_PATHS = ["/v1/*", "/tokenize", "/detokenize"];
 

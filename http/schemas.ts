@@ -2,7 +2,7 @@
 // and the first problem becomes a 400 naming its `param`.
 import { z } from "zod";
 import type { ChatMessage } from "../engine/model/types.ts";
-import { badRequest } from "../server/errors.ts";
+import { badRequest } from "./errors.ts";
 
 const custom = (ctx: z.RefinementCtx, input: unknown, message: string, path: PropertyKey[] = []) => {
   ctx.issues.push({ code: "custom", message, input, path });

@@ -1,6 +1,6 @@
 // GET /metrics: Prometheus text exposition.
 import { Hono } from "hono";
-import type { AppEnv, Shared } from "./env.ts";
+import type { AppEnv, Shared } from "../context.ts";
 
 export function metricsRoutes(s: Shared): Hono<AppEnv> {
   return new Hono<AppEnv>().get("/metrics", (c) =>
