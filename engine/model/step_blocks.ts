@@ -1,0 +1,163 @@
+// The blocks of the step graph: the residual stream with its fused norms, attention over the paged
+// KV cache, the MLP, and the LM head with greedy ids. Each block registers its weights (prepared by
+// step_weights.ts) where it first uses them.
+
+import { type GraphBuilder, TensorType } from "../onnx/builder.ts";
+import type { ModelConfig } from "./types.ts";
+import type { ActDType } from "./weights.ts";
+import { IO } from "./graph_io.ts";
+import type { Initializer, LayerWeights } from "./step_weights.ts";
+
+const MS = "com.microsoft";
+
+/** What every block needs to know. */
+export interface StepContext {
+  g: GraphBuilder;
+  cfg: ModelConfig;
+  /** Activation dtype around attention (attention itself and the KV cache are fp16). */
+  act: ActDType;
+  /** Padded head size (see paddedHeadDim). */
+  Dp: number;
+  /** Rotary cos/sin tables. */
+  rope: [string, string];
+}
+
+export function addWeight(g: GraphBuilder, t: Initializer): string {
+  return g.weight(t.name, t.type, t.dims, t.raw);
+}
+
+/**
+ * The residual stream. A sub-block's output is not added on its own: the next norm adds it with
+ * SkipSimplifiedLayerNormalization, which returns both the normalised and the summed stream.
+ */
+export class ResidualStream {
+  private pending: string | null = null;
+  private readonly eps: { float: number };
+
+  constructor(private readonly g: GraphBuilder, private residual: string, rmsNormEps: number) {
+    this.eps = { float: rmsNormEps };
+  }
+
+  /** RMS-norm of the stream with the last sub-block's output folded in. */
+  norm(gamma: string): string {
+    if (this.pending === null) {
+      return this.g.op1("SimplifiedLayerNormalization", [this.residual, gamma], {
+        axis: -1,
+        epsilon: this.eps,
+      }, "");
+    }
+    const [normed, , , sum] = this.g.op(
+      "SkipSimplifiedLayerNormalization",
+      [
+        this.pending,
+        this.residual,
+        gamma,
+      ],
+      { epsilon: this.eps },
+      { domain: MS, nOut: 4 },
+    );
+    this.residual = sum;
+    this.pending = null;
+    return normed;
+  }
+
+  /** A sub-block's output, added by the next norm. */
+  add(out: string): void {
+    this.pending = out;
+  }
+}
+
+/** Self-attention of layer `l` over the paged KV cache (RoPE runs inside PagedAttention). */
+export function attention(c: StepContext, l: number, h: string, w: LayerWeights): string {
+  const { g, cfg } = c;
+  let qkv = g.op1("MatMul", [h, addWeight(g, w.qkv)]);
+  if (w.qkvBias) qkv = g.op1("Add", [qkv, addWeight(g, w.qkvBias)]);
+  if (c.act === "f32") qkv = g.op1("Cast", [qkv], { to: TensorType.FLOAT16 });
+  const qkvInputs = w.qkNorm ? normedHeads(c, qkv, w.qkNorm) : [qkv, "", ""];
+  let attn = g.op1("PagedAttention", [
+    ...qkvInputs,
+    IO.keyCache(l),
+    IO.valueCache(l),
+    IO.cuSeqlens,
+    IO.pastSeqlens,
+    IO.blockTable,
+    ...c.rope,
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    IO.attnMeta,
+  ], {
+    num_heads: cfg.numHeads,
+    kv_num_heads: cfg.numKvHeads,
+    scale: { float: 1 / Math.sqrt(cfg.headDim) },
+    do_rotary: 1,
+    rotary_interleaved: 0,
+  }, MS);
+  if (c.act === "f32") attn = g.op1("Cast", [attn], { to: TensorType.FLOAT });
+  return g.op1("MatMul", [attn, addWeight(g, w.o)]);
+}
+
+/**
+ * PagedAttention on WebGPU has no q/k-norm inputs: split q, k and v and RMS-normalise each q and k
+ * head before it. Padded heads average over Dp, not D: epsilon is rescaled as gamma was.
+ */
+function normedHeads(c: StepContext, qkv: string, gammas: { q: Initializer; k: Initializer }): string[] {
+  const { g, cfg, Dp } = c;
+  const qDimP = cfg.numHeads * Dp, kvDimP = cfg.numKvHeads * Dp;
+  const [q, k, v] = g.op("Split", [qkv, g.constI64([qDimP, kvDimP, kvDimP])], { axis: 1 }, { nOut: 3 });
+  const headNorm = (t: string, heads: number, w: Initializer) => {
+    const gamma = addWeight(g, w);
+    const r = g.op1("Reshape", [t, g.constI64([-1, heads, Dp])]);
+    const n = g.op1("SimplifiedLayerNormalization", [r, gamma], {
+      axis: -1,
+      epsilon: { float: cfg.rmsNormEps * cfg.headDim / Dp },
+    });
+    return g.op1("Reshape", [n, g.constI64([-1, heads * Dp])]);
+  };
+  return [headNorm(q, cfg.numHeads, gammas.q), headNorm(k, cfg.numKvHeads, gammas.k), v];
+}
+
+/** SwiGLU MLP: down(silu(gate(m)) * up(m)), gate and up in one MatMul. */
+export function mlp(c: StepContext, m: string, w: LayerWeights): string {
+  const { g, cfg } = c;
+  const gu = g.op1("MatMul", [m, addWeight(g, w.gateUp)]);
+  const I = cfg.intermediateSize;
+  const [gate, up] = g.op("Split", [gu, g.constI64([I, I])], { axis: 1 }, { nOut: 2 });
+  const silu = g.op1("Mul", [gate, g.op1("Sigmoid", [gate])]);
+  return g.op1("MatMul", [g.op1("Mul", [silu, up]), addWeight(g, w.down)]);
+}
+
+/** Final norm, logits of the sampled rows (output IO.logits, fp32) and their greedy ids (IO.nextIds). */
+export function lmHead(c: StepContext, stream: ResidualStream, norm: Initializer, head: Initializer): void {
+  const { g, cfg } = c;
+  const final = stream.norm(addWeight(g, norm));
+  const rows = g.op1("Gather", [final, IO.sampleRows], { axis: 0 });
+  let logits = g.op1("MatMul", [rows, addWeight(g, head)]);
+  if (c.act === "f16") logits = g.op1("Cast", [logits], { to: TensorType.FLOAT });
+  g.op("Identity", [logits], {}, { name: IO.logits });
+  g.output(IO.logits, TensorType.FLOAT, ["S", cfg.vocabSize]);
+
+  greedyIds(g, IO.logits, cfg.vocabSize);
+  g.output(IO.nextIds, TensorType.INT32, ["S"]);
+}
+
+/**
+ * next_ids[s] = argmax(logits[s]), lowest id on ties. Measured on an H100: ArgMax's int64 output
+ * sends its Cast to the CPU (a readback mid-step), so argmax is a max-reduction over a descending
+ * ramp: the largest (vocab - id) among the maxima is the lowest id holding the max.
+ */
+function greedyIds(g: GraphBuilder, logits: string, vocab: number) {
+  const axis1 = g.constI64([1]);
+  const isMax = g.op1("Cast", [
+    g.op1("Equal", [logits, g.op1("ReduceMax", [logits, axis1], { keepdims: 1 })]),
+  ], {
+    to: TensorType.FLOAT,
+  });
+  const ramp = g.constF32(Array.from({ length: vocab }, (_, i) => vocab - i), [vocab]);
+  const best = g.op1("ReduceMax", [g.op1("Mul", [isMax, ramp]), axis1], { keepdims: 0 });
+  const greedy = g.op1("Cast", [g.op1("Sub", [g.constF32([vocab], []), best])], { to: TensorType.INT32 });
+  g.op("Identity", [greedy], {}, { name: IO.nextIds });
+}
