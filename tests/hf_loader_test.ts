@@ -4,7 +4,8 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./helpers/assert.ts";
 import { join } from "node:path";
 import { loadModel } from "../engine/model/load.ts";
-import { expectedTensors, loadHfFolder, parseHfConfig } from "../engine/model/hf.ts";
+import { loadHfFolder, parseHfConfig } from "../engine/model/hf.ts";
+import { expectedTensors } from "../engine/model/manifest.ts";
 import { readSafetensors, type TensorToWrite, writeSafetensors } from "../engine/model/safetensors.ts";
 import { ChatTemplateError, chatTemplateFrom, DEFAULT_CHAT_TEMPLATE } from "../engine/model/chat_template.ts";
 import { ModelLoadError } from "../engine/model/types.ts";

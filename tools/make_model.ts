@@ -10,7 +10,8 @@
 
 import { f32ToBf16Bits } from "../engine/model/weights.ts";
 import { join } from "node:path";
-import { expectedTensors, parseHfConfig } from "../engine/model/hf.ts";
+import { parseHfConfig } from "../engine/model/hf.ts";
+import { expectedTensors } from "../engine/model/manifest.ts";
 import { encodeSafetensorsHeader } from "../engine/model/safetensors.ts";
 
 export type PresetName = "smollm2-135m" | "tiny-llama" | "tiny-mistral" | "tiny-qwen2" | "tiny-qwen3";

@@ -20,6 +20,7 @@ import {
   type WeightTensor,
 } from "./types.ts";
 import { DEQUANTIZABLE, dequantizeF16 } from "./ggml_quants.ts";
+import { expectedTensors } from "./manifest.ts";
 import { GGML_TYPE, type GgufTensorInfo, MetaReader, parseGguf } from "./gguf_file.ts";
 import { chatTemplateFrom } from "./chat_template.ts";
 import { LlamaSpmTokenizer } from "../tokenizer/llama_spm.ts";
@@ -263,39 +264,15 @@ export async function ggufModelFromBytes(
     weights.set(hf, { name: hf, shape, dtype, bytes: data, file });
   };
 
-  const { vocabSize, intermediateSize: ffn } = config;
-  const qDim = numHeads * headDim;
-  const kvDim = numKvHeads * headDim;
-  const loadWeights = !opts.skipWeights;
-  if (loadWeights) take("token_embd.weight", "model.embed_tokens.weight", [vocabSize, hidden]);
-  for (let i = 0; loadWeights && i < config.numLayers; i++) {
-    const b = `blk.${i}.`;
-    const m = `model.layers.${i}.`;
-    take(b + "attn_norm.weight", m + "input_layernorm.weight", [hidden]);
-    // llama.cpp rotates adjacent pairs for "llama" (its converter permuted q/k) but halves, as HF
-    // does, for "qwen2": only llama's rows need un-permuting.
-    const permuted = arch === "llama";
-    take(b + "attn_q.weight", m + "self_attn.q_proj.weight", [qDim, hidden], permuted ? numHeads : undefined);
-    take(
-      b + "attn_k.weight",
-      m + "self_attn.k_proj.weight",
-      [kvDim, hidden],
-      permuted ? numKvHeads : undefined,
-    );
-    take(b + "attn_v.weight", m + "self_attn.v_proj.weight", [kvDim, hidden]);
-    if (config.attentionBias) {
-      take(b + "attn_q.bias", m + "self_attn.q_proj.bias", [qDim]);
-      take(b + "attn_k.bias", m + "self_attn.k_proj.bias", [kvDim]);
-      take(b + "attn_v.bias", m + "self_attn.v_proj.bias", [kvDim]);
+  // llama.cpp rotates adjacent pairs for "llama" (its converter permuted q/k) but halves, as HF
+  // does, for "qwen2": only llama's rows need un-permuting.
+  const permuted = arch === "llama";
+  if (!opts.skipWeights) {
+    for (const t of expectedTensors(config)) {
+      take(t.gguf, t.name, t.shape, permuted ? t.ropeHeads : undefined);
     }
-    take(b + "attn_output.weight", m + "self_attn.o_proj.weight", [hidden, qDim]);
-    take(b + "ffn_norm.weight", m + "post_attention_layernorm.weight", [hidden]);
-    take(b + "ffn_gate.weight", m + "mlp.gate_proj.weight", [ffn, hidden]);
-    take(b + "ffn_up.weight", m + "mlp.up_proj.weight", [ffn, hidden]);
-    take(b + "ffn_down.weight", m + "mlp.down_proj.weight", [hidden, ffn]);
   }
-  if (loadWeights) take("output_norm.weight", "model.norm.weight", [hidden]);
-  if (loadWeights && !config.tieEmbeddings) take("output.weight", "lm_head.weight", [vocabSize, hidden]);
+  const loadWeights = !opts.skipWeights;
 
   const digest = loadWeights ? await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>) : null;
   const hash = digest

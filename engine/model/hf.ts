@@ -5,6 +5,7 @@ import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { chatTemplateFrom } from "./chat_template.ts";
 import { llama3RopeFactors, type Llama3RopeScaling } from "./rope.ts";
+import { expectedTensors } from "./manifest.ts";
 import { readSafetensorsFiles } from "./safetensors.ts";
 import {
   type Architecture,
@@ -166,37 +167,6 @@ export function parseHfConfig(
     bosTokenId: bos,
     eosTokenIds: eos,
   };
-}
-
-/** Every tensor the graph needs, in HF naming, with its expected shape. */
-export function expectedTensors(c: ModelConfig): { name: string; shape: number[] }[] {
-  const H = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize, hd = c.headDim;
-  const q = c.numHeads * hd, kv = c.numKvHeads * hd;
-  const out: { name: string; shape: number[] }[] = [{ name: "model.embed_tokens.weight", shape: [V, H] }];
-  for (let i = 0; i < c.numLayers; i++) {
-    const p = `model.layers.${i}.`;
-    out.push({ name: `${p}input_layernorm.weight`, shape: [H] });
-    out.push({ name: `${p}self_attn.q_proj.weight`, shape: [q, H] });
-    out.push({ name: `${p}self_attn.k_proj.weight`, shape: [kv, H] });
-    out.push({ name: `${p}self_attn.v_proj.weight`, shape: [kv, H] });
-    if (c.attentionBias) {
-      out.push({ name: `${p}self_attn.q_proj.bias`, shape: [q] });
-      out.push({ name: `${p}self_attn.k_proj.bias`, shape: [kv] });
-      out.push({ name: `${p}self_attn.v_proj.bias`, shape: [kv] });
-    }
-    if (c.qkNorm) {
-      out.push({ name: `${p}self_attn.q_norm.weight`, shape: [hd] });
-      out.push({ name: `${p}self_attn.k_norm.weight`, shape: [hd] });
-    }
-    out.push({ name: `${p}self_attn.o_proj.weight`, shape: [H, q] });
-    out.push({ name: `${p}post_attention_layernorm.weight`, shape: [H] });
-    out.push({ name: `${p}mlp.gate_proj.weight`, shape: [I, H] });
-    out.push({ name: `${p}mlp.up_proj.weight`, shape: [I, H] });
-    out.push({ name: `${p}mlp.down_proj.weight`, shape: [H, I] });
-  }
-  out.push({ name: "model.norm.weight", shape: [H] });
-  if (!c.tieEmbeddings) out.push({ name: "lm_head.weight", shape: [V, H] });
-  return out;
 }
 
 async function exists(path: string): Promise<boolean> {
