@@ -4,7 +4,7 @@ import { chatRoutes } from "./routes/chat.ts";
 import { completionRoutes } from "./routes/completions.ts";
 import type { AppDeps, AppEnv, Shared } from "./context.ts";
 import { healthRoutes } from "./routes/health.ts";
-import { Admission } from "./inference.ts";
+import { Admission } from "./admission.ts";
 import { metricsRoutes } from "./routes/metrics.ts";
 import { bearerAuth, cors, requestContext } from "./middleware.ts";
 import { modelRoutes } from "./routes/models.ts";

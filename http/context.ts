@@ -1,14 +1,30 @@
 // Types shared by the app and its routes: what createApp is given, and what each request carries.
 import type { Context } from "hono";
 import type { EngineClient } from "../engine/protocol.ts";
-import type { Config } from "../server/config.ts";
 import type { Metrics } from "./metrics.ts";
-import type { Admission } from "./inference.ts";
+import type { Admission } from "./admission.ts";
+
+/** The settings the HTTP layer reads; the process's Config (server/config.ts) is one. */
+export interface HttpConfig {
+  /** The model's name in the API; absent: the engine's. */
+  servedModelName?: string;
+  /** Context limit below the engine's, if any. */
+  maxModelLen?: number;
+  maxBodyKb: number;
+  /** Waiting requests before new ones get 429. */
+  maxQueue: number;
+  logPrompts: boolean;
+  /** Bearer keys for the inference routes; none: public. */
+  apiKeys: string[];
+  /** Bearer key for /metrics; absent: public. */
+  metricsKey?: string;
+  corsOrigins: string[];
+}
 
 export interface AppDeps {
   /** null while the model is loading. */
   engine: () => EngineClient | null;
-  config: Config;
+  config: HttpConfig;
   /** True once shutdown began: new requests get 503. */
   draining: () => boolean;
   /** One structured line per request; defaults to JSON on stdout. */
@@ -22,7 +38,7 @@ export interface AppDeps {
 /** What every route handler closes over. */
 export interface Shared {
   deps: AppDeps;
-  config: Config;
+  config: HttpConfig;
   metrics: Metrics;
   admission: Admission;
   keepAliveMs: number;

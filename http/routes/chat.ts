@@ -4,14 +4,8 @@ import type { TokenLogprob } from "../../engine/protocol.ts";
 import { badRequest } from "../errors.ts";
 import { readJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
-import {
-  checkModel,
-  encodeChat,
-  type Format,
-  generate,
-  requireEngine,
-  samplingParams,
-} from "../inference.ts";
+import { type Format, generate } from "../generate.ts";
+import { checkModel, encodeChat, requireEngine, samplingParams } from "../inference.ts";
 import { ChatRequest, parseBody } from "../schemas.ts";
 
 const bytes = (s: string) => Array.from(new TextEncoder().encode(s));
