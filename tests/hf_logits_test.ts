@@ -3,7 +3,8 @@
 // make-model's tiny presets (seed 0). The engine runs them through the real WebGPU graph, all
 // prompts in ONE ragged step, in both precisions.
 // Tolerance: f32 activations 2e-2 absolute (attention runs in fp16 either way); f16 everything
-// 1e-1 (transformers' own f16 run lands 1e-2 from its f32 one). Argmax must agree at every position;
+// 6e-2 (measured on llvmpipe: llama 4.1e-2, mistral 3.7e-2, qwen3 3.3e-2, qwen2 2.6e-2; transformers'
+// own f16 run lands 1e-2 from its f32 one). Argmax must agree at every position;
 // only a reference top-2 margin below the measured error (a genuine near-tie) would excuse a swap.
 
 import { assert } from "./helpers/assert.ts";
@@ -51,7 +52,7 @@ for (const preset of ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"] 
             wantLogits: true,
           }),
         );
-        const tol = dtype === "f32" ? 2e-2 : 1e-1;
+        const tol = dtype === "f32" ? 2e-2 : 6e-2;
         const V = model.config.vocabSize;
         let row = 0, worst = 0;
         const argmaxes: { got: number; want: number; margin: number; at: string }[] = [];
