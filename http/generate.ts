@@ -9,7 +9,7 @@ import type {
 } from "../engine/protocol.ts";
 import type { AppContext, Shared } from "./context.ts";
 import { engineError } from "./errors.ts";
-import { servedName } from "./inference.ts";
+import { servedName } from "./prepare.ts";
 import { Run } from "./run.ts";
 import { sseResponse } from "./sse.ts";
 

@@ -5,7 +5,7 @@ import { badRequest } from "../errors.ts";
 import { readJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
-import { checkModel, encodeChat, requireEngine, samplingParams } from "../inference.ts";
+import { checkModel, encodeChat, requireEngine, samplingParams } from "../prepare.ts";
 import { ChatRequest, parseBody } from "../schemas.ts";
 
 const bytes = (s: string) => Array.from(new TextEncoder().encode(s));

@@ -4,7 +4,7 @@ import type { TokenLogprob } from "../../engine/protocol.ts";
 import { readJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
-import { checkModel, checkTokenIds, requireEngine, samplingParams } from "../inference.ts";
+import { checkModel, checkTokenIds, requireEngine, samplingParams } from "../prepare.ts";
 import { CompletionRequest, parseBody } from "../schemas.ts";
 
 /** Legacy logprobs; text_offset counts characters of the completion so far, across chunks. */

@@ -2,7 +2,7 @@
 import { Hono } from "hono";
 import type { EngineClient } from "../../engine/protocol.ts";
 import type { AppEnv, Shared } from "../context.ts";
-import { checkModel, contextLimit, requireEngine, servedName } from "../inference.ts";
+import { checkModel, contextLimit, requireEngine, servedName } from "../prepare.ts";
 
 export function modelRoutes(s: Shared): Hono<AppEnv> {
   const created = Math.floor(Date.now() / 1000);

@@ -2,7 +2,7 @@
 import { Hono } from "hono";
 import { readJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
-import { checkModel, checkTokenIds, contextLimit, encodeChat, requireEngine } from "../inference.ts";
+import { checkModel, checkTokenIds, contextLimit, encodeChat, requireEngine } from "../prepare.ts";
 import { DetokenizeRequest, parseBody, TokenizeRequest } from "../schemas.ts";
 
 export function tokenizeRoutes(s: Shared): Hono<AppEnv> {
