@@ -1,4 +1,9 @@
-// The contract between the HTTP side and the engine: requests in, events out.
+// The contract between the HTTP side and the engine: requests in, events out. The HTTP layer imports
+// nothing else from engine/.
+
+import type { ChatTemplate, Tokenizer } from "./model/types.ts";
+
+export type { ChatMessage, ChatTemplate, Tokenizer } from "./model/types.ts";
 
 /** Sampling parameters with OpenAI/vLLM semantics, already validated and defaulted. */
 export interface SamplingParams {
@@ -115,8 +120,8 @@ export interface ModelInfo {
  */
 export interface EngineClient {
   readonly info: ModelInfo;
-  readonly tokenizer: import("./model/types.ts").Tokenizer;
-  readonly chatTemplate: import("./model/types.ts").ChatTemplate;
+  readonly tokenizer: Tokenizer;
+  readonly chatTemplate: ChatTemplate;
   /** Latest snapshot; cheap, never blocks. */
   stats(): EngineStats;
   /** Why the engine can no longer serve (its loop or Worker died), or null while healthy. */

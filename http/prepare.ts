@@ -1,7 +1,7 @@
 // What the endpoints share before a request reaches the engine: the engine's availability, the model
 // name, prompt checks and sampling parameters.
 import type { EngineClient, SamplingParams } from "../engine/protocol.ts";
-import type { ChatMessage } from "../engine/model/types.ts";
+import type { ChatMessage } from "../engine/protocol.ts";
 import { ApiError, badRequest } from "./errors.ts";
 import type { Shared } from "./context.ts";
 import type { SamplingFields } from "./schemas.ts";

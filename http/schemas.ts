@@ -1,7 +1,7 @@
 // Request bodies of the OpenAI/vLLM endpoints. Unknown fields are dropped, `null` means absent,
 // and the first problem becomes a 400 naming its `param`.
 import { z } from "zod";
-import type { ChatMessage } from "../engine/model/types.ts";
+import type { ChatMessage } from "../engine/protocol.ts";
 import { badRequest } from "./errors.ts";
 
 const custom = (ctx: z.RefinementCtx, input: unknown, message: string, path: PropertyKey[] = []) => {
