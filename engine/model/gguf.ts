@@ -20,31 +20,11 @@ import {
   type WeightTensor,
 } from "./types.ts";
 import { DEQUANTIZABLE, dequantizeF16 } from "./ggml_quants.ts";
-import { expectedTensors } from "./manifest.ts";
+import { expectedTensors, type TensorSpec } from "./manifest.ts";
 import { GGML_TYPE, type GgufTensorInfo, MetaReader, parseGguf } from "./gguf_file.ts";
 import { chatTemplateFrom } from "./chat_template.ts";
 import { LlamaSpmTokenizer } from "../tokenizer/llama_spm.ts";
 import { Gpt2BpeTokenizer, gpt2PreTokenizerSupported } from "../tokenizer/gpt2_bpe.ts";
-
-/**
- * llama.cpp's converter permutes q/k rows so RoPE can rotate adjacent pairs; HF rotates the two halves
- * of each head. Within a head of size d: HF row (t*d/2 + j) = GGUF row (2*j + t).
- */
-export function unpermuteRows(src: Uint8Array, rows: number, heads: number, rowBytes: number): Uint8Array {
-  const out = new Uint8Array(src.length);
-  const d = rows / heads;
-  const half = d / 2;
-  for (let h = 0; h < heads; h++) {
-    for (let t = 0; t < 2; t++) {
-      for (let j = 0; j < half; j++) {
-        const from = (h * d + 2 * j + t) * rowBytes;
-        const to = (h * d + t * half + j) * rowBytes;
-        out.set(src.subarray(from, from + rowBytes), to);
-      }
-    }
-  }
-  return out;
-}
 
 export interface GgufLoadOptions {
   progress?: LoadProgress;
@@ -119,6 +99,8 @@ async function loadGgufHeader(path: string, opts: GgufLoadOptions): Promise<Load
   }
 }
 
+type Fail = (message: string, tensor?: string) => never;
+
 /** Same as loadGguf for a file already in memory; `file` is used for the name and in errors. */
 export async function ggufModelFromBytes(
   bytes: Uint8Array,
@@ -128,22 +110,77 @@ export async function ggufModelFromBytes(
 ): Promise<LoadedModel> {
   const gguf = parseGguf(bytes, file, fileSize);
   const meta = new MetaReader(gguf.metadata, file);
-  const fail: (message: string, tensor?: string) => never = (message, tensor) => {
+  const fail: Fail = (message, tensor) => {
     throw new ModelLoadError(`${file}: ${message}`, file, tensor);
   };
+  const tensors = new Map(gguf.tensors.map((t) => [t.name, t]));
+  const { config, tokens } = ggufConfig(meta, tensors, bytes, opts, fail);
+  const weights = opts.skipWeights
+    ? weightSource(new Map(), "", file)
+    : weightSource(ggufWeights(bytes, file, tensors, config, fail), await sha256Hex(bytes), file);
+  const { tokenizer, chatTemplate } = ggufTokenizer(meta, tokens, config, fail);
+  const base = file.split(/[\\/]/).pop() ?? file;
+  return {
+    name: base.replace(/\.gguf$/i, ""),
+    path: file,
+    config,
+    weights,
+    tokenizer,
+    chatTemplate,
+    generation: {},
+  };
+}
 
+// ---------------------------------------------------------------------------------------------------
+// Config
+
+/** Hyper-parameters and special tokens from the metadata, in HF terms; `tokens` is the vocabulary. */
+function ggufConfig(
+  meta: MetaReader,
+  tensors: Map<string, GgufTensorInfo>,
+  bytes: Uint8Array,
+  opts: GgufLoadOptions,
+  fail: Fail,
+): { config: ModelConfig; tokens: string[] } {
   const arch = meta.str("general.architecture");
   if (arch === undefined) fail("no general.architecture in the metadata");
   if (arch !== "llama" && arch !== "qwen2") {
     fail(`unsupported architecture "${arch}" (supported GGUF architectures: llama, qwen2)`);
   }
   const p = `${arch}.`;
-
   const scaling = meta.str(p + "rope.scaling.type");
   if (scaling !== undefined && scaling !== "none") fail(`unsupported RoPE scaling "${scaling}"`);
-
   const tokens = meta.strings("tokenizer.ggml.tokens");
   if (tokens === undefined) fail("no tokenizer.ggml.tokens in the metadata (the tokenizer is required)");
+
+  const { hidden, numHeads, numKvHeads, headDim } = attentionShape(meta, p, fail);
+  const { bosTokenId, eosTokenIds } = specialTokens(meta, tokens.length, fail);
+  const config: ModelConfig = {
+    architecture: arch,
+    vocabSize: tokens.length,
+    hiddenSize: hidden,
+    intermediateSize: meta.int(p + "feed_forward_length", true),
+    numLayers: meta.int(p + "block_count", true),
+    numHeads,
+    numKvHeads,
+    headDim,
+    rmsNormEps: meta.float(p + "attention.layer_norm_rms_epsilon", true),
+    ropeTheta: meta.float(p + "rope.freq_base") ?? 10000,
+    maxContext: opts.maxContext ?? meta.int(p + "context_length", true),
+    // Header-only loads cannot compare the bytes of a copied output.weight (nor need to: no weights).
+    tieEmbeddings: !tensors.has("output.weight") ||
+      (!opts.skipWeights && sameData(bytes, tensors.get("output.weight")!, tensors.get("token_embd.weight"))),
+    attentionBias: arch === "qwen2",
+    qkNorm: false,
+    bosTokenId,
+    eosTokenIds,
+  };
+  const freqs = tensors.get("rope_freqs.weight");
+  if (freqs && !opts.skipWeights) config.ropeFreqFactors = ropeFreqFactors(bytes, freqs, headDim, fail);
+  return { config, tokens };
+}
+
+function attentionShape(meta: MetaReader, p: string, fail: Fail) {
   const hidden = meta.int(p + "embedding_length", true);
   const numHeads = meta.int(p + "attention.head_count", true);
   const numKvHeads = meta.int(p + "attention.head_count_kv") ?? numHeads;
@@ -166,7 +203,10 @@ export async function ggufModelFromBytes(
   if (numHeads % numKvHeads !== 0) {
     fail(`head_count ${numHeads} is not a multiple of head_count_kv ${numKvHeads}`);
   }
+  return { hidden, numHeads, numKvHeads, headDim };
+}
 
+function specialTokens(meta: MetaReader, vocabSize: number, fail: Fail) {
   // Converters write -1 (or its u32 form) for "no such token".
   const tokenId = (key: string) => {
     const id = meta.int(key);
@@ -179,137 +219,11 @@ export async function ggufModelFromBytes(
     if (id !== null && !eosTokenIds.includes(id)) eosTokenIds.push(id);
   }
   for (const id of [bosTokenId, ...eosTokenIds]) {
-    if (id !== null && (id < 0 || id >= tokens.length)) {
+    if (id !== null && (id < 0 || id >= vocabSize)) {
       fail(`special token id ${id} is outside the vocabulary`);
     }
   }
-
-  const byName = new Map(gguf.tensors.map((t) => [t.name, t]));
-  const config: ModelConfig = {
-    architecture: arch,
-    vocabSize: tokens.length,
-    hiddenSize: hidden,
-    intermediateSize: meta.int(p + "feed_forward_length", true),
-    numLayers: meta.int(p + "block_count", true),
-    numHeads,
-    numKvHeads,
-    headDim,
-    rmsNormEps: meta.float(p + "attention.layer_norm_rms_epsilon", true),
-    ropeTheta: meta.float(p + "rope.freq_base") ?? 10000,
-    maxContext: opts.maxContext ?? meta.int(p + "context_length", true),
-    // Header-only loads cannot compare the bytes of a copied output.weight (nor need to: no weights).
-    tieEmbeddings: !byName.has("output.weight") ||
-      (!opts.skipWeights && sameData(bytes, byName.get("output.weight")!, byName.get("token_embd.weight"))),
-    attentionBias: arch === "qwen2",
-    qkNorm: false,
-    bosTokenId,
-    eosTokenIds,
-  };
-  // Llama 3.1+ stores its frequency-dependent RoPE scaling as divisors of the inverse frequencies.
-  const freqs = byName.get("rope_freqs.weight");
-  if (freqs && !opts.skipWeights) {
-    if (freqs.type !== GGML_TYPE.F32 || freqs.dims.length !== 1 || freqs.dims[0] !== headDim / 2) {
-      fail(
-        `tensor "rope_freqs.weight" should be F32 [${headDim / 2}], is ${freqs.typeName} [${freqs.dims}]`,
-        "rope_freqs.weight",
-      );
-    }
-    const raw = bytes.slice(freqs.offset, freqs.offset + freqs.byteLength!);
-    const factors = Array.from(new Float32Array(raw.buffer));
-    if (factors.some((f) => !(f > 0) || !Number.isFinite(f))) {
-      fail(`tensor "rope_freqs.weight" holds a factor that is not a positive number`, "rope_freqs.weight");
-    }
-    config.ropeFreqFactors = factors;
-  }
-
-  const weights = new Map<string, WeightTensor>();
-  const take = (gg: string, hf: string, shape: number[], permuteHeads?: number) => {
-    const info = byName.get(gg);
-    if (!info) fail(`missing tensor "${gg}" (${hf})`, gg);
-    const actual = [...info.dims].reverse();
-    if (actual.length !== shape.length || actual.some((v, i) => v !== shape[i])) {
-      fail(
-        `tensor "${gg}" (${hf}) has shape [${actual.join(", ")}] but [${shape.join(", ")}] was expected ` +
-          `(HF order, outermost first)`,
-        gg,
-      );
-    }
-    const elements = shape.reduce((a, b) => a * b, 1);
-    const raw = bytes.subarray(info.offset, info.offset + (info.byteLength ?? 0));
-    let dtype: WeightDType;
-    let data: Uint8Array;
-    switch (info.type) {
-      case GGML_TYPE.F32:
-        [dtype, data] = ["f32", raw];
-        break;
-      case GGML_TYPE.F16:
-        [dtype, data] = ["f16", raw];
-        break;
-      case GGML_TYPE.BF16:
-        [dtype, data] = ["bf16", raw];
-        break;
-      default:
-        if (!DEQUANTIZABLE.includes(info.typeName)) {
-          return fail(
-            `tensor "${gg}" has unsupported type ${info.typeName} (supported: F32, F16, BF16, ` +
-              `${DEQUANTIZABLE.join(", ")})`,
-            gg,
-          );
-        }
-        [dtype, data] = ["f16", dequantizeF16(info.type, raw, elements)];
-    }
-    if (permuteHeads !== undefined) {
-      data = unpermuteRows(data, shape[0], permuteHeads, (data.length / shape[0]) | 0);
-    }
-    weights.set(hf, { name: hf, shape, dtype, bytes: data, file });
-  };
-
-  // llama.cpp rotates adjacent pairs for "llama" (its converter permuted q/k) but halves, as HF
-  // does, for "qwen2": only llama's rows need un-permuting.
-  const permuted = arch === "llama";
-  if (!opts.skipWeights) {
-    for (const t of expectedTensors(config)) {
-      take(t.gguf, t.name, t.shape, permuted ? t.ropeHeads : undefined);
-    }
-  }
-  const loadWeights = !opts.skipWeights;
-
-  const digest = loadWeights ? await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>) : null;
-  const hash = digest
-    ? Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("")
-    : "";
-  const source: WeightSource = {
-    hash,
-    get(name) {
-      const w = weights.get(name);
-      if (!w) throw new ModelLoadError(`${file}: no tensor "${name}" in this model`, file, name);
-      return w;
-    },
-    has: (name) => weights.has(name),
-    names: () => [...weights.keys()],
-  };
-
-  const tokenizer = tokenizerFromMeta(meta, tokens, bosTokenId, eosTokenIds, fail);
-  let chatTemplate: ChatTemplate;
-  try {
-    chatTemplate = chatTemplateFrom(meta.str("tokenizer.chat_template") ?? null, {
-      bosToken: bosTokenId === null ? "" : tokens[bosTokenId],
-      eosToken: eosTokenIds.length ? tokens[eosTokenIds[0]] : "",
-    });
-  } catch (e) {
-    return fail(`tokenizer.chat_template: ${(e as Error).message}`);
-  }
-
-  const base = file.split(/[\\/]/).pop() ?? file;
-  return {
-    name: base.replace(/\.gguf$/i, ""),
-    path: file,
-    config,
-    weights: source,
-    tokenizer,
-    chatTemplate,
-    generation: {},
-  };
+  return { bosTokenId, eosTokenIds };
 }
 
 /** Some converters (llama2.c's) write a tied lm_head out as a copy; treat a byte-identical copy as tied. */
@@ -320,6 +234,156 @@ function sameData(bytes: Uint8Array, a: GgufTensorInfo, b: GgufTensorInfo | unde
   const y = bytes.subarray(b.offset, b.offset + a.byteLength);
   for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
   return true;
+}
+
+/** Llama 3.1+ stores its frequency-dependent RoPE scaling as divisors of the inverse frequencies. */
+function ropeFreqFactors(bytes: Uint8Array, freqs: GgufTensorInfo, headDim: number, fail: Fail): number[] {
+  if (freqs.type !== GGML_TYPE.F32 || freqs.dims.length !== 1 || freqs.dims[0] !== headDim / 2) {
+    fail(
+      `tensor "rope_freqs.weight" should be F32 [${headDim / 2}], is ${freqs.typeName} [${freqs.dims}]`,
+      "rope_freqs.weight",
+    );
+  }
+  const raw = bytes.slice(freqs.offset, freqs.offset + freqs.byteLength!);
+  const factors = Array.from(new Float32Array(raw.buffer));
+  if (factors.some((f) => !(f > 0) || !Number.isFinite(f))) {
+    fail(`tensor "rope_freqs.weight" holds a factor that is not a positive number`, "rope_freqs.weight");
+  }
+  return factors;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Weights
+
+/** Every tensor of the manifest, in HF names and layouts. */
+function ggufWeights(
+  bytes: Uint8Array,
+  file: string,
+  tensors: Map<string, GgufTensorInfo>,
+  config: ModelConfig,
+  fail: Fail,
+): Map<string, WeightTensor> {
+  // llama.cpp rotates adjacent pairs for "llama" (its converter permuted q/k) but halves, as HF
+  // does, for "qwen2": only llama's rows need un-permuting.
+  const permuted = config.architecture === "llama";
+  const weights = new Map<string, WeightTensor>();
+  for (const spec of expectedTensors(config)) {
+    const permuteHeads = permuted ? spec.ropeHeads : undefined;
+    weights.set(spec.name, ggufWeight(bytes, file, tensors.get(spec.gguf), spec, permuteHeads, fail));
+  }
+  return weights;
+}
+
+function ggufWeight(
+  bytes: Uint8Array,
+  file: string,
+  info: GgufTensorInfo | undefined,
+  { name: hf, gguf: gg, shape }: TensorSpec,
+  permuteHeads: number | undefined,
+  fail: Fail,
+): WeightTensor {
+  if (!info) fail(`missing tensor "${gg}" (${hf})`, gg);
+  const actual = [...info.dims].reverse();
+  if (actual.length !== shape.length || actual.some((v, i) => v !== shape[i])) {
+    fail(
+      `tensor "${gg}" (${hf}) has shape [${actual.join(", ")}] but [${shape.join(", ")}] was expected ` +
+        `(HF order, outermost first)`,
+      gg,
+    );
+  }
+  const elements = shape.reduce((a, b) => a * b, 1);
+  const raw = bytes.subarray(info.offset, info.offset + (info.byteLength ?? 0));
+  let { dtype, data } = tensorData(info, raw, elements, fail);
+  if (permuteHeads !== undefined) {
+    data = unpermuteRows(data, shape[0], permuteHeads, (data.length / shape[0]) | 0);
+  }
+  return { name: hf, shape, dtype, bytes: data, file };
+}
+
+/** F32, F16 and BF16 as views into the file; block-quantized types dequantized to F16. */
+function tensorData(
+  info: GgufTensorInfo,
+  raw: Uint8Array,
+  elements: number,
+  fail: Fail,
+): { dtype: WeightDType; data: Uint8Array } {
+  switch (info.type) {
+    case GGML_TYPE.F32:
+      return { dtype: "f32", data: raw };
+    case GGML_TYPE.F16:
+      return { dtype: "f16", data: raw };
+    case GGML_TYPE.BF16:
+      return { dtype: "bf16", data: raw };
+  }
+  if (!DEQUANTIZABLE.includes(info.typeName)) {
+    fail(
+      `tensor "${info.name}" has unsupported type ${info.typeName} (supported: F32, F16, BF16, ` +
+        `${DEQUANTIZABLE.join(", ")})`,
+      info.name,
+    );
+  }
+  return { dtype: "f16", data: dequantizeF16(info.type, raw, elements) };
+}
+
+/**
+ * llama.cpp's converter permutes q/k rows so RoPE can rotate adjacent pairs; HF rotates the two halves
+ * of each head. Within a head of size d: HF row (t*d/2 + j) = GGUF row (2*j + t).
+ */
+export function unpermuteRows(src: Uint8Array, rows: number, heads: number, rowBytes: number): Uint8Array {
+  const out = new Uint8Array(src.length);
+  const d = rows / heads;
+  const half = d / 2;
+  for (let h = 0; h < heads; h++) {
+    for (let t = 0; t < 2; t++) {
+      for (let j = 0; j < half; j++) {
+        const from = (h * d + 2 * j + t) * rowBytes;
+        const to = (h * d + t * half + j) * rowBytes;
+        out.set(src.subarray(from, from + rowBytes), to);
+      }
+    }
+  }
+  return out;
+}
+
+async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Header-only loads get an empty source with an empty hash. */
+function weightSource(weights: Map<string, WeightTensor>, hash: string, file: string): WeightSource {
+  return {
+    hash,
+    get(name) {
+      const w = weights.get(name);
+      if (!w) throw new ModelLoadError(`${file}: no tensor "${name}" in this model`, file, name);
+      return w;
+    },
+    has: (name) => weights.has(name),
+    names: () => [...weights.keys()],
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tokenizer and chat template
+
+function ggufTokenizer(
+  meta: MetaReader,
+  tokens: string[],
+  config: ModelConfig,
+  fail: Fail,
+): { tokenizer: Tokenizer; chatTemplate: ChatTemplate } {
+  const { bosTokenId, eosTokenIds } = config;
+  const tokenizer = tokenizerFromMeta(meta, tokens, bosTokenId, eosTokenIds, fail);
+  try {
+    const chatTemplate = chatTemplateFrom(meta.str("tokenizer.chat_template") ?? null, {
+      bosToken: bosTokenId === null ? "" : tokens[bosTokenId],
+      eosToken: eosTokenIds.length ? tokens[eosTokenIds[0]] : "",
+    });
+    return { tokenizer, chatTemplate };
+  } catch (e) {
+    return fail(`tokenizer.chat_template: ${(e as Error).message}`);
+  }
 }
 
 function tokenizerFromMeta(
