@@ -1,15 +1,15 @@
-// Runs one engine step on the GPU: owns the ORT session, the built graph and the paged KV pool.
+// Runs one engine step on the GPU: owns the ORT sessions and the paged KV pool.
 //
 // run() only dispatches: its outputs stay on the GPU, so the next step can be dispatched before
 // this one's tokens are read back (a readback costs ~11 ms in Deno whatever its size).
 
 import * as ort from "onnxruntime-web/webgpu";
-import { buildGraph } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
-import { buildSamplerGraph } from "./model/sampler_graph.ts";
-import { EXTERNAL_DATA_NAME } from "./onnx/builder.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
+import { loadOrBuildGraph } from "./graph_cache.ts";
+import { allocateKvPool, type KvPool } from "./kv_pool.ts";
+import { createSessions, sessionDevice } from "./sessions.ts";
 
 export interface RunnerOptions {
   dtype: ActDType;
@@ -18,7 +18,7 @@ export interface RunnerOptions {
   kvCacheMb: number;
   /** Folder for built graphs keyed by weights hash and options; null disables the cache. */
   cacheDir: string | null;
-  /** Weights of at least this many bytes travel as ONNX external data (default: graph.ts's). */
+  /** Weights of at least this many bytes travel as ONNX external data (default: buildGraph's). */
   externalMinBytes?: number;
   progress?: LoadProgress;
   log?: (msg: string) => void;
@@ -96,115 +96,31 @@ export class ModelRunner {
     this.adapterName = info.adapterName;
   }
 
+  /** Graph (cached or built), sessions over it, then the KV pool on the sessions' device. */
   static async create(model: LoadedModel, opts: RunnerOptions): Promise<ModelRunner> {
     const cfg = model.config;
     const log = opts.log ?? (() => {});
-    ort.env.wasm.numThreads = 1;
-    ort.env.logLevel = "error";
     const maxPositions = cfg.maxContext;
-    const key = await graphKey(model, opts.dtype, maxPositions, opts.externalMinBytes);
-    let bytes: Uint8Array | null = null;
-    let data: Uint8Array = new Uint8Array(0);
-    let nodesPerLayer = 0, totalNodes = 0;
-    const cachePath = opts.cacheDir ? `${opts.cacheDir}/${key}.onnx` : null;
-    if (cachePath) {
-      try {
-        // The weights file first: the graph is renamed into place last, so its presence means both are whole.
-        data = await Deno.readFile(`${cachePath}.data`);
-        bytes = await Deno.readFile(cachePath);
-        const meta = JSON.parse(await Deno.readTextFile(`${cachePath}.json`));
-        nodesPerLayer = meta.nodesPerLayer;
-        totalNodes = meta.totalNodes;
-        log(`graph: cached ${cachePath}`);
-      } catch {
-        bytes = null;
-      }
-    }
-    if (!bytes) {
-      opts.progress?.({ phase: "graph" });
-      const t0 = performance.now();
-      const built = buildGraph(model, {
-        dtype: opts.dtype,
-        maxPositions,
-        externalMinBytes: opts.externalMinBytes,
-      });
-      bytes = built.bytes;
-      data = built.data;
-      nodesPerLayer = built.nodesPerLayer;
-      totalNodes = built.totalNodes;
-      log(
-        `graph: built in ${
-          ((performance.now() - t0) / 1000).toFixed(2)
-        } s, ${nodesPerLayer} nodes per layer, ` +
-          `${totalNodes} nodes in all, ${((bytes.length + data.length) / 2 ** 20).toFixed(1)} MiB`,
-      );
-      if (cachePath) {
-        try {
-          await Deno.mkdir(opts.cacheDir!, { recursive: true });
-          // Write then rename so a crash never leaves a half-written graph behind.
-          await Deno.writeFile(`${cachePath}.data`, data);
-          await Deno.writeFile(`${cachePath}.tmp`, bytes);
-          await Deno.writeTextFile(`${cachePath}.json`, JSON.stringify({ nodesPerLayer, totalNodes }));
-          await Deno.rename(`${cachePath}.tmp`, cachePath);
-        } catch (e) {
-          // A read-only disk only costs the next start a rebuild.
-          log(`graph: not cached (${(e as Error).message})`);
-        }
-      }
-    }
-
+    const graph = await loadOrBuildGraph(model, {
+      dtype: opts.dtype,
+      maxPositions,
+      externalMinBytes: opts.externalMinBytes,
+      cacheDir: opts.cacheDir,
+      progress: opts.progress,
+      log,
+    });
     opts.progress?.({ phase: "session" });
-    const sessionOptions = (outputs: string[]): ort.InferenceSession.SessionOptions => ({
-      executionProviders: [{ name: "webgpu", ...DEFAULT_EP_OPTIONS, ...envEpOptions() }],
-      // RAGTIME_ORT_LOG=1 logs every WebGPU program ORT starts (what a step dispatches).
-      logSeverityLevel: Number(Deno.env.get("RAGTIME_ORT_LOG") ?? 3) as 0 | 1 | 2 | 3 | 4,
-      preferredOutputLocation: Object.fromEntries(outputs.map((o) => [o, "gpu-buffer"])),
-    });
-    const session = await ort.InferenceSession.create(bytes, {
-      ...sessionOptions([IO.logits, IO.nextIds]),
-      externalData: [{ path: EXTERNAL_DATA_NAME, data }],
-    });
-    const sampler = await ort.InferenceSession.create(
-      buildSamplerGraph(cfg.vocabSize),
-      sessionOptions([IO.sampledIds]),
-    );
-    const device = await ort.env.webgpu.device;
-    const adapterInfo = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo ??
-      (ort.env.webgpu.adapter as GPUAdapter | undefined)?.info;
-    const adapterName = adapterInfo
-      ? `${adapterInfo.description || adapterInfo.vendor}${
-        adapterInfo.isFallbackAdapter ? " (software fallback)" : ""
-      }`
-      : "unknown";
-
-    // Each layer's K and V pool is one buffer: [numBlocks, blockSize, kvHeads, headDim] fp16.
-    const paddedHead = Math.ceil(cfg.headDim / 16) * 16; // see padHeadRows in graph.ts
-    const bytesPerBlock = opts.blockSize * cfg.numKvHeads * paddedHead * 2;
-    const perBuffer = Math.floor((opts.kvCacheMb * 2 ** 20) / (2 * cfg.numLayers));
-    const bindLimit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
-    // One block more than the pool hands out: the padding item's (see run()).
-    const numBlocks = Math.max(1, Math.floor(Math.min(perBuffer, bindLimit) / bytesPerBlock) - 1);
-    const caches: ort.Tensor[] = [];
-    for (let i = 0; i < 2 * cfg.numLayers; i++) {
-      const buffer = device.createBuffer({
-        size: (numBlocks + 1) * bytesPerBlock,
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-      });
-      caches.push(ort.Tensor.fromGpuBuffer(buffer, {
-        dataType: "float16",
-        dims: [numBlocks + 1, opts.blockSize, cfg.numKvHeads, paddedHead],
-      }));
-    }
-    log(
-      `kv cache: ${numBlocks} blocks of ${opts.blockSize} tokens ` +
-        `(${((2 * cfg.numLayers * numBlocks * bytesPerBlock) / 2 ** 20).toFixed(1)} MiB) on ${adapterName}`,
-    );
-    return new ModelRunner(session, sampler, caches, cfg.numLayers, {
-      numBlocks,
+    const { step, sampler } = await createSessions(graph, cfg.vocabSize);
+    const { device, adapterName } = await sessionDevice();
+    const pool = allocateKvPool(device, cfg, opts.blockSize, opts.kvCacheMb);
+    const mib = ((pool.buffers.length * pool.numBlocks * pool.bytesPerBlock) / 2 ** 20).toFixed(1);
+    log(`kv cache: ${pool.numBlocks} blocks of ${opts.blockSize} tokens (${mib} MiB) on ${adapterName}`);
+    return new ModelRunner(step, sampler, kvTensors(pool), cfg.numLayers, {
+      numBlocks: pool.numBlocks,
       blockSize: opts.blockSize,
       maxPositions,
-      nodesPerLayer,
-      totalNodes,
+      nodesPerLayer: graph.nodesPerLayer,
+      totalNodes: graph.totalNodes,
       adapterName,
     });
   }
@@ -257,7 +173,7 @@ export class ModelRunner {
     const logits = out[IO.logits] ?? null;
     const scratch: ort.Tensor[] = [];
     if (sampling) {
-      // Only steps with a sampling row pay for the sampling head (see buildSamplerGraph).
+      // Only steps with a sampling row pay for the sampling head (see sampler_graph.ts).
       const sampled = await this.sampler.run({
         [IO.logits]: logits!,
         [IO.nextIds]: nextIds,
@@ -326,6 +242,11 @@ export class ModelRunner {
   }
 }
 
+/** The pool's buffers as the step's cache inputs. */
+function kvTensors(pool: KvPool): ort.Tensor[] {
+  return pool.buffers.map((b) => ort.Tensor.fromGpuBuffer(b, { dataType: "float16", dims: pool.dims }));
+}
+
 async function download(nextIds: ort.Tensor, logits: ort.Tensor | null): Promise<StepResult> {
   const [ids, l] = await Promise.all([nextIds.getData(), logits?.getData() ?? null]);
   return { nextIds: ids as Int32Array, logits: l as Float32Array | null };
@@ -346,39 +267,4 @@ function padStep(s: StepInputs, block: number): StepInputs {
     pastSeqlens: grow(s.pastSeqlens, 0),
     blockTable: bt,
   };
-}
-
-/**
- * WebGPU EP options. They must go in the execution provider entry: onnxruntime-web hands session
- * `extra` entries to ORT only after the EP (and its process-wide WebGPU context) exists.
- * RAGTIME_ORT_EP (JSON) overrides them for experiments.
- */
-const DEFAULT_EP_OPTIONS: Record<string, string> = {
-  // ORT's own checks on every dispatch cost CPU, the bound of a step; the graph is fixed and tested.
-  validationMode: "disabled",
-};
-
-function envEpOptions(): Record<string, string> {
-  const raw = Deno.env.get("RAGTIME_ORT_EP");
-  return raw ? JSON.parse(raw) : {};
-}
-
-async function graphKey(
-  model: LoadedModel,
-  dtype: ActDType,
-  maxPositions: number,
-  externalMinBytes: number | undefined,
-): Promise<string> {
-  // Bump GRAPH_VERSION whenever buildGraph's output changes for the same weights.
-  const GRAPH_VERSION = 5;
-  const text = JSON.stringify({
-    v: GRAPH_VERSION,
-    w: model.weights.hash,
-    dtype,
-    maxPositions,
-    ext: externalMinBytes ?? "default",
-    cfg: model.config,
-  });
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return Array.from(new Uint8Array(digest).slice(0, 12), (b) => b.toString(16).padStart(2, "0")).join("");
 }

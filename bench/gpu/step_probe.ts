@@ -2,7 +2,7 @@
 // deno run -A bench/gpu/step_probe.ts [dtype]
 // QUICK=1: only the 256-row cases. TRACE=1: counts and times every WebGPU API call made during
 // the timed dispatches, to split a step's CPU cost between WebGPU calls and the rest (ORT's wasm).
-// RAGTIME_ORT_EP (JSON): ORT WebGPU EP options for this process (see engine/model_runner.ts).
+// RAGTIME_ORT_EP (JSON): ORT WebGPU EP options for this process (see engine/sessions.ts).
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
 import { randomModel } from "../../tests/helpers/random_model.ts";
 
