@@ -208,13 +208,29 @@ function safeBig(v: bigint): number | bigint {
   return v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(v) : v;
 }
 
+/** Whether the bytes start with GGUF's magic (how files without the .gguf extension are recognised). */
+export function hasGgufMagic(bytes: Uint8Array): boolean {
+  return bytes.length >= 4 &&
+    new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, true) === GGUF_MAGIC;
+}
+
 /**
  * Parses the header, metadata and tensor infos of a GGUF file held in memory, and checks that every
  * tensor's data lies inside the file. Does not look at the architecture or tensor types.
  */
 export function parseGguf(bytes: Uint8Array, file: string, fileSize = bytes.length): GgufFile {
   const r: Reader = new Reader(bytes, file);
-  if (bytes.length < 4 || r.dv.getUint32(0, true) !== GGUF_MAGIC) {
+  const { version, tensorCount, kvCount } = readHeader(r, fileSize);
+  const metadata = readMetadata(r, kvCount);
+  const alignment = alignmentOf(r, metadata);
+  const infos = readTensorInfos(r, tensorCount);
+  const dataOffset = Math.ceil(r.pos / alignment) * alignment;
+  const tensors = infos.map((info) => placeTensor(r, info, alignment, dataOffset, fileSize));
+  return { version, metadata, tensors, alignment, dataOffset };
+}
+
+function readHeader(r: Reader, fileSize: number) {
+  if (!hasGgufMagic(r.bytes)) {
     r.fail('not a GGUF file (the first bytes are not the magic "GGUF")');
   }
   r.pos = 4;
@@ -231,7 +247,10 @@ export function parseGguf(bytes: Uint8Array, file: string, fileSize = bytes.leng
   if (kvCount * 12 + tensorCount * 24 > fileSize) {
     r.fail(`truncated or corrupt GGUF header (${tensorCount} tensors, ${kvCount} metadata keys)`);
   }
+  return { version, tensorCount, kvCount };
+}
 
+function readMetadata(r: Reader, kvCount: number): Map<string, GgufValue> {
   const metadata = new Map<string, GgufValue>();
   for (let i = 0; i < kvCount; i++) {
     r.what = `metadata key #${i}`;
@@ -242,17 +261,28 @@ export function parseGguf(bytes: Uint8Array, file: string, fileSize = bytes.leng
     if (metadata.has(key)) r.fail(`duplicate metadata key "${key}"`);
     metadata.set(key, value);
   }
+  return metadata;
+}
 
-  let alignment = 32;
+function alignmentOf(r: Reader, metadata: Map<string, GgufValue>): number {
   const alignValue = metadata.get("general.alignment");
-  if (alignValue !== undefined) {
-    if (typeof alignValue !== "number" || alignValue <= 0 || (alignValue & (alignValue - 1)) !== 0) {
-      r.fail(`invalid general.alignment ${String(alignValue)} (must be a power of two)`);
-    }
-    alignment = alignValue;
+  if (alignValue === undefined) return 32;
+  if (typeof alignValue !== "number" || alignValue <= 0 || (alignValue & (alignValue - 1)) !== 0) {
+    r.fail(`invalid general.alignment ${String(alignValue)} (must be a power of two)`);
   }
+  return alignValue;
+}
 
-  const raw: { name: string; dims: number[]; type: number; rel: number }[] = [];
+/** A tensor info as stored: `rel` is its data offset relative to the data section. */
+interface RawTensorInfo {
+  name: string;
+  dims: number[];
+  type: number;
+  rel: number;
+}
+
+function readTensorInfos(r: Reader, tensorCount: number): RawTensorInfo[] {
+  const infos: RawTensorInfo[] = [];
   const seen = new Set<string>();
   for (let i = 0; i < tensorCount; i++) {
     r.what = `tensor info #${i}`;
@@ -268,40 +298,45 @@ export function parseGguf(bytes: Uint8Array, file: string, fileSize = bytes.leng
     const rel = r.u64();
     if (seen.has(name)) r.fail(`duplicate tensor "${name}"`, name);
     seen.add(name);
-    raw.push({ name, dims, type, rel });
+    infos.push({ name, dims, type, rel });
   }
-  const dataOffset = Math.ceil(r.pos / alignment) * alignment;
+  return infos;
+}
 
-  const tensors: GgufTensorInfo[] = raw.map(({ name, dims, type, rel }) => {
-    const info = GGML_TYPES[type];
-    const typeName = ggmlTypeName(type);
-    let byteLength: number | null = null;
-    if (info?.blockSize !== undefined && info.typeSize !== undefined) {
-      const elements = dims.reduce((a, b) => a * b, 1);
-      if ((dims[0] ?? 1) % info.blockSize !== 0) {
-        r.fail(
-          `tensor "${name}" of type ${typeName} has an inner dimension ${dims[0]} that is not a multiple ` +
-            `of the block size ${info.blockSize}`,
-          name,
-        );
-      }
-      byteLength = (elements / info.blockSize) * info.typeSize;
-    }
-    if (rel % alignment !== 0) {
-      r.fail(`tensor "${name}" data offset ${rel} is not aligned to ${alignment}`, name);
-    }
-    const offset = dataOffset + rel;
-    if (offset > fileSize || (byteLength !== null && offset + byteLength > fileSize)) {
+/** Absolute offset and byte size of a tensor's data, checked against the block size and the file's end. */
+function placeTensor(
+  r: Reader,
+  { name, dims, type, rel }: RawTensorInfo,
+  alignment: number,
+  dataOffset: number,
+  fileSize: number,
+): GgufTensorInfo {
+  const info = GGML_TYPES[type];
+  const typeName = ggmlTypeName(type);
+  let byteLength: number | null = null;
+  if (info?.blockSize !== undefined && info.typeSize !== undefined) {
+    const elements = dims.reduce((a, b) => a * b, 1);
+    if ((dims[0] ?? 1) % info.blockSize !== 0) {
       r.fail(
-        `tensor "${name}" (${byteLength ?? "?"} bytes at offset ${offset}) lies past the end of the file ` +
-          `(${fileSize} bytes): the file is truncated or corrupt`,
+        `tensor "${name}" of type ${typeName} has an inner dimension ${dims[0]} that is not a multiple ` +
+          `of the block size ${info.blockSize}`,
         name,
       );
     }
-    return { name, dims, type, typeName, offset, byteLength };
-  });
-
-  return { version, metadata, tensors, alignment, dataOffset };
+    byteLength = (elements / info.blockSize) * info.typeSize;
+  }
+  if (rel % alignment !== 0) {
+    r.fail(`tensor "${name}" data offset ${rel} is not aligned to ${alignment}`, name);
+  }
+  const offset = dataOffset + rel;
+  if (offset > fileSize || (byteLength !== null && offset + byteLength > fileSize)) {
+    r.fail(
+      `tensor "${name}" (${byteLength ?? "?"} bytes at offset ${offset}) lies past the end of the file ` +
+        `(${fileSize} bytes): the file is truncated or corrupt`,
+      name,
+    );
+  }
+  return { name, dims, type, typeName, offset, byteLength };
 }
 
 /** Typed access to metadata with errors that name the file and key. */

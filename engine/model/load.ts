@@ -2,6 +2,7 @@
 
 import { dirname } from "node:path";
 import { loadGguf } from "./gguf.ts";
+import { hasGgufMagic } from "./gguf_file.ts";
 import { loadHfFolder } from "./hf.ts";
 import { type LoadedModel, type LoadProgress, ModelLoadError } from "./types.ts";
 
@@ -39,7 +40,7 @@ async function startsWithGgufMagic(path: string): Promise<boolean> {
     using f = await Deno.open(path, { read: true });
     const head = new Uint8Array(4);
     const n = await f.read(head);
-    return n === 4 && new TextDecoder().decode(head) === "GGUF";
+    return n === 4 && hasGgufMagic(head);
   } catch {
     return false;
   }
