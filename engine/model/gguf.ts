@@ -350,7 +350,7 @@ async function sha256Hex(bytes: Uint8Array): Promise<string> {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Header-only loads get an empty source with an empty hash. */
+/** Lookups by HF name; header-only loads pass no tensors and an empty hash. */
 function weightSource(weights: Map<string, WeightTensor>, hash: string, file: string): WeightSource {
   return {
     hash,
