@@ -3,7 +3,7 @@
 import { createEngineClient } from "./engine/client.ts";
 import type { EngineClient } from "./engine/protocol.ts";
 import { createApp } from "./http/app.ts";
-import { type Config, ConfigError, HelpRequested, parseConfig } from "./server/config.ts";
+import { type Config, ConfigError, engineSettings, HelpRequested, parseConfig } from "./server/config.ts";
 import { serve } from "./server/serve.ts";
 
 /** Where the project's own default model will live (issue: default model); used when --model is absent. */
@@ -79,16 +79,7 @@ const progress = progressPrinter();
 try {
   const client = await createEngineClient({
     modelPath,
-    maxContext: config.maxModelLen,
-    dtype: config.dtype,
-    kvCacheMb: config.kvCacheMb,
-    blockSize: 16,
-    maxBatchTokens: config.maxBatchTokens,
-    maxSeqs: config.maxSeqs,
-    maxChunkTokens: config.maxChunkTokens,
-    policy: config.batching,
-    debugSteps: config.debugSteps,
-    graphCache: config.graphCache || null,
+    settings: engineSettings(config),
     servedName: config.servedModelName,
     log,
     progress,

@@ -147,25 +147,13 @@ export async function createEngineClient(
       reject(new Error(`engine worker crashed: ${e.message}`));
     };
   });
-  const { modelPath, maxContext } = opts;
-  const init: WorkerInit = {
-    modelPath,
-    maxContext,
-    dtype: opts.dtype,
-    kvCacheMb: opts.kvCacheMb,
-    blockSize: opts.blockSize,
-    maxBatchTokens: opts.maxBatchTokens,
-    maxSeqs: opts.maxSeqs,
-    maxChunkTokens: opts.maxChunkTokens,
-    policy: opts.policy,
-    debugSteps: opts.debugSteps,
-    graphCache: opts.graphCache,
-  };
+  const { modelPath, settings } = opts;
+  const init: WorkerInit = { modelPath, settings };
   worker.postMessage({ type: "init", options: init } satisfies ToWorker);
   try {
     // The HTTP thread tokenizes and renders chat templates itself; it never needs the weights.
     const [model, ready] = await Promise.all([
-      loadModel(modelPath, { maxContext, skipWeights: true }),
+      loadModel(modelPath, { skipWeights: true }),
       readyP,
     ]);
     const info: ModelInfo = {

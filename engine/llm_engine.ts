@@ -9,42 +9,15 @@
 // Sequences sampled on the CPU (their next input must come back first) keep the pipeline at two.
 
 import { BlockManager } from "./block_manager.ts";
+import type { EngineConfig } from "./config.ts";
 import { IncrementalDetokenizer } from "./detokenizer.ts";
 import type { LoadedModel } from "./model/types.ts";
 import type { ModelRunner, StepHandle, StepInputs } from "./model_runner.ts";
-import {
-  BATCH_INVARIANT_CHUNK_TOKENS,
-  type EngineStats,
-  type FinishReason,
-  type GenerateEvent,
-  type GenerateRequest,
-  type TokenLogprob,
-} from "./protocol.ts";
+import type { EngineStats, FinishReason, GenerateEvent, GenerateRequest, TokenLogprob } from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
 import { sampleToken } from "./sampler.ts";
-import {
-  type PlanItem,
-  Scheduler,
-  SchedulerError,
-  type SchedulerPolicy,
-  type StepPlan,
-} from "./scheduler.ts";
+import { type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
-
-export interface EngineOptions {
-  maxBatchTokens: number;
-  maxSeqs: number;
-  maxContext: number;
-  policy: SchedulerPolicy;
-  /**
-   * Longest prefill chunk per sequence and step (default BATCH_INVARIANT_CHUNK_TOKENS, which keeps a
-   * request's tokens independent of its batch; longer chunks prefill long prompts in fewer steps).
-   */
-  maxChunkTokens?: number;
-  /** One log line per step. */
-  debugSteps?: boolean;
-  log?: (line: string) => void;
-}
 
 export type Emit = (ev: GenerateEvent) => void;
 
@@ -101,23 +74,32 @@ export class LLMEngine {
   lastStep: StepStats | null = null;
   onStep: ((s: StepStats) => void) | null = null;
 
-  /** `model`: config and tokenizer only; holding the weights would keep them in memory for nothing. */
+  /**
+   * `model`: config and tokenizer only; holding the weights would keep them in memory for nothing.
+   * `config` comes from resolveEngineConfig, and `runner` was built from it (see createEngine).
+   */
   constructor(
     private model: Pick<LoadedModel, "config" | "tokenizer">,
     private runner: ModelRunner,
-    private opts: EngineOptions,
+    private config: EngineConfig,
+    private log: (line: string) => void = () => {},
   ) {
+    if (config.maxContext > runner.maxPositions) {
+      throw new Error(
+        `context ${config.maxContext} exceeds the step graph's ${runner.maxPositions} positions`,
+      );
+    }
     const blocks = new BlockManager(runner.numBlocks, runner.blockSize);
     this.scheduler = new Scheduler({
       blockManager: blocks,
       blockSize: runner.blockSize,
-      maxBatchTokens: opts.maxBatchTokens,
+      maxBatchTokens: config.maxBatchTokens,
       // Every running sequence must fit one step's decodes: a decode skipped for lack of budget
       // would lose the GPU-side link to its pending token (the next step reads the last step's ids).
-      maxSeqs: Math.min(opts.maxSeqs, opts.maxBatchTokens),
-      maxContext: Math.min(opts.maxContext, runner.maxPositions),
-      policy: opts.policy,
-      maxChunkTokens: opts.maxChunkTokens ?? BATCH_INVARIANT_CHUNK_TOKENS,
+      maxSeqs: Math.min(config.maxSeqs, config.maxBatchTokens),
+      maxContext: config.maxContext,
+      policy: config.policy,
+      maxChunkTokens: config.maxChunkTokens,
     });
   }
 
@@ -338,7 +320,7 @@ export class LLMEngine {
     this.lastStep = stats;
     this.recentStepTokens.push(stats.tokens);
     if (this.recentStepTokens.length > 10000) this.recentStepTokens.splice(0, 5000);
-    if (this.opts.debugSteps) this.opts.log?.(`step ${JSON.stringify(stats)}`);
+    if (this.config.debugSteps) this.log(`step ${JSON.stringify(stats)}`);
     this.onStep?.(stats);
   }
 

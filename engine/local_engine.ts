@@ -1,49 +1,78 @@
-// An engine on the calling thread, for tests and tools: no Worker, no HTTP.
+// Starting an engine: the Worker does it with createEngine; tests and tools run one on the calling
+// thread (no Worker, no HTTP) with startLocalEngine, from the same settings and defaults.
 
-import { type EngineOptions, LLMEngine } from "./llm_engine.ts";
-import type { LoadedModel } from "./model/types.ts";
-import type { ActDType } from "./model/weights.ts";
+import { type EngineConfig, resolveEngineConfig } from "./config.ts";
+import { LLMEngine } from "./llm_engine.ts";
+import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import { ModelRunner } from "./model_runner.ts";
-import type { GenerateEvent, SamplingParams } from "./protocol.ts";
+import type { EngineSettings, GenerateEvent, SamplingParams } from "./protocol.ts";
 
-export interface LocalEngineOptions extends Partial<EngineOptions> {
-  dtype?: ActDType;
-  kvCacheMb?: number;
+export interface EngineHooks {
+  log?: (line: string) => void;
+  progress?: LoadProgress;
+}
+
+export interface CreatedEngine {
+  config: EngineConfig;
+  runner: ModelRunner;
+  engine: LLMEngine;
+}
+
+/** Resolves the settings, builds the runner (step graph, sessions, KV pool), warms it up. */
+export async function createEngine(
+  model: LoadedModel,
+  settings: EngineSettings,
+  hooks: EngineHooks = {},
+): Promise<CreatedEngine> {
+  const config = resolveEngineConfig(settings, model);
+  // The step graph covers the config's context (rotary tables; part of the graph cache key).
+  const modelConfig = { ...model.config, maxContext: config.maxContext };
+  const runner = await ModelRunner.create({ ...model, config: modelConfig }, {
+    dtype: config.dtype,
+    blockSize: config.blockSize,
+    kvCacheMb: config.kvCacheMb,
+    cacheDir: config.graphCache,
+    progress: hooks.progress,
+    log: hooks.log,
+  });
+  hooks.progress?.({ phase: "warmup" });
+  await runner.warmup();
+  // Only config and tokenizer stay: the weights (the whole file for GGUF) are on the GPU now.
+  const engine = new LLMEngine(
+    { config: modelConfig, tokenizer: model.tokenizer },
+    runner,
+    config,
+    hooks.log,
+  );
+  return { config, runner, engine };
+}
+
+export interface LocalEngineOptions extends EngineSettings {
+  log?: (line: string) => void;
 }
 
 export interface LocalEngine {
   engine: LLMEngine;
   runner: ModelRunner;
   model: LoadedModel;
+  config: EngineConfig;
   /** Resolves with every event of the request, the terminal one last. */
   generate(id: string, promptIds: number[], p: SamplingParams): Promise<GenerateEvent[]>;
   close(): Promise<void>;
 }
 
+/** An engine with its loop running on the calling thread. */
 export async function startLocalEngine(
   model: LoadedModel,
   opts: LocalEngineOptions = {},
 ): Promise<LocalEngine> {
-  const runner = await ModelRunner.create(model, {
-    dtype: opts.dtype ?? "f32",
-    blockSize: 16,
-    kvCacheMb: opts.kvCacheMb ?? 8,
-    cacheDir: null,
-  });
-  const engine = new LLMEngine(model, runner, {
-    maxBatchTokens: opts.maxBatchTokens ?? 512,
-    maxSeqs: opts.maxSeqs ?? 64,
-    maxChunkTokens: opts.maxChunkTokens,
-    maxContext: opts.maxContext ?? model.config.maxContext,
-    policy: opts.policy ?? "continuous",
-    debugSteps: opts.debugSteps,
-    log: opts.log,
-  });
+  const { config, runner, engine } = await createEngine(model, opts, { log: opts.log });
   const loop = engine.run();
   return {
     engine,
     runner,
     model,
+    config,
     generate(id, promptIds, p) {
       return new Promise((resolve) => {
         const events: GenerateEvent[] = [];

@@ -146,3 +146,34 @@ export interface EngineClient {
  * 2-token padding item in decode-only steps, keep every step on one kernel (see ModelRunner.run).
  */
 export const BATCH_INVARIANT_CHUNK_TOKENS = 31;
+
+/**
+ * The engine settings a user chooses (flags, or a test's options); every field may be left out.
+ * engine/config.ts resolves them against the loaded model into the one EngineConfig the engine runs with.
+ */
+export interface EngineSettings {
+  /** auto: f32 when every weight of the checkpoint is F32, f16 otherwise. */
+  dtype?: "auto" | "f16" | "f32";
+  /** Absent: room for maxSeqs sequences at full context, up to 1 GiB. */
+  kvCacheMb?: number;
+  maxBatchTokens?: number;
+  maxSeqs?: number;
+  /** Longest prefill chunk per sequence and step (see BATCH_INVARIANT_CHUNK_TOKENS). */
+  maxChunkTokens?: number;
+  /** Context limit; at most the model's own (more is refused), absent means the model's. */
+  maxModelLen?: number;
+  policy?: "continuous" | "static" | "sequential";
+  /** One log line per step. */
+  debugSteps?: boolean;
+  /** Folder for built step graphs; absent or null: no cache. */
+  graphCache?: string | null;
+}
+
+/** Defaults for the settings that do not depend on the model (the flags show the same). */
+export const ENGINE_DEFAULTS = {
+  dtype: "auto",
+  maxBatchTokens: 2048,
+  maxSeqs: 256,
+  maxChunkTokens: BATCH_INVARIANT_CHUNK_TOKENS,
+  policy: "continuous",
+} as const satisfies EngineSettings;

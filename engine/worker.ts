@@ -5,6 +5,7 @@
 
 import "./worker_env.ts";
 import type { LLMEngine } from "./llm_engine.ts";
+import type { LoadProgress } from "./model/types.ts";
 import type { ModelRunner } from "./model_runner.ts";
 import type { GenerateEvent } from "./protocol.ts";
 import type { ToClient, ToWorker, WorkerInit } from "./worker_protocol.ts";
@@ -30,45 +31,18 @@ async function init(o: WorkerInit) {
   const t0 = performance.now();
   // Imported only now: Deno evaluates npm modules ahead of worker_env.ts in a static import graph.
   const { loadModel } = await import("./model/load.ts");
-  const { ModelRunner } = await import("./model_runner.ts");
-  const { LLMEngine } = await import("./llm_engine.ts");
+  const { createEngine } = await import("./local_engine.ts");
   let lastReport = 0;
-  const model = await loadModel(o.modelPath, {
-    maxContext: o.maxContext,
-    progress: (p) => {
-      const now = performance.now();
-      if (p.phase === "read" && now - lastReport < 250 && p.done !== p.total) return;
-      lastReport = now;
-      post({ type: "progress", phase: p.phase, done: p.done, total: p.total });
-    },
-  });
-  const weightsF32 = model.weights.names().every((n) => model.weights.get(n).dtype === "f32");
-  const dtype = o.dtype === "auto" ? (weightsF32 ? "f32" : "f16") : o.dtype;
-  // Default pool: every sequence at full context, capped at 1 GiB (a fraction of any real GPU).
-  const c = model.config;
-  const bytesPerToken = 2 * c.numLayers * c.numKvHeads * Math.ceil(c.headDim / 16) * 16 * 2;
-  const ctx = Math.min(o.maxContext ?? c.maxContext, c.maxContext);
-  const kvCacheMb = o.kvCacheMb ?? Math.min(1024, Math.ceil((o.maxSeqs * ctx * bytesPerToken) / 2 ** 20));
-  runner = await ModelRunner.create(model, {
-    dtype,
-    blockSize: o.blockSize,
-    kvCacheMb,
-    cacheDir: o.graphCache,
-    progress: (p) => post({ type: "progress", phase: p.phase }),
-    log,
-  });
-  post({ type: "progress", phase: "warmup" });
-  await runner.warmup();
-  // Only config and tokenizer stay: the weights (the whole file for GGUF) are on the GPU now.
-  engine = new LLMEngine({ config: model.config, tokenizer: model.tokenizer }, runner, {
-    maxBatchTokens: o.maxBatchTokens,
-    maxSeqs: o.maxSeqs,
-    maxChunkTokens: o.maxChunkTokens,
-    maxContext: model.config.maxContext,
-    policy: o.policy,
-    debugSteps: o.debugSteps,
-    log,
-  });
+  const progress: LoadProgress = (p) => {
+    const now = performance.now();
+    if (p.phase === "read" && now - lastReport < 250 && p.done !== p.total) return;
+    lastReport = now;
+    post({ type: "progress", phase: p.phase, done: p.done, total: p.total });
+  };
+  const model = await loadModel(o.modelPath, { progress });
+  const created = await createEngine(model, o.settings, { log, progress });
+  runner = created.runner;
+  engine = created.engine;
   engine.onStep = () => post({ type: "stats", stats: engine!.stats() });
   loop = engine.run().catch((e) => {
     log(`engine loop failed: ${(e as Error).stack ?? e}`);
@@ -77,12 +51,12 @@ async function init(o: WorkerInit) {
   post({
     type: "ready",
     seconds: (performance.now() - t0) / 1000,
-    dtype,
+    dtype: created.config.dtype,
     adapter: runner.adapterName,
     nodesPerLayer: runner.nodesPerLayer,
     kvBlocks: runner.numBlocks,
     blockSize: runner.blockSize,
-    maxContext: engine.scheduler.config.maxContext,
+    maxContext: created.config.maxContext,
   });
 }
 

@@ -1,22 +1,10 @@
 // Messages between the engine client (HTTP thread) and the engine Worker.
 
-import type { EngineStats, GenerateEvent, GenerateRequest } from "./protocol.ts";
-import type { SchedulerPolicy } from "./scheduler.ts";
+import type { EngineSettings, EngineStats, GenerateEvent, GenerateRequest } from "./protocol.ts";
 
 export interface WorkerInit {
   modelPath: string;
-  maxContext?: number;
-  dtype: "auto" | "f16" | "f32";
-  /** Absent: sized for maxSeqs sequences at full context, up to 1 GiB. */
-  kvCacheMb?: number;
-  blockSize: number;
-  maxBatchTokens: number;
-  maxSeqs: number;
-  /** Longest prefill chunk per sequence and step (see EngineOptions.maxChunkTokens). */
-  maxChunkTokens: number;
-  policy: SchedulerPolicy;
-  debugSteps: boolean;
-  graphCache: string | null;
+  settings: EngineSettings;
 }
 
 export type ToWorker =

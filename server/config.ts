@@ -1,6 +1,6 @@
 // Command-line flags with environment twins, validated with zod. Flags win over the environment.
 import { z } from "zod";
-import { BATCH_INVARIANT_CHUNK_TOKENS } from "../engine/protocol.ts";
+import { ENGINE_DEFAULTS, type EngineSettings } from "../engine/protocol.ts";
 
 /** A bad flag or environment value; the message is one line that names the flag. */
 export class ConfigError extends Error {
@@ -98,8 +98,8 @@ const OPTIONS = {
     kind: "value",
     metavar: "T",
     expect: 'one of "auto", "f16", "f32"',
-    help: "Compute precision; auto uses f16 where the adapter supports shader-f16.",
-    schema: z.enum(["auto", "f16", "f32"]).default("auto"),
+    help: "Compute precision; auto: f32 when every weight of the checkpoint is F32, f16 otherwise.",
+    schema: z.enum(["auto", "f16", "f32"]).default(ENGINE_DEFAULTS.dtype),
   }),
   kvCacheMb: opt({
     flag: "--kv-cache-mb",
@@ -107,7 +107,7 @@ const OPTIONS = {
     kind: "value",
     metavar: "MB",
     expect: "an integer in [1, 1048576]",
-    help: "KV cache size in MiB (default: sized from the adapter's limits).",
+    help: "KV cache size in MiB (default: --max-seqs sequences at full context, up to 1024).",
     schema: positiveInt(1, 1 << 20).optional(),
   }),
   maxBatchTokens: opt({
@@ -117,7 +117,7 @@ const OPTIONS = {
     metavar: "N",
     expect: "an integer in [1, 1048576]",
     help: "Most tokens (prefill + decode) in one engine step.",
-    schema: positiveInt(1, 1 << 20).default(2048),
+    schema: positiveInt(1, 1 << 20).default(ENGINE_DEFAULTS.maxBatchTokens),
   }),
   maxSeqs: opt({
     flag: "--max-seqs",
@@ -126,7 +126,7 @@ const OPTIONS = {
     metavar: "N",
     expect: "an integer in [1, 65536]",
     help: "Most sequences running at once.",
-    schema: positiveInt(1, 65536).default(256),
+    schema: positiveInt(1, 65536).default(ENGINE_DEFAULTS.maxSeqs),
   }),
   maxChunkTokens: opt({
     flag: "--max-chunk-tokens",
@@ -137,7 +137,7 @@ const OPTIONS = {
     help: "Longest prefill chunk per request and step. The default 31 keeps a request's tokens independent " +
       "of what shares its steps; larger values prefill long prompts in fewer steps (lower TTFT) without " +
       "that guarantee.",
-    schema: positiveInt(1, 1 << 20).default(BATCH_INVARIANT_CHUNK_TOKENS),
+    schema: positiveInt(1, 1 << 20).default(ENGINE_DEFAULTS.maxChunkTokens),
   }),
   maxModelLen: opt({
     flag: "--max-model-len",
@@ -145,7 +145,7 @@ const OPTIONS = {
     kind: "value",
     metavar: "N",
     expect: "an integer in [1, 16777216]",
-    help: "Context length override (default: the model's).",
+    help: "Context length limit, at most the model's own (a larger value is refused; default: the model's).",
     schema: positiveInt(1, 1 << 24).optional(),
   }),
   batching: opt({
@@ -155,7 +155,7 @@ const OPTIONS = {
     metavar: "MODE",
     expect: 'one of "continuous", "static", "sequential"',
     help: "Scheduling: continuous batching, static batches, or one request at a time.",
-    schema: z.enum(["continuous", "static", "sequential"]).default("continuous"),
+    schema: z.enum(["continuous", "static", "sequential"]).default(ENGINE_DEFAULTS.policy),
   }),
   maxQueue: opt({
     flag: "--max-queue",
@@ -347,6 +347,21 @@ export function parseConfig(args: string[], env: { get(k: string): string | unde
     out[key] = r.data;
   }
   return out as Config;
+}
+
+/** The engine's share of the flags; the engine resolves them against the model (engine/config.ts). */
+export function engineSettings(c: Config): EngineSettings {
+  return {
+    dtype: c.dtype,
+    kvCacheMb: c.kvCacheMb,
+    maxBatchTokens: c.maxBatchTokens,
+    maxSeqs: c.maxSeqs,
+    maxChunkTokens: c.maxChunkTokens,
+    maxModelLen: c.maxModelLen,
+    policy: c.batching,
+    debugSteps: c.debugSteps,
+    graphCache: c.graphCache || null,
+  };
 }
 
 /** For a list, the first item that fails, so the message points at it. */

@@ -3,9 +3,8 @@
 // training script wrote samples.json.
 
 import { assert, assertEquals } from "./helpers/assert.ts";
-import { startLocalEngine } from "../engine/local_engine.ts";
 import { loadModel } from "../engine/model/load.ts";
-import { idsOf, params, textOf } from "./helpers/engine.ts";
+import { idsOf, params, startLocalEngine, textOf } from "./helpers/engine.ts";
 
 const DIR = new URL("../models/ragtime-mini", import.meta.url).pathname;
 const REPO = new URL("..", import.meta.url).pathname;

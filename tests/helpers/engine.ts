@@ -2,7 +2,8 @@
 
 import { samplingParams } from "../../engine/protocol.ts";
 import type { LLMEngine } from "../../engine/llm_engine.ts";
-import { type LocalEngine, type LocalEngineOptions, startLocalEngine } from "../../engine/local_engine.ts";
+import * as local from "../../engine/local_engine.ts";
+import type { LocalEngine, LocalEngineOptions } from "../../engine/local_engine.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
 import type { GenerateEvent, SamplingParams } from "../../engine/protocol.ts";
@@ -18,7 +19,7 @@ Lily didn't want to help her mom, so she said, "I'm sorry, mom. I didn't know wh
 
 let cached: LoadedModel | null = null;
 export async function stories(): Promise<LoadedModel> {
-  cached ??= await loadModel(STORIES, { maxContext: 512 });
+  cached ??= await loadModel(STORIES);
   return cached;
 }
 
@@ -26,8 +27,24 @@ export const params = samplingParams;
 
 export type Harness = LocalEngine;
 
+/** Small and quick on a software adapter; the server's defaults are engine/config.ts's. */
+const TEST_SETTINGS: LocalEngineOptions = {
+  dtype: "f32",
+  kvCacheMb: 8,
+  maxBatchTokens: 512,
+  maxSeqs: 64,
+  graphCache: null,
+};
+
+/** An in-process engine with the test settings under `opts`. */
+export function startLocalEngine(model: LoadedModel, opts: LocalEngineOptions = {}): Promise<Harness> {
+  return local.startLocalEngine(model, { ...TEST_SETTINGS, ...opts });
+}
+
+/** stories260K (or `opts.model`) at the server tests' --max-model-len 512. */
 export async function startEngine(opts: LocalEngineOptions & { model?: LoadedModel } = {}): Promise<Harness> {
-  return startLocalEngine(opts.model ?? await stories(), opts);
+  const { model, ...settings } = opts;
+  return startLocalEngine(model ?? await stories(), { maxModelLen: model ? undefined : 512, ...settings });
 }
 
 export function textOf(events: GenerateEvent[]): string {

@@ -1,0 +1,82 @@
+// The engine's configuration: the user's settings resolved against the loaded model, once, here.
+// The Worker and the in-process engine both start from resolveEngineConfig (see local_engine.ts).
+
+import type { LoadedModel } from "./model/types.ts";
+import type { ActDType } from "./model/weights.ts";
+import { ENGINE_DEFAULTS, type EngineSettings } from "./protocol.ts";
+import type { SchedulerPolicy } from "./scheduler.ts";
+
+export interface EngineConfig {
+  dtype: ActDType;
+  /** Tokens per KV block. */
+  blockSize: number;
+  /** KV pool size asked of the runner (which clamps it to what the adapter can bind). */
+  kvCacheMb: number;
+  maxBatchTokens: number;
+  maxSeqs: number;
+  maxChunkTokens: number;
+  /** Positions a sequence may reach, prompt and output together; the step graph covers as many. */
+  maxContext: number;
+  policy: SchedulerPolicy;
+  debugSteps: boolean;
+  graphCache: string | null;
+}
+
+/** A setting that cannot work with this model; the message names the setting and the limit. */
+export class EngineConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "EngineConfigError";
+  }
+}
+
+const BLOCK_SIZE = 16;
+/** Default KV pool ceiling: a fraction of any real GPU, and enough for small models at full load. */
+const DEFAULT_KV_CAP_MB = 1024;
+
+/**
+ * The one place engine defaults and limits are decided.
+ *
+ * Context: the model's own (`config.maxContext`: the trained context, or Mistral's sliding window,
+ * beyond which full attention would be wrong). `maxModelLen` may lower it; above it is refused for
+ * every model format, as vLLM does, since the model has not seen those positions.
+ */
+export function resolveEngineConfig(
+  s: EngineSettings,
+  model: Pick<LoadedModel, "config" | "weights">,
+): EngineConfig {
+  const c = model.config;
+  if (s.maxModelLen !== undefined && s.maxModelLen > c.maxContext) {
+    throw new EngineConfigError(
+      `max model length ${s.maxModelLen} exceeds the model's context length ${c.maxContext} ` +
+        `(longer contexts are refused: the model was not trained for them)`,
+    );
+  }
+  const maxContext = s.maxModelLen ?? c.maxContext;
+  const maxSeqs = s.maxSeqs ?? ENGINE_DEFAULTS.maxSeqs;
+  return {
+    dtype: resolveDtype(s.dtype ?? ENGINE_DEFAULTS.dtype, model),
+    blockSize: BLOCK_SIZE,
+    kvCacheMb: s.kvCacheMb ?? defaultKvCacheMb(c, maxSeqs, maxContext),
+    maxBatchTokens: s.maxBatchTokens ?? ENGINE_DEFAULTS.maxBatchTokens,
+    maxSeqs,
+    maxChunkTokens: s.maxChunkTokens ?? ENGINE_DEFAULTS.maxChunkTokens,
+    maxContext,
+    policy: s.policy ?? ENGINE_DEFAULTS.policy,
+    debugSteps: s.debugSteps ?? false,
+    graphCache: s.graphCache ?? null,
+  };
+}
+
+/** auto: f32 keeps an all-F32 checkpoint's precision; anything narrower on disk runs in f16. */
+function resolveDtype(d: "auto" | ActDType, model: Pick<LoadedModel, "weights">): ActDType {
+  if (d !== "auto") return d;
+  const w = model.weights;
+  return w.names().every((n) => w.get(n).dtype === "f32") ? "f32" : "f16";
+}
+
+/** Every sequence at full context, capped; K and V in fp16 with head rows padded as graph.ts does. */
+function defaultKvCacheMb(c: LoadedModel["config"], maxSeqs: number, maxContext: number): number {
+  const bytesPerToken = 2 * c.numLayers * c.numKvHeads * Math.ceil(c.headDim / 16) * 16 * 2;
+  return Math.min(DEFAULT_KV_CAP_MB, Math.ceil((maxSeqs * maxContext * bytesPerToken) / 2 ** 20));
+}
