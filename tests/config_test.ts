@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
-import { ConfigError, HelpRequested, parseConfig } from "../server/config.ts";
+import { EngineConfigError, resolveEngineConfig } from "../engine/config.ts";
+import { startLocalEngine } from "../engine/local_engine.ts";
+import { loadModel } from "../engine/model/load.ts";
+import { parseHfConfig } from "../engine/model/hf.ts";
+import type { WeightDType, WeightSource } from "../engine/model/types.ts";
+import { BATCH_INVARIANT_CHUNK_TOKENS, samplingParams } from "../engine/protocol.ts";
+import { ConfigError, engineSettings, HelpRequested, parseConfig } from "../server/config.ts";
+import { randomModel } from "./helpers/random_model.ts";
+import { freePort } from "./helpers/server_process.ts";
 
 const assertEquals = (a: unknown, b: unknown, msg = "") => assert.deepStrictEqual(a, b, msg);
 const assertMatch = (s: string, re: RegExp) => assert.match(s, re);
@@ -179,4 +187,167 @@ Deno.test("config: --help throws HelpRequested with usage text", () => {
   for (const flag of ["--max-batch-tokens", "--api-key", "--cors-origins", "RAGTIME_MAX_QUEUE", "PORT"]) {
     assertMatch(err.message, new RegExp(flag));
   }
+});
+
+// ---- The engine's side: settings resolved against the model (engine/config.ts) -------------------
+
+const STORIES_GGUF = new URL("../../shared/models/stories260K/stories260K.gguf", import.meta.url).pathname;
+const MINI_HF = new URL("../models/ragtime-mini", import.meta.url).pathname;
+
+/** Weights that only answer what the resolver asks: their names and dtypes. */
+function weightsOf(dtypes: WeightDType[]): WeightSource {
+  const tensors = dtypes.map((dtype, i) => ({
+    name: `w${i}`,
+    shape: [1],
+    dtype,
+    bytes: new Uint8Array(4),
+    file: "memory",
+  }));
+  return {
+    names: () => tensors.map((t) => t.name),
+    get: (n) => tensors.find((t) => t.name === n)!,
+    has: (n) => tensors.some((t) => t.name === n),
+    hash: "test",
+  };
+}
+
+Deno.test("engine config: --max-model-len lowers a GGUF model's context and may not exceed it", async () => {
+  const m = await loadModel(STORIES_GGUF);
+  assertEquals(m.config.maxContext, 2048, "stories260K's context_length");
+  assertEquals(resolveEngineConfig({}, m).maxContext, 2048);
+  assertEquals(resolveEngineConfig({ maxModelLen: 512 }, m).maxContext, 512);
+  assertEquals(resolveEngineConfig({ maxModelLen: 2048 }, m).maxContext, 2048);
+  const err = assertThrows(() => resolveEngineConfig({ maxModelLen: 4096 }, m), EngineConfigError);
+  assertMatch(err.message, /max model length 4096 exceeds the model's context length 2048/);
+});
+
+Deno.test("engine config: the same context rule for a Hugging Face folder", async () => {
+  const m = await loadModel(MINI_HF);
+  assertEquals(m.config.maxContext, 512, "ragtime-mini's max_position_embeddings");
+  assertEquals(resolveEngineConfig({}, m).maxContext, 512);
+  assertEquals(resolveEngineConfig({ maxModelLen: 100 }, m).maxContext, 100);
+  const err = assertThrows(() => resolveEngineConfig({ maxModelLen: 513 }, m), EngineConfigError);
+  assertMatch(err.message, /513 exceeds the model's context length 512/);
+});
+
+Deno.test("engine config: Mistral's sliding window is the model's context (full attention beyond it is wrong)", () => {
+  const raw = {
+    architectures: ["MistralForCausalLM"],
+    vocab_size: 8,
+    hidden_size: 8,
+    intermediate_size: 8,
+    num_hidden_layers: 1,
+    num_attention_heads: 2,
+    num_key_value_heads: 1,
+    max_position_embeddings: 4096,
+    sliding_window: 32,
+  };
+  const model = { config: parseHfConfig(raw), weights: weightsOf(["f16"]) };
+  assertEquals(resolveEngineConfig({}, model).maxContext, 32);
+  assertEquals(resolveEngineConfig({ maxModelLen: 16 }, model).maxContext, 16);
+  assertThrows(() => resolveEngineConfig({ maxModelLen: 33 }, model), EngineConfigError);
+});
+
+Deno.test("engine config: dtype auto is f32 only for an all-F32 checkpoint", async () => {
+  const cfg = randomModel().config;
+  const auto = (dtypes: WeightDType[]) =>
+    resolveEngineConfig({}, { config: cfg, weights: weightsOf(dtypes) }).dtype;
+  assertEquals(auto(["f32", "f32"]), "f32");
+  assertEquals(auto(["f32", "f16"]), "f16");
+  assertEquals(auto(["bf16"]), "f16");
+  assertEquals(
+    resolveEngineConfig({ dtype: "f32" }, { config: cfg, weights: weightsOf(["f16"]) }).dtype,
+    "f32",
+  );
+  assertEquals(
+    resolveEngineConfig({ dtype: "f16" }, { config: cfg, weights: weightsOf(["f32"]) }).dtype,
+    "f16",
+  );
+  // The real checkpoints: stories260K's GGUF is all F32, ragtime-mini's safetensors are F16.
+  assertEquals(resolveEngineConfig({}, await loadModel(STORIES_GGUF)).dtype, "f32");
+  assertEquals(resolveEngineConfig({}, await loadModel(MINI_HF)).dtype, "f16");
+});
+
+Deno.test("engine config: defaults, chunk size and explicit settings", () => {
+  const model = randomModel();
+  assertEquals(resolveEngineConfig({}, model), {
+    dtype: "f32",
+    blockSize: 16,
+    // 256 sequences x 256 positions x (2 layers x K,V x 2 kv heads x 16 padded dims x 2 bytes) = 16 MiB
+    kvCacheMb: 16,
+    maxBatchTokens: 2048,
+    maxSeqs: 256,
+    maxChunkTokens: BATCH_INVARIANT_CHUNK_TOKENS,
+    maxContext: 256,
+    policy: "continuous",
+    debugSteps: false,
+    graphCache: null,
+  });
+  const set = {
+    dtype: "f16",
+    kvCacheMb: 3,
+    maxBatchTokens: 64,
+    maxSeqs: 8,
+    maxChunkTokens: 64,
+    maxModelLen: 128,
+    policy: "static",
+    debugSteps: true,
+    graphCache: "/tmp/g",
+  } as const;
+  const { blockSize: _, ...c } = resolveEngineConfig(set, model);
+  const { maxModelLen, ...rest } = set;
+  assertEquals(c, { ...rest, maxContext: maxModelLen });
+});
+
+Deno.test("engine config: the default KV pool follows sequences x context, up to 1 GiB", () => {
+  const model = randomModel();
+  assertEquals(resolveEngineConfig({ maxSeqs: 16 }, model).kvCacheMb, 1);
+  assertEquals(resolveEngineConfig({ maxSeqs: 64, maxModelLen: 128 }, model).kvCacheMb, 2);
+  const big = { ...model.config, numLayers: 32, numKvHeads: 8, headDim: 128, maxContext: 8192 };
+  assertEquals(resolveEngineConfig({}, { config: big, weights: weightsOf(["f16"]) }).kvCacheMb, 1024);
+});
+
+Deno.test("engine config: the flags' defaults are the engine's defaults", () => {
+  const model = randomModel();
+  const fromFlags = resolveEngineConfig(engineSettings(parseConfig(["--model", "m"], env())), model);
+  assertEquals(fromFlags, { ...resolveEngineConfig({}, model), graphCache: ".cache/graphs" });
+  const s = engineSettings(parseConfig(["--max-model-len", "100", "--batching", "sequential"], env()));
+  assertEquals([s.maxModelLen, s.policy], [100, "sequential"]);
+});
+
+Deno.test("engine config: the in-process engine starts from the resolved config", async () => {
+  const model = await loadModel(STORIES_GGUF);
+  await assert.rejects(() => startLocalEngine(model, { maxModelLen: 4096 }), EngineConfigError);
+  const h = await startLocalEngine(model, { maxSeqs: 4, maxModelLen: 256 });
+  try {
+    assertEquals(h.config, resolveEngineConfig({ maxSeqs: 4, maxModelLen: 256 }, model));
+    assertEquals(h.runner.maxPositions, 256, "the step graph covers the resolved context");
+    assertEquals(h.engine.scheduler.config.maxContext, 256);
+    const ev = await h.generate("r", [1, 403], samplingParams({ maxTokens: 300 }));
+    const last = ev[ev.length - 1];
+    assert.ok(last.type === "error" && last.code === "context_length_exceeded", JSON.stringify(last));
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("engine config: the server refuses --max-model-len above the model's context", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "main.ts",
+      "--model",
+      STORIES_GGUF,
+      "--port",
+      String(freePort()),
+      "--max-model-len",
+      "4096",
+    ],
+    cwd: new URL("..", import.meta.url).pathname,
+    stdin: "null",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 1, stderr);
+  assertMatch(stderr, /failed to load .*max model length 4096 exceeds the model's context length 2048/);
 });
