@@ -2,7 +2,14 @@
 
 import { loadModel } from "./model/load.ts";
 import type { ChatTemplate, Tokenizer } from "./model/types.ts";
-import type { EngineClient, EngineStats, GenerateEvent, GenerateRequest, ModelInfo } from "./protocol.ts";
+import {
+  type EngineClient,
+  type EngineStats,
+  type GenerateEvent,
+  type GenerateRequest,
+  type ModelInfo,
+  STEP_TOKEN_BUCKETS,
+} from "./protocol.ts";
 import type { ReadyInfo, ToClient, ToWorker, WorkerInit } from "./worker_protocol.ts";
 
 export interface EngineClientOptions extends WorkerInit {
@@ -20,13 +27,12 @@ const EMPTY_STATS: EngineStats = {
   generationTokensTotal: 0,
   preemptionsTotal: 0,
   stepsTotal: 0,
-  recentStepTokens: [],
+  stepTokens: { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 },
 };
 
 class WorkerEngineClient implements EngineClient {
   private listeners = new Map<string, (ev: GenerateEvent) => void>();
   private latest: EngineStats = EMPTY_STATS;
-  private stepTokens: number[] = [];
   private fatal: string | null = null;
   private closed: (() => void) | null = null;
 
@@ -57,7 +63,6 @@ class WorkerEngineClient implements EngineClient {
         break;
       case "stats":
         this.latest = m.stats;
-        this.stepTokens.push(...m.stats.recentStepTokens);
         break;
       case "log":
         this.log(m.line);
@@ -80,9 +85,7 @@ class WorkerEngineClient implements EngineClient {
   }
 
   stats(): EngineStats {
-    const recent = this.stepTokens;
-    this.stepTokens = [];
-    return { ...this.latest, recentStepTokens: recent };
+    return this.latest;
   }
 
   async *generate(req: GenerateRequest, signal: AbortSignal): AsyncIterable<GenerateEvent> {

@@ -13,7 +13,15 @@ import type { EngineConfig } from "./config.ts";
 import { IncrementalDetokenizer } from "./detokenizer.ts";
 import type { LoadedModel } from "./model/types.ts";
 import type { ModelRunner, StepHandle, StepInputs } from "./model_runner.ts";
-import type { EngineStats, FinishReason, GenerateEvent, GenerateRequest, TokenLogprob } from "./protocol.ts";
+import {
+  type EngineStats,
+  type FinishReason,
+  type GenerateEvent,
+  type GenerateRequest,
+  type HistogramCounts,
+  STEP_TOKEN_BUCKETS,
+  type TokenLogprob,
+} from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
 import { sampleToken } from "./sampler.ts";
 import { type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
@@ -68,7 +76,7 @@ export class LLMEngine {
   private wake: (() => void) | null = null;
   private stopped = false;
   private counters = { prompt: 0, generation: 0, steps: 0 };
-  private recentStepTokens: number[] = [];
+  private stepTokens: HistogramCounts = { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 };
   /** Row of each sequence in the last dispatched step's sampled ids. */
   private lastRows = new Map<Sequence, number>();
   lastStep: StepStats | null = null;
@@ -148,8 +156,6 @@ export class LLMEngine {
 
   stats(): EngineStats {
     const s = this.scheduler.stats();
-    const recent = this.recentStepTokens;
-    this.recentStepTokens = [];
     return {
       running: s.running,
       waiting: s.waiting,
@@ -159,7 +165,7 @@ export class LLMEngine {
       generationTokensTotal: this.counters.generation,
       preemptionsTotal: s.preemptionsTotal,
       stepsTotal: this.counters.steps,
-      recentStepTokens: recent,
+      stepTokens: { ...this.stepTokens, counts: [...this.stepTokens.counts] },
     };
   }
 
@@ -318,8 +324,10 @@ export class LLMEngine {
       preemptions: f.plan.preempted.length,
     };
     this.lastStep = stats;
-    this.recentStepTokens.push(stats.tokens);
-    if (this.recentStepTokens.length > 10000) this.recentStepTokens.splice(0, 5000);
+    const bucket = STEP_TOKEN_BUCKETS.findIndex((b) => stats.tokens <= b);
+    if (bucket >= 0) this.stepTokens.counts[bucket]++;
+    this.stepTokens.sum += stats.tokens;
+    this.stepTokens.count++;
     if (this.config.debugSteps) this.log(`step ${JSON.stringify(stats)}`);
     this.onStep?.(stats);
   }

@@ -92,7 +92,20 @@ export type GenerateEvent =
   }
   | { type: "error"; message: string; code: "context_length_exceeded" | "invalid_request" | "internal" };
 
-/** A snapshot of the engine's load and counters, refreshed every step. */
+/** Upper bounds of the tokens-per-step histogram; larger steps count only in its total. */
+export const STEP_TOKEN_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+
+/** A histogram counted since the engine started: counts[i] holds the values in (bounds[i-1], bounds[i]]. */
+export interface HistogramCounts {
+  counts: number[];
+  sum: number;
+  count: number;
+}
+
+/**
+ * A snapshot of the engine's load and counters, refreshed every step. Everything in it is a gauge or
+ * a running total, so reading it takes nothing away from another reader.
+ */
 export interface EngineStats {
   running: number;
   waiting: number;
@@ -102,8 +115,8 @@ export interface EngineStats {
   generationTokensTotal: number;
   preemptionsTotal: number;
   stepsTotal: number;
-  /** Per-step recent values for histograms; drained by whoever reads them. */
-  recentStepTokens: number[];
+  /** Tokens (prefill and decode) per step, over STEP_TOKEN_BUCKETS. */
+  stepTokens: HistogramCounts;
 }
 
 export interface ModelInfo {

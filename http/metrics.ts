@@ -1,6 +1,12 @@
-// Prometheus text exposition (format 0.0.4). Engine counters come from stats(); latencies are
-// observed by the HTTP layer.
-import type { EngineClient, EngineStats, FinishReason } from "../engine/protocol.ts";
+// Prometheus text exposition (format 0.0.4). Engine counters and the step-size histogram come from
+// stats(), which the engine keeps as running totals; latencies are observed by the HTTP layer.
+import {
+  type EngineClient,
+  type EngineStats,
+  type FinishReason,
+  type HistogramCounts,
+  STEP_TOKEN_BUCKETS,
+} from "../engine/protocol.ts";
 
 const LATENCY_BUCKETS = [
   0.001,
@@ -24,7 +30,6 @@ const LATENCY_BUCKETS = [
   80,
 ];
 const E2E_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960];
-const STEP_TOKEN_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
 
 const fmt = (v: number) => (v === Infinity ? "+Inf" : v === -Infinity ? "-Inf" : String(v));
 
@@ -50,17 +55,27 @@ export class Histogram {
   }
 
   render(): string {
-    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
-    let cumulative = 0;
-    this.buckets.forEach((b, i) => {
-      cumulative += this.#counts[i];
-      lines.push(`${this.name}_bucket{le="${fmt(b)}"} ${cumulative}`);
+    return histogram(this.name, this.help, this.buckets, {
+      counts: this.#counts,
+      sum: this.#sum,
+      count: this.#count,
     });
-    lines.push(`${this.name}_bucket{le="+Inf"} ${this.#count}`);
-    lines.push(`${this.name}_sum ${fmt(this.#sum)}`, `${this.name}_count ${this.#count}`);
-    return lines.join("\n");
   }
 }
+
+function histogram(name: string, help: string, buckets: number[], h: HistogramCounts): string {
+  const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} histogram`];
+  let cumulative = 0;
+  buckets.forEach((b, i) => {
+    cumulative += h.counts[i];
+    lines.push(`${name}_bucket{le="${fmt(b)}"} ${cumulative}`);
+  });
+  lines.push(`${name}_bucket{le="+Inf"} ${h.count}`);
+  lines.push(`${name}_sum ${fmt(h.sum)}`, `${name}_count ${h.count}`);
+  return lines.join("\n");
+}
+
+const NO_STEPS: HistogramCounts = { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 };
 
 function scalar(name: string, type: "gauge" | "counter", help: string, value: number): string {
   return `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${fmt(value)}`;
@@ -82,24 +97,8 @@ export class Metrics {
     "Time from request arrival to its last token.",
     E2E_BUCKETS,
   );
-  readonly stepTokens = new Histogram(
-    "ragtime_step_batch_tokens",
-    "Tokens (prefill and decode) processed per engine step.",
-    STEP_TOKEN_BUCKETS,
-  );
   readonly #finished: Record<FinishReason, number> = { stop: 0, length: 0, abort: 0 };
   #last: EngineStats | null = null;
-
-  /**
-   * The one way the HTTP layer reads engine stats: the engine hands recentStepTokens over once
-   * per read, so every read must land them in the histogram or they are lost.
-   */
-  readStats(engine: EngineClient): EngineStats {
-    const s = engine.stats();
-    for (const t of s.recentStepTokens) this.stepTokens.observe(t);
-    this.#last = s;
-    return s;
-  }
 
   observeFinish(reason: FinishReason): void {
     this.#finished[reason]++;
@@ -107,7 +106,7 @@ export class Metrics {
 
   render(engine: EngineClient | null): string {
     // While loading there is no engine: report the last snapshot (or zeros) so series stay continuous.
-    const s = engine ? this.readStats(engine) : this.#last;
+    const s = engine ? (this.#last = engine.stats()) : this.#last;
     const kvRatio = s && s.kvBlocksTotal > 0 ? s.kvBlocksUsed / s.kvBlocksTotal : 0;
     const success = "ragtime_request_success_total";
     return [
@@ -137,7 +136,12 @@ export class Metrics {
       this.ttft.render(),
       this.itl.render(),
       this.e2e.render(),
-      this.stepTokens.render(),
+      histogram(
+        "ragtime_step_batch_tokens",
+        "Tokens (prefill and decode) processed per engine step.",
+        STEP_TOKEN_BUCKETS,
+        s?.stepTokens ?? NO_STEPS,
+      ),
     ].join("\n") + "\n";
   }
 }

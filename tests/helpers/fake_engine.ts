@@ -1,12 +1,14 @@
 // A scripted EngineClient for HTTP tests, plus startServer() and an SSE reader. The helpers take
 // any EngineClient, so the same assertions can run against the real engine.
-import type {
-  EngineClient,
-  EngineStats,
-  GenerateEvent,
-  GenerateRequest,
-  ModelInfo,
-  TokenLogprob,
+import {
+  type EngineClient,
+  type EngineStats,
+  type GenerateEvent,
+  type GenerateRequest,
+  type HistogramCounts,
+  type ModelInfo,
+  STEP_TOKEN_BUCKETS,
+  type TokenLogprob,
 } from "../../engine/protocol.ts";
 import type { ChatMessage, ChatTemplate, Tokenizer } from "../../engine/model/types.ts";
 import { createApp } from "../../http/app.ts";
@@ -111,7 +113,7 @@ export class FakeEngine implements EngineClient {
   #gate: Promise<void> | null = null;
   #openGate: (() => void) | null = null;
   #counters = { prompt: 0, generated: 0, steps: 0 };
-  #stepTokens: number[] = [];
+  #stepTokens: HistogramCounts = { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 };
   #arrivals: Array<() => void> = [];
 
   constructor(readonly opts: FakeEngineOptions = {}) {
@@ -152,8 +154,6 @@ export class FakeEngine implements EngineClient {
   }
 
   stats(): EngineStats {
-    const recent = this.#stepTokens;
-    this.#stepTokens = [];
     return {
       running: this.running,
       waiting: this.extraWaiting,
@@ -163,8 +163,17 @@ export class FakeEngine implements EngineClient {
       generationTokensTotal: this.#counters.generated,
       preemptionsTotal: 0,
       stepsTotal: this.#counters.steps,
-      recentStepTokens: recent,
+      stepTokens: { ...this.#stepTokens, counts: [...this.#stepTokens.counts] },
     };
+  }
+
+  /** One engine step of `tokens` tokens, as the real engine counts it. */
+  #step(tokens: number): void {
+    this.#counters.steps++;
+    const bucket = STEP_TOKEN_BUCKETS.findIndex((b) => tokens <= b);
+    if (bucket >= 0) this.#stepTokens.counts[bucket]++;
+    this.#stepTokens.sum += tokens;
+    this.#stepTokens.count++;
   }
 
   generate(req: GenerateRequest, signal: AbortSignal): AsyncIterable<GenerateEvent> {
@@ -202,8 +211,7 @@ export class FakeEngine implements EngineClient {
       started = true;
       this.running++;
       this.#counters.prompt += req.promptIds.length;
-      this.#stepTokens.push(req.promptIds.length);
-      this.#counters.steps++;
+      this.#step(req.promptIds.length);
 
       let text = (this.opts.reply ?? (() => DEFAULT_REPLY))(req);
       let stopReason: string | number | null = params.ignoreEos ? null : EOS;
@@ -228,8 +236,7 @@ export class FakeEngine implements EngineClient {
         const chunk = ids.slice(i, i + Math.min(per, room));
         completion += chunk.length;
         this.#counters.generated += chunk.length;
-        this.#counters.steps++;
-        this.#stepTokens.push(chunk.length);
+        this.#step(chunk.length);
         deltas++;
         yield {
           type: "delta",
