@@ -23,7 +23,7 @@ import {
   type TokenLogprob,
 } from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
-import { sampleToken } from "./sampler.ts";
+import { isGreedy, sampleToken } from "./sampler.ts";
 import { type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 
@@ -239,7 +239,7 @@ export class LLMEngine {
           wantLogits = true;
           us.push(-1);
           invT.push(1);
-        } else if (temp <= 0) {
+        } else if (isGreedy(seq.params)) {
           us.push(-1);
           invT.push(1);
         } else {

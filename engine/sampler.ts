@@ -8,7 +8,8 @@
 //     logit / penalty when logit > 0, else logit * penalty.
 //  4. frequency_penalty (OpenAI): minus count_in_output * penalty (output tokens only).
 //  5. presence_penalty (OpenAI): minus penalty when the token occurs in the output.
-//  6. temperature 0: greedy argmax of the processed logits, ties to the lowest id.
+//  6. temperature below MIN_SAMPLING_TEMPERATURE (0 included): greedy argmax of the processed logits,
+//     ties to the lowest id.
 //     Otherwise divide by temperature, then top_k (keep the k largest; ties to the lower id),
 //     top_p on the probabilities renormalised over what top_k kept (smallest most-likely-first set
 //     whose mass is >= top_p; ties to the lower id), min_p (drop probability < min_p * max), and
@@ -47,6 +48,18 @@ export interface SampleContext {
 }
 
 /**
+ * Temperatures below this are greedy, as in vLLM: 1 / temperature would scale the logits past the
+ * float range (3e-38 gives 3e37 on the GPU's f32 path), and sampling that sharp is argmax anyway.
+ */
+export const MIN_SAMPLING_TEMPERATURE = 1e-5;
+
+/** Whether the request samples greedily; the engine's GPU path and sampleToken both decide here. */
+export function isGreedy(params: Pick<SamplingParams, "temperature">): boolean {
+  // Negated so that a NaN temperature is greedy too rather than poisoning the weights.
+  return !(params.temperature >= MIN_SAMPLING_TEMPERATURE);
+}
+
+/**
  * Whether this request needs its logits row on the CPU. Plain greedy and plain temperature sampling
  * (seeded or not) can run on the GPU with the same uniform(seed, k) rule. top_k/top_p/min_p are
  * ignored under greedy because they always keep the argmax.
@@ -55,7 +68,7 @@ export function needsCpuLogits(params: SamplingParams): boolean {
   if (params.logprobs !== null) return true;
   if (Object.keys(params.logitBias).length > 0) return true;
   if (hasPenalties(params)) return true;
-  if (params.temperature <= 0) return false;
+  if (isGreedy(params)) return false;
   return params.topK > 0 || params.topP < 1 || params.minP > 0;
 }
 
@@ -102,7 +115,7 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, ctx: S
     processInPlace(row, params, ctx);
   }
 
-  const tokenId = params.temperature <= 0
+  const tokenId = isGreedy(params)
     ? argmax(row)
     : sampleTemperature(row, params, uniform(ctx.seed, ctx.outputIds.length));
 

@@ -3,7 +3,14 @@
 import { samplingParams } from "../engine/protocol.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import type { SamplingParams } from "../engine/protocol.ts";
-import { needsCpuLogits, processLogits, type SampleContext, sampleToken } from "../engine/sampler.ts";
+import {
+  isGreedy,
+  MIN_SAMPLING_TEMPERATURE,
+  needsCpuLogits,
+  processLogits,
+  type SampleContext,
+  sampleToken,
+} from "../engine/sampler.ts";
 import { philox4x32, randomSeed, seedWords, uniform } from "../engine/rng.ts";
 
 /** Sampling tests start from plain temperature-1 sampling. */
@@ -131,6 +138,26 @@ Deno.test("greedy picks the argmax, ties to the lowest id", () => {
     sampleToken(row([0.1, 3, -2, 2.9]), params({ temperature: 0, topK: 1, topP: 0.1 }), ctx(1)).tokenId,
     1,
   );
+});
+
+Deno.test("a temperature below MIN_SAMPLING_TEMPERATURE is greedy, whatever the filters", () => {
+  // 1 / 5e-324 is Infinity and 1 / 3e-38 overflows f32: without the floor these rows gave NaN weights
+  // or a draw among the tied maxima.
+  const tied = row([1, 5, 2, 5, 5]);
+  for (const temperature of [3e-38, 5e-324, 1e-6, MIN_SAMPLING_TEMPERATURE / 2, NaN]) {
+    assert(isGreedy({ temperature }), `${temperature}`);
+    for (const over of [{}, { topK: 3 }, { topP: 0.9 }, { minP: 0.1 }, { topK: 3, topP: 0.5 }]) {
+      for (let k = 0; k < 20; k++) {
+        const got = sampleToken(tied, params({ temperature, ...over }), ctx(9, k)).tokenId;
+        assertEquals(got, 1, `T=${temperature} ${JSON.stringify(over)} k=${k}`);
+      }
+    }
+  }
+  assert(!isGreedy({ temperature: MIN_SAMPLING_TEMPERATURE }));
+  // The floor is sharp enough to be argmax on distinct logits, and draws still vary above it.
+  const seen = new Set<number>();
+  for (let k = 0; k < 50; k++) seen.add(sampleToken(tied, params({ temperature: 1e-4 }), ctx(9, k)).tokenId);
+  assertEquals([...seen].sort(), [1, 3, 4]);
 });
 
 Deno.test("seeded temperature sampling is reproducible and is the inverse CDF over ascending ids", () => {
@@ -358,6 +385,7 @@ Deno.test("needsCpuLogits: only plain greedy and plain temperature stay on the G
   assertEquals(needsCpuLogits(params({ topP: 0.9 })), true);
   assertEquals(needsCpuLogits(params({ minP: 0.05 })), true);
   assertEquals(needsCpuLogits(params({ temperature: 0, topK: 40, topP: 0.9, minP: 0.1 })), false);
+  assertEquals(needsCpuLogits(params({ temperature: 3e-38, topK: 40 })), false);
   assertEquals(needsCpuLogits(params({ temperature: 0, repetitionPenalty: 1.1 })), true);
   assertEquals(needsCpuLogits(params({ frequencyPenalty: 0.1 })), true);
   assertEquals(needsCpuLogits(params({ presencePenalty: -0.1 })), true);
