@@ -2,25 +2,39 @@
 //
 //   deno task make-model --preset tiny-llama --out /tmp/m/tiny-llama [--seed 0] [--dtype f32] [--shards 2]
 //
-// Presets: smollm2-135m (the real SmolLM2-135M shape, default dtype bf16) and tiny-llama, tiny-mistral,
-// tiny-qwen2, tiny-qwen3 (2 layers, hidden 64, GQA; default dtype f32). The tokenizer is a byte-level BPE
-// whose vocab has exactly vocab_size entries: the special tokens, the 256 byte symbols, then merges built
-// from a fixed word list and extended letter by letter; both tokenizers.js and Python `tokenizers` load it.
-// Same preset, seed and dtype give byte-identical files.
+// Presets: smollm2-135m (the real SmolLM2-135M shape, default dtype bf16); llama3.2-1b and qwen2.5-0.5b
+// (the real shapes, vocabularies, special-token ids and RoPE settings of Llama-3.2-1B and Qwen2.5-0.5B,
+// default dtype f16); tiny-llama, tiny-mistral, tiny-qwen2, tiny-qwen3 (2 layers, hidden 64, GQA;
+// default dtype f32). The tokenizer is synthetic: a byte-level BPE whose vocab has exactly vocab_size
+// entries: the special tokens (first, or last at the real models' ids), the 256 byte symbols, then merges
+// built from a fixed word list and extended letter by letter; both tokenizers.js and Python `tokenizers`
+// load it. Same preset, seed and dtype give byte-identical files.
+//
+// --gguf FILE also writes the model as a GGUF F16 file (tools/hf_to_gguf.ts), e.g. for llama.cpp.
 
 import { f32ToBf16Bits } from "../engine/model/weights.ts";
 import { join } from "node:path";
 import { parseHfConfig } from "../engine/model/hf.ts";
 import { expectedTensors } from "../engine/model/manifest.ts";
 import { encodeSafetensorsHeader } from "../engine/model/safetensors.ts";
+import { hfToGguf } from "./hf_to_gguf.ts";
 
-export type PresetName = "smollm2-135m" | "tiny-llama" | "tiny-mistral" | "tiny-qwen2" | "tiny-qwen3";
+export type PresetName =
+  | "smollm2-135m"
+  | "llama3.2-1b"
+  | "qwen2.5-0.5b"
+  | "tiny-llama"
+  | "tiny-mistral"
+  | "tiny-qwen2"
+  | "tiny-qwen3";
 export type MakeDType = "f32" | "f16" | "bf16";
 
 interface Preset {
   config: Record<string, unknown>;
-  /** Special tokens, ids 0.. in order. */
+  /** Special tokens in id order: ids 0.., or the last ids of the vocab with `specialsLast`. */
   specials: string[];
+  /** The specials take the vocab's last ids (Llama 3 from 128000, Qwen2 from 151643). */
+  specialsLast?: boolean;
   bos: string | null;
   eos: string;
   /** "template": the post-processor prepends BOS (llama style); "bytelevel": it adds nothing. */
@@ -35,6 +49,12 @@ interface Preset {
    * would leave attention almost uniform and hide RoPE/mask bugs.
    */
   std: number;
+  /**
+   * Weights drawn from a 65,536-entry table of normal draws indexed by a hash stream instead of one
+   * Box-Muller draw each: ~10x faster, so a 1.2B model is written in seconds. Off for the presets
+   * whose values tests pin.
+   */
+  tableWeights?: boolean;
 }
 
 const CHATML = "{% for message in messages %}" +
@@ -87,6 +107,55 @@ const QWEN_TOKENIZER: Pick<
   tokenizerConfig: { pad_token: "<|endoftext|>", unk_token: null },
 };
 
+// Llama 3's 256 special tokens (ids 128000-128255), as its tokenizer names them.
+const LLAMA3_SPECIALS = (() => {
+  const named: Record<number, string> = {
+    0: "<|begin_of_text|>",
+    1: "<|end_of_text|>",
+    4: "<|finetune_right_pad_id|>",
+    6: "<|start_header_id|>",
+    7: "<|end_header_id|>",
+    8: "<|eom_id|>",
+    9: "<|eot_id|>",
+    10: "<|python_tag|>",
+  };
+  let reserved = 0;
+  return Array.from({ length: 256 }, (_, i) => named[i] ?? `<|reserved_special_token_${reserved++}|>`);
+})();
+
+// Llama 3 instruct's header format, without its tool and date preamble.
+const LLAMA3_TEMPLATE = "{{ bos_token }}{% for message in messages %}" +
+  "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}" +
+  "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+// Qwen2.5's 22 special tokens (ids 151643-151664); its embedding has 151936 rows, so the synthetic
+// vocab fills ids 151665-151935 with padding tokens named as llama.cpp's converter names them.
+const QWEN25_SPECIALS = [
+  "<|endoftext|>",
+  "<|im_start|>",
+  "<|im_end|>",
+  "<|object_ref_start|>",
+  "<|object_ref_end|>",
+  "<|box_start|>",
+  "<|box_end|>",
+  "<|quad_start|>",
+  "<|quad_end|>",
+  "<|vision_start|>",
+  "<|vision_end|>",
+  "<|vision_pad|>",
+  "<|image_pad|>",
+  "<|video_pad|>",
+  "<tool_call>",
+  "</tool_call>",
+  "<|fim_prefix|>",
+  "<|fim_middle|>",
+  "<|fim_suffix|>",
+  "<|fim_pad|>",
+  "<|repo_name|>",
+  "<|file_sep|>",
+  ...Array.from({ length: 151936 - 151665 }, (_, i) => `[PAD${151665 + i}]`),
+];
+
 export const PRESETS: Record<PresetName, Preset> = {
   "smollm2-135m": {
     config: {
@@ -122,6 +191,94 @@ export const PRESETS: Record<PresetName, Preset> = {
     generationConfig: { bos_token_id: 1, eos_token_id: 2 },
     defaultDtype: "bf16",
     std: 0.02,
+  },
+  "llama3.2-1b": {
+    config: {
+      architectures: ["LlamaForCausalLM"],
+      model_type: "llama",
+      attention_bias: false,
+      attention_dropout: 0.0,
+      bos_token_id: 128000,
+      eos_token_id: [128001, 128009],
+      head_dim: 64,
+      hidden_act: "silu",
+      hidden_size: 2048,
+      initializer_range: 0.02,
+      intermediate_size: 8192,
+      max_position_embeddings: 131072,
+      mlp_bias: false,
+      num_attention_heads: 32,
+      num_hidden_layers: 16,
+      num_key_value_heads: 8,
+      pretraining_tp: 1,
+      rms_norm_eps: 1e-5,
+      rope_scaling: {
+        factor: 32.0,
+        high_freq_factor: 4.0,
+        low_freq_factor: 1.0,
+        original_max_position_embeddings: 8192,
+        rope_type: "llama3",
+      },
+      rope_theta: 500000.0,
+      tie_word_embeddings: true,
+      use_cache: true,
+      vocab_size: 128256,
+    },
+    specials: LLAMA3_SPECIALS,
+    specialsLast: true,
+    bos: "<|begin_of_text|>",
+    eos: "<|eot_id|>",
+    postProcessor: "template",
+    chatTemplate: LLAMA3_TEMPLATE,
+    tokenizerConfig: {},
+    generationConfig: { bos_token_id: 128000, eos_token_id: [128001, 128009] },
+    defaultDtype: "f16",
+    std: 0.02,
+    tableWeights: true,
+  },
+  "qwen2.5-0.5b": {
+    config: {
+      architectures: ["Qwen2ForCausalLM"],
+      model_type: "qwen2",
+      attention_dropout: 0.0,
+      bos_token_id: 151643,
+      eos_token_id: 151645,
+      hidden_act: "silu",
+      hidden_size: 896,
+      initializer_range: 0.02,
+      intermediate_size: 4864,
+      max_position_embeddings: 32768,
+      max_window_layers: 21,
+      num_attention_heads: 14,
+      num_hidden_layers: 24,
+      num_key_value_heads: 2,
+      rms_norm_eps: 1e-6,
+      rope_theta: 1000000.0,
+      sliding_window: 32768,
+      tie_word_embeddings: true,
+      use_cache: true,
+      use_sliding_window: false,
+      vocab_size: 151936,
+    },
+    specials: QWEN25_SPECIALS,
+    specialsLast: true,
+    bos: null,
+    eos: "<|im_end|>",
+    postProcessor: "bytelevel",
+    chatTemplate: CHATML,
+    tokenizerConfig: { pad_token: "<|endoftext|>", unk_token: null },
+    generationConfig: {
+      bos_token_id: 151643,
+      eos_token_id: [151645, 151643],
+      do_sample: true,
+      temperature: 0.7,
+      top_p: 0.8,
+      top_k: 20,
+      repetition_penalty: 1.05,
+    },
+    defaultDtype: "f16",
+    std: 0.02,
+    tableWeights: true,
   },
   "tiny-llama": {
     config: {
@@ -266,6 +423,25 @@ class Rng {
     h ^= h >>> 16;
     return h >>> 0;
   }
+  /**
+   * out[i] = table[16 random bits], two entries per nextU32 draw. The draw is inlined on a local copy of
+   * the state: a method call per element is several times slower.
+   */
+  fillFromTable(out: Uint16Array | Uint32Array, n: number, table: Uint16Array | Uint32Array): void {
+    let s = this.#state;
+    for (let i = 0; i < n; i += 2) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      let h = s;
+      h ^= h >>> 16;
+      h = Math.imul(h, 0x85ebca6b);
+      h ^= h >>> 13;
+      h = Math.imul(h, 0xc2b2ae35);
+      h ^= h >>> 16;
+      out[i] = table[h & 0xffff];
+      if (i + 1 < n) out[i + 1] = table[h >>> 16];
+    }
+    this.#state = s;
+  }
   /** Uniform in (0, 1]. */
   uniform(): number {
     return (this.nextU32() + 1) / 4294967296;
@@ -318,23 +494,30 @@ const WORDS = (
 
 const LETTERS = "etaoinshrdlcumwfgypbvkjxqzETAOINSHRDLCUMWFGYPBVKJXQZ";
 
-/** Vocab (exactly vocabSize entries) and merges, deterministic for a preset. */
+/**
+ * Vocab (exactly vocabSize entries) and merges, deterministic for a preset. The specials take ids 0.. or,
+ * with `specialsLast`, the last ids.
+ */
 export function buildBpe(
   vocabSize: number,
   specials: string[],
+  specialsLast = false,
 ): { vocab: string[]; merges: [string, string][] } {
   const bytes = byteSymbols();
   const space = bytes[0x20];
-  const vocab = [...specials, ...bytes];
-  if (vocab.length > vocabSize) throw new Error(`vocab_size ${vocabSize} is below ${vocab.length}`);
-  const have = new Set(vocab);
+  const regularSize = vocabSize - specials.length;
+  if (regularSize < bytes.length) {
+    throw new Error(`vocab_size ${vocabSize} is below ${specials.length + bytes.length}`);
+  }
+  const regular = [...bytes];
+  const have = new Set([...specials, ...bytes]);
   const merges: [string, string][] = [];
   const add = (a: string, b: string): boolean => {
-    if (vocab.length >= vocabSize) return false;
+    if (regular.length >= regularSize) return false;
     const t = a + b;
     if (have.has(t) || !have.has(a) || !have.has(b)) return true;
     have.add(t);
-    vocab.push(t);
+    regular.push(t);
     merges.push([a, b]);
     return true;
   };
@@ -351,28 +534,33 @@ export function buildBpe(
   }
   // Then grow existing letter tokens by one letter per round until the vocab is full.
   const letterish = new RegExp(`^${space}?[A-Za-z]+$`);
-  while (vocab.length < vocabSize) {
-    const before = vocab.length;
-    for (const t of vocab.slice(specials.length)) {
+  while (regular.length < regularSize) {
+    const before = regular.length;
+    for (const t of regular.slice()) {
       if (!letterish.test(t) || t.length > 8) continue;
       for (const c of LETTERS) if (!add(t, c)) break;
-      if (vocab.length >= vocabSize) break;
+      if (regular.length >= regularSize) break;
     }
-    if (vocab.length === before) {
+    if (regular.length === before) {
       // Nothing left to grow (tiny alphabets); fall back to arbitrary byte pairs.
       for (const a of bytes) for (const b of bytes) if (!add(a, b)) break;
-      if (vocab.length === before) throw new Error("cannot fill the vocab");
+      if (regular.length === before) throw new Error("cannot fill the vocab");
     }
   }
-  return { vocab, merges };
+  return { vocab: specialsLast ? [...regular, ...specials] : [...specials, ...regular], merges };
+}
+
+/** Id of special token `i` of the preset. */
+function specialId(preset: Preset, i: number): number {
+  return preset.specialsLast ? (preset.config.vocab_size as number) - preset.specials.length + i : i;
 }
 
 export function tokenizerJson(preset: Preset): Record<string, unknown> {
   const vocabSize = preset.config.vocab_size as number;
-  const { vocab, merges } = buildBpe(vocabSize, preset.specials);
+  const { vocab, merges } = buildBpe(vocabSize, preset.specials, preset.specialsLast);
   const vocabObj: Record<string, number> = {};
   vocab.forEach((t, i) => (vocabObj[t] = i));
-  const bosId = preset.bos === null ? null : preset.specials.indexOf(preset.bos);
+  const bosId = preset.bos === null ? null : specialId(preset, preset.specials.indexOf(preset.bos));
   const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
   const post = preset.postProcessor === "template" && bosId !== null
     ? {
@@ -391,8 +579,8 @@ export function tokenizerJson(preset: Preset): Record<string, unknown> {
     version: "1.0",
     truncation: null,
     padding: null,
-    added_tokens: preset.specials.map((content, id) => ({
-      id,
+    added_tokens: preset.specials.map((content, i) => ({
+      id: specialId(preset, i),
       content,
       single_word: false,
       lstrip: false,
@@ -421,8 +609,8 @@ export function tokenizerJson(preset: Preset): Record<string, unknown> {
 
 function tokenizerConfigJson(preset: Preset): Record<string, unknown> {
   const addedTokensDecoder: Record<string, unknown> = {};
-  preset.specials.forEach((content, id) => {
-    addedTokensDecoder[String(id)] = {
+  preset.specials.forEach((content, i) => {
+    addedTokensDecoder[String(specialId(preset, i))] = {
       content,
       lstrip: false,
       normalized: false,
@@ -468,21 +656,59 @@ async function writeAll(f: Deno.FsFile, data: Uint8Array): Promise<void> {
   while (off < data.length) off += await f.write(data.subarray(off));
 }
 
+const TABLE_SIZE = 65536;
+const TABLE_CHUNK = 1 << 22;
+
+/** The encoded words of TABLE_SIZE draws of one weight kind (norm weights or the rest). */
+function valueTable(seed: number, std: number, dtype: MakeDType, norm: boolean): Uint16Array | Uint32Array {
+  const v = tensorValues(norm ? "table.norm.weight" : "table.weight", [TABLE_SIZE], seed, std);
+  const bytes = encodeFloats(v, dtype);
+  return dtype === "f32" ? new Uint32Array(bytes.slice().buffer) : new Uint16Array(bytes.slice().buffer);
+}
+
+/** Writes a tensor as table entries picked by its own hash stream, a chunk at a time. */
+async function writeTableTensor(
+  f: Deno.FsFile,
+  name: string,
+  elements: number,
+  seed: number,
+  table: Uint16Array | Uint32Array,
+): Promise<void> {
+  const rng = new Rng(hashString(`${seed}:${name}`));
+  const out = table instanceof Uint32Array ? new Uint32Array(TABLE_CHUNK) : new Uint16Array(TABLE_CHUNK);
+  for (let done = 0; done < elements; done += TABLE_CHUNK) {
+    const n = Math.min(TABLE_CHUNK, elements - done);
+    rng.fillFromTable(out, n, table);
+    await writeAll(f, new Uint8Array(out.buffer, 0, n * out.BYTES_PER_ELEMENT));
+  }
+}
+
 async function writeShard(
   path: string,
   tensors: PlannedTensor[],
   dtype: MakeDType,
   seed: number,
   std: number,
+  tableWeights: boolean,
 ): Promise<void> {
   const header = encodeSafetensorsHeader(
     tensors.map((t) => ({ ...t, dtype: ST_DTYPE[dtype] })),
     { format: "pt" },
   );
+  const tables = tableWeights
+    ? { norm: valueTable(seed, std, dtype, true), other: valueTable(seed, std, dtype, false) }
+    : null;
   const f = await Deno.open(path, { write: true, create: true, truncate: true });
   try {
     await writeAll(f, header);
-    for (const t of tensors) await writeAll(f, encodeFloats(tensorValues(t.name, t.shape, seed, std), dtype));
+    for (const t of tensors) {
+      if (tables) {
+        const table = t.name.endsWith("norm.weight") ? tables.norm : tables.other;
+        await writeTableTensor(f, t.name, t.shape.reduce((a, b) => a * b, 1), seed, table);
+      } else {
+        await writeAll(f, encodeFloats(tensorValues(t.name, t.shape, seed, std), dtype));
+      }
+    }
   } finally {
     f.close();
   }
@@ -497,6 +723,8 @@ export interface MakeModelOptions {
   shards?: number;
   /** Override the preset's weight std. */
   std?: number;
+  /** Also write the model as this GGUF F16 file (tools/hf_to_gguf.ts). */
+  gguf?: string;
 }
 
 function json(v: unknown): string {
@@ -510,6 +738,7 @@ export async function makeModel(opts: MakeModelOptions): Promise<void> {
   const dtype = opts.dtype ?? preset.defaultDtype;
   const std = opts.std ?? preset.std;
   const shards = Math.max(1, Math.floor(opts.shards ?? 1));
+  const tableWeights = preset.tableWeights ?? false;
   await Deno.mkdir(opts.out, { recursive: true });
 
   const config = { ...preset.config, torch_dtype: TORCH_DTYPE[dtype] };
@@ -531,9 +760,22 @@ export async function makeModel(opts: MakeModelOptions): Promise<void> {
   );
 
   if (shards === 1) {
-    await writeShard(join(opts.out, "model.safetensors"), planned, dtype, seed, std);
-    return;
+    await writeShard(join(opts.out, "model.safetensors"), planned, dtype, seed, std, tableWeights);
+  } else {
+    await writeShards(opts.out, planned, shards, dtype, seed, std, tableWeights);
   }
+  if (opts.gguf) await hfToGguf(opts.out, opts.gguf);
+}
+
+async function writeShards(
+  out: string,
+  planned: PlannedTensor[],
+  shards: number,
+  dtype: MakeDType,
+  seed: number,
+  std: number,
+  tableWeights: boolean,
+): Promise<void> {
   // Contiguous groups of about equal bytes, named like transformers' save_pretrained does.
   const total = planned.reduce((a, t) => a + t.byteLength, 0);
   const groups: PlannedTensor[][] = Array.from({ length: shards }, () => []);
@@ -548,10 +790,10 @@ export async function makeModel(opts: MakeModelOptions): Promise<void> {
   for (let i = 0; i < shards; i++) {
     const file = `model-${pad(i + 1)}-of-${pad(shards)}.safetensors`;
     for (const t of groups[i]) weightMap[t.name] = file;
-    await writeShard(join(opts.out, file), groups[i], dtype, seed, std);
+    await writeShard(join(out, file), groups[i], dtype, seed, std, tableWeights);
   }
   await Deno.writeTextFile(
-    join(opts.out, "model.safetensors.index.json"),
+    join(out, "model.safetensors.index.json"),
     json({ metadata: { total_size: total }, weight_map: weightMap }),
   );
 }
@@ -559,7 +801,7 @@ export async function makeModel(opts: MakeModelOptions): Promise<void> {
 function usage(): never {
   console.error(
     "usage: deno task make-model --preset " + Object.keys(PRESETS).join("|") +
-      " --out DIR [--seed N] [--dtype f16|f32|bf16] [--shards N] [--std X]",
+      " --out DIR [--seed N] [--dtype f16|f32|bf16] [--shards N] [--std X] [--gguf FILE]",
   );
   Deno.exit(2);
 }
@@ -584,6 +826,7 @@ if (import.meta.main) {
     dtype,
     shards: num("shards"),
     std: num("std"),
+    gguf: args.gguf,
   });
-  console.log(`wrote ${preset} to ${args.out}`);
+  console.log(`wrote ${preset} to ${args.out}${args.gguf ? ` and ${args.gguf}` : ""}`);
 }
