@@ -24,7 +24,14 @@ export class Sequence {
   readonly params: SamplingParams;
   status: SequenceStatus = "waiting";
   blockTable: number[] = [];
+  /** Leading blocks of blockTable committed to the prefix cache (or shared from it). */
+  numCommittedBlocks = 0;
   numComputed = 0;
+  /**
+   * Prompt tokens whose KV came from the prefix cache when it was first scheduled (OpenAI's
+   * usage.prompt_tokens_details.cached_tokens); a recompute after preemption does not change it.
+   */
+  numCachedTokens = 0;
   pending = 0;
   finishReason: FinishReason | null = null;
   /** Its next decode must wait until its pending token is read back (no pipelining for it). */
@@ -55,6 +62,12 @@ export class Sequence {
 
   get totalLen(): number {
     return this.knownLen + this.pending;
+  }
+
+  /** The token at position p, which must be known (p < knownLen). */
+  tokenAt(p: number): number {
+    const prompt = this.promptIds.length;
+    return p < prompt ? this.promptIds[p] : this.outputIds[p - prompt];
   }
 
   /** Tokens it may still sample, counting those already in flight. */

@@ -17,13 +17,20 @@ const EOS = 0;
 
 const params = samplingParams;
 
+/** A prompt of its own per id (no shared prefix), so tests of scheduling are not tests of caching. */
 function seq(id: string, promptLen: number, maxTokens = 16, over: Partial<SamplingParams> = {}): Sequence {
-  return new Sequence(
-    id,
-    Array.from({ length: promptLen }, (_, i) => 100 + i),
-    params({ maxTokens, ...over }),
-    0,
-  );
+  let base = 0;
+  for (const c of id) base = (base * 31 + c.charCodeAt(0)) % 100_000;
+  return seqOf(id, Array.from({ length: promptLen }, (_, i) => 10_000 + base * 1000 + i), maxTokens, over);
+}
+
+function seqOf(
+  id: string,
+  promptIds: number[],
+  maxTokens = 16,
+  over: Partial<SamplingParams> = {},
+): Sequence {
+  return new Sequence(id, promptIds, params({ maxTokens, ...over }), 0);
 }
 
 interface Setup {
@@ -33,11 +40,13 @@ interface Setup {
   maxSeqs?: number;
   maxContext?: number;
   policy?: SchedulerPolicy;
+  maxChunkTokens?: number;
+  prefixCaching?: boolean;
 }
 
 function setup(o: Setup = {}) {
   const blockSize = o.blockSize ?? 4;
-  const bm = new BlockManager(o.numBlocks ?? 64, blockSize);
+  const bm = new BlockManager(o.numBlocks ?? 64, blockSize, { prefixCaching: o.prefixCaching });
   let clock = 0;
   const sched = new Scheduler({
     blockManager: bm,
@@ -46,6 +55,7 @@ function setup(o: Setup = {}) {
     maxSeqs: o.maxSeqs ?? 8,
     maxContext: o.maxContext ?? 4096,
     policy: o.policy ?? "continuous",
+    maxChunkTokens: o.maxChunkTokens,
     now: () => ++clock,
   });
   return { bm, sched, sim: new Sim(sched, bm) };
@@ -60,7 +70,9 @@ function shape(plan: StepPlan | null): [string, number, number, boolean][] {
 /**
  * Plays the pipelined engine: each tick forms and submits a step, then reads back the step before
  * it, so every step is formed while its predecessor's samples are still "on the GPU". A fake KV
- * cache records who wrote each slot, to prove no sequence ever reads KV it did not write.
+ * cache records what each slot holds (a position and every token up to it), to prove a sequence
+ * reads only KV of its own tokens, whoever wrote it, and that no write clobbers a block another
+ * running sequence relies on.
  */
 class Sim {
   inFlight: StepPlan[] = [];
@@ -74,11 +86,26 @@ class Sim {
     this.#kv = new Array(bm.numBlocks * bm.blockSize).fill(null);
   }
 
+  /** The token a sequence has (or will have, once read back) at position p. */
+  tokenAt(seq: Sequence, p: number): number {
+    const prompt = seq.promptIds.length;
+    if (p < prompt) return seq.promptIds[p];
+    return this.eosAt.get(seq.id) === p - prompt ? EOS : 1000 + p - prompt;
+  }
+
+  /** What KV slot p of this sequence must hold. */
+  contentAt(seq: Sequence, p: number): string {
+    const tokens: number[] = [];
+    for (let i = 0; i <= p; i++) tokens.push(this.tokenAt(seq, i));
+    return tokens.join(",");
+  }
+
   tick(): StepPlan | null {
     const plan = this.sched.schedule();
     if (plan) {
       this.#execute(plan);
       this.sched.onStepSubmitted(plan);
+      this.#checkHeldKv();
       this.inFlight.push(plan);
       this.plans.push(plan);
     }
@@ -94,7 +121,7 @@ class Sim {
         this.wasted++;
         continue;
       }
-      const token = this.eosAt.get(seq.id) === seq.outputIds.length ? EOS : 1000 + seq.outputIds.length;
+      const token = this.tokenAt(seq, seq.knownLen);
       this.sched.onTokenResolved(seq, token);
       if (token === EOS) this.sched.finish(seq, "stop");
       else if (seq.outputIds.length >= seq.params.maxTokens) this.sched.finish(seq, "length");
@@ -123,13 +150,8 @@ class Sim {
     assertEquals(total, plan.numPrefillTokens + plan.numDecodeTokens);
     assert(plan.items.length <= maxSeqs);
     assert(plan.items.slice(0, plan.numDecodeTokens).every((i) => i.numTokens === 1), "decodes come first");
-    const owner = new Map<number, string>();
-    for (const s of this.sched.running) {
-      for (const b of s.blockTable) {
-        assert(!owner.has(b), `block ${b} shared by ${owner.get(b)} and ${s.id}`);
-        owner.set(b, s.id);
-      }
-    }
+    const held = new Set(this.sched.running.flatMap((s) => s.blockTable));
+    assertEquals(this.bm.numUsed, held.size, "blocks used = blocks held by running sequences");
     const prev = this.inFlight.at(-1);
     for (const { seq, start, numTokens, sample } of plan.items) {
       assertEquals(seq.status, "running");
@@ -144,8 +166,25 @@ class Sim {
       const slot = (p: number) =>
         seq.blockTable[Math.floor(p / this.bm.blockSize)] * this.bm.blockSize +
         (p % this.bm.blockSize);
-      for (let p = 0; p < start; p++) assertEquals(this.#kv[slot(p)], `${seq.id}@${p}`, "attention reads");
-      for (let p = start; p < start + numTokens; p++) this.#kv[slot(p)] = `${seq.id}@${p}`;
+      let content = "";
+      for (let p = 0; p < start + numTokens; p++) {
+        content += (p > 0 ? "," : "") + this.tokenAt(seq, p);
+        if (p < start) assertEquals(this.#kv[slot(p)], content, `${seq.id} attention reads position ${p}`);
+        else this.#kv[slot(p)] = content;
+      }
+    }
+  }
+
+  /** Every running sequence's KV so far is its own: nothing it holds was overwritten. */
+  #checkHeldKv(): void {
+    for (const seq of this.sched.running) {
+      const bs = this.bm.blockSize;
+      let content = "";
+      for (let p = 0; p < seq.numComputed; p++) {
+        content += (p > 0 ? "," : "") + this.tokenAt(seq, p);
+        const got = this.#kv[seq.blockTable[Math.floor(p / bs)] * bs + (p % bs)];
+        assertEquals(got, content, `${seq.id} KV at position ${p}`);
+      }
     }
   }
 }
@@ -200,8 +239,9 @@ Deno.test("a finished sequence's blocks are free before the next plan is formed"
 });
 
 Deno.test("the pool runs dry: newest preempted first, to the front of the queue, recomputed later", () => {
-  // 6 blocks of 4; three prompts of 8 take all of them, so the first decodes must preempt.
-  const { sched, sim, bm } = setup({ numBlocks: 6, blockSize: 4, maxBatchTokens: 64 });
+  // 6 blocks of 4; three prompts of 8 take all of them, so the first decodes must preempt. Without
+  // prefix caching every recompute starts at 0 (see below for the same with caching).
+  const { sched, sim, bm } = setup({ numBlocks: 6, blockSize: 4, maxBatchTokens: 64, prefixCaching: false });
   const [a, b, c] = [seq("a", 8, 8), seq("b", 8, 8), seq("c", 8, 8)];
   for (const s of [a, b, c]) sched.add(s);
   assertEquals(shape(sim.tick()), [["a", 0, 8, true], ["b", 0, 8, true], ["c", 0, 8, true]]);
@@ -414,4 +454,208 @@ Deno.test("idle means zero blocks used, and timestamps are filled in", () => {
     assert(s.firstScheduledTime !== null && s.firstTokenTime! > s.firstScheduledTime, s.id);
     assert(s.lastTokenTime! > s.firstTokenTime!, s.id);
   }
+});
+
+// ---- Prefix caching -------------------------------------------------------------------------------
+
+const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
+
+Deno.test("prefix cache: a prompt that extends a finished one computes only its new tokens", () => {
+  const { sched, sim } = setup({ blockSize: 4 });
+  const a = seqOf("a", range(500, 20), 3);
+  sched.add(a);
+  sim.run();
+  assertEquals(a.numCachedTokens, 0);
+  const b = seqOf("b", [...range(500, 20), ...range(900, 6)], 3);
+  sched.add(b);
+  assertEquals(shape(sim.tick()), [["b", 20, 6, true]]); // a's 5 prompt blocks reused
+  sim.run();
+  assertEquals(b.numCachedTokens, 20);
+  const st = sched.stats();
+  assertEquals([st.prefixCacheQueries, st.prefixCacheHits], [20 + 26, 20]);
+  assertEquals(b.outputIds, [1000, 1001, 1002]);
+});
+
+Deno.test("prefix cache: a prompt cached whole still computes its last token, for its logits", () => {
+  const { sched, sim } = setup({ blockSize: 4 });
+  sched.add(seqOf("a", range(500, 16), 2));
+  sim.run();
+  sched.add(seqOf("b", range(500, 16), 2));
+  // 4 blocks cached, but position 15 must be computed: the last block is recomputed.
+  assertEquals(shape(sim.tick()), [["b", 12, 4, true]]);
+  sched.add(seqOf("c", range(500, 17), 2));
+  // c also finds a's decode blocks? No: a's outputs (1000, ...) are not c's 17th token.
+  assertEquals(shape(sim.tick()), [["b", 16, 1, true], ["c", 16, 1, true]]);
+  sim.run();
+  assertEquals(sched.get("c"), undefined);
+});
+
+Deno.test("prefix cache: a multi-turn conversation reuses the previous turn's answer blocks", () => {
+  const { sched, sim } = setup({ blockSize: 4 });
+  const t1 = seqOf("turn1", range(500, 10), 8);
+  sched.add(t1);
+  sim.run();
+  // The next turn's prompt is the whole first turn (prompt + answer) and a new question.
+  const t2 = seqOf("turn2", [...t1.promptIds, ...t1.outputIds, ...range(700, 5)], 4);
+  sched.add(t2);
+  // Positions 0..15 are in full blocks committed by turn 1 (its answer's KV was computed by its
+  // decodes, position 17 never was: the last sampled token is never fed back).
+  assertEquals(shape(sim.tick()), [["turn2", 16, 7, true]]);
+  sim.run();
+  assertEquals(t2.numCachedTokens, 16);
+});
+
+Deno.test("prefix cache: blocks are shared as soon as dispatched, while their writer still prefills", () => {
+  const { sched, sim, bm } = setup({ blockSize: 4, maxChunkTokens: 8 });
+  const prompt = range(500, 30);
+  sched.add(seqOf("a", prompt, 2));
+  assertEquals(shape(sim.tick()), [["a", 0, 8, false]]);
+  sched.add(seqOf("b", prompt, 2));
+  // a's first two blocks were committed when its step was submitted: b starts at 8, beside a.
+  assertEquals(shape(sim.tick()), [["a", 8, 8, false], ["b", 8, 8, false]]);
+  // Both computed 8..15 in the same step; on submission b's copies give way to a's blocks.
+  const a = sched.get("a")!, b = sched.get("b")!;
+  assertEquals(b.blockTable, a.blockTable);
+  assertEquals(bm.numUsed, 4);
+  assertEquals(shape(sim.tick()), [["a", 16, 8, false], ["b", 16, 8, false]]);
+  sim.run();
+  assertEquals(b.numCachedTokens, 8);
+});
+
+Deno.test("prefix cache: finished requests' blocks stay cached until the pool needs them, LRU first", () => {
+  const { sched, sim, bm } = setup({ numBlocks: 10, blockSize: 4 });
+  sched.add(seqOf("a", range(100, 12), 1)); // 3 blocks, all committed (the sampled token needs no KV)
+  sim.run();
+  sched.add(seqOf("b", range(200, 12), 1));
+  sim.run();
+  assertEquals([bm.numUsed, bm.numFree, bm.numCached], [0, 10, 6]);
+  // c needs 6 blocks: the 4 never cached first, then the least recently released cached ones:
+  // a's, its last block first, so a keeps its first block.
+  sched.add(seqOf("c", range(300, 24), 1));
+  sim.run();
+  assertEquals(bm.numCached, 6 - 2 + 6);
+  sched.add(seqOf("b2", range(200, 12), 1));
+  // b is intact; its last block is recomputed (the last token must be), into a new block that
+  // evicts a's first block, the oldest left.
+  assertEquals(shape(sim.tick()), [["b2", 8, 4, true]]);
+  sim.run();
+  sched.add(seqOf("a2", range(100, 12), 1));
+  assertEquals(shape(sim.tick()), [["a2", 0, 12, true]]);
+  sim.run();
+  assertEquals(bm.numUsed, 0);
+});
+
+Deno.test("prefix cache: a preempted sequence recomputes only what is no longer cached", () => {
+  // As "the pool runs dry" above, with caching: a restart begins where its cached prefix ends.
+  const { sched, sim } = setup({ numBlocks: 6, blockSize: 4, maxBatchTokens: 64 });
+  const [a, b, c] = [seq("a", 8, 8), seq("b", 8, 8), seq("c", 8, 8)];
+  for (const s of [a, b, c]) sched.add(s);
+  sim.run();
+  for (const s of [a, b, c]) assertEquals([s.id, s.outputIds.length, s.finishReason], [s.id, 8, "length"]);
+  // The first item of a sequence after each of its preemptions, as [id, start, numTokens].
+  const restarts: [string, number, number][] = [];
+  const preempted = new Set<Sequence>();
+  for (const plan of sim.plans) {
+    for (const s of plan.preempted) preempted.add(s);
+    for (const it of plan.items) {
+      if (preempted.delete(it.seq)) restarts.push([it.seq.id, it.start, it.numTokens]);
+    }
+  }
+  assertEquals(restarts.length, b.numPreemptions + c.numPreemptions);
+  // The Sim checks every read against what the slot holds, so a restart past an evicted block
+  // would have failed.
+  assertEquals(restarts, [["b", 8, 5], ["c", 0, 9]]); // b kept its prompt blocks, c lost its own
+  assertEquals([b.numCachedTokens, c.numCachedTokens], [0, 0]); // usage counts the first admission
+});
+
+Deno.test("prefix cache: aborts in every state leave the pool consistent and the prefix reusable", () => {
+  const { sched, sim, bm } = setup({ blockSize: 4, maxBatchTokens: 16 });
+  const prompt = range(500, 24);
+  sched.add(seqOf("a", prompt, 10));
+  sim.tick(); // a prefills 16
+  sched.add(seqOf("b", prompt, 10));
+  sim.tick(); // a prefills 8 more and samples; b reuses a's first 4 blocks, then is out of budget
+  sched.add(seqOf("c", prompt, 10));
+  sim.tick();
+  sched.abort("a");
+  sched.abort("c");
+  const bNow = sched.get("b")!;
+  assertEquals(bm.numUsed, new Set(bNow.blockTable).size);
+  sched.abort("b");
+  assertEquals(bm.numUsed, 0);
+  sim.run();
+  assert(bm.numCached >= 5, `cached ${bm.numCached}`);
+  sched.add(seqOf("d", prompt, 2));
+  assertEquals(shape(sim.tick()), [["d", 20, 4, true]]);
+  sim.run();
+  const st = sched.stats();
+  assert(st.prefixCacheHits <= st.prefixCacheQueries);
+  assertEquals([st.running, st.waiting, st.blocksUsed], [0, 0, 0]);
+});
+
+Deno.test("prefix cache off: identical prompts share nothing and nothing is counted", () => {
+  const { sched, sim, bm } = setup({ blockSize: 4, prefixCaching: false });
+  sched.add(seqOf("a", range(500, 16), 2));
+  sim.run();
+  sched.add(seqOf("b", range(500, 16), 2));
+  assertEquals(shape(sim.tick()), [["b", 0, 16, true]]);
+  sim.run();
+  const st = sched.stats();
+  assertEquals([st.prefixCacheQueries, st.prefixCacheHits, st.blocksCached, bm.numCached], [0, 0, 0, 0]);
+});
+
+Deno.test("prefix cache: random workloads over shared prefixes keep every invariant", () => {
+  let state = 777;
+  const rand = (n: number) => {
+    state = (state * 1103515245 + 12345) % 2147483648;
+    return state % n;
+  };
+  let hits = 0, preemptions = 0;
+  for (let trial = 0; trial < 100; trial++) {
+    const policy = (["continuous", "static", "sequential"] as const)[trial % 3];
+    const blockSize = 1 + rand(6);
+    const numBlocks = 4 + rand(40);
+    const { sched, sim, bm } = setup({
+      numBlocks,
+      blockSize,
+      maxBatchTokens: 1 + rand(48),
+      maxSeqs: 1 + rand(6),
+      maxChunkTokens: rand(2) ? 1 + rand(16) : undefined,
+      policy,
+    });
+    // A few system prompts, each continued by a few user turns, so prompts share prefixes.
+    const systems = [range(100, 3 + rand(20)), range(200, 3 + rand(20)), range(300, 1 + rand(5))];
+    const expected = new Map<Sequence, number>();
+    let id = 0;
+    const addSome = (k: number) => {
+      for (let i = 0; i < k; i++) {
+        const capacity = numBlocks * blockSize;
+        const sys = systems[rand(systems.length)];
+        const prompt = [...sys, ...range(1000 + 10 * rand(4), rand(12))].slice(0, Math.min(capacity, 40));
+        const maxTokens = 1 + rand(Math.min(capacity - prompt.length + 1, 20));
+        const s = seqOf(`t${trial}-${id++}`, prompt, maxTokens, rand(3) === 0 ? { logprobs: 0 } : {});
+        if (rand(4) === 0) sim.eosAt.set(s.id, rand(maxTokens));
+        sched.add(s);
+        expected.set(s, sim.eosAt.has(s.id) ? sim.eosAt.get(s.id)! + 1 : maxTokens);
+      }
+    };
+    addSome(1 + rand(8));
+    for (let t = 0; t < 30; t++) {
+      sim.tick();
+      if (rand(3) === 0) addSome(1 + rand(3));
+      if (rand(10) === 0 && sched.running.length > 0) {
+        sched.abort(sched.running[rand(sched.running.length)].id);
+      }
+    }
+    sim.run();
+    for (const [s, n] of expected) {
+      if (s.finishReason !== "abort") assertEquals(s.outputIds.length, n, `${policy} ${s.id}`);
+    }
+    const st = sched.stats();
+    assertEquals([st.running, st.waiting, bm.numUsed, bm.numFree], [0, 0, 0, numBlocks]);
+    assert(st.prefixCacheHits <= st.prefixCacheQueries && bm.numCached <= numBlocks);
+    hits += st.prefixCacheHits;
+    preemptions += st.preemptionsTotal;
+  }
+  assert(hits > 0 && preemptions > 0, `hits ${hits}, preemptions ${preemptions}`);
 });
