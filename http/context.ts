@@ -13,6 +13,9 @@ export interface HttpConfig {
   maxBodyKb: number;
   /** Waiting requests before new ones get 429. */
   maxQueue: number;
+  /** Running slots (--max-seqs) and how they free up (--batching): requests that start at once do not queue. */
+  maxSeqs?: number;
+  batching?: "continuous" | "static" | "sequential";
   logPrompts: boolean;
   /** Bearer keys for the inference routes; none: public. */
   apiKeys: string[];

@@ -58,7 +58,7 @@ interface Base {
 export async function generate(c: AppContext, s: Shared, job: Job): Promise<Response> {
   const { engine, format } = job;
   const id = `${format.idPrefix}-${randomId()}`;
-  s.admission.admit(id, engine.stats(), s.config.maxQueue);
+  s.admission.admit(id, engine.stats(), s.config);
   const run = new Run(c, s, engine, { id, promptIds: job.promptIds, params: job.params });
   const base: Base = { id, created: Math.floor(Date.now() / 1000), model: servedName(s, engine) };
   return await (job.stream ? streamResponse(c, s, job, run, base) : jsonResponse(c, job, run, base));

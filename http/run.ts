@@ -51,7 +51,6 @@ export class Run {
       this.c.var.log.error = err instanceof Error ? err.message : String(err);
       ev = { type: "error", message: "The engine failed while generating.", code: "internal" };
     }
-    this.s.admission.seen(this.id);
     this.#observe(ev);
     return ev;
   }
@@ -106,7 +105,7 @@ export class Run {
     if (this.#closed) return;
     this.#closed = true;
     this.#unlink();
-    this.s.admission.seen(this.id);
+    this.s.admission.release(this.id);
     if (!this.#finished) {
       // The consumer stopped before the terminal event (a stream cancelled between chunks): that
       // event may never be read, so the request is counted as aborted here, once.

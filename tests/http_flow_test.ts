@@ -16,8 +16,9 @@ async function waitFor(cond: () => boolean, what: string, ms = 3000): Promise<vo
   }
 }
 
-Deno.test("429: requests accepted but not yet seen by the engine count against --max-queue", async () => {
-  await withFake({ args: ["--max-queue", "2"] }, async (s, engine) => {
+Deno.test("429: requests accepted but not yet started by the engine count against --max-queue", async () => {
+  // One running slot and a queue of one: the second request is the queue.
+  await withFake({ args: ["--max-queue", "1", "--max-seqs", "1"] }, async (s, engine) => {
     const release = engine.hold();
     const a = post(`${s.baseURL}/chat/completions`, chatBody());
     const b = post(`${s.baseURL}/completions`, { prompt: "x", stream: true });
