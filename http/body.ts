@@ -1,6 +1,7 @@
 // Reads a JSON request body under a size limit: the declared length is checked first, then the
 // bytes actually read, since Content-Length can be absent (chunked) or wrong.
 import { ApiError, badRequest } from "./errors.ts";
+import { bytesNestDeeperThan, tooDeep } from "./json_depth.ts";
 
 const tooLarge = (limit: number) =>
   new ApiError(413, `Request body exceeds the limit of ${limit} bytes.`, { code: "request_too_large" });
@@ -32,6 +33,7 @@ export async function readJson(req: Request, limit: number): Promise<unknown> {
     bytes.set(c, at);
     at += c.byteLength;
   }
+  if (bytesNestDeeperThan(bytes)) throw tooDeep();
   try {
     return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch {

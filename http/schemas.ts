@@ -3,6 +3,7 @@
 import { z } from "zod";
 import type { ChatMessage } from "../engine/protocol.ts";
 import { badRequest } from "./errors.ts";
+import { nestsDeeperThan, tooDeep } from "./json_depth.ts";
 
 const custom = (ctx: z.RefinementCtx, input: unknown, message: string, path: PropertyKey[] = []) => {
   ctx.issues.push({ code: "custom", message, input, path });
@@ -140,6 +141,8 @@ function dropNulls(v: unknown): unknown {
 
 /** Validates a parsed JSON body; throws a 400 naming the first bad field. */
 export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
+  // The walks below recurse; bodies from readJson were checked before parsing, others are here.
+  if (typeof body === "object" && body !== null && nestsDeeperThan(body)) throw tooDeep();
   const input = dropNulls(body);
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     throw badRequest("The request body must be a JSON object.", null, "invalid_body");
