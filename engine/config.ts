@@ -20,6 +20,8 @@ export interface EngineConfig {
   policy: SchedulerPolicy;
   debugSteps: boolean;
   graphCache: string | null;
+  /** Captured decode sessions (ModelRunner's CaptureSettings); null: every step runs uncaptured. */
+  graphCapture: { batchSizes: number[]; kvCaps: number[]; eager: boolean } | null;
 }
 
 /** A setting that cannot work with this model; the message names the setting and the limit. */
@@ -31,6 +33,8 @@ export class EngineConfigError extends Error {
 }
 
 const BLOCK_SIZE = 16;
+/** Largest captured decode batch: a step of more rows costs little CPU per row even uncaptured. */
+const MAX_CAPTURED_BATCH = 512;
 /** Default KV pool ceiling: a fraction of any real GPU, and enough for small models at full load. */
 const DEFAULT_KV_CAP_MB = 1024;
 
@@ -65,7 +69,23 @@ export function resolveEngineConfig(
     policy: s.policy ?? ENGINE_DEFAULTS.policy,
     debugSteps: s.debugSteps ?? false,
     graphCache: s.graphCache ?? null,
+    graphCapture: (s.graphCapture ?? ENGINE_DEFAULTS.graphCapture)
+      ? {
+        batchSizes: captureBatchSizes(Math.min(maxSeqs, s.maxBatchTokens ?? ENGINE_DEFAULTS.maxBatchTokens)),
+        kvCaps: [...new Set(s.graphCaptureKv ?? [])].filter((k) => k < maxContext).sort((a, b) => a - b),
+        eager: s.graphCaptureEager ?? true,
+      }
+      : null,
   };
+}
+
+/** Batch sizes 1, 2, 4, ... below maxSeqs, then maxSeqs itself, at most MAX_CAPTURED_BATCH. */
+function captureBatchSizes(maxSeqs: number): number[] {
+  const top = Math.min(maxSeqs, MAX_CAPTURED_BATCH);
+  const sizes: number[] = [];
+  for (let b = 1; b < top; b *= 2) sizes.push(b);
+  sizes.push(top);
+  return sizes;
 }
 
 /** auto: f32 keeps an all-F32 checkpoint's precision; anything narrower on disk runs in f16. */

@@ -27,6 +27,7 @@ export async function loadOrBuildGraph(model: LoadedModel, opts: GraphCacheOptio
     dtype: opts.dtype,
     maxPositions: opts.maxPositions,
     externalMinBytes: opts.externalMinBytes,
+    weightsAsInputs: opts.weightsAsInputs,
   });
   opts.log(
     `graph: built in ${
@@ -46,7 +47,8 @@ async function readCached(path: string): Promise<BuiltGraph | null> {
     const data = await Deno.readFile(`${path}.data`);
     const bytes = await Deno.readFile(path);
     const meta = JSON.parse(await Deno.readTextFile(`${path}.json`));
-    return { bytes, data, nodesPerLayer: meta.nodesPerLayer, totalNodes: meta.totalNodes };
+    const { nodesPerLayer, totalNodes, weights } = meta;
+    return { bytes, data, weights, nodesPerLayer, totalNodes };
   } catch {
     return null;
   }
@@ -58,8 +60,8 @@ async function writeCached(dir: string, path: string, g: BuiltGraph, log: (msg: 
     // Write then rename so a crash never leaves a half-written graph behind.
     await Deno.writeFile(`${path}.data`, g.data);
     await Deno.writeFile(`${path}.tmp`, g.bytes);
-    const { nodesPerLayer, totalNodes } = g;
-    await Deno.writeTextFile(`${path}.json`, JSON.stringify({ nodesPerLayer, totalNodes }));
+    const { nodesPerLayer, totalNodes, weights } = g;
+    await Deno.writeTextFile(`${path}.json`, JSON.stringify({ nodesPerLayer, totalNodes, weights }));
     await Deno.rename(`${path}.tmp`, path);
   } catch (e) {
     // A read-only disk only costs the next start a rebuild.
@@ -69,13 +71,14 @@ async function writeCached(dir: string, path: string, g: BuiltGraph, log: (msg: 
 
 async function graphKey(model: LoadedModel, opts: GraphOptions): Promise<string> {
   // Bump GRAPH_VERSION whenever buildGraph's output changes for the same weights.
-  const GRAPH_VERSION = 5;
+  const GRAPH_VERSION = 6;
   const text = JSON.stringify({
     v: GRAPH_VERSION,
     w: model.weights.hash,
     dtype: opts.dtype,
     maxPositions: opts.maxPositions,
     ext: opts.externalMinBytes ?? "default",
+    wi: opts.weightsAsInputs ?? false,
     cfg: model.config,
   });
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));

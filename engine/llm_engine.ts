@@ -12,7 +12,7 @@ import { BlockManager } from "./block_manager.ts";
 import type { EngineConfig } from "./config.ts";
 import { IncrementalDetokenizer } from "./detokenizer.ts";
 import type { LoadedModel } from "./model/types.ts";
-import type { ModelRunner, StepHandle, StepInputs } from "./model_runner.ts";
+import type { ModelRunner, StepHandle, StepInputs, StepPath } from "./model_runner.ts";
 import {
   type EngineStats,
   type FinishReason,
@@ -68,6 +68,8 @@ export interface StepStats {
   processMs: number;
   blocksUsed: number;
   preemptions: number;
+  /** Replayed from a captured session, or run uncaptured (see engine/captured_steps.ts). */
+  path: StepPath;
 }
 
 export class LLMEngine {
@@ -76,6 +78,7 @@ export class LLMEngine {
   private wake: (() => void) | null = null;
   private stopped = false;
   private counters = { prompt: 0, generation: 0, steps: 0 };
+  private stepsByPath: Record<StepPath, number> = { captured: 0, uncaptured: 0 };
   private stepTokens: HistogramCounts = { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 };
   /** Row of each sequence in the last dispatched step's sampled ids. */
   private lastRows = new Map<Sequence, number>();
@@ -165,6 +168,7 @@ export class LLMEngine {
       generationTokensTotal: this.counters.generation,
       preemptionsTotal: s.preemptionsTotal,
       stepsTotal: this.counters.steps,
+      stepsByPath: { ...this.stepsByPath },
       stepTokens: { ...this.stepTokens, counts: [...this.stepTokens.counts] },
     };
   }
@@ -322,7 +326,9 @@ export class LLMEngine {
       processMs: performance.now() - processStart,
       blocksUsed: this.scheduler.stats().blocksUsed,
       preemptions: f.plan.preempted.length,
+      path: f.handle.path,
     };
+    this.stepsByPath[stats.path]++;
     this.lastStep = stats;
     const bucket = STEP_TOKEN_BUCKETS.findIndex((b) => stats.tokens <= b);
     if (bucket >= 0) this.stepTokens.counts[bucket]++;

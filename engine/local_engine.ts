@@ -32,6 +32,8 @@ export async function createEngine(
     blockSize: config.blockSize,
     kvCacheMb: config.kvCacheMb,
     cacheDir: config.graphCache,
+    maxSeqs: config.maxSeqs,
+    capture: config.graphCapture,
     progress: hooks.progress,
     log: hooks.log,
   });

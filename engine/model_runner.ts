@@ -1,15 +1,21 @@
-// Runs one engine step on the GPU: owns the ORT sessions and the paged KV pool.
+// Runs one engine step on the GPU: owns the ORT sessions, the weights, the paged KV pool and the
+// captured decode sessions (captured_steps.ts).
 //
 // run() only dispatches: its outputs stay on the GPU, so the next step can be dispatched before
-// this one's tokens are read back (a readback costs ~11 ms in Deno whatever its size).
+// this one's tokens are read back (a readback costs ~11 ms in Deno whatever its size). Each step's
+// sampled ids are copied, right after its dispatch, into prev_ids (a fixed buffer every session
+// reads the previous step's ids from) and into a staging buffer of its own that read() maps: a
+// captured session's bound outputs are overwritten by its next replay, maybe before the read.
 
 import * as ort from "onnxruntime-web/webgpu";
+import type { BuiltGraph } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
+import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } from "./captured_steps.ts";
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
-import { createSessions, sessionDevice } from "./sessions.ts";
+import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
   dtype: ActDType;
@@ -20,9 +26,34 @@ export interface RunnerOptions {
   cacheDir: string | null;
   /** Weights of at least this many bytes travel as ONNX external data (default: buildGraph's). */
   externalMinBytes?: number;
+  /** Most sampled rows a step feeds the next (the engine's max-seqs); default 256. */
+  maxSeqs?: number;
+  /**
+   * Decode steps replayed from captured sessions (captured_steps.ts), captured by warmup(); null or
+   * absent: every step runs uncaptured.
+   */
+  capture?: CaptureSettings | null;
   progress?: LoadProgress;
   log?: (msg: string) => void;
 }
+
+export interface CaptureSettings {
+  /** Real rows of the captured decode steps (a step is padded up to the next size). */
+  batchSizes: number[];
+  /**
+   * Bounds on the longest context of a step (tokens) below the context limit, which is always one:
+   * a captured step keeps attn_meta's bound, and PagedAttention sizes its dispatches by it.
+   */
+  kvCaps: number[];
+  /**
+   * Capture every session in warmup() (the server), or each on the first step that needs it: a
+   * capture costs seconds on a software adapter, where tests start many engines.
+   */
+  eager: boolean;
+}
+
+/** Which session ran a step. */
+export type StepPath = "captured" | "uncaptured";
 
 /** Flat inputs of one ragged step, built by the engine from the scheduler's plan. */
 export interface StepInputs {
@@ -48,13 +79,21 @@ export interface StepInputs {
 }
 
 export interface StepHandle {
-  nextIds: ort.Tensor;
+  /** The step's sampled ids, copied out of the session's outputs (see ModelRunner.run). */
+  ids: Staging;
   logits: ort.Tensor | null;
   numRows: number;
+  path: StepPath;
   /** The readback, once started (see ModelRunner.startRead). */
   pending: Promise<StepResult> | null;
   /** GPU outputs of the step that nobody reads (greedy ids and logits feeding the sampler). */
   scratch: ort.Tensor[];
+}
+
+/** A mappable buffer that receives one step's ids. */
+interface Staging {
+  buffer: GPUBuffer;
+  rows: number;
 }
 
 export interface StepResult {
@@ -69,16 +108,32 @@ export class ModelRunner {
   readonly nodesPerLayer: number;
   readonly totalNodes: number;
   readonly adapterName: string;
-  private prev: ort.Tensor | null = null;
+  /** Block table width of captured steps: blocks per sequence at the context limit. */
+  readonly tableWidth: number;
   private releaseLater: ort.Tensor[] = [];
-  private readonly placeholderPrev = new ort.Tensor("int32", new Int32Array(1), [1]);
+  /** Free staging buffers for step ids. */
+  private staging: Staging[] = [];
+  private allStaging: GPUBuffer[] = [];
+  /** Shapes of the captured decode sessions, by batch then context bound (see pickCaptured). */
+  private readonly shapes: CaptureShape[];
+  /** Each shape's session once captured. */
+  private captured: (CapturedDecode | null)[];
+  /** The graph without its weights' bytes, for the captured sessions. */
+  private readonly graph: BuiltGraph;
 
   private constructor(
     private session: ort.InferenceSession,
     private sampler: ort.InferenceSession,
-    private caches: ort.Tensor[],
-    /** Only the layer count: the runner must not keep the weights alive once they are on the GPU. */
-    private numLayers: number,
+    private device: GPUDevice,
+    /** Weights, KV pool and prev_ids: the inputs every step session is fed. */
+    private shared: Feeds,
+    /** prev_ids: the previous step's sampled ids, [maxSeqs]. */
+    private prev: GPUBuffer,
+    private owned: GPUBuffer[],
+    private vocab: number,
+    private capture: CaptureSettings | null,
+    graph: BuiltGraph,
+    private log: (msg: string) => void,
     info: {
       numBlocks: number;
       blockSize: number;
@@ -94,6 +149,12 @@ export class ModelRunner {
     this.nodesPerLayer = info.nodesPerLayer;
     this.totalNodes = info.totalNodes;
     this.adapterName = info.adapterName;
+    this.tableWidth = Math.ceil(info.maxPositions / info.blockSize);
+    // The weights are fed from their GPU buffers: keep only the small initializers' bytes.
+    const weightsStart = Math.min(graph.data.length, ...graph.weights.map((w) => w.offset));
+    this.graph = { ...graph, data: graph.data.slice(0, weightsStart) };
+    this.shapes = capture ? captureShapes(capture, this.tableWidth * info.blockSize) : [];
+    this.captured = this.shapes.map(() => null);
   }
 
   /** Graph (cached or built), sessions over it, then the KV pool on the sessions' device. */
@@ -105,6 +166,8 @@ export class ModelRunner {
       dtype: opts.dtype,
       maxPositions,
       externalMinBytes: opts.externalMinBytes,
+      // One copy of the weights on the GPU, fed to every session (captured ones included).
+      weightsAsInputs: true,
       cacheDir: opts.cacheDir,
       progress: opts.progress,
       log,
@@ -112,17 +175,44 @@ export class ModelRunner {
     opts.progress?.({ phase: "session" });
     const { step, sampler } = await createSessions(graph, cfg.vocabSize);
     const { device, adapterName } = await sessionDevice();
+    const weights = uploadWeights(device, graph);
     const pool = allocateKvPool(device, cfg, opts.blockSize, opts.kvCacheMb);
+    pool.buffers.forEach(pinGpuBuffer);
     const mib = ((pool.buffers.length * pool.numBlocks * pool.bytesPerBlock) / 2 ** 20).toFixed(1);
     log(`kv cache: ${pool.numBlocks} blocks of ${opts.blockSize} tokens (${mib} MiB) on ${adapterName}`);
-    return new ModelRunner(step, sampler, kvTensors(pool), cfg.numLayers, {
-      numBlocks: pool.numBlocks,
-      blockSize: opts.blockSize,
-      maxPositions,
-      nodesPerLayer: graph.nodesPerLayer,
-      totalNodes: graph.totalNodes,
-      adapterName,
+    const maxSeqs = Math.max(opts.maxSeqs ?? 256, ...(opts.capture?.batchSizes ?? []));
+    const prev = pinGpuBuffer(device.createBuffer({
+      size: 4 * maxSeqs,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+    }));
+    const shared: Feeds = {
+      ...weights.feeds,
+      [IO.prevIds]: ort.Tensor.fromGpuBuffer(prev, { dataType: "int32", dims: [maxSeqs] }),
+    };
+    kvTensors(pool).forEach((t, i) => {
+      shared[i % 2 === 0 ? IO.keyCache(i >> 1) : IO.valueCache(i >> 1)] = t;
     });
+    const owned = [...weights.buffers, ...pool.buffers, prev];
+    return new ModelRunner(
+      step,
+      sampler,
+      device,
+      shared,
+      prev,
+      owned,
+      cfg.vocabSize,
+      opts.capture ?? null,
+      graph,
+      log,
+      {
+        numBlocks: pool.numBlocks,
+        blockSize: opts.blockSize,
+        maxPositions,
+        nodesPerLayer: graph.nodesPerLayer,
+        totalNodes: graph.totalNodes,
+        adapterName,
+      },
+    );
   }
 
   /**
@@ -135,6 +225,56 @@ export class ModelRunner {
    * reserved block: every step uses one kernel. Longer chunks (--max-chunk-tokens) give that up.
    */
   async run(s: StepInputs): Promise<StepHandle> {
+    const S = s.sampleRows.length;
+    const c = pickCaptured(this.shapes, s, this.tableWidth);
+    let nextIds: ort.Tensor, logits: ort.Tensor | null;
+    const scratch: ort.Tensor[] = [];
+    let rows = S;
+    if (c >= 0) {
+      const cap = this.captured[c] ?? await this.captureSession(c);
+      await cap.run(s);
+      // The bound outputs belong to the session: never disposed, overwritten by its next replay.
+      nextIds = cap.nextIds;
+      logits = cap.logits;
+      rows = cap.shape.batch;
+    } else {
+      ({ nextIds, logits } = await this.runUncaptured(s));
+      scratch.push(nextIds);
+      if (logits && !s.wantLogits) scratch.push(logits);
+    }
+    if (s.sampleU.some((u) => u >= 0)) {
+      // Only steps with a sampling row pay for the sampling head (see sampler_graph.ts).
+      const pad = (a: Float32Array, v: number) => {
+        const out = new Float32Array(rows).fill(v);
+        out.set(a);
+        return out;
+      };
+      const sampled = await this.sampler.run({
+        [IO.logits]: logits!,
+        [IO.nextIds]: nextIds,
+        [IO.sampleU]: new ort.Tensor("float32", pad(s.sampleU, -1), [rows]),
+        [IO.invTemp]: new ort.Tensor("float32", pad(s.invTemp, 1), [rows]),
+      });
+      nextIds = sampled[IO.sampledIds];
+      scratch.push(nextIds);
+    }
+    const ids = this.takeStaging(S);
+    const enc = this.device.createCommandEncoder();
+    const fed = Math.min(S, this.prev.size / 4);
+    enc.copyBufferToBuffer(nextIds.gpuBuffer, 0, this.prev, 0, 4 * fed);
+    enc.copyBufferToBuffer(nextIds.gpuBuffer, 0, ids.buffer, 0, 4 * S);
+    this.device.queue.submit([enc.finish()]);
+    return {
+      ids,
+      logits: s.wantLogits ? logits : null,
+      numRows: S,
+      path: c >= 0 ? "captured" : "uncaptured",
+      pending: null,
+      scratch,
+    };
+  }
+
+  private async runUncaptured(s: StepInputs): Promise<{ nextIds: ort.Tensor; logits: ort.Tensor | null }> {
     let B = s.pastSeqlens.length;
     let maxQ = 0, maxKv = 0;
     for (let b = 0; b < B; b++) {
@@ -150,8 +290,8 @@ export class ModelRunner {
     }
     const T = s.inputIds.length, S = s.sampleRows.length;
     const feeds: Record<string, ort.Tensor> = {
+      ...this.shared,
       [IO.inputIds]: new ort.Tensor("int32", s.inputIds, [T]),
-      [IO.prevIds]: this.prev ?? this.placeholderPrev,
       [IO.idSrc]: new ort.Tensor("int32", s.idSrc, [T]),
       [IO.cuSeqlens]: new ort.Tensor("int32", s.cuSeqlens, [B + 1]),
       [IO.pastSeqlens]: new ort.Tensor("int32", s.pastSeqlens, [B]),
@@ -160,32 +300,24 @@ export class ModelRunner {
       [IO.attnMeta]: new ort.Tensor("int32", Int32Array.of(maxQ, maxKv), [2]),
       [IO.sampleRows]: new ort.Tensor("int32", s.sampleRows, [S]),
     };
-    for (let i = 0; i < this.numLayers; i++) {
-      feeds[IO.keyCache(i)] = this.caches[2 * i];
-      feeds[IO.valueCache(i)] = this.caches[2 * i + 1];
-    }
     const sampling = s.sampleU.some((u) => u >= 0);
     const out = await this.session.run(
       feeds,
       sampling || s.wantLogits ? [IO.nextIds, IO.logits] : [IO.nextIds],
     );
-    let nextIds = out[IO.nextIds];
-    const logits = out[IO.logits] ?? null;
-    const scratch: ort.Tensor[] = [];
-    if (sampling) {
-      // Only steps with a sampling row pay for the sampling head (see sampler_graph.ts).
-      const sampled = await this.sampler.run({
-        [IO.logits]: logits!,
-        [IO.nextIds]: nextIds,
-        [IO.sampleU]: new ort.Tensor("float32", s.sampleU, [S]),
-        [IO.invTemp]: new ort.Tensor("float32", s.invTemp, [S]),
-      });
-      scratch.push(nextIds);
-      nextIds = sampled[IO.sampledIds];
-    }
-    if (logits && !s.wantLogits) scratch.push(logits);
-    this.prev = nextIds;
-    return { nextIds, logits: s.wantLogits ? logits : null, numRows: S, pending: null, scratch };
+    return { nextIds: out[IO.nextIds], logits: out[IO.logits] ?? null };
+  }
+
+  /** A free staging buffer for `rows` ids (returned by read()). */
+  private takeStaging(rows: number): Staging {
+    const i = this.staging.findIndex((st) => st.buffer.size >= 4 * rows);
+    if (i >= 0) return { buffer: this.staging.splice(i, 1)[0].buffer, rows };
+    const buffer = this.device.createBuffer({
+      size: 4 * Math.max(rows, this.prev.size / 4),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.allStaging.push(buffer);
+    return { buffer, rows };
   }
 
   /**
@@ -209,6 +341,43 @@ export class ModelRunner {
         }),
       );
     }
+    if (this.capture?.eager) {
+      const t0 = performance.now();
+      for (let i = 0; i < this.shapes.length; i++) await this.captureSession(i, false);
+      // Wait for the captures so that the time logged is theirs.
+      await this.device.queue.onSubmittedWorkDone();
+      const batches = [...new Set(this.shapes.map((x) => x.batch))];
+      const caps = [...new Set(this.shapes.map((x) => x.kvCap))];
+      this.log(
+        `graph capture: ${this.shapes.length} decode sessions (batch ${batches.join(",")} × context bound ` +
+          `${caps.join(",")}) captured in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
+      );
+    }
+  }
+
+  /**
+   * Creates and captures the session of shapes[i]. Its capture run writes only the reserved block,
+   * so it may run between steps in flight.
+   */
+  private async captureSession(i: number, log = true): Promise<CapturedDecode> {
+    const t0 = performance.now();
+    const shared: SharedFeeds = {
+      device: this.device,
+      feeds: this.shared,
+      vocab: this.vocab,
+      padBlock: this.numBlocks,
+      tableWidth: this.tableWidth,
+    };
+    const c = await CapturedDecode.create(this.graph, this.shapes[i], shared);
+    await c.capture();
+    this.captured[i] = c;
+    if (log) {
+      this.log(
+        `graph capture: decode session batch ${c.shape.batch} × context bound ${c.shape.kvCap} captured ` +
+          `in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
+      );
+    }
+    return c;
   }
 
   /**
@@ -218,7 +387,7 @@ export class ModelRunner {
    */
   startRead(h: StepHandle): void {
     if (h.pending) return;
-    h.pending = download(h.nextIds, h.logits);
+    h.pending = download(h.ids, h.logits);
     h.pending.catch(() => {}); // a step abandoned at shutdown is not an unhandled rejection
   }
 
@@ -226,20 +395,34 @@ export class ModelRunner {
   async read(h: StepHandle): Promise<StepResult> {
     this.startRead(h);
     const result = await h.pending!;
-    // A step's GPU outputs may still be bound by the step dispatched after it, which has surely
-    // finished once this (later) step's data is back: release the older handle only now.
-    this.releaseLater.forEach((t) => t !== this.prev && t.dispose());
-    this.releaseLater = [h.nextIds, ...(h.logits ? [h.logits] : []), ...h.scratch];
+    this.staging.push(h.ids);
+    // A step's GPU outputs may still be read by the step dispatched after it, which has surely
+    // finished once this (later) step's data is back: release the older tensors only now.
+    this.releaseLater.forEach((t) => t.dispose());
+    this.releaseLater = [...(h.logits ? [h.logits] : []), ...h.scratch];
     return result;
+  }
+
+  /** Shapes of the decode sessions captured so far. */
+  get capturedShapes(): CaptureShape[] {
+    return this.captured.flatMap((c) => (c ? [c.shape] : []));
   }
 
   async close() {
     this.releaseLater.forEach((t) => t.dispose());
-    this.prev = null;
-    for (const c of this.caches) c.dispose();
+    for (const c of this.captured) await c?.release();
+    this.captured = this.shapes.map(() => null);
     await this.session.release();
     await this.sampler.release();
+    for (const b of [...this.owned, ...this.allStaging]) b.destroy();
   }
+}
+
+/** Every (batch, context bound) pair, by batch then bound; the context limit is always a bound. */
+function captureShapes(c: CaptureSettings, limit: number): CaptureShape[] {
+  const caps = [...new Set([...c.kvCaps.filter((k) => k > 0 && k < limit), limit])].sort((a, b) => a - b);
+  const batches = [...new Set(c.batchSizes)].sort((a, b) => a - b);
+  return batches.flatMap((batch) => caps.map((kvCap) => ({ batch, kvCap })));
 }
 
 /** The pool's buffers as the step's cache inputs. */
@@ -247,9 +430,15 @@ function kvTensors(pool: KvPool): ort.Tensor[] {
   return pool.buffers.map((b) => ort.Tensor.fromGpuBuffer(b, { dataType: "float16", dims: pool.dims }));
 }
 
-async function download(nextIds: ort.Tensor, logits: ort.Tensor | null): Promise<StepResult> {
-  const [ids, l] = await Promise.all([nextIds.getData(), logits?.getData() ?? null]);
-  return { nextIds: ids as Int32Array, logits: l as Float32Array | null };
+async function download(ids: Staging, logits: ort.Tensor | null): Promise<StepResult> {
+  const readIds = async () => {
+    await ids.buffer.mapAsync(GPUMapMode.READ, 0, 4 * ids.rows);
+    const out = new Int32Array(ids.buffer.getMappedRange(0, 4 * ids.rows).slice(0));
+    ids.buffer.unmap();
+    return out;
+  };
+  const [nextIds, l] = await Promise.all([readIds(), logits?.getData() ?? null]);
+  return { nextIds, logits: l as Float32Array | null };
 }
 
 /** Appends a 2-token item (past 0) whose KV lands in the reserved block `block`. */

@@ -115,6 +115,8 @@ export interface EngineStats {
   generationTokensTotal: number;
   preemptionsTotal: number;
   stepsTotal: number;
+  /** Steps by the session that ran them (see engine/captured_steps.ts); absent where not counted. */
+  stepsByPath?: { captured: number; uncaptured: number };
   /** Tokens (prefill and decode) per step, over STEP_TOKEN_BUCKETS. */
   stepTokens: HistogramCounts;
 }
@@ -180,6 +182,15 @@ export interface EngineSettings {
   debugSteps?: boolean;
   /** Folder for built step graphs; absent or null: no cache. */
   graphCache?: string | null;
+  /** Decode steps replayed from captured graphs (see engine/captured_steps.ts). */
+  graphCapture?: boolean;
+  /**
+   * Bounds on a captured step's longest context (tokens) below the context limit, which is always
+   * one: each makes its own set of captured sessions (a lower bound is a cheaper attention dispatch).
+   */
+  graphCaptureKv?: number[];
+  /** Capture every session at startup (default), or each on its first use (tests: cheaper starts). */
+  graphCaptureEager?: boolean;
 }
 
 /** Defaults for the settings that do not depend on the model (the flags show the same). */
@@ -189,4 +200,5 @@ export const ENGINE_DEFAULTS = {
   maxSeqs: 256,
   maxChunkTokens: BATCH_INVARIANT_CHUNK_TOKENS,
   policy: "continuous",
+  graphCapture: true,
 } as const satisfies EngineSettings;

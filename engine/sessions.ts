@@ -1,21 +1,22 @@
-// onnxruntime-web sessions over the built graphs, and the WebGPU device they run on. With
-// model_runner.ts, the only place that imports onnxruntime.
+// onnxruntime-web sessions over the built graphs, the WebGPU device they run on, and the GPU
+// buffers fed to them. With model_runner.ts and captured_steps.ts, the only places that import
+// onnxruntime.
 
 import * as ort from "onnxruntime-web/webgpu";
-import type { BuiltGraph } from "./model/graph.ts";
+import { type BuiltGraph, stepModel } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import { buildSamplerGraph } from "./model/sampler_graph.ts";
-import { EXTERNAL_DATA_NAME } from "./onnx/builder.ts";
+import { EXTERNAL_DATA_NAME, TensorType } from "./onnx/builder.ts";
 
 export type Session = ort.InferenceSession;
 export type SessionOptions = ort.InferenceSession.SessionOptions;
 
-/** The step session and the sampler's (see sampler_graph.ts). */
+/** The step session (attn_meta an input) and the sampler's (see sampler_graph.ts). */
 export async function createSessions(
   graph: BuiltGraph,
   vocab: number,
 ): Promise<{ step: Session; sampler: Session }> {
-  const step = await createStepSession(graph);
+  const step = await createStepSession(graph, null);
   const sampler = await ort.InferenceSession.create(
     buildSamplerGraph(vocab),
     sessionOptions([IO.sampledIds]),
@@ -24,12 +25,17 @@ export async function createSessions(
 }
 
 /**
- * A session over the step graph, its outputs left on the GPU. `extra` options go on top of the
- * defaults, so one built graph can back several sessions that differ only in their options.
+ * A session over the step graph, its outputs left on the GPU; attn_meta as in stepModel. `extra`
+ * options go on top of the defaults, so one built graph can back several sessions that differ only
+ * in their options (graph capture).
  */
-export function createStepSession(graph: BuiltGraph, extra: SessionOptions = {}): Promise<Session> {
+export function createStepSession(
+  graph: BuiltGraph,
+  attnMeta: [number, number] | null,
+  extra: SessionOptions = {},
+): Promise<Session> {
   configureOrt();
-  return ort.InferenceSession.create(graph.bytes, {
+  return ort.InferenceSession.create(stepModel(graph, attnMeta), {
     ...sessionOptions([IO.logits, IO.nextIds]),
     externalData: [{ path: EXTERNAL_DATA_NAME, data: graph.data }],
     ...extra,
@@ -77,4 +83,71 @@ const DEFAULT_EP_OPTIONS: Record<string, string> = {
 function envEpOptions(): Record<string, string> {
   const raw = Deno.env.get("RAGTIME_ORT_EP");
   return raw ? JSON.parse(raw) : {};
+}
+
+const ORT_TYPES = { [TensorType.FLOAT]: "float32", [TensorType.FLOAT16]: "float16" } as const;
+
+/** The graph's weight inputs, uploaded once into buffers that every session over the graph is fed. */
+export function uploadWeights(device: GPUDevice, graph: BuiltGraph): { feeds: Feeds; buffers: GPUBuffer[] } {
+  const feeds: Feeds = {};
+  const buffers: GPUBuffer[] = [];
+  for (const w of graph.weights) {
+    const dataType = ORT_TYPES[w.type as keyof typeof ORT_TYPES];
+    if (!dataType) throw new Error(`weight ${w.name}: unsupported tensor type ${w.type}`);
+    // writeBuffer moves whole 4-byte words; an odd count of fp16 values is padded.
+    const size = Math.ceil(w.length / 4) * 4;
+    const buffer = pinGpuBuffer(device.createBuffer({
+      size: Math.max(4, size),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+    }));
+    const bytes = graph.data.subarray(w.offset, w.offset + w.length);
+    if (size === w.length) device.queue.writeBuffer(buffer, 0, bytes);
+    else {
+      const padded = new Uint8Array(size);
+      padded.set(bytes);
+      device.queue.writeBuffer(buffer, 0, padded);
+    }
+    buffers.push(buffer);
+    feeds[w.name] = ort.Tensor.fromGpuBuffer(buffer, { dataType, dims: w.dims });
+  }
+  return { feeds, buffers };
+}
+
+export type Feeds = Record<string, ort.Tensor>;
+
+/**
+ * Keeps a GPU buffer registered with onnxruntime-web for good. Every run() registers the buffers it
+ * is fed (a WGPUBuffer handle in the wasm runtime) and releases them when it returns; a captured
+ * session's IO binding, made once on its first run, keeps that run's handles, and from the second
+ * run on its outputs are looked up through them (webgpuGetBuffer). A released handle may then name
+ * nothing (a TypeError setting Symbol(gpuBufferMetadata)) or, reused, another buffer. A pinned
+ * buffer's registration count never drops to zero, so its handle lives as long as the buffer.
+ * The count sits under a private symbol that onnxruntime-web sets on the buffer object; a trap on
+ * GPUBuffer's prototype chain sees the first assignment and starts the count at 2.
+ */
+export function pinGpuBuffer(buffer: GPUBuffer): GPUBuffer {
+  installPinTrap();
+  pinned.add(buffer);
+  return buffer;
+}
+
+const pinned = new WeakSet<GPUBuffer>();
+let pinTrap = false;
+
+function installPinTrap() {
+  if (pinTrap) return;
+  pinTrap = true;
+  const base = Object.getPrototypeOf(GPUBuffer.prototype);
+  Object.setPrototypeOf(
+    GPUBuffer.prototype,
+    new Proxy(base, {
+      set(target, key, value, receiver) {
+        if (typeof key === "symbol" && key.description === "gpuBufferMetadata" && Array.isArray(value)) {
+          if (pinned.has(receiver) && value[1] === 1) value[1] = 2;
+          return Reflect.defineProperty(receiver, key, { value, writable: true, configurable: true });
+        }
+        return Reflect.set(target, key, value, receiver);
+      },
+    }),
+  );
 }

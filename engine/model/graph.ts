@@ -8,12 +8,13 @@
 // greedy ids in the step graph, temperature sampling in a small second graph (sampler_graph.ts)
 // that runs only in steps with a sampled row.
 
-import { GraphBuilder, TensorType } from "../onnx/builder.ts";
+import { GraphBuilder, TensorType, type WeightSlice } from "../onnx/builder.ts";
+import { encodeGraphAddition } from "../onnx/proto.ts";
 import type { LoadedModel } from "./types.ts";
 import type { ActDType } from "./weights.ts";
 import { IO } from "./graph_io.ts";
 import { StepWeights } from "./step_weights.ts";
-import { addWeight, attention, lmHead, mlp, ResidualStream, type StepContext } from "./step_blocks.ts";
+import { attention, lmHead, mlp, ResidualStream, type StepContext, weightAdder } from "./step_blocks.ts";
 
 export interface GraphOptions {
   /** Activations and weights: f32 keeps the residual stream and matmuls in fp32 (attention is fp16 regardless). */
@@ -22,14 +23,47 @@ export interface GraphOptions {
   maxPositions: number;
   /** Initializers of at least this many bytes go to the external data blob (default 64 KiB). */
   externalMinBytes?: number;
+  /**
+   * Model weights become graph inputs (listed in BuiltGraph.weights, their bytes in `data`) instead
+   * of initializers, so that every session over the graph can be fed one copy of them on the GPU.
+   */
+  weightsAsInputs?: boolean;
 }
 
 export interface BuiltGraph {
-  /** The model proto; its large weights refer to `data` (ONNX external data, see encodeSplit). */
+  /**
+   * The model proto without its attn_meta input: stepModel adds it as an input or as a constant.
+   * Its large initializers refer to `data` (ONNX external data, see encodeSplit).
+   */
   bytes: Uint8Array;
   data: Uint8Array;
+  /** Weights fed as inputs, their bytes in `data` (empty unless GraphOptions.weightsAsInputs). */
+  weights: WeightSlice[];
   nodesPerLayer: number;
   totalNodes: number;
+}
+
+/**
+ * The step model of a built graph. attn_meta null: an input (the host-side [maxQ, maxKv] bounds of
+ * each step). A pair: a constant, as graph capture needs, since PagedAttention reads attn_meta on the
+ * host and a captured replay reads no host input; the exact lengths still come from the GPU inputs,
+ * and these are only upper bounds frozen into the session's dispatches.
+ */
+export function stepModel(graph: BuiltGraph, attnMeta: [number, number] | null): Uint8Array {
+  const addition = attnMeta
+    ? encodeGraphAddition({
+      initializers: [{
+        name: IO.attnMeta,
+        type: TensorType.INT32,
+        dims: [2],
+        raw: new Uint8Array(Int32Array.from(attnMeta).buffer),
+      }],
+    })
+    : encodeGraphAddition({ inputs: [{ name: IO.attnMeta, type: TensorType.INT32, dims: [2] }] });
+  const out = new Uint8Array(graph.bytes.length + addition.length);
+  out.set(graph.bytes);
+  out.set(addition, graph.bytes.length);
+  return out;
 }
 
 export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
@@ -37,25 +71,29 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
   const weights = new StepWeights(model, opts.dtype);
   const g = new GraphBuilder();
   declareInputs(g, cfg.numLayers, cfg.numKvHeads, weights.Dp);
+  const weight = weightAdder(g, opts.weightsAsInputs ?? false);
   const ids = tokenIds(g);
-  const x = g.op1("Gather", [addWeight(g, weights.embedding()), ids], { axis: 0 });
-  const [cos, sin] = weights.rotary(opts.maxPositions).map((t) => addWeight(g, t));
-  const c: StepContext = { g, cfg, act: opts.dtype, Dp: weights.Dp, rope: [cos, sin] };
+  const x = g.op1("Gather", [weight(weights.embedding()), ids], { axis: 0 });
+  const [cos, sin] = weights.rotary(opts.maxPositions).map(weight);
+  const c: StepContext = { g, cfg, act: opts.dtype, Dp: weights.Dp, rope: [cos, sin], weight };
 
   const stream = new ResidualStream(g, x, cfg.rmsNormEps);
   let nodesPerLayer = 0;
   for (let l = 0; l < cfg.numLayers; l++) {
     const w = weights.layer(l);
     const layerStart = g.nodes.length;
-    stream.add(attention(c, l, stream.norm(addWeight(g, w.inputNorm)), w));
-    stream.add(mlp(c, stream.norm(addWeight(g, w.postNorm)), w));
+    stream.add(attention(c, l, stream.norm(weight(w.inputNorm)), w));
+    stream.add(mlp(c, stream.norm(weight(w.postNorm)), w));
     // The last layer is representative: the first has a plain norm instead of a fused skip-norm.
     nodesPerLayer = g.nodes.length - layerStart;
   }
   lmHead(c, stream, weights.finalNorm(), weights.lmHead());
 
-  const { model: bytes, data } = g.encodeSplit("ragtime-step", opts.externalMinBytes ?? 64 * 1024);
-  return { bytes, data, nodesPerLayer, totalNodes: g.nodes.length };
+  const { model: bytes, data, weights: inputs } = g.encodeSplit(
+    "ragtime-step",
+    opts.externalMinBytes ?? 64 * 1024,
+  );
+  return { bytes, data, weights: inputs, nodesPerLayer, totalNodes: g.nodes.length };
 }
 
 function declareInputs(g: GraphBuilder, numLayers: number, kvHeads: number, headDim: number) {
@@ -65,7 +103,7 @@ function declareInputs(g: GraphBuilder, numLayers: number, kvHeads: number, head
   g.input(IO.cuSeqlens, TensorType.INT32, ["B1"]);
   g.input(IO.pastSeqlens, TensorType.INT32, ["B"]);
   g.input(IO.blockTable, TensorType.INT32, ["B", "M"]);
-  g.input(IO.attnMeta, TensorType.INT32, [2]);
+  // attn_meta (PagedAttention's host-side bounds) is added by stepModel, as an input or a constant.
   g.input(IO.sampleRows, TensorType.INT32, ["S"]);
   for (let i = 0; i < numLayers; i++) {
     g.input(IO.keyCache(i), TensorType.FLOAT16, ["NB", "BS", kvHeads, headDim]);

@@ -20,10 +20,15 @@ export interface StepContext {
   Dp: number;
   /** Rotary cos/sin tables. */
   rope: [string, string];
+  /** Registers a model weight (an initializer, or a graph input; see GraphOptions.weightsAsInputs). */
+  weight: (t: Initializer) => string;
 }
 
-export function addWeight(g: GraphBuilder, t: Initializer): string {
-  return g.weight(t.name, t.type, t.dims, t.raw);
+/** The weight registration of buildGraph's `weightsAsInputs` option. */
+export function weightAdder(g: GraphBuilder, asInputs: boolean): (t: Initializer) => string {
+  return asInputs
+    ? (t) => g.weightInput(t.name, t.type, t.dims, t.raw)
+    : (t) => g.weight(t.name, t.type, t.dims, t.raw);
 }
 
 /**
@@ -70,8 +75,8 @@ export class ResidualStream {
 /** Self-attention of layer `l` over the paged KV cache (RoPE runs inside PagedAttention). */
 export function attention(c: StepContext, l: number, h: string, w: LayerWeights): string {
   const { g, cfg } = c;
-  let qkv = g.op1("MatMul", [h, addWeight(g, w.qkv)]);
-  if (w.qkvBias) qkv = g.op1("Add", [qkv, addWeight(g, w.qkvBias)]);
+  let qkv = g.op1("MatMul", [h, c.weight(w.qkv)]);
+  if (w.qkvBias) qkv = g.op1("Add", [qkv, c.weight(w.qkvBias)]);
   if (c.act === "f32") qkv = g.op1("Cast", [qkv], { to: TensorType.FLOAT16 });
   const qkvInputs = w.qkNorm ? normedHeads(c, qkv, w.qkNorm) : [qkv, "", ""];
   let attn = g.op1("PagedAttention", [
@@ -97,7 +102,7 @@ export function attention(c: StepContext, l: number, h: string, w: LayerWeights)
     rotary_interleaved: 0,
   }, MS);
   if (c.act === "f32") attn = g.op1("Cast", [attn], { to: TensorType.FLOAT });
-  return g.op1("MatMul", [attn, addWeight(g, w.o)]);
+  return g.op1("MatMul", [attn, c.weight(w.o)]);
 }
 
 /**
@@ -109,7 +114,7 @@ function normedHeads(c: StepContext, qkv: string, gammas: { q: Initializer; k: I
   const qDimP = cfg.numHeads * Dp, kvDimP = cfg.numKvHeads * Dp;
   const [q, k, v] = g.op("Split", [qkv, g.constI64([qDimP, kvDimP, kvDimP])], { axis: 1 }, { nOut: 3 });
   const headNorm = (t: string, heads: number, w: Initializer) => {
-    const gamma = addWeight(g, w);
+    const gamma = c.weight(w);
     const r = g.op1("Reshape", [t, g.constI64([-1, heads, Dp])]);
     const n = g.op1("SimplifiedLayerNormalization", [r, gamma], {
       axis: -1,
@@ -123,21 +128,25 @@ function normedHeads(c: StepContext, qkv: string, gammas: { q: Initializer; k: I
 /** SwiGLU MLP: down(silu(gate(m)) * up(m)), gate and up in one MatMul. */
 export function mlp(c: StepContext, m: string, w: LayerWeights): string {
   const { g, cfg } = c;
-  const gu = g.op1("MatMul", [m, addWeight(g, w.gateUp)]);
+  const gu = g.op1("MatMul", [m, c.weight(w.gateUp)]);
   const I = cfg.intermediateSize;
   const [gate, up] = g.op("Split", [gu, g.constI64([I, I])], { axis: 1 }, { nOut: 2 });
   const silu = g.op1("Mul", [gate, g.op1("Sigmoid", [gate])]);
-  return g.op1("MatMul", [g.op1("Mul", [silu, up]), addWeight(g, w.down)]);
+  return g.op1("MatMul", [g.op1("Mul", [silu, up]), c.weight(w.down)]);
 }
 
 /** Final norm, logits of the sampled rows (output IO.logits, fp32) and their greedy ids (IO.nextIds). */
 export function lmHead(c: StepContext, stream: ResidualStream, norm: Initializer, head: Initializer): void {
   const { g, cfg } = c;
-  const final = stream.norm(addWeight(g, norm));
+  const final = stream.norm(c.weight(norm));
   const rows = g.op1("Gather", [final, IO.sampleRows], { axis: 0 });
-  let logits = g.op1("MatMul", [rows, addWeight(g, head)]);
-  if (c.act === "f16") logits = g.op1("Cast", [logits], { to: TensorType.FLOAT });
-  g.op("Identity", [logits], {}, { name: IO.logits });
+  // The node that computes an output carries its name: an Identity in between would fill a bound
+  // output with a buffer copy, which graph capture does not record (its replays would skip it).
+  if (c.act === "f16") {
+    g.op("Cast", [g.op1("MatMul", [rows, c.weight(head)])], { to: TensorType.FLOAT }, { name: IO.logits });
+  } else {
+    g.op("MatMul", [rows, c.weight(head)], {}, { name: IO.logits });
+  }
   g.output(IO.logits, TensorType.FLOAT, ["S", cfg.vocabSize]);
 
   greedyIds(g, IO.logits, cfg.vocabSize);
@@ -158,6 +167,7 @@ function greedyIds(g: GraphBuilder, logits: string, vocab: number) {
   });
   const ramp = g.constF32(Array.from({ length: vocab }, (_, i) => vocab - i), [vocab]);
   const best = g.op1("ReduceMax", [g.op1("Mul", [isMax, ramp]), axis1], { keepdims: 0 });
-  const greedy = g.op1("Cast", [g.op1("Sub", [g.constF32([vocab], []), best])], { to: TensorType.INT32 });
-  g.op("Identity", [greedy], {}, { name: IO.nextIds });
+  g.op("Cast", [g.op1("Sub", [g.constF32([vocab], []), best])], { to: TensorType.INT32 }, {
+    name: IO.nextIds,
+  });
 }

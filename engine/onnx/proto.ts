@@ -208,3 +208,17 @@ export function encodeModel(g: GraphDef): Uint8Array {
   model.message(7, graph);
   return model.finish();
 }
+
+/**
+ * Model bytes that, appended to an encoded model, add these inputs and initializers to its graph:
+ * protobuf merges a repeated occurrence of the (singular) graph field into the first, concatenating
+ * its repeated fields. Graph variants that differ in a few small tensors then share one encoded body.
+ */
+export function encodeGraphAddition(add: { inputs?: ValueDef[]; initializers?: TensorDef[] }): Uint8Array {
+  const graph = new Writer();
+  for (const t of add.initializers ?? []) graph.message(5, tensor(t));
+  for (const v of add.inputs ?? []) graph.message(11, valueInfo(v));
+  const model = new Writer();
+  model.message(7, graph);
+  return model.finish();
+}

@@ -27,13 +27,18 @@ export const params = samplingParams;
 
 export type Harness = LocalEngine;
 
-/** Small and quick on a software adapter; the server's defaults are engine/config.ts's. */
+/**
+ * Small and quick on a software adapter; the server's defaults are engine/config.ts's. Decode steps
+ * replay captured sessions as the server's do, each captured on its first use rather than at start
+ * (a capture costs seconds on a software adapter, and the tests start many engines).
+ */
 const TEST_SETTINGS: LocalEngineOptions = {
   dtype: "f32",
   kvCacheMb: 8,
   maxBatchTokens: 512,
   maxSeqs: 64,
   graphCache: null,
+  graphCaptureEager: false,
 };
 
 /** An in-process engine with the test settings under `opts`. */
