@@ -1,7 +1,7 @@
 // What the endpoints share before a request reaches the engine: the engine's availability, the model
 // name, prompt checks and sampling parameters.
 import type { EngineClient, SamplingParams } from "../engine/protocol.ts";
-import type { ChatMessage } from "../engine/protocol.ts";
+import type { ChatMessage, Tokenizer } from "../engine/protocol.ts";
 import { ApiError, badRequest } from "./errors.ts";
 import type { Shared } from "./context.ts";
 import type { SamplingFields } from "./schemas.ts";
@@ -36,6 +36,56 @@ export const contextLimit = (s: Shared, engine: EngineClient): number =>
   Math.min(engine.info.maxContext, s.config.maxModelLen ?? Infinity);
 
 /**
+ * Characters one token may stand for, at most: the UTF-8 length of the longest token text (never
+ * less than its UTF-16 length, and a U+FFFD from a partial byte counts 3), times 4 for normalizers
+ * that fold several code points into one (NFC joins up to three Hangul jamo). Computed once per tokenizer.
+ */
+const charsPerToken = new WeakMap<Tokenizer, number>();
+const NORMALIZATION_SLACK = 4;
+
+export function maxCharsPerToken(tokenizer: Tokenizer): number {
+  let n = charsPerToken.get(tokenizer);
+  if (n === undefined) {
+    const encoder = new TextEncoder();
+    let longest = 1;
+    for (let id = 0; id < tokenizer.vocabSize; id++) {
+      longest = Math.max(longest, encoder.encode(tokenizer.tokenText(id)).length);
+    }
+    n = longest * NORMALIZATION_SLACK;
+    charsPerToken.set(tokenizer, n);
+  }
+  return n;
+}
+
+/**
+ * Refuses a text that cannot fit the context whatever it tokenizes to, before tokenizing it: a 1 MiB
+ * prompt took seconds of the HTTP thread only to be refused afterwards. A text that fits is never
+ * refused here, unless its tokenizer deletes characters outright (a normalizer dropping controls).
+ */
+export function checkTextLength(engine: EngineClient, text: string, param: "messages" | "prompt"): void {
+  const ctx = engine.info.maxContext;
+  const bound = ctx * maxCharsPerToken(engine.tokenizer);
+  if (text.length <= bound) return;
+  throw badRequest(
+    `This model's maximum context length is ${ctx} tokens, and your ${param} have ${text.length} ` +
+      `characters, more than ${ctx} tokens can hold (${bound}).`,
+    param,
+    "context_length_exceeded",
+  );
+}
+
+/** Tokenizes a prompt text once it is known to be short enough to possibly fit. */
+export function encodeText(
+  engine: EngineClient,
+  text: string,
+  addSpecial: boolean,
+  param: "messages" | "prompt" = "prompt",
+): number[] {
+  checkTextLength(engine, text, param);
+  return engine.tokenizer.encode(text, addSpecial);
+}
+
+/**
  * Renders a conversation and tokenizes it. Templates that write the BOS token themselves must not
  * get a second one from the tokenizer.
  */
@@ -54,7 +104,7 @@ export function encodeChat(
   }
   const { tokenizer } = engine;
   const bos = tokenizer.bosTokenId === null ? "" : tokenizer.tokenText(tokenizer.bosTokenId);
-  return tokenizer.encode(text, addSpecial ?? !(bos !== "" && text.startsWith(bos)));
+  return encodeText(engine, text, addSpecial ?? !(bos !== "" && text.startsWith(bos)), "messages");
 }
 
 export function checkTokenIds(engine: EngineClient, ids: number[], param: string): void {

@@ -4,7 +4,7 @@ import type { TokenLogprob } from "../../engine/protocol.ts";
 import { readJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
-import { checkModel, checkTokenIds, requireEngine, samplingParams } from "../prepare.ts";
+import { checkModel, checkTokenIds, encodeText, requireEngine, samplingParams } from "../prepare.ts";
 import { CompletionRequest, parseBody } from "../schemas.ts";
 
 /** Legacy logprobs; text_offset counts characters of the completion so far, across chunks. */
@@ -38,7 +38,7 @@ export function completionRoutes(s: Shared): Hono<AppEnv> {
     const req = parseBody(CompletionRequest, await readJson(c.req.raw, s.config.maxBodyKb * 1024));
     checkModel(s, engine, req.model);
     if (s.config.logPrompts) c.var.log.prompt = "text" in req.prompt ? req.prompt.text : req.prompt.ids;
-    const promptIds = "text" in req.prompt ? engine.tokenizer.encode(req.prompt.text, true) : req.prompt.ids;
+    const promptIds = "text" in req.prompt ? encodeText(engine, req.prompt.text, true) : req.prompt.ids;
     checkTokenIds(engine, promptIds, "prompt");
     const params = samplingParams(
       s,

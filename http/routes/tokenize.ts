@@ -2,7 +2,14 @@
 import { Hono } from "hono";
 import { readJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
-import { checkModel, checkTokenIds, contextLimit, encodeChat, requireEngine } from "../prepare.ts";
+import {
+  checkModel,
+  checkTokenIds,
+  contextLimit,
+  encodeChat,
+  encodeText,
+  requireEngine,
+} from "../prepare.ts";
 import { DetokenizeRequest, parseBody, TokenizeRequest } from "../schemas.ts";
 
 export function tokenizeRoutes(s: Shared): Hono<AppEnv> {
@@ -14,7 +21,7 @@ export function tokenizeRoutes(s: Shared): Hono<AppEnv> {
       // Chat defaults to what /v1/chat/completions would feed the engine.
       const tokens = "messages" in req
         ? encodeChat(engine, req.messages, req.add_generation_prompt ?? true, req.add_special_tokens)
-        : engine.tokenizer.encode(req.prompt, req.add_special_tokens ?? true);
+        : encodeText(engine, req.prompt, req.add_special_tokens ?? true);
       return c.json({ tokens, count: tokens.length, max_model_len: contextLimit(s, engine) });
     })
     .post("/detokenize", async (c) => {
