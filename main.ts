@@ -67,6 +67,7 @@ const server = serve({
   host: config.host,
   port: config.port,
   shutdownTimeoutS: config.shutdownTimeoutS,
+  maxRequests: config.maxConnections,
   onDrainStart: () => {
     draining = true;
     log("ragtime: draining (new requests get 503)");

@@ -24,6 +24,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     metrics: deps.metrics ?? new Metrics(),
     admission: new Admission(),
     keepAliveMs: deps.keepAliveMs ?? 15_000,
+    commitMs: deps.commitMs ?? 500,
   };
   const log = deps.log ?? ((line: object) => console.log(JSON.stringify(line)));
 

@@ -11,6 +11,8 @@ export interface HttpConfig {
   /** Context limit below the engine's, if any. */
   maxModelLen?: number;
   maxBodyKb: number;
+  /** Seconds to receive a whole request body (408 beyond); 0 or absent: no limit. */
+  bodyTimeoutS?: number;
   /** Waiting requests before new ones get 429. */
   maxQueue: number;
   /** Running slots (--max-seqs) and how they free up (--batching): requests that start at once do not queue. */
@@ -34,6 +36,12 @@ export interface AppDeps {
   log?: (line: object) => void;
   /** Interval of SSE `: ping` comments while no token comes (default 15000). */
   keepAliveMs?: number;
+  /**
+   * How long a generation may run before its response starts (default 500): a non-streaming one
+   * then gets 200 and a body of keep-alive whitespace, a streaming one its SSE headers. Until then
+   * a departed client can go unnoticed (docs/deno-disconnect.md).
+   */
+  commitMs?: number;
   /** Pass one to share histograms with other code (default: a fresh one). */
   metrics?: Metrics;
 }
@@ -45,6 +53,7 @@ export interface Shared {
   metrics: Metrics;
   admission: Admission;
   keepAliveMs: number;
+  commitMs: number;
 }
 
 /** The request's log line, filled in by handlers as facts become known. */
@@ -61,6 +70,8 @@ export interface RequestLog {
   /** Seconds from arrival to the end of the response body. */
   duration?: number;
   error?: string;
+  /** The status of an error sent inside a response that had already started with 200. */
+  error_status?: number;
   /** Only with --log-prompts. */
   prompt?: unknown;
 }

@@ -8,7 +8,7 @@ import type {
   TokenLogprob,
 } from "../engine/protocol.ts";
 import type { AppContext, Shared } from "./context.ts";
-import { engineError } from "./errors.ts";
+import { engineError, toApiError } from "./errors.ts";
 import { servedName } from "./prepare.ts";
 import { Run } from "./run.ts";
 import { sseResponse } from "./sse.ts";
@@ -45,6 +45,22 @@ const usage = (d: Done) => ({
   total_tokens: d.promptTokens + d.completionTokens,
 });
 
+const encoder = new TextEncoder();
+const TIMEOUT = Symbol("timeout");
+
+/** `p`'s value, or TIMEOUT if it takes longer than `ms`. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<typeof TIMEOUT>((r) => timer = setTimeout(() => r(TIMEOUT), ms)),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 const randomId = () => crypto.randomUUID().replaceAll("-", "");
 
 /** What every response object carries: the response id, its creation time and the served model name. */
@@ -61,11 +77,52 @@ export async function generate(c: AppContext, s: Shared, job: Job): Promise<Resp
   s.admission.admit(id, engine.stats(), s.config);
   const run = new Run(c, s, engine, { id, promptIds: job.promptIds, params: job.params });
   const base: Base = { id, created: Math.floor(Date.now() / 1000), model: servedName(s, engine) };
-  return await (job.stream ? streamResponse(c, s, job, run, base) : jsonResponse(c, job, run, base));
+  return await (job.stream ? streamResponse(c, s, job, run, base) : jsonResponse(c, s, job, run, base));
 }
 
 /** The whole completion in one JSON body, once the engine is done. */
-async function jsonResponse(c: AppContext, job: Job, run: Run, base: Base): Promise<Response> {
+async function jsonResponse(c: AppContext, s: Shared, job: Job, run: Run, base: Base): Promise<Response> {
+  const result = completion(job, run, base);
+  // Settled here or in the body below; a body cancelled early must not leave a rejection unhandled.
+  result.catch(() => {});
+  const early = await within(result, s.commitMs);
+  if (early !== TIMEOUT) return c.json(early);
+  // Deno 2.9.6 only notices a departed client of a request with a body over ~512 bytes once the
+  // response has started (docs/deno-disconnect.md): so start it, with 200 and JSON's leading
+  // whitespace as keep-alive, and write the object (or an error object) when the engine is done.
+  const { promise: bodyDone, resolve } = Promise.withResolvers<void>();
+  c.set("bodyDone", bodyDone);
+  async function* body(): AsyncGenerator<Uint8Array> {
+    try {
+      yield encoder.encode(" ");
+      for (;;) {
+        let obj: object | typeof TIMEOUT;
+        try {
+          obj = await within(result, s.keepAliveMs);
+        } catch (err) {
+          const e = toApiError(err);
+          c.var.log.error ??= e.message;
+          c.var.log.error_status = e.status;
+          obj = e.body();
+        }
+        if (obj === TIMEOUT) {
+          yield encoder.encode(" ");
+          continue;
+        }
+        yield encoder.encode(JSON.stringify(obj));
+        return;
+      }
+    } finally {
+      resolve();
+    }
+  }
+  return new Response(ReadableStream.from(body()), {
+    headers: { "content-type": "application/json; charset=UTF-8" },
+  });
+}
+
+/** Collects the engine's events into the response object; throws the request's error. */
+async function completion(job: Job, run: Run, base: Base): Promise<object> {
   const { format } = job;
   const wantLogprobs = job.params.logprobs !== null;
   let text = "";
@@ -86,27 +143,24 @@ async function jsonResponse(c: AppContext, job: Job, run: Run, base: Base): Prom
     run.close();
   }
   if (done.finishReason === "abort") throw run.abortError();
-  return c.json({
+  return {
     ...base,
     object: format.object,
     choices: [format.choice(text, wantLogprobs ? logprobs : null, done.finishReason)],
     usage: usage(done),
-  });
+  };
 }
 
 /** SSE chunks, started once the first event is in (or keep-alive is due). */
 async function streamResponse(c: AppContext, s: Shared, job: Job, run: Run, base: Base): Promise<Response> {
   const { format } = job;
   const wantLogprobs = job.params.logprobs !== null;
-  // Wait briefly for the first event so an early engine error still gets a proper HTTP status,
-  // but never longer than the keep-alive interval: the stream must start before a ping is due.
+  // Wait briefly for the first event so an early engine error still gets a proper HTTP status, but
+  // start the stream soon (a departed client is only noticed once it has: docs/deno-disconnect.md)
+  // and before a ping is due.
   const firstEvent = run.next();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const first = await Promise.race([
-    firstEvent,
-    new Promise<null>((resolve) => timer = setTimeout(() => resolve(null), s.keepAliveMs)),
-  ]);
-  clearTimeout(timer);
+  const waited = await within(firstEvent, Math.min(s.commitMs, s.keepAliveMs));
+  const first = waited === TIMEOUT ? null : waited;
   if (first?.type === "error") {
     run.close();
     throw engineError(first, job.promptParam);

@@ -215,6 +215,25 @@ const OPTIONS = {
     help: "On SIGINT/SIGTERM, wait this long for requests in flight before stopping.",
     schema: nonNegativeNumber.default(30),
   }),
+  bodyTimeoutS: opt({
+    flag: "--body-timeout",
+    env: "RAGTIME_BODY_TIMEOUT",
+    kind: "value",
+    metavar: "S",
+    expect: "a number of seconds in [0, 86400]",
+    help: "Time to receive a whole request body, from the request's arrival; 408 beyond (0: no limit).",
+    schema: nonNegativeNumber.default(60),
+  }),
+  maxConnections: opt({
+    flag: "--max-connections",
+    env: "RAGTIME_MAX_CONNECTIONS",
+    kind: "value",
+    metavar: "N",
+    expect: "an integer in [1, 1048576]",
+    help: "Most requests in flight, streams included (each holds a connection); beyond it 503 and the " +
+      "connection is closed.",
+    schema: positiveInt(1, 1 << 20).default(1024),
+  }),
   logPrompts: opt({
     flag: "--log-prompts",
     env: "RAGTIME_LOG_PROMPTS",

@@ -15,6 +15,11 @@ export interface ServeOptions {
   /** Listen for SIGINT/SIGTERM (default true); a second signal stops at once. */
   handleSignals?: boolean;
   onListen?: (addr: Deno.NetAddr) => void;
+  /**
+   * Most requests in flight (streams until their body ends); beyond it 503 and the connection is
+   * closed. Deno.serve does not expose connections, so this caps the ones that hold a request.
+   */
+  maxRequests?: number;
 }
 
 export interface RunningServer {
@@ -24,6 +29,28 @@ export interface RunningServer {
   drain(): Promise<void>;
   addr: Deno.NetAddr;
 }
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Ends a response cut off by an expired drain; OpenAI's error shape. */
+const SHUTDOWN_ERROR = {
+  error: {
+    message: "The server shut down before the response was complete.",
+    type: "server_error",
+    param: null,
+    code: "server_shutdown",
+  },
+};
+
+const OVERLOADED_ERROR = {
+  error: {
+    message: "The server has too many requests in flight; retry shortly.",
+    type: "server_error",
+    param: null,
+    code: "server_overloaded",
+  },
+};
 
 /** Extra time for handlers still running after streams were cut off (non-streaming generations). */
 const SHUTDOWN_GRACE_MS = 2000;
@@ -42,9 +69,15 @@ export function serve(opts: ServeOptions): RunningServer {
     if (inFlight++ === 0) idle = Promise.withResolvers<void>();
   };
 
-  /** Passes a response body through, noting when it ends so drain knows the request is over. */
-  const track = (body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> => {
+  /**
+   * Passes a response body through, noting when it ends so drain knows the request is over. A body
+   * cut off by an expired drain gets an explicit end when its type allows one: an SSE error event
+   * and [DONE], or an error object in a JSON body that so far holds only keep-alive whitespace.
+   */
+  const track = (body: ReadableStream<Uint8Array>, contentType: string): ReadableStream<Uint8Array> => {
     const reader = body.getReader();
+    const sse = contentType.startsWith("text/event-stream");
+    let blankJson = contentType.startsWith("application/json");
     let open = true;
     let controller!: ReadableStreamDefaultController<Uint8Array>;
     const end = () => {
@@ -54,26 +87,52 @@ export function serve(opts: ServeOptions): RunningServer {
       release();
       return true;
     };
+    // The client can cancel at any moment: enqueue and close must never throw out of here.
+    const put = (bytes: Uint8Array) => {
+      try {
+        controller.enqueue(bytes);
+      } catch {
+        // cancelled
+      }
+    };
+    const close = () => {
+      try {
+        controller.close();
+      } catch {
+        // cancelled
+      }
+    };
     const cut = () => {
       if (!end()) return;
       reader.cancel("server shutting down").catch(() => {});
-      controller.close();
+      const error = JSON.stringify(SHUTDOWN_ERROR);
+      if (sse) put(encoder.encode(`data: ${error}\n\ndata: [DONE]\n\n`));
+      else if (blankJson) put(encoder.encode(error));
+      close();
     };
     cutters.add(cut);
     return new ReadableStream<Uint8Array>({
       start(c) {
         controller = c;
       },
-      async pull(c) {
+      async pull() {
         try {
           const r = await reader.read();
           if (!open) return;
           if (r.done) {
             end();
-            c.close();
-          } else c.enqueue(r.value);
+            close();
+          } else {
+            if (blankJson && !/^\s*$/.test(decoder.decode(r.value))) blankJson = false;
+            put(r.value);
+          }
         } catch (err) {
-          if (end()) c.error(err);
+          if (!end()) return;
+          try {
+            controller.error(err);
+          } catch {
+            // cancelled
+          }
         }
       },
       cancel(reason) {
@@ -84,6 +143,13 @@ export function serve(opts: ServeOptions): RunningServer {
   };
 
   const handler = async (req: Request): Promise<Response> => {
+    if (opts.maxRequests !== undefined && inFlight >= opts.maxRequests) {
+      await req.body?.cancel().catch(() => {});
+      return Response.json(OVERLOADED_ERROR, {
+        status: 503,
+        headers: { "retry-after": "1", connection: "close" },
+      });
+    }
     acquire();
     let res: Response;
     try {
@@ -96,7 +162,7 @@ export function serve(opts: ServeOptions): RunningServer {
       release();
       return res;
     }
-    return new Response(track(res.body), res);
+    return new Response(track(res.body, res.headers.get("content-type") ?? ""), res);
   };
 
   let addr!: Deno.NetAddr;

@@ -43,10 +43,14 @@ Deno.test("config: defaults", () => {
     metricsKey: undefined,
     corsOrigins: [],
     shutdownTimeoutS: 30,
+    bodyTimeoutS: 60,
+    maxConnections: 1024,
     logPrompts: false,
     debugSteps: false,
     servedModelName: undefined,
     graphCache: ".cache/graphs",
+    graphCapture: true,
+    graphCaptureKv: [],
   });
 });
 
@@ -180,6 +184,39 @@ for (const [args, vars, message] of bad) {
     assertEquals(err.message.startsWith(message) || err.message.includes(message), true, err.message);
   });
 }
+
+Deno.test("config: --body-timeout and --max-connections, flags over their environment twins", () => {
+  const fromEnv = parseConfig(
+    ["--model", "m"],
+    env({ RAGTIME_BODY_TIMEOUT: "0.5", RAGTIME_MAX_CONNECTIONS: "7" }),
+  );
+  assertEquals([fromEnv.bodyTimeoutS, fromEnv.maxConnections], [0.5, 7]);
+  const fromFlags = parseConfig(
+    ["--model", "m", "--body-timeout", "0", "--max-connections=3"],
+    env({ RAGTIME_BODY_TIMEOUT: "9", RAGTIME_MAX_CONNECTIONS: "9" }),
+  );
+  assertEquals([fromFlags.bodyTimeoutS, fromFlags.maxConnections], [0, 3]);
+  assertThrows(() => parseConfig(["--model", "m", "--max-connections", "0"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--body-timeout", "-1"], env()), ConfigError);
+});
+
+Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over their environment twins", () => {
+  const fromEnv = parseConfig(
+    ["--model", "m"],
+    env({ RAGTIME_GRAPH_CAPTURE: "off", RAGTIME_GRAPH_CAPTURE_KV: "256, 1024" }),
+  );
+  assertEquals([fromEnv.graphCapture, fromEnv.graphCaptureKv], [false, [256, 1024]]);
+  const fromFlags = parseConfig(
+    ["--model", "m", "--graph-capture", "on", "--graph-capture-kv=128"],
+    env({ RAGTIME_GRAPH_CAPTURE: "off", RAGTIME_GRAPH_CAPTURE_KV: "256" }),
+  );
+  assertEquals([fromFlags.graphCapture, fromFlags.graphCaptureKv], [true, [128]]);
+  assertEquals(engineSettings(fromEnv).graphCapture, false);
+  assertEquals(engineSettings(fromFlags).graphCaptureKv, [128]);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture", "maybe"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "0"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "1k"], env()), ConfigError);
+});
 
 Deno.test("config: --help throws HelpRequested with usage text", () => {
   const err = assertThrows(() => parseConfig(["--port", "x", "--help"], env()), HelpRequested);

@@ -232,7 +232,7 @@ Deno.test("drain: streams in flight complete, new requests and /health get 503",
   await assert.rejects(fetch(`${s.origin}/health`), "the server is closed");
 });
 
-Deno.test("drain: past --shutdown-timeout, streams are cut off and the engine requests aborted", async () => {
+Deno.test("drain: past --shutdown-timeout, streams end with an error event and [DONE], engine requests aborted", async () => {
   const engine = new FakeEngine();
   const s = startServer(engine, { args: ["--shutdown-timeout", "0.2"], keepAliveMs: 30 });
   engine.hold();
@@ -243,7 +243,9 @@ Deno.test("drain: past --shutdown-timeout, streams are cut off and the engine re
   await s.server.drain();
   await s.server.finished;
   assert.ok(performance.now() - t0 < 2000);
-  assert.ok(!(await body).includes("[DONE]"));
+  // An explicit end, so the client can tell a shutdown from a network failure.
+  const text = await body;
+  assert.match(text, /data: \{"error":\{[^\n]*"type":"server_error"[^\n]*"code":"server_shutdown"\}\}\n\ndata: \[DONE\]\n\n$/);
   await waitFor(() => engine.aborted.length === 1, "engine abort");
 });
 

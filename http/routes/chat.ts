@@ -2,7 +2,7 @@
 import { Hono } from "hono";
 import type { TokenLogprob } from "../../engine/protocol.ts";
 import { badRequest } from "../errors.ts";
-import { readJson } from "../body.ts";
+import { readRequestJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
 import { checkModel, encodeChat, requireEngine, samplingParams } from "../prepare.ts";
@@ -43,7 +43,7 @@ export const chatFormat = (): Format => ({
 export function chatRoutes(s: Shared): Hono<AppEnv> {
   return new Hono<AppEnv>().post("/v1/chat/completions", async (c) => {
     const engine = requireEngine(s);
-    const req = parseBody(ChatRequest, await readJson(c.req.raw, s.config.maxBodyKb * 1024));
+    const req = parseBody(ChatRequest, await readRequestJson(c.req.raw, s.config));
     checkModel(s, engine, req.model);
     if (req.top_logprobs !== undefined && req.top_logprobs > 0 && !req.logprobs) {
       throw badRequest("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs");

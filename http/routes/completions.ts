@@ -1,7 +1,7 @@
 // POST /v1/completions
 import { Hono } from "hono";
 import type { TokenLogprob } from "../../engine/protocol.ts";
-import { readJson } from "../body.ts";
+import { readRequestJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
 import { checkModel, checkTokenIds, encodeText, requireEngine, samplingParams } from "../prepare.ts";
@@ -35,7 +35,7 @@ export function completionFormat(): Format {
 export function completionRoutes(s: Shared): Hono<AppEnv> {
   return new Hono<AppEnv>().post("/v1/completions", async (c) => {
     const engine = requireEngine(s);
-    const req = parseBody(CompletionRequest, await readJson(c.req.raw, s.config.maxBodyKb * 1024));
+    const req = parseBody(CompletionRequest, await readRequestJson(c.req.raw, s.config));
     checkModel(s, engine, req.model);
     if (s.config.logPrompts) c.var.log.prompt = "text" in req.prompt ? req.prompt.text : req.prompt.ids;
     const promptIds = "text" in req.prompt ? encodeText(engine, req.prompt.text, true) : req.prompt.ids;

@@ -1,6 +1,6 @@
 // POST /tokenize and /detokenize, in vLLM's shapes.
 import { Hono } from "hono";
-import { readJson } from "../body.ts";
+import { readRequestJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import {
   checkModel,
@@ -16,7 +16,7 @@ export function tokenizeRoutes(s: Shared): Hono<AppEnv> {
   return new Hono<AppEnv>()
     .post("/tokenize", async (c) => {
       const engine = requireEngine(s);
-      const req = parseBody(TokenizeRequest, await readJson(c.req.raw, s.config.maxBodyKb * 1024));
+      const req = parseBody(TokenizeRequest, await readRequestJson(c.req.raw, s.config));
       checkModel(s, engine, req.model);
       // Chat defaults to what /v1/chat/completions would feed the engine.
       const tokens = "messages" in req
@@ -26,7 +26,7 @@ export function tokenizeRoutes(s: Shared): Hono<AppEnv> {
     })
     .post("/detokenize", async (c) => {
       const engine = requireEngine(s);
-      const req = parseBody(DetokenizeRequest, await readJson(c.req.raw, s.config.maxBodyKb * 1024));
+      const req = parseBody(DetokenizeRequest, await readRequestJson(c.req.raw, s.config));
       checkModel(s, engine, req.model);
       checkTokenIds(engine, req.tokens, "tokens");
       return c.json({ prompt: engine.tokenizer.decode(req.tokens, false) });
