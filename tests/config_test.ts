@@ -49,8 +49,6 @@ Deno.test("config: defaults", () => {
     debugSteps: false,
     servedModelName: undefined,
     graphCache: ".cache/graphs",
-    graphCapture: true,
-    graphCaptureKv: [],
   });
 });
 
@@ -198,24 +196,6 @@ Deno.test("config: --body-timeout and --max-connections, flags over their enviro
   assertEquals([fromFlags.bodyTimeoutS, fromFlags.maxConnections], [0, 3]);
   assertThrows(() => parseConfig(["--model", "m", "--max-connections", "0"], env()), ConfigError);
   assertThrows(() => parseConfig(["--model", "m", "--body-timeout", "-1"], env()), ConfigError);
-});
-
-Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over their environment twins", () => {
-  const fromEnv = parseConfig(
-    ["--model", "m"],
-    env({ RAGTIME_GRAPH_CAPTURE: "off", RAGTIME_GRAPH_CAPTURE_KV: "256, 1024" }),
-  );
-  assertEquals([fromEnv.graphCapture, fromEnv.graphCaptureKv], [false, [256, 1024]]);
-  const fromFlags = parseConfig(
-    ["--model", "m", "--graph-capture", "on", "--graph-capture-kv=128"],
-    env({ RAGTIME_GRAPH_CAPTURE: "off", RAGTIME_GRAPH_CAPTURE_KV: "256" }),
-  );
-  assertEquals([fromFlags.graphCapture, fromFlags.graphCaptureKv], [true, [128]]);
-  assertEquals(engineSettings(fromEnv).graphCapture, false);
-  assertEquals(engineSettings(fromFlags).graphCaptureKv, [128]);
-  assertThrows(() => parseConfig(["--model", "m", "--graph-capture", "maybe"], env()), ConfigError);
-  assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "0"], env()), ConfigError);
-  assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "1k"], env()), ConfigError);
 });
 
 Deno.test("config: --help throws HelpRequested with usage text", () => {
