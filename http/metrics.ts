@@ -109,6 +109,7 @@ export class Metrics {
     const s = engine ? (this.#last = engine.stats()) : this.#last;
     const kvRatio = s && s.kvBlocksTotal > 0 ? s.kvBlocksUsed / s.kvBlocksTotal : 0;
     const success = "ragtime_request_success_total";
+    const steps = "ragtime_engine_steps_total";
     return [
       scalar("ragtime_requests_running", "gauge", "Requests in the running batch.", s?.running ?? 0),
       scalar("ragtime_requests_waiting", "gauge", "Requests waiting to be scheduled.", s?.waiting ?? 0),
@@ -126,6 +127,13 @@ export class Metrics {
         "Requests preempted to free KV cache.",
         s?.preemptionsTotal ?? 0,
       ),
+      [
+        `# HELP ${steps} Engine steps by how they ran: replayed from a captured graph, or dispatched kernel ` +
+        `by kernel.`,
+        `# TYPE ${steps} counter`,
+        `${steps}{path="captured"} ${s?.stepsByPath?.captured ?? 0}`,
+        `${steps}{path="uncaptured"} ${s?.stepsByPath?.uncaptured ?? 0}`,
+      ].join("\n"),
       [
         `# HELP ${success} Finished requests by finish reason.`,
         `# TYPE ${success} counter`,

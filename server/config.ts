@@ -268,6 +268,29 @@ const OPTIONS = {
     help: "Where compiled graphs are cached.",
     schema: text.default(".cache/graphs"),
   }),
+  graphCapture: opt({
+    flag: "--graph-capture",
+    env: "RAGTIME_GRAPH_CAPTURE",
+    kind: "value",
+    metavar: "on|off",
+    expect: "on or off",
+    help: "Replay decode steps from graphs captured at startup (one per batch size), instead of " +
+      "dispatching every kernel from the CPU.",
+    schema: bool.default(ENGINE_DEFAULTS.graphCapture),
+  }),
+  graphCaptureKv: opt({
+    flag: "--graph-capture-kv",
+    env: "RAGTIME_GRAPH_CAPTURE_KV",
+    kind: "list",
+    repeatable: true,
+    split: "both",
+    metavar: "LIST",
+    expect: "comma-separated token counts such as 256,1024",
+    help: "Context bounds below --max-model-len for captured decode steps, each with its own sessions " +
+      "(a step uses the smallest bound over its longest context; default: the context limit only).",
+    schema: z.array(z.string().trim().regex(/^[+]?\d+$/).transform(Number).pipe(z.int().min(1).max(1 << 24)))
+      .default([]),
+  }),
 };
 
 type Options = typeof OPTIONS;
@@ -380,6 +403,8 @@ export function engineSettings(c: Config): EngineSettings {
     policy: c.batching,
     debugSteps: c.debugSteps,
     graphCache: c.graphCache || null,
+    graphCapture: c.graphCapture,
+    graphCaptureKv: c.graphCaptureKv,
   };
 }
 

@@ -49,6 +49,8 @@ Deno.test("config: defaults", () => {
     debugSteps: false,
     servedModelName: undefined,
     graphCache: ".cache/graphs",
+    graphCapture: true,
+    graphCaptureKv: [],
   });
 });
 
@@ -198,6 +200,24 @@ Deno.test("config: --body-timeout and --max-connections, flags over their enviro
   assertThrows(() => parseConfig(["--model", "m", "--body-timeout", "-1"], env()), ConfigError);
 });
 
+Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over their environment twins", () => {
+  const fromEnv = parseConfig(
+    ["--model", "m"],
+    env({ RAGTIME_GRAPH_CAPTURE: "off", RAGTIME_GRAPH_CAPTURE_KV: "256, 1024" }),
+  );
+  assertEquals([fromEnv.graphCapture, fromEnv.graphCaptureKv], [false, [256, 1024]]);
+  const fromFlags = parseConfig(
+    ["--model", "m", "--graph-capture", "on", "--graph-capture-kv=128"],
+    env({ RAGTIME_GRAPH_CAPTURE: "off", RAGTIME_GRAPH_CAPTURE_KV: "256" }),
+  );
+  assertEquals([fromFlags.graphCapture, fromFlags.graphCaptureKv], [true, [128]]);
+  assertEquals(engineSettings(fromEnv).graphCapture, false);
+  assertEquals(engineSettings(fromFlags).graphCaptureKv, [128]);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture", "maybe"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "0"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "1k"], env()), ConfigError);
+});
+
 Deno.test("config: --help throws HelpRequested with usage text", () => {
   const err = assertThrows(() => parseConfig(["--port", "x", "--help"], env()), HelpRequested);
   assertMatch(err.message, /Usage: ragtime --model PATH/);
@@ -299,7 +319,18 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     policy: "continuous",
     debugSteps: false,
     graphCache: null,
+    // Decode batches 1, 2, 4, ... up to --max-seqs, captured at startup; one context bound (the limit).
+    graphCapture: { batchSizes: [1, 2, 4, 8, 16, 32, 64, 128, 256], kvCaps: [], eager: true },
   });
+  assertEquals(
+    resolveEngineConfig({ maxSeqs: 48, maxModelLen: 128, graphCaptureKv: [64, 32, 64, 128, 500] }, model)
+      .graphCapture,
+    { batchSizes: [1, 2, 4, 8, 16, 32, 48], kvCaps: [32, 64], eager: true },
+  );
+  assertEquals(
+    resolveEngineConfig({ maxSeqs: 4096, maxBatchTokens: 8192 }, model).graphCapture?.batchSizes.at(-1),
+    512,
+  );
   const set = {
     dtype: "f16",
     kvCacheMb: 3,
@@ -311,9 +342,10 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     debugSteps: true,
     graphCache: "/tmp/g",
   } as const;
-  const { blockSize: _, ...c } = resolveEngineConfig(set, model);
+  const { blockSize: _, graphCapture, ...c } = resolveEngineConfig({ ...set, graphCapture: false }, model);
   const { maxModelLen, ...rest } = set;
   assertEquals(c, { ...rest, maxContext: maxModelLen });
+  assertEquals(graphCapture, null);
 });
 
 Deno.test("engine config: the default KV pool follows sequences x context, up to 1 GiB", () => {
