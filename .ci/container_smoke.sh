@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Container smoke test: builds the unchanged Dockerfile with Podman (no Docker daemon, no image registry),
 # runs it on the test model, waits for /health (and runs the image's HEALTHCHECK), streams a completion,
-# then sends SIGTERM while a second stream is in flight: that stream must still end with `data: [DONE]`
-# and the container must exit with status 0. Bounded: every wait has a timeout.
+# then sends SIGTERM while a second stream is in flight: once /health says draining, /metrics must still
+# count that request in the engine, the stream must still end with `data: [DONE]`, and the container must
+# exit with status 0. Bounded: every wait has a timeout.
 #
 # Needs root on Debian bookworm with the Debian mirror and the npm registry reachable. The base image
 # debian:bookworm-slim is made locally with debootstrap, since no registry can be pulled from.
@@ -160,6 +161,10 @@ MODEL_ID=$(curl -fsS --max-time 10 "$URL/v1/models" |
   node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).data[0].id))') ||
   die "GET /v1/models"
 log "served model: $MODEL_ID"
+# The playground's files are read from the image at startup (http/ui/): the page must be there.
+curl -fsS --max-time 10 "$URL/" | grep -q 'src="/ui/app.js"' || die "GET / (chat playground)"
+curl -fsS --max-time 10 -o /dev/null "$URL/ui/app.js" || die "GET /ui/app.js"
+log "chat playground served at /"
 
 # --- Streamed completions -------------------------------------------------------------------------
 stream() { # BODY OUT: POST /v1/completions with stream=true, raw SSE into OUT
@@ -193,13 +198,24 @@ until grep -q '^data: ' "$WORK/drain.txt" 2>/dev/null; do
   [ $((SECONDS - t0)) -lt 60 ] || die "no first chunk within 60 s"
   sleep 0.1
 done
-if kill -0 "$CURL_PID" 2>/dev/null; then
-  log "SIGTERM (one stream in flight)"
-else
-  log "SIGTERM (the long stream finished before it: the drain is not exercised)"
-fi
+kill -0 "$CURL_PID" 2>/dev/null || die "the long stream ended before SIGTERM: no drain to test"
+log "SIGTERM (one stream in flight)"
 t0=$SECONDS
 podman kill --signal TERM "$NAME" >/dev/null
+# Once /health says draining, nothing new gets in: a request the engine still holds then was in flight
+# when the signal came. Fails if the stream had already finished.
+while :; do
+  HEALTH=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$URL/health" || true)
+  [ "$HEALTH" != 503 ] || break
+  [ "$HEALTH" != 000 ] || die "/health gone after SIGTERM: the server stopped at once (nothing in flight)"
+  [ $((SECONDS - t0)) -lt 10 ] || die "/health did not turn 503 within 10 s of SIGTERM"
+  sleep 0.1
+done
+IN_ENGINE=$(curl -fsS --max-time 5 "$URL/metrics" | awk '
+  $1 == "ragtime_requests_running" || $1 == "ragtime_requests_waiting" { n += $2 }
+  END { print n + 0 }') || die "GET /metrics while draining"
+[ "$IN_ENGINE" = 1 ] || die "$IN_ENGINE requests in the engine once draining (expected the stream in flight)"
+log "draining with the stream still in the engine"
 # The drain may take up to RAGTIME_SHUTDOWN_TIMEOUT (120 s here: a slow CPU must not cut the stream).
 CODE=$(timeout 150 podman wait "$NAME") || die "container did not stop within 150 s of SIGTERM"
 log "exited with status $CODE after $((SECONDS - t0)) s"
