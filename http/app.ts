@@ -9,6 +9,7 @@ import { metricsRoutes } from "./routes/metrics.ts";
 import { bearerAuth, cors, requestContext } from "./middleware.ts";
 import { modelRoutes } from "./routes/models.ts";
 import { tokenizeRoutes } from "./routes/tokenize.ts";
+import { uiRoutes } from "./routes/ui.ts";
 import { ApiError, toApiError } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 
@@ -43,6 +44,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", tokenizeRoutes(s));
   app.route("/", healthRoutes(s));
   app.route("/", metricsRoutes(s));
+  if (!config.noUi) app.route("/", uiRoutes());
 
   app.notFound((c) =>
     new ApiError(404, `No route for ${c.req.method} ${c.req.path}.`, { code: "not_found" }).response()

@@ -24,6 +24,8 @@ export interface HttpConfig {
   /** Bearer key for /metrics; absent: public. */
   metricsKey?: string;
   corsOrigins: string[];
+  /** No chat playground at / (absent: served). */
+  noUi?: boolean;
 }
 
 export interface AppDeps {

@@ -206,6 +206,14 @@ const OPTIONS = {
     help: "Browser origins allowed by CORS, comma-separated ('*' for any; default: CORS off).",
     schema: z.array(z.string().trim().regex(/^(\*|https?:\/\/[^\s/,]+)$/)).default([]),
   }),
+  noUi: opt({
+    flag: "--no-ui",
+    env: "RAGTIME_NO_UI",
+    kind: "bool",
+    expect: "true or false",
+    help: "Do not serve the chat playground at / (the API is unaffected).",
+    schema: bool.default(false),
+  }),
   shutdownTimeoutS: opt({
     flag: "--shutdown-timeout",
     env: "RAGTIME_SHUTDOWN_TIMEOUT",

@@ -42,6 +42,7 @@ Deno.test("config: defaults", () => {
     apiKeys: [],
     metricsKey: undefined,
     corsOrigins: [],
+    noUi: false,
     shutdownTimeoutS: 30,
     bodyTimeoutS: 60,
     maxConnections: 1024,
