@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packs what a GPU host needs to run ragtime into .gpu/ (git-ignored, carried by the device tool):
-# Deno (xz), a trimmed node_modules (xz) and Debian's Vulkan loader. Run from the repo root.
+# Deno (xz), a trimmed node_modules (xz), Debian's Vulkan loader and, with LLAMA_SERVER=PATH, a
+# llama-server binary. Run from the repo root. The device tool carries at most 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .gpu
@@ -19,5 +20,9 @@ tar -C . -cf - "$ORT/ort.webgpu.bundle.min.mjs" "$ORT/ort-wasm-simd-threaded.asy
   "$ORT/ort-wasm-simd-threaded.asyncify.mjs" | xz -T0 -6 > .gpu/ort_dist.tar.xz
 if ! ls .gpu/libvulkan1_*.deb >/dev/null 2>&1; then
   (cd .gpu && apt-get download libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 >/dev/null)
+fi
+# llama.cpp's server for bench/gpu/llama_server.sh, built here (outside the repo): LLAMA_SERVER=PATH.
+if [ -n "${LLAMA_SERVER:-}" ]; then
+  xz -T0 -9 -c "$LLAMA_SERVER" >.gpu/llama-server.xz
 fi
 du -sh .gpu/*
