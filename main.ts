@@ -92,6 +92,21 @@ try {
       `(dtype ${r.dtype}, ${r.nodesPerLayer} graph nodes per layer, ${r.kvBlocks} KV blocks of ${r.blockSize}, ` +
       `context ${r.maxContext}, adapter: ${r.adapter}, batching ${config.batching})`,
   );
+  const gen = Object.entries(client.info.generation ?? {});
+  if (gen.length > 0) {
+    // As vLLM warns: the model's own defaults, not OpenAI's, apply where a request leaves a field out.
+    const field: Record<string, string> = {
+      topP: "top_p",
+      topK: "top_k",
+      minP: "min_p",
+      repetitionPenalty: "repetition_penalty",
+      maxNewTokens: "max_tokens",
+    };
+    log(
+      `ragtime: sampling defaults from generation_config.json for fields a request leaves out: ` +
+        gen.map(([k, v]) => `${field[k] ?? k}=${v}`).join(", "),
+    );
+  }
   if (draining) await client.close();
   else engine = client;
 } catch (e) {

@@ -165,6 +165,7 @@ export async function createEngineClient(
       vocabSize: model.config.vocabSize,
       eosTokenIds: model.config.eosTokenIds,
       bosTokenId: model.config.bosTokenId,
+      generation: model.generation,
     };
     const client = new WorkerEngineClient(worker, info, model.tokenizer, model.chatTemplate, ready, log);
     return Object.assign(client, { ready });

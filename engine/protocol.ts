@@ -1,9 +1,9 @@
 // The contract between the HTTP side and the engine: requests in, events out. The HTTP layer imports
 // nothing else from engine/.
 
-import type { ChatTemplate, Tokenizer } from "./model/types.ts";
+import type { ChatTemplate, GenerationDefaults, Tokenizer } from "./model/types.ts";
 
-export type { ChatMessage, ChatTemplate, Tokenizer } from "./model/types.ts";
+export type { ChatMessage, ChatTemplate, GenerationDefaults, Tokenizer } from "./model/types.ts";
 
 /** Sampling parameters with OpenAI/vLLM semantics, already validated and defaulted. */
 export interface SamplingParams {
@@ -127,6 +127,8 @@ export interface ModelInfo {
   vocabSize: number;
   eosTokenIds: number[];
   bosTokenId: number | null;
+  /** Sampling defaults for fields a request leaves out (generation_config.json); absent: none. */
+  generation?: GenerationDefaults;
 }
 
 /**

@@ -123,7 +123,8 @@ export interface PromptInfo {
 
 /**
  * Maps request fields to engine parameters, with OpenAI defaults; rejects requests that cannot fit
- * the context before they are queued. max_tokens defaults to whatever room the prompt leaves.
+ * the context before they are queued. max_tokens defaults to the model's max_new_tokens, at most
+ * whatever room the prompt leaves.
  */
 export function samplingParams(
   s: Shared,
@@ -157,20 +158,22 @@ export function samplingParams(
   for (const [k, v] of Object.entries(req.logit_bias ?? {})) logitBias[Number(k)] = v;
   checkTokenIds(engine, Object.keys(logitBias).map(Number), "logit_bias");
   checkTokenIds(engine, req.stop_token_ids ?? [], "stop_token_ids");
+  // Fields left out take the model's generation_config.json defaults, then OpenAI's (as vLLM does).
+  const gen = engine.info.generation ?? {};
   return {
-    temperature: req.temperature ?? 1,
-    topP: req.top_p ?? 1,
-    topK: req.top_k ?? 0,
-    minP: req.min_p ?? 0,
+    temperature: req.temperature ?? gen.temperature ?? 1,
+    topP: req.top_p ?? gen.topP ?? 1,
+    topK: req.top_k ?? gen.topK ?? 0,
+    minP: req.min_p ?? gen.minP ?? 0,
     presencePenalty: req.presence_penalty ?? 0,
     frequencyPenalty: req.frequency_penalty ?? 0,
-    repetitionPenalty: req.repetition_penalty ?? 1,
+    repetitionPenalty: req.repetition_penalty ?? gen.repetitionPenalty ?? 1,
     logitBias,
     seed: req.seed ?? null,
     stopTokenIds: req.stop_token_ids ?? [],
     stop: req.stop ?? [],
     ignoreEos: req.ignore_eos ?? false,
-    maxTokens: asked ?? ctx - prompt.length,
+    maxTokens: asked ?? Math.min(gen.maxNewTokens ?? Infinity, ctx - prompt.length),
     logprobs,
     skipSpecialTokens: req.skip_special_tokens ?? true,
   };

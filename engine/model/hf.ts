@@ -218,16 +218,26 @@ async function locateWeights(dir: string): Promise<{ files: string[]; fileOf: (n
   );
 }
 
-function generationDefaults(gen: Json | null): GenerationDefaults {
-  // With do_sample false transformers decodes greedily and ignores the sampling fields.
-  if (!gen || gen.do_sample === false) return {};
+/**
+ * The sampling fields vLLM takes from generation_config.json as request defaults. Like vLLM, do_sample
+ * is not read: a file that names a temperature means it. Values a request could not carry are dropped.
+ */
+export function generationDefaults(gen: Json | null): GenerationDefaults {
+  if (!gen) return {};
   const out: GenerationDefaults = {};
-  const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : undefined);
-  if (n(gen.temperature) !== undefined) out.temperature = n(gen.temperature);
-  if (n(gen.top_p) !== undefined) out.topP = n(gen.top_p);
-  if (n(gen.top_k) !== undefined) out.topK = n(gen.top_k);
-  if (n(gen.repetition_penalty) !== undefined) out.repetitionPenalty = n(gen.repetition_penalty);
-  if (n(gen.max_new_tokens) !== undefined) out.maxNewTokens = n(gen.max_new_tokens);
+  const n = (key: string, ok: (v: number) => boolean): number | undefined => {
+    const v = gen[key];
+    return typeof v === "number" && Number.isFinite(v) && ok(v) ? v : undefined;
+  };
+  const set = <K extends keyof GenerationDefaults>(k: K, v: number | undefined) => {
+    if (v !== undefined) out[k] = v;
+  };
+  set("temperature", n("temperature", (v) => v >= 0));
+  set("topP", n("top_p", (v) => v > 0 && v <= 1));
+  set("topK", n("top_k", (v) => Number.isInteger(v) && v >= -1));
+  set("minP", n("min_p", (v) => v >= 0 && v <= 1));
+  set("repetitionPenalty", n("repetition_penalty", (v) => v > 0));
+  set("maxNewTokens", n("max_new_tokens", (v) => Number.isInteger(v) && v >= 1));
   return out;
 }
 

@@ -76,11 +76,17 @@ export interface ChatTemplate {
   render(messages: ChatMessage[], addGenerationPrompt: boolean): string;
 }
 
+/**
+ * Sampling defaults from a Hugging Face folder's generation_config.json, for the fields a request
+ * leaves out (vLLM's --generation-config auto); empty for GGUF files.
+ */
 export interface GenerationDefaults {
   temperature?: number;
   topP?: number;
   topK?: number;
+  minP?: number;
   repetitionPenalty?: number;
+  /** max_new_tokens: the default max_tokens, still bounded by the room the prompt leaves. */
   maxNewTokens?: number;
 }
 
