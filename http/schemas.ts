@@ -1,5 +1,6 @@
-// Request bodies of the OpenAI/vLLM endpoints. Unknown fields are dropped, `null` means absent,
-// and the first problem becomes a 400 naming its `param`.
+// Request bodies of the OpenAI/vLLM endpoints. Unknown fields are refused (a 400 naming the field: a
+// silently ignored response_format or tools would hand back free text), harmless metadata is accepted
+// and ignored, `null` means absent, and the first problem becomes a 400 naming its `param`.
 import { z } from "zod";
 import type { ChatMessage } from "../engine/protocol.ts";
 import { badRequest } from "./errors.ts";
@@ -48,9 +49,16 @@ const content = z.unknown().transform((v, ctx): string => {
   return texts.join("\n");
 });
 
-const message = z.object({
+/** Accepted and ignored: request metadata that does not change what is generated (listed in README). */
+const ignored = z.unknown().optional();
+
+const message = z.strictObject({
   role: z.enum(["system", "user", "assistant", "developer", "tool"]),
   content: content.optional(),
+  name: z.string().optional(),
+  tool_calls: z.array(z.unknown()).optional(),
+  tool_call_id: z.string().optional(),
+  refusal: ignored,
 }).transform((m, ctx): ChatMessage => {
   // Assistant turns that only carried tool calls have no content.
   if (m.content === undefined && m.role !== "assistant") return custom(ctx, m, "is required", ["content"]);
@@ -69,7 +77,8 @@ const stop = z.unknown().transform((v, ctx): string[] => {
 const sampling = {
   model: z.string().optional(),
   stream: z.boolean().optional(),
-  stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
+  stream_options: z.strictObject({ include_usage: z.boolean().optional(), include_obfuscation: ignored })
+    .optional(),
   n: z.int().min(1).refine((n) => n === 1, "must be 1; only one choice per request is supported").optional(),
   temperature: z.number().min(0).max(2).optional(),
   top_p: z.number().gt(0).max(1).optional(),
@@ -85,9 +94,15 @@ const sampling = {
   ignore_eos: z.boolean().optional(),
   max_tokens: z.int().min(1).optional(),
   skip_special_tokens: z.boolean().optional(),
+  user: ignored,
+  metadata: ignored,
+  store: ignored,
+  service_tier: ignored,
+  safety_identifier: ignored,
+  prompt_cache_key: ignored,
 };
 
-export const ChatRequest = z.object({
+export const ChatRequest = z.strictObject({
   ...sampling,
   messages: z.array(message).min(1),
   max_completion_tokens: z.int().min(1).optional(),
@@ -96,7 +111,7 @@ export const ChatRequest = z.object({
 });
 export type ChatRequest = z.output<typeof ChatRequest>;
 
-export const CompletionRequest = z.object({
+export const CompletionRequest = z.strictObject({
   ...sampling,
   prompt,
   logprobs: z.int().min(0).max(5).optional(),
@@ -110,12 +125,12 @@ const SamplingFields = z.object(sampling);
 export type SamplingFields = z.output<typeof SamplingFields>;
 
 export const TokenizeRequest = z.union([
-  z.object({
+  z.strictObject({
     model: z.string().optional(),
     prompt: z.string(),
     add_special_tokens: z.boolean().optional(),
   }),
-  z.object({
+  z.strictObject({
     model: z.string().optional(),
     messages: z.array(message).min(1),
     add_generation_prompt: z.boolean().optional(),
@@ -124,7 +139,7 @@ export const TokenizeRequest = z.union([
 ]);
 export type TokenizeRequest = z.output<typeof TokenizeRequest>;
 
-export const DetokenizeRequest = z.object({
+export const DetokenizeRequest = z.strictObject({
   model: z.string().optional(),
   tokens: z.array(z.int().min(0)),
 });
@@ -155,14 +170,21 @@ export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.outp
 }
 
 function firstIssue(issues: z.core.$ZodIssue[], input: object): z.core.$ZodIssue {
-  const issue = issues[0];
+  // An unsupported field is named before any problem with the supported ones.
+  let issue = issues.find((i) => i.code === "unrecognized_keys") ?? issues[0];
+  if (issue.code === "invalid_union") {
+    // A union body (tokenize: messages or prompt) is reported against the branch whose keys it has.
+    const branch = issue.errors.find((errs) =>
+      errs.every((e) => e.path.length === 0 || e.path[0] in input)
+    ) ??
+      issue.errors[0];
+    const inner = branch.find((i) => i.code === "unrecognized_keys") ?? branch[0];
+    if (inner) issue = { ...inner, path: [...issue.path, ...inner.path] };
+  }
+  if (issue.code === "unrecognized_keys") return { ...issue, path: [...issue.path, issue.keys[0]] };
   // Problems inside logit_bias (a key or a value) are reported against logit_bias itself.
   if (issue.path[0] === "logit_bias") return { ...issue, path: ["logit_bias"] };
-  if (issue.code !== "invalid_union") return issue;
-  // A union body (tokenize: messages or prompt) is reported against the branch whose keys it has.
-  const branch = issue.errors.find((errs) => errs.every((e) => e.path.length === 0 || e.path[0] in input)) ??
-    issue.errors[0];
-  return branch[0] ? { ...branch[0], path: [...issue.path, ...branch[0].path] } : issue;
+  return issue;
 }
 
 /** ["messages", 0, "role"] -> "messages[0].role" */
@@ -220,6 +242,8 @@ function describe(issue: z.core.$ZodIssue, param: string, value: unknown): strin
       return `${name} keys must be token ids (non-negative integers as strings).`;
     case "custom":
       return `${name} ${issue.message}.`;
+    case "unrecognized_keys":
+      return `${name} is not supported by this server (unknown field).`;
     default:
       return `${name} is invalid: ${issue.message}.`;
   }

@@ -165,7 +165,7 @@ Deno.test("413: declared Content-Length over --max-body-kb", async () => {
     // Just under the limit is fine.
     const ok = await post(
       `${s.baseURL}/completions`,
-      JSON.stringify({ prompt: "x".repeat(400), pad: "y".repeat(500), max_tokens: 1 }),
+      JSON.stringify({ prompt: "x".repeat(400), user: "y".repeat(500), max_tokens: 1 }),
     );
     await ok.body?.cancel();
     assert.equal(ok.status, 200);

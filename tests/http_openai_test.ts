@@ -219,7 +219,7 @@ Deno.test("wire: completions logprobs", async () => {
   });
 });
 
-Deno.test("sampling fields reach the engine, nulls mean absent, unknown fields are ignored", async () => {
+Deno.test("sampling fields reach the engine, nulls mean absent, metadata fields are ignored", async () => {
   await withFake({}, async (s, engine) => {
     const res = await post(`${s.baseURL}/chat/completions`, {
       model: "fake-model",
@@ -246,9 +246,11 @@ Deno.test("sampling fields reach the engine, nulls mean absent, unknown fields a
       skip_special_tokens: false,
       n: 1,
       user: "someone",
+      metadata: { deeply: ["nested"] },
+      store: false,
+      service_tier: "auto",
       response_format: null,
       tools: null,
-      frobnicate: { deeply: ["nested"] },
     });
     assert.equal(res.status, 200, await res.clone().text());
     await res.body?.cancel();
@@ -444,5 +446,25 @@ Deno.test("streamed requests log once the stream ends", async () => {
     assert.equal(s.logs.length, 1);
     assert.equal(s.logs[0].completion_tokens, 3);
     assert.equal(s.logs[0].finish_reason, "length");
+  });
+});
+
+Deno.test("an unknown field is a 400 naming it, at the top level and inside messages", async () => {
+  await withFake({}, async (s, engine) => {
+    const cases: [string, Record<string, unknown>, string][] = [
+      ["/chat/completions", { messages: user("Hi"), frobnicate: 1 }, "frobnicate"],
+      ["/chat/completions", { messages: [{ role: "user", content: "Hi", foo: 1 }] }, "messages[0].foo"],
+      ["/chat/completions", { messages: user("Hi"), stream_options: { bar: true } }, "stream_options.bar"],
+      ["/completions", { prompt: "x", best_of: 2 }, "best_of"],
+    ];
+    for (const [path, body, param] of cases) {
+      const res = await post(`${s.baseURL}${path}`, body);
+      assert.equal(res.status, 400);
+      const { error } = await res.json();
+      assert.equal(error.param, param);
+      assert.equal(error.type, "invalid_request_error");
+      assert.match(error.message, new RegExp(`'${param.replace(/[[\].]/g, "\\$&")}' is not supported`));
+    }
+    assert.equal(engine.requests.length, 0);
   });
 });
