@@ -110,7 +110,11 @@ try {
   if (draining) await client.close();
   else engine = client;
 } catch (e) {
-  console.error(`\nragtime: failed to load ${modelPath}: ${(e as Error).message}`);
+  const msg = (e as Error).message;
+  // An unusable adapter is not the model's fault (engine/webgpu_check.ts writes these).
+  console.error(
+    msg.startsWith("WebGPU:") ? `\nragtime: ${msg}` : `\nragtime: failed to load ${modelPath}: ${msg}`,
+  );
   await server.drain();
   Deno.exit(1);
 }

@@ -9,6 +9,7 @@ import type { LoadProgress } from "./model/types.ts";
 import type { ModelRunner } from "./model_runner.ts";
 import type { GenerateEvent } from "./protocol.ts";
 import type { ToClient, ToWorker, WorkerInit } from "./worker_protocol.ts";
+import { checkWebGpu } from "./webgpu_check.ts";
 
 let engine: LLMEngine | null = null;
 let runner: ModelRunner | null = null;
@@ -29,6 +30,8 @@ const emitEvent = (id: string, ev: GenerateEvent) => {
 
 async function init(o: WorkerInit) {
   const t0 = performance.now();
+  // Before the model is read (minutes for a large one) and before onnxruntime, whose errors name no fix.
+  await checkWebGpu();
   // Imported only now: Deno evaluates npm modules ahead of worker_env.ts in a static import graph.
   const { loadModel } = await import("./model/load.ts");
   const { createEngine } = await import("./local_engine.ts");
