@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU-host reference run (docs/BENCHMARKS.md), from the repo root on the device machine:
 #   bash bench/gpu/pack.sh here, then on the host: bash bench/gpu/reference.sh [part...]
-# parts, run in the order given: continuous peer static sequential sweep (default: all of them).
+# parts, run in the order given: continuous continuous-nocapture peer peer-graph single single-peer static
+# sequential sweep (default: continuous peer static sequential sweep).
 # Ratios should come from parts run in one call on one card (e.g. "continuous peer sequential",
 # then "continuous static"). Results land in $OUT (or bench/results/gpu); a part run twice in one
 # call writes its second result as NAME-2.json.
@@ -16,9 +17,11 @@ OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(continuous peer static sequential sweep)
-MODEL=/tmp/smollm2-135m-f16
-WL="--num-prompts 256 --warmup 8 --input-len 32:512 --output-len 16:256 --vocab 49152 --seed 0"
-SERVER="--max-batch-tokens 8192 --kv-cache-mb 4096 --max-model-len 1024 --graph-cache /tmp/graphs"
+PRESET=${PRESET:-smollm2-135m}
+MODEL=/tmp/$PRESET-f16
+WL=${WL:-"--num-prompts 256 --warmup 8 --input-len 32:512 --output-len 16:256 --vocab 49152 --seed 0"}
+SWL=${SWL:-"--num-prompts 12 --warmup 2 --input-len 128:128 --output-len 128:128 --vocab 49152 --seed 1 --max-concurrency 1"}
+SERVER=${SERVER:-"--max-batch-tokens 8192 --kv-cache-mb 4096 --max-model-len 1024 --graph-cache /tmp/graphs"}
 
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -27,7 +30,7 @@ SERVER="--max-batch-tokens 8192 --kv-cache-mb 4096 --max-model-len 1024 --graph-
   date -u +"date %Y-%m-%dT%H:%M:%SZ"
 } | tee "$OUT/machine.txt"
 
-[ -f "$MODEL/config.json" ] || deno task make-model --preset smollm2-135m --out "$MODEL" --dtype f16 --seed 0
+[ -f "$MODEL/config.json" ] || deno task make-model --preset "$PRESET" --out "$MODEL" --dtype f16 --seed 0
 deno task bench $WL --dump-workload "$OUT/workload.json" >/dev/null
 
 
@@ -55,6 +58,32 @@ for part in "${parts[@]}"; do
   peer)
     python3 bench/peer/hf_cb.py --model "$MODEL" --workload "$OUT/workload.json" --result-json "$(result peer_cb)" 2>&1 |
       grep -v -E "Loading weights|it/s\]" | tail -25
+    ;;
+  peer-graph)
+    # transformers' continuous batching at its best setting: CUDA graphs on (issue 11 counts the peer at it).
+    python3 bench/peer/hf_cb.py --model "$MODEL" --workload "$OUT/workload.json" --cuda-graph on \
+      --result-json "$(result peer_cb_graph)" 2>&1 | grep -v -E "Loading weights|it/s\]" | tail -25
+    ;;
+  continuous-nocapture)
+    # The same as continuous with every step uncaptured: the capture's effect, side by side.
+    deno task bench $WL --compare continuous --model "$MODEL" \
+      --server-args "$SERVER --max-seqs 256 --graph-capture off" --label continuous-nocapture \
+      --result-json "$(result continuous_nocapture)" --no-progress 2>&1 | tail -30
+    ;;
+  single)
+    # One request at a time, 128 in / 128 out: single-stream TPOT, captured and uncaptured.
+    deno task bench $SWL --dump-workload "$OUT/single_workload.json" >/dev/null
+    for cap in on off; do
+      deno task bench $SWL --compare continuous --model "$MODEL" --server-args "$SERVER --graph-capture $cap" \
+        --label "single-capture-$cap" --result-json "$(result single_capture_$cap)" --no-progress 2>&1 |
+        grep -E "^(Output token|TPOT|TTFT|ITL|Duration)"
+    done
+    ;;
+  single-peer)
+    # transformers generate, batch 1, on the single-stream workload.
+    deno task bench $SWL --dump-workload "$OUT/single_workload.json" >/dev/null
+    python3 bench/peer/hf_cb.py --model "$MODEL" --workload "$OUT/single_workload.json" --mode generate-static \
+      --static-batch-size 1 --result-json "$(result single_peer_generate)" 2>&1 | grep -v -E "Loading weights|it/s\]" | tail -12
     ;;
   static)
     # Groups of 32, like the peer's static baseline: a group runs until its longest request ends.
