@@ -1,6 +1,6 @@
 // Command-line flags with environment twins, validated with zod. Flags win over the environment.
 import { z } from "zod";
-import { ENGINE_DEFAULTS, type EngineSettings } from "../engine/protocol.ts";
+import { BATCH_INVARIANT_CHUNK_TOKENS, ENGINE_DEFAULTS, type EngineSettings } from "../engine/protocol.ts";
 
 /** A bad flag or environment value; the message is one line that names the flag. */
 export class ConfigError extends Error {
@@ -107,7 +107,8 @@ const OPTIONS = {
     kind: "value",
     metavar: "MB",
     expect: "an integer in [1, 1048576]",
-    help: "KV cache size in MiB (default: --max-seqs sequences at full context, up to 1024).",
+    help: "KV cache size in MiB, lowered to what the adapter can bind in one buffer per layer (default: " +
+      "room for --max-seqs sequences at full context, at most 1024).",
     schema: positiveInt(1, 1 << 20).optional(),
   }),
   maxBatchTokens: opt({
@@ -134,7 +135,9 @@ const OPTIONS = {
     kind: "value",
     metavar: "N",
     expect: "an integer in [1, 1048576]",
-    help: "Longest prefill chunk per request and step. The default 31 keeps a request's tokens independent " +
+    help:
+      `Longest prefill chunk per request and step. Up to ${BATCH_INVARIANT_CHUNK_TOKENS} keeps a request's ` +
+      "tokens independent " +
       "of what shares its steps; larger values prefill long prompts in fewer steps (lower TTFT) without " +
       "that guarantee.",
     schema: positiveInt(1, 1 << 20).default(ENGINE_DEFAULTS.maxChunkTokens),
@@ -183,7 +186,8 @@ const OPTIONS = {
     split: "env",
     metavar: "KEY",
     expect: "a non-empty key",
-    help: "Require 'Authorization: Bearer KEY' on inference routes (repeatable; env: comma-separated).",
+    help: "Require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize (repeatable; env: " +
+      "comma-separated).",
     schema: list.default([]),
   }),
   metricsKey: opt({
@@ -273,7 +277,7 @@ const OPTIONS = {
     kind: "value",
     metavar: "DIR",
     expect: "a directory path",
-    help: "Where compiled graphs are cached.",
+    help: "Where built step graphs are cached (safe to delete).",
     schema: text.default(".cache/graphs"),
   }),
   graphCapture: opt({
@@ -323,7 +327,7 @@ export function helpText(): string {
   return [
     "ragtime: an OpenAI-compatible LLM server on WebGPU",
     "",
-    "Usage: ragtime --model PATH [options]",
+    "Usage: deno task start [options]  (the same as: deno run -A main.ts [options])",
     "",
     "Options:",
     ...rows,
@@ -335,6 +339,7 @@ function defaultOf(o: Option<z.ZodType>): string | undefined {
   const r = o.schema.safeParse(undefined);
   if (!r.success || r.data === undefined) return undefined;
   if (Array.isArray(r.data)) return r.data.length ? r.data.join(",") : undefined;
+  if (o.metavar === "on|off") return r.data ? "on" : "off";
   return String(r.data);
 }
 

@@ -221,7 +221,7 @@ Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over the
 
 Deno.test("config: --help throws HelpRequested with usage text", () => {
   const err = assertThrows(() => parseConfig(["--port", "x", "--help"], env()), HelpRequested);
-  assertMatch(err.message, /Usage: ragtime --model PATH/);
+  assertMatch(err.message, /Usage: deno task start \[options\]/);
   for (const flag of ["--max-batch-tokens", "--api-key", "--cors-origins", "RAGTIME_MAX_QUEUE", "PORT"]) {
     assertMatch(err.message, new RegExp(flag));
   }
