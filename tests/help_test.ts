@@ -21,7 +21,7 @@ interface HelpRow {
 function helpRows(): HelpRow[] {
   const rows: HelpRow[] = [];
   for (const line of helpText().split("\n")) {
-    const m = line.match(/^  (--[a-z-]+)(?: (\S+))?\s+(.*) \((?:default: (.*?); )?env: (\w+)\)$/);
+    const m = line.match(/^ {2}(--[a-z-]+)(?: (\S+))?\s+(.*) \((?:default: (.*?); )?env: (\w+)\)$/);
     if (m) rows.push({ flag: m[1], metavar: m[2] ?? null, text: m[3], default: m[4] ?? null, env: m[5] });
   }
   return rows;
