@@ -5,7 +5,7 @@
 // error not in OpenAI's shape, a malformed answer, a hang, gauges that stay up.
 //
 // Usage: deno task soak [--requests 800] [--concurrency 32] [--seed 1] [--model GGUF | --url URL [--pid PID]]
-//        [--server-args "--body-timeout 5"] [--stalled 100 --stalled-end close|timeout]
+//        [--server-args="--max-model-len 512 --body-timeout 5"] [--stalled 100 --stalled-end timeout,close,...]
 import { parseArgs } from "node:util";
 import { mulberry32, type Rng, uniformInt } from "./lib/rng.ts";
 
@@ -488,7 +488,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       }
       if (performance.now() - lastReport > 10_000) {
         lastReport = performance.now();
-        log(`[soak] ${i + 1}/${o.requests} started, ${((lastReport - t0) / 1000).toFixed(0)} s`);
+        const done = Object.values(outcomes).reduce((a, b) => a + b, 0);
+        log(`[soak] ${done}/${o.requests} done, ${((lastReport - t0) / 1000).toFixed(0)} s`);
       }
     }
   };
@@ -732,8 +733,9 @@ if (import.meta.main) {
     for (const v of report.violations.slice(0, 50)) console.log(`VIOLATION ${v}`);
     failed ||= report.violations.length > 0;
     const stalled = Number(values.stalled);
-    if (stalled > 0) {
-      const end = values["stalled-end"] === "close" ? "close" : "timeout";
+    // A comma-separated list runs rounds in turn (e.g. timeout,close,timeout), to see whether RSS levels off.
+    for (const e of stalled > 0 ? values["stalled-end"]!.split(",") : []) {
+      const end = e.trim() === "close" ? "close" : "timeout";
       const s = await stalledUploads(origin, pid, stalled, end, { settleS: Number(values.settle) });
       console.log(JSON.stringify(s, null, 2));
       console.log(
