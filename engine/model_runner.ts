@@ -26,6 +26,11 @@ export interface RunnerOptions {
   cacheDir: string | null;
   /** Weights of at least this many bytes travel as ONNX external data (default: buildGraph's). */
   externalMinBytes?: number;
+  /**
+   * Weights as graph inputs fed from one set of GPU buffers (default), or as initializers that each
+   * session uploads for itself (only for measuring what feeding them costs: bench/gpu/capture_probe.ts).
+   */
+  weightsAsInputs?: boolean;
   /** Most sampled rows a step feeds the next (the engine's max-seqs); default 256. */
   maxSeqs?: number;
   /**
@@ -110,6 +115,8 @@ export class ModelRunner {
   readonly adapterName: string;
   /** Block table width of captured steps: blocks per sequence at the context limit. */
   readonly tableWidth: number;
+  /** Off: every step runs uncaptured (probes compare both paths on one runner). */
+  useCaptured = true;
   private releaseLater: ort.Tensor[] = [];
   /** Free staging buffers for step ids. */
   private staging: Staging[] = [];
@@ -167,7 +174,7 @@ export class ModelRunner {
       maxPositions,
       externalMinBytes: opts.externalMinBytes,
       // One copy of the weights on the GPU, fed to every session (captured ones included).
-      weightsAsInputs: true,
+      weightsAsInputs: opts.weightsAsInputs ?? true,
       cacheDir: opts.cacheDir,
       progress: opts.progress,
       log,
@@ -226,7 +233,7 @@ export class ModelRunner {
    */
   async run(s: StepInputs): Promise<StepHandle> {
     const S = s.sampleRows.length;
-    const c = pickCaptured(this.shapes, s, this.tableWidth);
+    const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth) : -1;
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
     let rows = S;
@@ -322,9 +329,12 @@ export class ModelRunner {
 
   /**
    * Compiles the step's shaders before the first request pays for it: one-token steps into the
-   * reserved block, greedy and sampled.
+   * reserved block, greedy and sampled. Then, with eager capture, captures every decode session.
    */
   async warmup(): Promise<void> {
+    // These compile the uncaptured step's shaders: a captured session replays its own.
+    const useCaptured = this.useCaptured;
+    this.useCaptured = false;
     for (const u of [-1, 0.5]) {
       await this.read(
         await this.run({
@@ -341,9 +351,10 @@ export class ModelRunner {
         }),
       );
     }
+    this.useCaptured = useCaptured;
     if (this.capture?.eager) {
       const t0 = performance.now();
-      for (let i = 0; i < this.shapes.length; i++) await this.captureSession(i, false);
+      for (let i = 0; i < this.shapes.length; i++) if (!this.captured[i]) await this.captureSession(i, false);
       // Wait for the captures so that the time logged is theirs.
       await this.device.queue.onSubmittedWorkDone();
       const batches = [...new Set(this.shapes.map((x) => x.batch))];
@@ -401,6 +412,15 @@ export class ModelRunner {
     this.releaseLater.forEach((t) => t.dispose());
     this.releaseLater = [...(h.logits ? [h.logits] : []), ...h.scratch];
     return result;
+  }
+
+  /** The KV pool's buffers, layer i's K at 2i and V at 2i + 1 (for tests and tools that inspect the cache). */
+  kvBuffers(): GPUBuffer[] {
+    const out: GPUBuffer[] = [];
+    for (let i = 0; this.shared[IO.keyCache(i)]; i++) {
+      out.push(this.shared[IO.keyCache(i)].gpuBuffer, this.shared[IO.valueCache(i)].gpuBuffer);
+    }
+    return out;
   }
 
   /** Shapes of the decode sessions captured so far. */

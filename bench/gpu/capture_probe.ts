@@ -1,0 +1,175 @@
+// Decode steps captured vs uncaptured (engine/captured_steps.ts): CPU time to dispatch a step and
+// the step's time serial and pipelined as the engine runs it (three in flight), per batch size and
+// per captured context bound; and what feeding the weights as graph inputs costs an uncaptured step.
+// "thread CPU" is the calling thread's CPU time in run() (Linux); "wall" includes any wait on the GPU.
+//
+//   deno run -A bench/gpu/capture_probe.ts [--model PATH] [--dtype f16|f32] [--batches 1,64,256]
+//     [--kv-caps 256] [--context 1024] [--past 200] [--steps 20] [--kv-cache-mb 2048] [--no-feed]
+//
+// Without --model: a SmolLM2-135M-shaped model with random weights (bench/gpu/step_probe.ts's).
+// Runners, one after the other: (1) capture with the context limit as the only bound, which also
+// runs every batch uncaptured; (2) capture with --kv-caps as bounds (a step of `past` tokens uses the
+// smallest that fits); (3) unless --no-feed, weights as initializers, uncaptured: against (1)'s
+// uncaptured numbers, the CPU cost of feeding the weights as ~N GPU tensors per run.
+// GRAPH_CACHE=DIR caches the built graphs between runs.
+import { parseArgs } from "node:util";
+import { ModelRunner, type RunnerOptions, type StepInputs } from "../../engine/model_runner.ts";
+import { loadModel } from "../../engine/model/load.ts";
+import type { LoadedModel } from "../../engine/model/types.ts";
+import { randomModel } from "../../tests/helpers/random_model.ts";
+
+const { values: a } = parseArgs({
+  options: {
+    model: { type: "string" },
+    dtype: { type: "string", default: "f16" },
+    batches: { type: "string", default: "1,64,256" },
+    "kv-caps": { type: "string", default: "256" },
+    context: { type: "string", default: "1024" },
+    past: { type: "string", default: "200" },
+    steps: { type: "string", default: "20" },
+    "kv-cache-mb": { type: "string", default: "2048" },
+    "no-feed": { type: "boolean", default: false },
+  },
+});
+const list = (s: string) => s.split(",").filter(Boolean).map(Number);
+const batches = list(a.batches!), shortCaps = list(a["kv-caps"]!);
+const dtype = a.dtype as "f16" | "f32", N = Number(a.steps), past = Number(a.past);
+
+let model: LoadedModel = a.model ? await loadModel(a.model) : randomModel("llama", 1, {
+  vocabSize: 49152,
+  hiddenSize: 576,
+  intermediateSize: 1536,
+  numLayers: 30,
+  numHeads: 9,
+  numKvHeads: 3,
+  headDim: 64,
+  maxContext: 2048,
+  ropeTheta: 100000,
+});
+const context = Math.min(model.config.maxContext, Number(a.context));
+model = { ...model, config: { ...model.config, maxContext: context } };
+if (past + 1 > context) throw new Error(`--past ${past} does not fit --context ${context}`);
+console.log(
+  `model ${a.model ?? "SmolLM2-135M-shaped (random)"}: ${model.config.numLayers} layers, hidden ` +
+    `${model.config.hiddenSize}, vocab ${model.config.vocabSize}; dtype ${dtype}; context ${context}; ` +
+    `decode steps at past ${past}; ${N} timed steps per case`,
+);
+
+const base: RunnerOptions = {
+  dtype,
+  blockSize: 16,
+  kvCacheMb: Number(a["kv-cache-mb"]),
+  cacheDir: Deno.env.get("GRAPH_CACHE") ?? null,
+  maxSeqs: Math.max(...batches),
+  log: console.log,
+};
+
+async function runner(opts: Partial<RunnerOptions>): Promise<ModelRunner> {
+  const t0 = performance.now();
+  const r = await ModelRunner.create(model, { ...base, ...opts });
+  await r.warmup();
+  console.log(
+    `runner ready (graph, sessions, warmup, capture) in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
+  return r;
+}
+
+/** B decode rows at `past`, each fed the previous step's id of its row on the GPU. */
+function decode(r: ModelRunner, B: number): StepInputs {
+  const per = Math.ceil((past + 1) / r.blockSize);
+  const bt = Int32Array.from({ length: B * per }, (_, i) => i % r.numBlocks);
+  return {
+    inputIds: new Int32Array(B),
+    idSrc: Int32Array.from({ length: B }, (_, b) => b),
+    cuSeqlens: Int32Array.from({ length: B + 1 }, (_, i) => i),
+    pastSeqlens: new Int32Array(B).fill(past),
+    blockTable: bt,
+    maxBlocks: per,
+    sampleRows: Int32Array.from({ length: B }, (_, i) => i),
+    sampleU: new Float32Array(B).fill(-1),
+    invTemp: new Float32Array(B).fill(1),
+    wantLogits: false,
+  };
+}
+
+/**
+ * CPU time of the calling thread in ms (Linux schedstat): on a software adapter the GPU's work runs
+ * on the adapter's own threads, so this is the dispatch's CPU cost alone. NaN elsewhere.
+ */
+function threadCpuMs(): number {
+  try {
+    return Number(Deno.readTextFileSync("/proc/thread-self/schedstat").split(" ")[0]) / 1e6;
+  } catch {
+    return NaN;
+  }
+}
+
+const pct = (v: number[], p: number) =>
+  [...v].sort((x, y) => x - y)[Math.min(v.length - 1, Math.floor(p * v.length))];
+
+async function measure(r: ModelRunner, B: number, label: string) {
+  const inp = decode(r, B);
+  for (let i = 0; i < 3; i++) await r.read(await r.run(inp));
+  const dispatch: number[] = [];
+  let cpu = 0;
+  const tS = performance.now();
+  let path = "";
+  for (let i = 0; i < N; i++) {
+    const t = performance.now(), c = threadCpuMs();
+    const h = await r.run(inp);
+    cpu += threadCpuMs() - c;
+    dispatch.push(performance.now() - t);
+    path = h.path;
+    await r.read(h);
+  }
+  const serial = (performance.now() - tS) / N;
+  // As the engine runs: read of step i requested after dispatching i+1, awaited after i+2.
+  const tP = performance.now();
+  const flight = [];
+  for (let i = 0; i < N + 2; i++) {
+    flight.push(await r.run(inp));
+    if (flight.length >= 2) r.startRead(flight[flight.length - 2]);
+    if (flight.length >= 3) await r.read(flight.shift()!);
+  }
+  while (flight.length) await r.read(flight.shift()!);
+  const piped = (performance.now() - tP) / (N + 2);
+  const mean = dispatch.reduce((x, y) => x + y, 0) / N;
+  console.log(
+    `B=${String(B).padStart(3)} ${label.padEnd(26)} [${path}] dispatch: thread CPU ${
+      (cpu / N).toFixed(2)
+    } ms, ` +
+      `wall mean ${mean.toFixed(2)} p50 ${pct(dispatch, 0.5).toFixed(2)} ms; step serial ${
+        serial.toFixed(2)
+      } ms, pipelined ${piped.toFixed(2)} ms ` +
+      `(${((B * 1000) / piped).toFixed(0)} tok/s)`,
+  );
+  return cpu / N;
+}
+
+const uncaptured = new Map<number, number>();
+{
+  const r = await runner({ capture: { batchSizes: batches, kvCaps: [], eager: true } });
+  for (const B of batches) {
+    r.useCaptured = false;
+    uncaptured.set(B, await measure(r, B, "uncaptured"));
+    r.useCaptured = true;
+    await measure(r, B, `captured, bound ${context}`);
+  }
+  await r.close();
+}
+const caps = shortCaps.filter((c) => c > past && c < context);
+if (caps.length) {
+  const r = await runner({ capture: { batchSizes: batches, kvCaps: caps, eager: true } });
+  for (const B of batches) await measure(r, B, `captured, bound ${caps[0]}`);
+  await r.close();
+} else console.log(`no --kv-caps bound in (${past}, ${context}): short bounds skipped`);
+if (!a["no-feed"]) {
+  const r = await runner({ capture: null, weightsAsInputs: false });
+  for (const B of batches) {
+    const m = await measure(r, B, "uncaptured, weights inside");
+    console.log(
+      `      feeding the weights as inputs costs ${(uncaptured.get(B)! - m).toFixed(2)} ms of CPU a step`,
+    );
+  }
+  await r.close();
+}
