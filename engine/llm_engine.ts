@@ -11,6 +11,7 @@
 import { BlockManager } from "./block_manager.ts";
 import type { EngineConfig } from "./config.ts";
 import { IncrementalDetokenizer } from "./detokenizer.ts";
+import { GrammarError, GrammarHost, type Matcher } from "./grammar.ts";
 import type { LoadedModel } from "./model/types.ts";
 import type { ModelRunner, StepHandle, StepInputs, StepPath } from "./model_runner.ts";
 import {
@@ -37,7 +38,15 @@ interface Request {
   seed: number;
   /** Stop token ids, EOS included unless ignore_eos. */
   stopIds: Set<number>;
+  /** Constrained decoding: masks its logits and follows its tokens. */
+  matcher?: Matcher;
 }
+
+/**
+ * Tokens before max_tokens (or the context) at which a constrained sequence starts checking how
+ * long a forced finish of its document would take; once that fills what is left, it is forced.
+ */
+const FORCE_HORIZON = 64;
 
 /** Steps in flight at most (see the header). */
 const PIPELINE_DEPTH = 3;
@@ -75,6 +84,9 @@ export interface StepStats {
 export class LLMEngine {
   readonly scheduler: Scheduler;
   private requests = new Map<string, Request>();
+  /** Constrained requests whose grammar is compiling; `aborted` when abort() came meanwhile. */
+  private compiling = new Map<string, { aborted: boolean }>();
+  private grammarHost: Promise<GrammarHost> | null = null;
   private wake: (() => void) | null = null;
   private stopped = false;
   private counters = { prompt: 0, generation: 0, steps: 0 };
@@ -115,8 +127,9 @@ export class LLMEngine {
   }
 
   /** Queues a request; errors that make it impossible are emitted at once. */
-  add(req: GenerateRequest, emit: Emit): void {
+  add(req: GenerateRequest, emit: Emit, matcher?: Matcher): void {
     const p = req.params;
+    if (p.grammar && !matcher) return void this.addConstrained(req, emit);
     const seq = new Sequence(req.id, req.promptIds, p);
     try {
       for (const id of req.promptIds) {
@@ -145,13 +158,58 @@ export class LLMEngine {
       }),
       seed: p.seed ?? randomSeed(),
       stopIds,
+      matcher,
     });
     this.counters.prompt += req.promptIds.length;
     this.wake?.();
   }
 
+  /** Compiles the request's grammar (a bad one is a 400 naming its field), then queues it. */
+  private async addConstrained(req: GenerateRequest, emit: Emit): Promise<void> {
+    const spec = req.params.grammar!;
+    const state = { aborted: false };
+    this.compiling.set(req.id, state);
+    let matcher: Matcher;
+    try {
+      this.grammarHost ??= GrammarHost.create(
+        this.model.tokenizer,
+        this.model.config.vocabSize,
+        this.model.config.eosTokenIds,
+      );
+      matcher = await (await this.grammarHost).matcher(spec);
+    } catch (e) {
+      this.compiling.delete(req.id);
+      if (e instanceof GrammarError) {
+        const message = `'${spec.param}' cannot be enforced: ${e.message}`;
+        return emit({ type: "error", message, code: "invalid_request", param: spec.param });
+      }
+      this.grammarHost = null;
+      return emit({
+        type: "error",
+        message: `grammar engine failed: ${(e as Error).message}`,
+        code: "internal",
+      });
+    }
+    this.compiling.delete(req.id);
+    if (state.aborted || this.stopped) {
+      matcher.dispose();
+      const zero = { promptTokens: req.promptIds.length, completionTokens: 0, queueTime: 0 };
+      return emit({
+        type: "done",
+        finishReason: "abort",
+        stopReason: null,
+        ...zero,
+        timeToFirstToken: 0,
+        e2eTime: 0,
+      });
+    }
+    this.add(req, emit, matcher);
+  }
+
   /** Removes a request wherever it is; its blocks are free before the next step is formed. */
   abort(id: string): void {
+    const c = this.compiling.get(id);
+    if (c) c.aborted = true;
     const r = this.requests.get(id);
     if (!r) return;
     this.finish(r, "abort", null);
@@ -282,14 +340,30 @@ export class LLMEngine {
     const readMs = performance.now() - readStart;
     const processStart = performance.now();
     const V = this.model.config.vocabSize;
-    f.sampled.forEach((it, row) => {
+    for (const [row, it] of f.sampled.entries()) {
       const seq = it.seq;
       const r = this.requests.get(seq.id);
-      if (!r || r.seq !== seq || seq.status === "finished") return; // ended meanwhile: wasted token
+      if (!r || r.seq !== seq || seq.status === "finished") continue; // ended meanwhile: wasted token
       let token = result.nextIds[row];
       let logprobs: TokenLogprob[] | undefined;
-      if (seq.needsCpuLogits) {
-        const s = sampleToken(result.logits!.subarray(row * V, (row + 1) * V), seq.params, {
+      let logits = result.logits?.subarray(row * V, (row + 1) * V);
+      let forced: number | null = null;
+      if (r.matcher) {
+        const m = r.matcher;
+        const mask = await m.mask();
+        if (!m.finishing) {
+          const left = Math.min(
+            seq.params.maxTokens - seq.outputIds.length,
+            this.scheduler.config.maxContext - seq.knownLen,
+          );
+          if (left <= FORCE_HORIZON && await m.forcedLength(left) >= left) m.finishing = true;
+        }
+        if (m.finishing) forced = m.forcedToken(mask);
+        else logits = maskLogits(logits!, mask);
+      }
+      if (forced !== null) token = forced;
+      else if (seq.needsCpuLogits) {
+        const s = sampleToken(logits!, seq.params, {
           promptIds: seq.promptIds,
           outputIds: seq.outputIds,
           seed: r.seed,
@@ -309,10 +383,11 @@ export class LLMEngine {
           }];
         }
       }
+      r.matcher?.accept(token);
       this.scheduler.onTokenResolved(seq, token);
       this.counters.generation++;
       this.onToken(r, token, logprobs);
-    });
+    }
     this.counters.steps++;
     const stats: StepStats = {
       step: this.counters.steps,
@@ -340,7 +415,8 @@ export class LLMEngine {
 
   private onToken(r: Request, token: number, logprobs: TokenLogprob[] | undefined) {
     const seq = r.seq;
-    if (r.stopIds.has(token)) {
+    // A finished document ends the sequence even where its stop token is not one (ignore_eos).
+    if (r.stopIds.has(token) || r.matcher?.terminated) {
       // The stop token itself is not text; anything held back for a partial stop string is.
       const tail = r.detok.flush();
       if (tail || logprobs) r.emit({ type: "delta", text: tail, tokenIds: [token], logprobs });
@@ -363,6 +439,7 @@ export class LLMEngine {
     this.scheduler.finish(seq, reason);
     this.requests.delete(seq.id);
     this.lastRows.delete(seq);
+    r.matcher?.dispose();
     const now = performance.now();
     r.emit({
       type: "done",
@@ -376,4 +453,20 @@ export class LLMEngine {
     });
     this.wake?.();
   }
+}
+
+/** A copy of the row with every token the grammar rules out at -Infinity. */
+function maskLogits(logits: Float32Array, mask: Int32Array): Float32Array {
+  const out = new Float32Array(logits.length);
+  for (let w = 0; w < mask.length; w++) {
+    const bits = mask[w], base = w << 5;
+    if (bits === 0) {
+      out.fill(-Infinity, base, Math.min(base + 32, out.length));
+      continue;
+    }
+    for (let b = 0; b < 32 && base + b < out.length; b++) {
+      out[base + b] = (bits >>> b) & 1 ? logits[base + b] : -Infinity;
+    }
+  }
+  return out;
 }

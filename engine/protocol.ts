@@ -33,7 +33,24 @@ export interface SamplingParams {
   /** null: no logprobs; n >= 0: chosen token's logprob plus the n most likely (n <= 5). */
   logprobs: number | null;
   skipSpecialTokens: boolean;
+  /** Constrained decoding: only tokens that continue a document of this grammar are sampled. */
+  grammar?: GrammarSpec;
 }
+
+/**
+ * A grammar for constrained decoding (compiled by xgrammar in the engine, see engine/grammar.ts).
+ * `param` names the request field it came from, for the 400 of a grammar that does not compile.
+ */
+export type GrammarSpec =
+  & { param: string }
+  & (
+    /** Any JSON object, compact (no whitespace between tokens). */
+    | { type: "json_object" }
+    /** A JSON Schema as JSON text; properties in schema order, compact separators. */
+    | { type: "json_schema"; schema: string }
+    /** An xgrammar structural tag as JSON text (tool calls: free text, then tagged calls). */
+    | { type: "structural_tag"; tag: string }
+  );
 
 /** Neutral parameters (greedy, no penalties, 16 tokens) with overrides; for tools and tests. */
 export function samplingParams(over: Partial<SamplingParams> = {}): SamplingParams {
@@ -90,7 +107,13 @@ export type GenerateEvent =
     timeToFirstToken: number;
     e2eTime: number;
   }
-  | { type: "error"; message: string; code: "context_length_exceeded" | "invalid_request" | "internal" };
+  | {
+    type: "error";
+    message: string;
+    code: "context_length_exceeded" | "invalid_request" | "internal";
+    /** The request field at fault, where known (a grammar that does not compile). */
+    param?: string;
+  };
 
 /** Upper bounds of the tokens-per-step histogram; larger steps count only in its total. */
 export const STEP_TOKEN_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];

@@ -65,6 +65,8 @@ export function isGreedy(params: Pick<SamplingParams, "temperature">): boolean {
  * ignored under greedy because they always keep the argmax.
  */
 export function needsCpuLogits(params: SamplingParams): boolean {
+  // Constrained decoding masks the row on the CPU (engine/grammar.ts).
+  if (params.grammar) return true;
   if (params.logprobs !== null) return true;
   if (Object.keys(params.logitBias).length > 0) return true;
   if (hasPenalties(params)) return true;

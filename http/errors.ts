@@ -52,10 +52,10 @@ export function toApiError(err: unknown): ApiError {
 
 /** Maps an engine "error" event to an HTTP error. */
 export function engineError(
-  e: { message: string; code: "context_length_exceeded" | "invalid_request" | "internal" },
+  e: { message: string; code: "context_length_exceeded" | "invalid_request" | "internal"; param?: string },
   param: string | null,
 ): ApiError {
   if (e.code === "context_length_exceeded") return badRequest(e.message, param, "context_length_exceeded");
-  if (e.code === "invalid_request") return badRequest(e.message, null, "invalid_request");
+  if (e.code === "invalid_request") return badRequest(e.message, e.param ?? null, "invalid_request");
   return new ApiError(500, e.message, { code: "internal_error" });
 }

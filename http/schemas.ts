@@ -102,12 +102,31 @@ const sampling = {
   prompt_cache_key: ignored,
 };
 
+const jsonSchema = z.record(z.string(), z.unknown());
+
+/** OpenAI's response_format; "text" is the same as leaving it out. */
+const responseFormat = z.discriminatedUnion("type", [
+  z.strictObject({ type: z.literal("text") }),
+  z.strictObject({ type: z.literal("json_object") }),
+  z.strictObject({
+    type: z.literal("json_schema"),
+    json_schema: z.strictObject({
+      name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, "must be 1-64 letters, digits, _ or -"),
+      description: z.string().optional(),
+      schema: jsonSchema.optional(),
+      strict: z.boolean().optional(),
+    }),
+  }),
+]);
+export type ResponseFormat = z.output<typeof responseFormat>;
+
 export const ChatRequest = z.strictObject({
   ...sampling,
   messages: z.array(message).min(1),
   max_completion_tokens: z.int().min(1).optional(),
   logprobs: z.boolean().optional(),
   top_logprobs: z.int().min(0).max(5).optional(),
+  response_format: responseFormat.optional(),
 });
 export type ChatRequest = z.output<typeof ChatRequest>;
 
@@ -145,12 +164,18 @@ export const DetokenizeRequest = z.strictObject({
 });
 export type DetokenizeRequest = z.output<typeof DetokenizeRequest>;
 
+/** JSON Schemas in a body, where null is a value ({"enum": [null]}) and must stay. */
+const keepsNulls = (path: PropertyKey[]) =>
+  (path.length === 3 && path[0] === "response_format" && path[1] === "json_schema" && path[2] === "schema") ||
+  (path.length === 4 && path[0] === "tools" && path[2] === "function" && path[3] === "parameters");
+
 /** `null` means "not given" in OpenAI clients; drop null-valued keys so optional fields accept it. */
-function dropNulls(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(dropNulls);
+function dropNulls(v: unknown, path: PropertyKey[] = []): unknown {
+  if (keepsNulls(path)) return v;
+  if (Array.isArray(v)) return v.map((x, i) => dropNulls(x, [...path, i]));
   if (typeof v !== "object" || v === null) return v;
   const out: Record<string, unknown> = {};
-  for (const [k, x] of Object.entries(v)) if (x !== null) out[k] = dropNulls(x);
+  for (const [k, x] of Object.entries(v)) if (x !== null) out[k] = dropNulls(x, [...path, k]);
   return out;
 }
 

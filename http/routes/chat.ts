@@ -7,6 +7,7 @@ import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
 import { checkModel, encodeChat, requireEngine, samplingParams } from "../prepare.ts";
 import { ChatRequest, parseBody } from "../schemas.ts";
+import { responseFormatGrammar } from "../structured.ts";
 
 const bytes = (s: string) => Array.from(new TextEncoder().encode(s));
 
@@ -52,6 +53,8 @@ export function chatRoutes(s: Shared): Hono<AppEnv> {
     const promptIds = encodeChat(engine, req.messages);
     const logprobs = req.logprobs ? req.top_logprobs ?? 0 : null;
     const params = samplingParams(s, engine, req, { param: "messages", length: promptIds.length }, logprobs);
+    const grammar = responseFormatGrammar(req.response_format);
+    if (grammar) params.grammar = grammar;
     return generate(c, s, {
       engine,
       promptIds,
