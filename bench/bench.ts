@@ -1,6 +1,7 @@
 // Load generator for OpenAI-compatible servers: streams /v1/completions requests from a seeded
 // workload and reports vLLM-style serving metrics. With --compare it starts one ragtime server per
 // batching mode and runs the same workload against each. `deno task bench --help` lists the flags.
+import { plotFiles } from "./lib/plot.ts";
 import { createProgress } from "./lib/progress.ts";
 import { formatComparison, formatRun, type ModeSummary, ratios, summarizeMode } from "./lib/report.ts";
 import { runBenchmark, type RunResult } from "./lib/runner.ts";
@@ -70,6 +71,11 @@ const FLAGS: Record<string, Flag> = {
   "--timeout": { metavar: "S", def: "3600", help: "Deadline for each run (warmup + measurement), seconds." },
   "--result-json": { metavar: "PATH", help: "Write config, metrics and per-request records here." },
   "--detailed": { bool: true, help: "Also store every chunk arrival time in --result-json." },
+  "--plot-only": {
+    metavar: "FILES",
+    help: "Plot existing --result-json files (comma list; several rates make a sweep) and exit.",
+  },
+  "--plot-out": { metavar: "PATH", help: "SVG path (default: beside the (first) JSON, .json -> .svg)." },
   "--dump-workload": {
     metavar: "PATH",
     help: "Write the workload as JSON (for bench/peer/hf_cb.py) and exit.",
@@ -101,6 +107,7 @@ function helpText(): string {
     "  deno task bench --base-url http://127.0.0.1:8080 --num-prompts 200 --rate 8",
     "  deno task bench --compare continuous,static,sequential --model PATH --num-prompts-sequential 20",
     "  deno task bench --dump-workload bench/results/tmp/workload.json --num-prompts 256",
+    "  deno task bench --plot-only OUT/poisson-1.json,OUT/poisson-2.json --plot-out OUT/poisson.svg",
     "",
     ...rows,
   ].join("\n");
@@ -332,6 +339,13 @@ async function main(argv: string[]): Promise<number> {
     console.log(helpText());
     return 0;
   }
+  const plotOnly = parseFlags(argv).get("--plot-only");
+  if (plotOnly !== undefined) {
+    const files = plotOnly.split(",").map((f) => f.trim()).filter(Boolean);
+    if (files.length === 0) throw new Error("--plot-only: no files given");
+    console.error(`wrote ${await plotFiles(files, parseFlags(argv).get("--plot-out"))}`);
+    return 0;
+  }
   const cfg = buildConfig(argv);
   const spec = workloadSpec(cfg);
   const w = buildWorkload(spec, cfg.warmup);
@@ -460,6 +474,10 @@ async function main(argv: string[]): Promise<number> {
     if (dir !== cfg.resultJson && dir !== "") await Deno.mkdir(dir, { recursive: true });
     await Deno.writeTextFile(cfg.resultJson, JSON.stringify(doc, null, 2) + "\n");
     console.error(`wrote ${cfg.resultJson}`);
+    if (entries.some((e) => e.result)) {
+      const svg = await plotFiles([cfg.resultJson], parseFlags(argv).get("--plot-out"));
+      console.error(`wrote ${svg}`);
+    }
   }
 
   const broken = entries.some((e) =>

@@ -17,3 +17,6 @@ for rate in ${RATES:-0.5 1 2 4}; do
     --output-len 16:64 --vocab 512 --seed 0 --rate "$rate" --label "rate-$rate" --no-progress \
     --result-json "$OUT/poisson-$rate.json" | grep -E "^(Output token|TTFT|ITL|Duration)"
 done
+# One plot over the rates (each run above also wrote its own beside its JSON).
+files=$(for rate in ${RATES:-0.5 1 2 4}; do printf '%s,' "$OUT/poisson-$rate.json"; done)
+deno task bench --plot-only "${files%,}" --plot-out "$OUT/poisson.svg"

@@ -19,6 +19,7 @@ import { runBenchmark, type RunOptions } from "../bench/lib/runner.ts";
 import { createProgress } from "../bench/lib/progress.ts";
 import { splitArgs } from "../bench/lib/server.ts";
 import { ratios, summarizeMode } from "../bench/lib/report.ts";
+import { niceTicks, plotFiles, svgCharts } from "../bench/lib/plot.ts";
 
 const close = (a: number | null, b: number, eps = 1e-9) => a !== null && Math.abs(a - b) <= eps;
 
@@ -406,5 +407,142 @@ Deno.test("runner: per-request and overall timeouts end the run", async () => {
     assertEquals(o.records[2].sentAt, null);
   } finally {
     await srv.close();
+  }
+});
+
+// ---- Plots (bench/lib/plot.ts) -----------------------------------------------------------------------
+
+/** Well-formed XML with an <svg> root: every tag closed in order, attributes quoted, text escaped. */
+function assertWellFormedSvg(svg: string): void {
+  const tag = /<(\/?)([a-zA-Z][\w:-]*)((?:\s+[\w:-]+="[^"<]*")*)\s*(\/?)>/g;
+  const stack: string[] = [];
+  let last = 0;
+  let root: string | null = null;
+  for (const m of svg.matchAll(tag)) {
+    const text = svg.slice(last, m.index);
+    assert(!/[<>]|&(?!(amp|lt|gt|quot|#\d+);)/.test(text), `bad text before ${m[0]}: ${text.slice(0, 80)}`);
+    last = m.index! + m[0].length;
+    if (m[1]) assertEquals(stack.pop(), m[2], `closing ${m[2]}`);
+    else if (!m[4]) {
+      if (stack.length === 0) {
+        assertEquals(root, null, "one root element");
+        root = m[2];
+      }
+      stack.push(m[2]);
+    }
+  }
+  assertEquals(svg.slice(last).trim(), "");
+  assertEquals(stack, []);
+  assertEquals(root, "svg");
+  assert(svg.includes('xmlns="http://www.w3.org/2000/svg"'));
+}
+
+Deno.test("plot: niceTicks ends at or above the maximum in round steps", () => {
+  assertEquals(niceTicks(1236), [0, 500, 1000, 1500]);
+  assertEquals(niceTicks(87.9), [0, 20, 40, 60, 80, 100]);
+  assertEquals(niceTicks(0), [0, 1]);
+});
+
+Deno.test("plot: an SVG chart escapes text and draws one mark per value", () => {
+  const svg = svgCharts([
+    {
+      title: "a < b & c",
+      yLabel: "ms",
+      kind: "bar",
+      categories: ["x", "y"],
+      xLabel: "m",
+      series: [
+        { name: "p50", values: [1, 2] },
+        { name: "p99", values: [3, null] },
+      ],
+    },
+    {
+      title: "lines",
+      yLabel: "ms",
+      kind: "line",
+      categories: ["1", "2", "4"],
+      xLabel: "r",
+      series: [
+        { name: "s", values: [1, 4, 2] },
+      ],
+    },
+  ]);
+  assertWellFormedSvg(svg);
+  assert(svg.includes("a &lt; b &amp; c"));
+  assertEquals(svg.match(/<rect [^>]*><title>/g)?.length, 3, "null draws nothing");
+  assertEquals(svg.match(/<circle /g)?.length, 3);
+});
+
+Deno.test("plot: committed results plot as modes (bars) and as a Poisson sweep (lines)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ragtime_plot_" });
+  try {
+    const R = new URL("../bench/results/cpu-2026-11-27-b/", import.meta.url).pathname;
+    const modes = await plotFiles(
+      ["continuous", "static", "sequential"].map((m) => `${R}${m}.json`),
+      `${dir}/m.svg`,
+    );
+    const svg = await Deno.readTextFile(modes);
+    assertWellFormedSvg(svg);
+    for (
+      const s of ["Output throughput", "Time to first token", "Inter-token latency", "continuous", "static"]
+    ) {
+      assert(svg.includes(`>${s}<`), `${s} missing`);
+    }
+    for (const s of ["output tokens/s", "p50", "p90", "p99"]) assert(svg.includes(`data-name="${s}"`), s);
+    // Continuous's throughput bar (186.7 tok/s) is taller than static's (130.7).
+    const bars = [
+      ...svg.matchAll(/height="([\d.]+)" fill="[^"]+"><title>output tokens\/s (\w+): ([\d.]+)</g),
+    ];
+    assertEquals(bars.map((b) => b[2]), ["continuous", "static", "sequential"]);
+    assertEquals(bars.map((b) => b[3]), ["187", "131", "41.7"]);
+    assert(Number(bars[0][1]) > Number(bars[1][1]) && Number(bars[1][1]) > Number(bars[2][1]));
+
+    const sweep = await plotFiles(["4", "0.5", "2", "1"].map((r) => `${R}poisson-${r}.json`), `${dir}/p.svg`);
+    const p = await Deno.readTextFile(sweep);
+    assertWellFormedSvg(p);
+    assertEquals(p.match(/<polyline /g)?.length, 7, "1 throughput line + 3 TTFT + 3 ITL percentiles");
+    const xs = [...p.matchAll(/text-anchor="middle">(0\.5|1|2|4)</g)].map((m) => m[1]);
+    assertEquals(xs.slice(0, 4), ["0.5", "1", "2", "4"], "rates in order whatever the file order");
+    assert(p.includes("request rate"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bench: --result-json writes the plot beside it; --plot-only replots it", async () => {
+  const srv = fakeServer();
+  const dir = await Deno.makeTempDir({ prefix: "ragtime_bench_plot_" });
+  try {
+    const bench = (args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../bench/bench.ts", import.meta.url).pathname, ...args],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const run = await bench([
+      "--base-url",
+      srv.url,
+      "--num-prompts",
+      "6",
+      "--warmup",
+      "0",
+      "--output-len",
+      "2:4",
+      "--label",
+      "fake-run",
+      "--no-progress",
+      "--result-json",
+      `${dir}/run.json`,
+    ]);
+    assertEquals(run.code, 0, new TextDecoder().decode(run.stderr));
+    const svg = await Deno.readTextFile(`${dir}/run.svg`);
+    assertWellFormedSvg(svg);
+    assert(svg.includes(">fake-run<") && svg.includes('data-name="p99"'), svg.slice(0, 400));
+    const again = await bench(["--plot-only", `${dir}/run.json`, "--plot-out", `${dir}/again.svg`]);
+    assertEquals(again.code, 0, new TextDecoder().decode(again.stderr));
+    assertEquals(await Deno.readTextFile(`${dir}/again.svg`), svg);
+  } finally {
+    await srv.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });
