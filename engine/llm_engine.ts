@@ -104,7 +104,8 @@ export class LLMEngine {
   constructor(
     private model: Pick<LoadedModel, "config" | "tokenizer">,
     private runner: ModelRunner,
-    private config: EngineConfig,
+    // prefixCaching (default on) is to join EngineConfig with its flag; until then only tests set it.
+    private config: EngineConfig & { prefixCaching?: boolean },
     private log: (line: string) => void = () => {},
   ) {
     if (config.maxContext > runner.maxPositions) {
@@ -112,7 +113,9 @@ export class LLMEngine {
         `context ${config.maxContext} exceeds the step graph's ${runner.maxPositions} positions`,
       );
     }
-    const blocks = new BlockManager(runner.numBlocks, runner.blockSize);
+    const blocks = new BlockManager(runner.numBlocks, runner.blockSize, {
+      prefixCaching: config.prefixCaching ?? true,
+    });
     this.scheduler = new Scheduler({
       blockManager: blocks,
       blockSize: runner.blockSize,
@@ -227,6 +230,9 @@ export class LLMEngine {
       preemptionsTotal: s.preemptionsTotal,
       stepsTotal: this.counters.steps,
       stepsByPath: { ...this.stepsByPath },
+      prefixCacheQueriesTotal: s.prefixCacheQueries,
+      prefixCacheHitsTotal: s.prefixCacheHits,
+      kvBlocksCached: s.blocksCached,
       stepTokens: { ...this.stepTokens, counts: [...this.stepTokens.counts] },
     };
   }
@@ -447,6 +453,7 @@ export class LLMEngine {
       stopReason,
       promptTokens: seq.promptIds.length,
       completionTokens: seq.outputIds.length,
+      cachedPromptTokens: seq.numCachedTokens,
       queueTime: ((seq.firstScheduledTime ?? now) - seq.arrivalTime) / 1000,
       timeToFirstToken: seq.firstTokenTime === null ? 0 : (seq.firstTokenTime - seq.arrivalTime) / 1000,
       e2eTime: (now - seq.arrivalTime) / 1000,

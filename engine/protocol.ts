@@ -102,6 +102,11 @@ export type GenerateEvent =
     stopReason: string | number | null;
     promptTokens: number;
     completionTokens: number;
+    /**
+     * Prompt tokens whose KV came from the prefix cache (usage.prompt_tokens_details.cached_tokens);
+     * absent where the engine has no prefix cache.
+     */
+    cachedPromptTokens?: number;
     /** Seconds, measured in the engine. */
     queueTime: number;
     timeToFirstToken: number;
@@ -140,6 +145,13 @@ export interface EngineStats {
   stepsTotal: number;
   /** Steps by the session that ran them (see engine/captured_steps.ts); absent where not counted. */
   stepsByPath?: { captured: number; uncaptured: number };
+  /**
+   * Prefix cache, as vLLM counts it: prompt tokens looked up at admission and found cached, and
+   * blocks holding cached content (held or evictable). Absent where the engine has no prefix cache.
+   */
+  prefixCacheQueriesTotal?: number;
+  prefixCacheHitsTotal?: number;
+  kvBlocksCached?: number;
   /** Tokens (prefill and decode) per step, over STEP_TOKEN_BUCKETS. */
   stepTokens: HistogramCounts;
 }

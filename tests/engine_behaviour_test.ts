@@ -28,10 +28,10 @@ function doneOf(events: GenerateEvent[]): DoneEvent {
   return last;
 }
 
-/** Blocks held by every sequence the scheduler knows: what the pool must report as used. */
+/** Blocks held by every sequence the scheduler knows (a cached prefix once): what the pool reports as used. */
 function blocksHeld(engine: LLMEngine): number {
   const s = engine.scheduler;
-  return [...s.running, ...s.waiting].reduce((n, seq) => n + seq.blockTable.length, 0);
+  return new Set([...s.running, ...s.waiting].flatMap((seq) => seq.blockTable)).size;
 }
 
 function submitRaw(
