@@ -36,8 +36,15 @@ async function withShims<T>(
   }
 }
 
-/** The first instance comes from the import (which also makes Deno install the package). */
+let imported = false;
+
+/**
+ * The first instance comes from the import (which also makes Deno install the package); the import
+ * runs the script once per thread, so later ones (another engine in this thread) are fresh instances.
+ */
 async function importInstance(): Promise<XGrammar> {
+  if (imported) return await freshInstance();
+  imported = true;
   const xg = await withShims(async () => {
     await import("@mlc-ai/web-xgrammar");
     const g = globalThis as Record<string, unknown>;
@@ -73,15 +80,19 @@ export class GrammarError extends Error {
 
 /**
  * Token texts as xgrammar's "raw" vocabulary: what each token decodes to. Tokens that are part of a
- * UTF-8 sequence (U+FFFD in their text) and special tokens (empty with special tokens skipped) get ""
- * and are then never allowed; stop tokens are handled by id.
+ * UTF-8 sequence (U+FFFD in their text), tokens with control characters and special tokens (empty
+ * with special tokens skipped) get "" and are then never allowed; stop tokens are handled by id.
  */
 export function grammarVocabulary(tokenizer: Tokenizer): string[] {
   const tokens: string[] = [];
   for (let id = 0; id < tokenizer.vocabSize; id++) {
     const text = tokenizer.tokenText(id);
     const special = text !== "" && tokenizer.decode([id], true) === "";
-    tokens.push(special || text.includes("\uFFFD") ? "" : text);
+    // xgrammar's JSON strings let raw control characters through, which JSON.parse rejects; compact
+    // JSON never needs them outside strings either.
+    // deno-lint-ignore no-control-regex
+    const control = /[\u0000-\u001f]/.test(text);
+    tokens.push(special || control || text.includes("\uFFFD") ? "" : text);
   }
   return tokens;
 }
@@ -128,6 +139,17 @@ export class Matcher {
     for (const id of h.preferred) if (ok(id)) return id;
     for (const id of h.byLength) if (ok(id)) return id;
     return h.stopIds[0] ?? 0;
+  }
+
+  /** Whether, after `token`, the forced finish still ends the document within `left - 1` tokens. */
+  async leavesRoom(token: number, left: number): Promise<boolean> {
+    if (this.host.stopIds.includes(token)) return true;
+    if (!this.m.acceptToken(token)) return false;
+    try {
+      return await this.forcedLength(left) <= left - 1;
+    } finally {
+      this.m.rollBack(1);
+    }
   }
 
   /** Tokens the forced finish would take from here (at most `limit`); the state is kept. */

@@ -354,17 +354,10 @@ export class LLMEngine {
       let logprobs: TokenLogprob[] | undefined;
       let logits = result.logits?.subarray(row * V, (row + 1) * V);
       let forced: number | null = null;
+      let mask: Int32Array | null = null;
       if (r.matcher) {
-        const m = r.matcher;
-        const mask = await m.mask();
-        if (!m.finishing) {
-          const left = Math.min(
-            seq.params.maxTokens - seq.outputIds.length,
-            this.scheduler.config.maxContext - seq.knownLen,
-          );
-          if (left <= FORCE_HORIZON && await m.forcedLength(left) >= left) m.finishing = true;
-        }
-        if (m.finishing) forced = m.forcedToken(mask);
+        mask = await r.matcher.mask();
+        if (r.matcher.finishing) forced = r.matcher.forcedToken(mask);
         else logits = maskLogits(logits!, mask);
       }
       if (forced !== null) token = forced;
@@ -387,6 +380,19 @@ export class LLMEngine {
               logprob: x.logprob,
             })),
           }];
+        }
+      }
+      if (r.matcher && forced === null) {
+        // A sampled token after which the shortest end of the document no longer fits is replaced
+        // by the forced finish, so the document ends (and parses) within max_tokens.
+        const left = Math.min(
+          seq.params.maxTokens - seq.outputIds.length,
+          this.scheduler.config.maxContext - seq.knownLen,
+        );
+        if (left <= FORCE_HORIZON && !await r.matcher.leavesRoom(token, left)) {
+          r.matcher.finishing = true;
+          token = r.matcher.forcedToken(mask!);
+          logprobs = undefined;
         }
       }
       r.matcher?.accept(token);

@@ -5,7 +5,10 @@ import OpenAI from "openai";
 import { zodResponseFormat } from "openai/helpers/zod";
 import { z } from "zod";
 import { assert, assertEquals } from "./helpers/assert.ts";
-import { idsOf, params, startEngine, stories, textOf } from "./helpers/engine.ts";
+import { idsOf, params, startEngine, startLocalEngine, stories, textOf } from "./helpers/engine.ts";
+import { randomModel } from "./helpers/random_model.ts";
+import { loadModel } from "../engine/model/load.ts";
+import type { LoadedModel } from "../engine/model/types.ts";
 import { withServerProcess } from "./helpers/server_process.ts";
 import type { GenerateEvent, GrammarSpec } from "../engine/protocol.ts";
 
@@ -103,4 +106,43 @@ Deno.test("a constrained request sharing steps leaves an unconstrained request's
   } finally {
     await h.close();
   }
+});
+
+async function constrainedRuns(model: LoadedModel): Promise<void> {
+  const h = await startLocalEngine(model, { maxModelLen: 256 });
+  try {
+    const prompt = model.tokenizer.encode("Tell me about a person.", true);
+    const grammar: GrammarSpec = {
+      param: "response_format",
+      type: "json_schema",
+      schema: JSON.stringify(z.toJSONSchema(Person)),
+    };
+    const runs = await Promise.all(
+      [1, 2, 3].map((seed) =>
+        h.generate(`s${seed}`, prompt, params({ maxTokens: 80, temperature: 1, seed, grammar }))
+      ),
+    );
+    for (const ev of runs) {
+      const done = ev[ev.length - 1];
+      assert(done.type === "done" && done.finishReason === "stop", `${JSON.stringify(done)} ${textOf(ev)}`);
+      Person.parse(JSON.parse(textOf(ev)));
+    }
+  } finally {
+    await h.close();
+  }
+}
+
+const MINI = new URL("../models/ragtime-mini", import.meta.url).pathname;
+
+Deno.test("constrained output validates on the built-in model (ragtime-mini)", async () => {
+  await constrainedRuns(await loadModel(MINI));
+});
+
+Deno.test("constrained output validates on random weights (ragtime-mini's tokenizer)", async () => {
+  const mini = await loadModel(MINI);
+  const random = randomModel("llama", 7, {
+    vocabSize: mini.config.vocabSize,
+    eosTokenIds: mini.config.eosTokenIds,
+  });
+  await constrainedRuns({ ...random, tokenizer: mini.tokenizer, chatTemplate: mini.chatTemplate });
 });
