@@ -45,9 +45,11 @@ fail() {
 # --- the binary and the CUDA libraries it links
 BIN=${LLAMA_SERVER:-/tmp/rt/llama/llama-server}
 if [ ! -x "$BIN" ]; then
-  [ -f .gpu/llama-server.xz ] || fail "no llama-server: set LLAMA_SERVER or pack .gpu/llama-server.xz"
+  # .cache/ (git-ignored too) when .gpu/ with it would pass the device tool's 64 MiB: carry it in its own call.
+  xzf=$(ls .gpu/llama-server.xz .cache/llama-server.xz 2>/dev/null | head -1)
+  [ -n "$xzf" ] || fail "no llama-server: set LLAMA_SERVER, or carry .gpu/ or .cache/llama-server.xz"
   mkdir -p "$(dirname "$BIN")"
-  xz -dc .gpu/llama-server.xz >"$BIN" && chmod +x "$BIN"
+  xz -dc "$xzf" >"$BIN" && chmod +x "$BIN"
 fi
 libdirs=()
 for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13; do
