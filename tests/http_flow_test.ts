@@ -245,7 +245,10 @@ Deno.test("drain: past --shutdown-timeout, streams end with an error event and [
   assert.ok(performance.now() - t0 < 2000);
   // An explicit end, so the client can tell a shutdown from a network failure.
   const text = await body;
-  assert.match(text, /data: \{"error":\{[^\n]*"type":"server_error"[^\n]*"code":"server_shutdown"\}\}\n\ndata: \[DONE\]\n\n$/);
+  assert.match(
+    text,
+    /data: \{"error":\{[^\n]*"type":"server_error"[^\n]*"code":"server_shutdown"\}\}\n\ndata: \[DONE\]\n\n$/,
+  );
   await waitFor(() => engine.aborted.length === 1, "engine abort");
 });
 
