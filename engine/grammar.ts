@@ -273,9 +273,36 @@ export class GrammarHost {
         return await this.compiler.compileJSONSchema('{"type": "object"}', false, -1, [",", ":"], false);
       case "json_schema":
         return await this.compiler.compileJSONSchema(spec.schema, false, -1, [",", ":"], true);
-      case "structural_tag":
-        return await this.compiler.compileStructuralTag(JSON.parse(spec.tag));
+      case "structural_tag": {
+        const tag = JSON.parse(spec.tag);
+        await this.compactSchemas(tag);
+        return await this.compiler.compileStructuralTag(tag);
+      }
     }
+  }
+
+  /**
+   * A structural tag's json_schema parts allow free whitespace (random weights then loop on spaces):
+   * each becomes the grammar of its schema with compact separators, as response_format's.
+   */
+  private async compactSchemas(node: unknown): Promise<void> {
+    if (typeof node !== "object" || node === null) return;
+    const n = node as Record<string, unknown>;
+    if (n.type === "json_schema" && "json_schema" in n) {
+      const g = await this.xg.Grammar.fromJSONSchema(
+        JSON.stringify(n.json_schema),
+        false,
+        -1,
+        [",", ":"],
+        true,
+      );
+      n.type = "grammar";
+      n.grammar = g.toString();
+      delete n.json_schema;
+      g.dispose();
+      return;
+    }
+    for (const v of Object.values(n)) await this.compactSchemas(v);
   }
 
   /** A new instance after an abort: the old one's memory is not to be trusted again. */

@@ -3,7 +3,15 @@
 
 import type { ChatTemplate, GenerationDefaults, Tokenizer } from "./model/types.ts";
 
-export type { ChatMessage, ChatTemplate, GenerationDefaults, Tokenizer } from "./model/types.ts";
+export type {
+  ChatMessage,
+  ChatTemplate,
+  GenerationDefaults,
+  Tokenizer,
+  ToolCall,
+  ToolDefinition,
+  ToolFormat,
+} from "./model/types.ts";
 
 /** Sampling parameters with OpenAI/vLLM semantics, already validated and defaulted. */
 export interface SamplingParams {

@@ -25,8 +25,9 @@ export interface Format {
   choice(text: string, logprobs: TokenLogprob[] | null, finish: Finish): object;
   /** Choices sent before any token (chat's role announcement). */
   start(): object[];
-  delta(text: string, logprobs: TokenLogprob[] | null): object;
-  finish(finish: Finish): object;
+  /** One choice delta, or several (chat's tool calls), or none. */
+  delta(text: string, logprobs: TokenLogprob[] | null): object | object[];
+  finish(finish: Finish): object | object[];
 }
 
 export interface Job {
@@ -183,7 +184,7 @@ async function streamResponse(c: AppContext, s: Shared, job: Job, run: Run, base
         if (ev.type === "delta") {
           const logprobs = wantLogprobs ? ev.logprobs ?? [] : null;
           if (ev.text !== "" || (logprobs && logprobs.length > 0)) {
-            yield chunk([format.delta(ev.text, logprobs)]);
+            for (const d of [format.delta(ev.text, logprobs)].flat()) yield chunk([d]);
           }
         } else if (ev.type === "error") {
           yield engineError(ev, job.promptParam).body();
@@ -193,7 +194,7 @@ async function streamResponse(c: AppContext, s: Shared, job: Job, run: Run, base
             if (!run.clientGone) yield run.abortError().body();
             return;
           }
-          yield chunk([format.finish(ev.finishReason)]);
+          for (const d of [format.finish(ev.finishReason)].flat()) yield chunk([d]);
           if (job.includeUsage) yield { ...base, object: format.chunkObject, choices: [], usage: usage(ev) };
           return;
         }

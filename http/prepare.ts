@@ -1,7 +1,7 @@
 // What the endpoints share before a request reaches the engine: the engine's availability, the model
 // name, prompt checks and sampling parameters.
 import type { EngineClient, SamplingParams } from "../engine/protocol.ts";
-import type { ChatMessage, Tokenizer } from "../engine/protocol.ts";
+import type { ChatMessage, Tokenizer, ToolDefinition } from "../engine/protocol.ts";
 import { ApiError, badRequest } from "./errors.ts";
 import type { Shared } from "./context.ts";
 import type { SamplingFields } from "./schemas.ts";
@@ -94,10 +94,11 @@ export function encodeChat(
   messages: ChatMessage[],
   addGenerationPrompt = true,
   addSpecial?: boolean,
+  tools?: ToolDefinition[],
 ): number[] {
   let text: string;
   try {
-    text = engine.chatTemplate.render(messages, addGenerationPrompt);
+    text = engine.chatTemplate.render(messages, addGenerationPrompt, tools);
   } catch (err) {
     const why = err instanceof Error ? err.message : String(err);
     throw badRequest(`The chat template rejected the messages: ${why}`, "messages", "invalid_messages");

@@ -52,18 +52,51 @@ const content = z.unknown().transform((v, ctx): string => {
 /** Accepted and ignored: request metadata that does not change what is generated (listed in README). */
 const ignored = z.unknown().optional();
 
+const functionName = z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, "must be 1-64 letters, digits, _ or -");
+
+const toolCall = z.strictObject({
+  id: z.string(),
+  type: z.literal("function"),
+  function: z.strictObject({ name: z.string(), arguments: z.string() }),
+});
+
 const message = z.strictObject({
   role: z.enum(["system", "user", "assistant", "developer", "tool"]),
   content: content.optional(),
   name: z.string().optional(),
-  tool_calls: z.array(z.unknown()).optional(),
+  tool_calls: z.array(toolCall).optional(),
   tool_call_id: z.string().optional(),
   refusal: ignored,
 }).transform((m, ctx): ChatMessage => {
   // Assistant turns that only carried tool calls have no content.
   if (m.content === undefined && m.role !== "assistant") return custom(ctx, m, "is required", ["content"]);
-  return { role: m.role, content: m.content ?? "" };
+  if (m.tool_calls !== undefined && m.role !== "assistant") {
+    return custom(ctx, m, "is only allowed on assistant messages", ["tool_calls"]);
+  }
+  if (m.role === "tool" && m.tool_call_id === undefined) {
+    return custom(ctx, m, "is required", ["tool_call_id"]);
+  }
+  const out: ChatMessage = { role: m.role, content: m.content ?? "" };
+  if (m.tool_calls && m.tool_calls.length > 0) out.tool_calls = m.tool_calls;
+  if (m.tool_call_id !== undefined) out.tool_call_id = m.tool_call_id;
+  return out;
 });
+
+/** OpenAI's function tools; parameters is a JSON Schema (checked when compiled, a 400 naming tools). */
+const tool = z.strictObject({
+  type: z.literal("function"),
+  function: z.strictObject({
+    name: functionName,
+    description: z.string().optional(),
+    parameters: z.record(z.string(), z.unknown()).optional(),
+    strict: z.boolean().optional(),
+  }),
+});
+
+const toolChoice = z.union([
+  z.enum(["none", "auto", "required"]),
+  z.strictObject({ type: z.literal("function"), function: z.strictObject({ name: functionName }) }),
+]);
 
 const stop = z.unknown().transform((v, ctx): string[] => {
   if (typeof v === "string") return v === "" ? [] : [v];
@@ -127,6 +160,9 @@ export const ChatRequest = z.strictObject({
   logprobs: z.boolean().optional(),
   top_logprobs: z.int().min(0).max(5).optional(),
   response_format: responseFormat.optional(),
+  tools: z.array(tool).max(128).optional(),
+  tool_choice: toolChoice.optional(),
+  parallel_tool_calls: z.boolean().optional(),
 });
 export type ChatRequest = z.output<typeof ChatRequest>;
 

@@ -58,7 +58,30 @@ export interface WeightSource {
 export interface ChatMessage {
   role: "system" | "user" | "assistant" | "tool" | "developer";
   content: string;
+  /** An assistant turn's calls; arguments as the JSON text OpenAI clients send. */
+  tool_calls?: ToolCall[];
+  /** A tool turn: the call it answers. */
+  tool_call_id?: string;
 }
+
+export interface ToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
+
+/** A function the model may call (OpenAI's `tools` entries). */
+export interface ToolDefinition {
+  type: "function";
+  function: { name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean };
+}
+
+/**
+ * How a template's family writes tool calls: "hermes" (Qwen2.5, Hermes and the ChatML default)
+ * `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`; "llama3" `{"name": ..., "parameters": ...}`
+ * (after an optional <|python_tag|>); "mistral" `[TOOL_CALLS][{"name": ..., "arguments": ...}]`.
+ */
+export type ToolFormat = "hermes" | "llama3" | "mistral";
 
 export interface Tokenizer {
   vocabSize: number;
@@ -73,7 +96,9 @@ export interface Tokenizer {
 }
 
 export interface ChatTemplate {
-  render(messages: ChatMessage[], addGenerationPrompt: boolean): string;
+  render(messages: ChatMessage[], addGenerationPrompt: boolean, tools?: ToolDefinition[]): string;
+  /** Absent: "hermes". */
+  readonly toolFormat?: ToolFormat;
 }
 
 /**
