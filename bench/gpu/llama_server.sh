@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # llama.cpp's server as a peer on the GPU host (issue 12), driven over HTTP by `deno task bench` like
 # ragtime: one slot per concurrent request (--parallel SLOTS), context SLOTS x SLOT_CTX, all layers on
-# the GPU. From the repo root on the device machine, after bench/gpu/pack.sh here (with LLAMA_SERVER
-# set, so .gpu/llama-server.xz is carried):
+# the GPU. From the repo root on the device machine, with the binary from `bash bench/gpu/build_llama.sh
+# build` there (/tmp/rt/llama/llama-server) or carried as .gpu/ or .cache/llama-server.xz:
 #
 #   SLOTS=128 bash bench/gpu/llama_server.sh -- --num-prompts 128 --warmup 8 --input-len 64:512 \
 #     --output-len 32:256 --seed 0
@@ -18,8 +18,9 @@
 #   VOCAB       token ids of random prompts are drawn below this (default: the preset's first special id)
 #   SLOTS       --parallel (default 128); SLOT_CTX per-slot context (default 1024)
 #   LLAMA_ARGS  more llama-server flags (e.g. "--kv-unified" or "-fa off")
-#   LLAMA_SERVER  the binary (default: unpacked from .gpu/llama-server.xz)
+#   LLAMA_SERVER  the binary (default /tmp/rt/llama/llama-server, else unpacked there from the .xz)
 #   OUT         results folder (default bench/results/gpu); LABEL (default llamacpp-$SLOTS); PORT
+# Writes $OUT/$LABEL.json (and bench's plot) and $OUT/$LABEL-server.log (machine, version, server log).
 # The binary needs CUDA 13's libcudart/libcublas/libcublasLt: found in the host's Python nvidia wheels
 # (PyTorch cu130, which the transformers peer uses) or CUDA folders, else the script stops and says so.
 set -uo pipefail
@@ -91,10 +92,10 @@ esac
   git log -1 --format='commit %H' 2>/dev/null
   date -u +"date %Y-%m-%dT%H:%M:%SZ"
   echo "model $MODEL slots $SLOTS ctx $((SLOTS * SLOT_CTX)) extra ${LLAMA_ARGS:-}"
-} | tee "$OUT/$LABEL-machine.txt"
+} | tee "$OUT/$LABEL-server.log"
 # shellcheck disable=SC2086 # LLAMA_ARGS is a list of flags
 "$BIN" -m "$MODEL" --host 127.0.0.1 --port "$PORT" --parallel "$SLOTS" --ctx-size $((SLOTS * SLOT_CTX)) \
-  --n-gpu-layers 99 --no-webui ${LLAMA_ARGS:-} >"$OUT/$LABEL-server.log" 2>&1 &
+  --n-gpu-layers 99 --no-webui ${LLAMA_ARGS:-} >>"$OUT/$LABEL-server.log" 2>&1 &
 server=$!
 t0=$(date +%s)
 until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do
