@@ -7,10 +7,11 @@
 //     [--kv-caps 256] [--context 1024] [--past 200] [--steps 20] [--kv-cache-mb 2048] [--no-feed]
 //
 // Without --model: a SmolLM2-135M-shaped model with random weights (bench/gpu/step_probe.ts's).
-// Runners, one after the other: (1) capture with the context limit as the only bound, which also
-// runs every batch uncaptured; (2) capture with --kv-caps as bounds (a step of `past` tokens uses the
-// smallest that fits); (3) unless --no-feed, weights as initializers, uncaptured: against (1)'s
-// uncaptured numbers, the CPU cost of feeding the weights as ~N GPU tensors per run.
+// Three runners, alive together and measured step by step in turn: (1) capture with the context
+// limit as the only bound, which also runs every batch uncaptured; (2) capture with --kv-caps as
+// bounds (a step of `past` tokens uses the smallest that fits); (3) unless --no-feed, weights as
+// initializers, uncaptured: against (1)'s uncaptured steps, the CPU cost of feeding the weights as
+// graph inputs (one GPU tensor each) in every run.
 // GRAPH_CACHE=DIR caches the built graphs between runs.
 import { parseArgs } from "node:util";
 import { ModelRunner, type RunnerOptions, type StepInputs } from "../../engine/model_runner.ts";
@@ -107,69 +108,91 @@ function threadCpuMs(): number {
 const pct = (v: number[], p: number) =>
   [...v].sort((x, y) => x - y)[Math.min(v.length - 1, Math.floor(p * v.length))];
 
-async function measure(r: ModelRunner, B: number, label: string) {
-  const inp = decode(r, B);
-  for (let i = 0; i < 3; i++) await r.read(await r.run(inp));
-  const dispatch: number[] = [];
-  let cpu = 0;
-  const tS = performance.now();
-  let path = "";
-  for (let i = 0; i < N; i++) {
-    const t = performance.now(), c = threadCpuMs();
-    const h = await r.run(inp);
-    cpu += threadCpuMs() - c;
-    dispatch.push(performance.now() - t);
-    path = h.path;
-    await r.read(h);
-  }
-  const serial = (performance.now() - tS) / N;
-  // As the engine runs: read of step i requested after dispatching i+1, awaited after i+2.
-  const tP = performance.now();
-  const flight = [];
-  for (let i = 0; i < N + 2; i++) {
-    flight.push(await r.run(inp));
-    if (flight.length >= 2) r.startRead(flight[flight.length - 2]);
-    if (flight.length >= 3) await r.read(flight.shift()!);
-  }
-  while (flight.length) await r.read(flight.shift()!);
-  const piped = (performance.now() - tP) / (N + 2);
-  const mean = dispatch.reduce((x, y) => x + y, 0) / N;
-  console.log(
-    `B=${String(B).padStart(3)} ${label.padEnd(26)} [${path}] dispatch: thread CPU ${
-      (cpu / N).toFixed(2)
-    } ms, ` +
-      `wall mean ${mean.toFixed(2)} p50 ${pct(dispatch, 0.5).toFixed(2)} ms; step serial ${
-        serial.toFixed(2)
-      } ms, pipelined ${piped.toFixed(2)} ms ` +
-      `(${((B * 1000) / piped).toFixed(0)} tok/s)`,
-  );
-  return cpu / N;
+interface Case {
+  label: string;
+  r: ModelRunner;
+  captured: boolean;
 }
 
-const uncaptured = new Map<number, number>();
-{
-  const r = await runner({ capture: { batchSizes: batches, kvCaps: [], eager: true } });
-  for (const B of batches) {
-    r.useCaptured = false;
-    uncaptured.set(B, await measure(r, B, "uncaptured"));
-    r.useCaptured = true;
-    await measure(r, B, `captured, bound ${context}`);
+/**
+ * Serial steps (dispatch, then read) of every case in turn, so that a drift in the machine's load
+ * falls on all alike; then each case pipelined as the engine runs it (three steps in flight).
+ */
+async function measure(B: number, cases: Case[]) {
+  const inputs = cases.map((c) => decode(c.r, B));
+  const step = async (k: number) => {
+    cases[k].r.useCaptured = cases[k].captured;
+    const t = performance.now(), c = threadCpuMs();
+    const h = await cases[k].r.run(inputs[k]);
+    const cpu = threadCpuMs() - c, wall = performance.now() - t;
+    await cases[k].r.read(h);
+    return { cpu, wall, step: performance.now() - t, path: h.path };
+  };
+  for (let i = 0; i < 3; i++) for (let k = 0; k < cases.length; k++) await step(k);
+  const runs = cases.map(() => ({
+    cpu: [] as number[],
+    wall: [] as number[],
+    step: [] as number[],
+    path: "",
+  }));
+  for (let i = 0; i < N; i++) {
+    for (let k = 0; k < cases.length; k++) {
+      const m = await step(k);
+      runs[k].cpu.push(m.cpu);
+      runs[k].wall.push(m.wall);
+      runs[k].step.push(m.step);
+      runs[k].path = m.path;
+    }
   }
-  await r.close();
-}
-const caps = shortCaps.filter((c) => c > past && c < context);
-if (caps.length) {
-  const r = await runner({ capture: { batchSizes: batches, kvCaps: caps, eager: true } });
-  for (const B of batches) await measure(r, B, `captured, bound ${caps[0]}`);
-  await r.close();
-} else console.log(`no --kv-caps bound in (${past}, ${context}): short bounds skipped`);
-if (!a["no-feed"]) {
-  const r = await runner({ capture: null, weightsAsInputs: false });
-  for (const B of batches) {
-    const m = await measure(r, B, "uncaptured, weights inside");
+  const cpuByCase: number[] = [];
+  for (let k = 0; k < cases.length; k++) {
+    const { r, label } = cases[k];
+    r.useCaptured = cases[k].captured;
+    const tP = performance.now();
+    const flight = [];
+    for (let i = 0; i < N + 2; i++) {
+      flight.push(await r.run(inputs[k]));
+      if (flight.length >= 2) r.startRead(flight[flight.length - 2]);
+      if (flight.length >= 3) await r.read(flight.shift()!);
+    }
+    while (flight.length) await r.read(flight.shift()!);
+    const piped = (performance.now() - tP) / (N + 2);
+    const x = runs[k], mean = (v: number[]) => v.reduce((p, q) => p + q, 0) / v.length;
+    cpuByCase.push(mean(x.cpu));
     console.log(
-      `      feeding the weights as inputs costs ${(uncaptured.get(B)! - m).toFixed(2)} ms of CPU a step`,
+      `B=${String(B).padStart(3)} ${label.padEnd(28)} [${x.path}] dispatch: thread CPU ${
+        mean(x.cpu).toFixed(2)
+      } ms ` +
+        `(p50 ${pct(x.cpu, 0.5).toFixed(2)}), wall ${mean(x.wall).toFixed(2)} ms; step serial ` +
+        `${mean(x.step).toFixed(2)} ms (p50 ${pct(x.step, 0.5).toFixed(2)}), pipelined ${
+          piped.toFixed(2)
+        } ms ` +
+        `(${((B * 1000) / piped).toFixed(0)} tok/s)`,
     );
   }
-  await r.close();
+  return cpuByCase;
 }
+
+// All runners at once (the model's weights and a KV pool each), so that their steps interleave.
+const long = await runner({ capture: { batchSizes: batches, kvCaps: [], eager: true } });
+const caps = shortCaps.filter((c) => c > past && c < context);
+if (!caps.length) console.log(`no --kv-caps bound in (${past}, ${context}): short bounds skipped`);
+const short = caps.length
+  ? await runner({ capture: { batchSizes: batches, kvCaps: caps, eager: true } })
+  : null;
+const inside = a["no-feed"] ? null : await runner({ capture: null, weightsAsInputs: false });
+for (const B of batches) {
+  const cases: Case[] = [
+    { label: "uncaptured", r: long, captured: false },
+    { label: `captured, bound ${context}`, r: long, captured: true },
+    ...(short ? [{ label: `captured, bound ${caps[0]}`, r: short, captured: true }] : []),
+    ...(inside ? [{ label: "uncaptured, weights inside", r: inside, captured: false }] : []),
+  ];
+  const cpu = await measure(B, cases);
+  if (inside) {
+    console.log(
+      `      feeding the weights as inputs: ${(cpu[0] - cpu[cpu.length - 1]).toFixed(2)} ms of CPU a step`,
+    );
+  }
+}
+for (const r of [long, short, inside]) await r?.close();
