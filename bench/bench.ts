@@ -9,6 +9,7 @@ import { splitArgs, startServer } from "./lib/server.ts";
 import { ttftOf } from "./lib/stats.ts";
 import {
   buildWorkload,
+  markConstrained,
   parseRange,
   type Range,
   toDump,
@@ -62,6 +63,11 @@ const FLAGS: Record<string, Flag> = {
     metavar: "R|inf",
     def: "inf",
     help: "Requests per second (Poisson arrivals); inf sends all at once.",
+  },
+  "--constrained-share": {
+    metavar: "F",
+    def: "0",
+    help: "Share of requests sent with a response_format json_schema (grammar-constrained), e.g. 0.25.",
   },
   "--max-concurrency": { metavar: "N", help: "Most requests in flight (default: no cap)." },
   "--temperature": { metavar: "T", def: "0", help: "Sampling temperature." },
@@ -173,6 +179,7 @@ interface Config {
   seed: number;
   rate: number;
   maxConcurrency: number;
+  constrainedShare: number;
   temperature: number;
   ignoreEos: boolean;
   extraBody: Record<string, unknown>;
@@ -235,6 +242,7 @@ function buildConfig(argv: string[]): Config {
     seed: intFlag(f, "--seed", 0),
     rate: numFlag(f, "--rate", Number.MIN_VALUE, true),
     maxConcurrency: f.has("--max-concurrency") ? intFlag(f, "--max-concurrency", 1) : Infinity,
+    constrainedShare: numFlag(f, "--constrained-share", 0),
     temperature: numFlag(f, "--temperature", 0),
     ignoreEos: !f.has("--no-ignore-eos"),
     extraBody,
@@ -348,7 +356,13 @@ async function main(argv: string[]): Promise<number> {
   }
   const cfg = buildConfig(argv);
   const spec = workloadSpec(cfg);
-  const w = buildWorkload(spec, cfg.warmup);
+  const built = buildWorkload(spec, cfg.warmup);
+  const w = cfg.constrainedShare > 0
+    ? {
+      measured: markConstrained(built.measured, cfg.constrainedShare, cfg.seed),
+      warmup: markConstrained(built.warmup, cfg.constrainedShare, cfg.seed + 1),
+    }
+    : built;
 
   if (cfg.dumpWorkload) {
     await Deno.writeTextFile(cfg.dumpWorkload, JSON.stringify(toDump(spec, w)) + "\n");

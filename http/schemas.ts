@@ -172,6 +172,8 @@ export const CompletionRequest = z.strictObject({
   logprobs: z.int().min(0).max(5).optional(),
   echo: z.boolean().refine((e) => !e, "is not supported").optional(),
   suffix: z.string().refine((s) => s === "", "is not supported").optional(),
+  // vLLM takes it on completions too: a constrained continuation of a raw prompt.
+  response_format: responseFormat.optional(),
 });
 export type CompletionRequest = z.output<typeof CompletionRequest>;
 

@@ -8,6 +8,7 @@ import {
   arrivalRng,
   buildWorkload,
   generateWorkload,
+  markConstrained,
   parseRange,
   type RandomWorkloadSpec,
   toDump,
@@ -545,4 +546,22 @@ Deno.test("bench: --result-json writes the plot beside it; --plot-only replots i
     await srv.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("--constrained-share marks round(share x n) items, seeded, leaving prompts and lengths alone", () => {
+  const spec: RandomWorkloadSpec = {
+    kind: "random",
+    seed: 7,
+    count: 40,
+    inputLen: { min: 4, max: 8 },
+    outputLen: { min: 4, max: 8 },
+    idMin: 3,
+    vocab: 512,
+  };
+  const items = generateWorkload(spec);
+  const marked = markConstrained(items, 0.25, 1);
+  assertEquals(marked.filter((it) => it.constrained).length, 10);
+  assertEquals(marked.map(({ constrained: _c, ...it }) => it), items);
+  assertEquals(JSON.stringify(markConstrained(items, 0.25, 1)), JSON.stringify(marked));
+  assertEquals(markConstrained(items, 0, 1).filter((it) => it.constrained).length, 0);
 });

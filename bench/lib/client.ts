@@ -1,6 +1,6 @@
 // One streaming /v1/completions request, timed chunk by chunk.
 import type { RequestRecord } from "./stats.ts";
-import type { WorkloadItem } from "./workload.ts";
+import { CONSTRAINED_SCHEMA, type WorkloadItem } from "./workload.ts";
 
 export interface RequestOptions {
   url: string;
@@ -89,6 +89,13 @@ export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Pro
     max_tokens: item.outputTokens,
     stream: true,
     stream_options: { include_usage: true },
+    // A document ends at its grammar's end, so EOS must be allowed to stop it.
+    ...(item.constrained
+      ? {
+        response_format: { type: "json_schema", json_schema: { name: "bench", schema: CONSTRAINED_SCHEMA } },
+        ignore_eos: false,
+      }
+      : {}),
   };
   let usageOut: number | null = null;
   let sawDone = false;

@@ -16,6 +16,8 @@ export interface WorkloadItem {
   promptTokens: number | null;
   /** max_tokens; with ignore_eos the server should produce exactly this many tokens. */
   outputTokens: number;
+  /** Sent with a response_format json_schema (--constrained-share); absent: free text. */
+  constrained?: boolean;
 }
 
 export interface RandomWorkloadSpec {
@@ -42,7 +44,37 @@ export interface TextWorkloadSpec {
 export type WorkloadSpec = RandomWorkloadSpec | TextWorkloadSpec;
 
 /** Seed streams, fixed forever: changing them changes every published workload. */
-export const STREAM = { measured: 0, warmup: 1, arrivals: 2 } as const;
+export const STREAM = { measured: 0, warmup: 1, arrivals: 2, constrained: 3 } as const;
+
+/** The schema of constrained requests: small, with the features tool arguments use. */
+export const CONSTRAINED_SCHEMA = {
+  type: "object",
+  properties: {
+    name: { type: "string" },
+    age: { type: "integer", minimum: 0, maximum: 120 },
+    tags: { type: "array", items: { type: "string" }, maxItems: 3 },
+    color: { type: "string", enum: ["red", "green", "blue"] },
+  },
+  required: ["name", "age", "tags", "color"],
+  additionalProperties: false,
+};
+
+/**
+ * Marks round(share * n) items as constrained, chosen by a seeded shuffle from its own stream so the
+ * prompts and lengths stay those of the unconstrained workload.
+ */
+export function markConstrained(items: WorkloadItem[], share: number, seed: number): WorkloadItem[] {
+  if (!(share >= 0 && share <= 1)) throw new Error(`constrained share must be in [0, 1] (got ${share})`);
+  const n = Math.round(share * items.length);
+  const order = items.map((_, i) => i);
+  const rng = mulberry32(deriveSeed(seed, STREAM.constrained));
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = uniformInt(rng, 0, i);
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  const chosen = new Set(order.slice(0, n));
+  return items.map((it, i) => chosen.has(i) ? { ...it, constrained: true } : it);
+}
 
 export function parseRange(s: string, name: string): Range {
   const m = /^\s*(\d+)\s*(?::\s*(\d+)\s*)?$/.exec(s);

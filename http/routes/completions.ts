@@ -4,6 +4,7 @@ import type { TokenLogprob } from "../../engine/protocol.ts";
 import { readRequestJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
+import { responseFormatGrammar } from "../structured.ts";
 import { checkModel, checkTokenIds, encodeText, requireEngine, samplingParams } from "../prepare.ts";
 import { CompletionRequest, parseBody } from "../schemas.ts";
 
@@ -47,6 +48,8 @@ export function completionRoutes(s: Shared): Hono<AppEnv> {
       { param: "prompt", length: promptIds.length },
       req.logprobs ?? null,
     );
+    const grammar = responseFormatGrammar(req.response_format);
+    if (grammar) params.grammar = grammar;
     return generate(c, s, {
       engine,
       promptIds,
