@@ -49,6 +49,11 @@ build() {
     extra=(-DCMAKE_CUDA_FLAGS="-I$(dirname "$inc")" -DCMAKE_CXX_FLAGS="-I$(dirname "$inc")"
       -DCUDA_cublas_LIBRARY="$(ls "$lib"/libcublas.so* | head -1)")
   fi
+  # The driver library for CUDA's virtual memory API: the toolkit's stub, else the driver's own.
+  local cuda_lib
+  cuda_lib=$(ls /usr/local/cuda/lib64/stubs/libcuda.so /usr/local/nvidia/lib64/libcuda.so* \
+    /usr/lib/x86_64-linux-gnu/libcuda.so* 2>/dev/null | head -1 || true)
+  [ -z "$cuda_lib" ] || extra+=(-DCUDA_cuda_driver_LIBRARY="$cuda_lib")
   cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DGGML_CUDA_NCCL=OFF \
