@@ -5,7 +5,8 @@
 #
 #   bash bench/gpu/build_llama.sh prepare   # here (npm registry): writes .cache/llama-src.tar.xz (~7 MB)
 #   bash bench/gpu/build_llama.sh build     # on the GPU host (its image has nvcc 13, CMake, ninja and
-#                                           # cuBLAS): builds /tmp/rt/llama/llama-server for sm_90
+#                                           # cuBLAS): builds /tmp/rt/llama/llama-server for sm_90 and
+#                                           # that host's CPU (llama.cpp samples on the CPU)
 #
 # NODE_LLAMA_CPP (default 3.22.1) picks the npm version; JOBS the build's parallelism (default: cores).
 set -euo pipefail
@@ -36,8 +37,12 @@ build() {
   [ -f "$TARBALL" ] || { echo "no $TARBALL: run 'bash bench/gpu/build_llama.sh prepare' here and carry it" >&2; exit 1; }
   local src=/tmp/llama-src out=/tmp/rt/llama start
   start=$(date +%s)
-  rm -rf "$src" && mkdir -p "$src" "$out"
-  xz -dc "$TARBALL" | tar -C "$src" -xf -
+  mkdir -p "$out"
+  # A build that a call's time limit cut short resumes where it stopped (the machine keeps /tmp while warm).
+  if [ ! -f "$src/build/build.ninja" ]; then
+    rm -rf "$src" && mkdir -p "$src"
+    xz -dc "$TARBALL" | tar -C "$src" -xf -
+  fi
   # cuBLAS headers and libraries: the toolkit's, else the Python nvidia wheels'.
   local extra=()
   if ! ls /usr/local/cuda/include/cublas_v2.h >/dev/null 2>&1; then
@@ -54,9 +59,9 @@ build() {
   cuda_lib=$(ls /usr/local/cuda/lib64/stubs/libcuda.so /usr/local/nvidia/lib64/libcuda.so* \
     /usr/lib/x86_64-linux-gnu/libcuda.so* 2>/dev/null | head -1 || true)
   [ -z "$cuda_lib" ] || extra+=(-DCUDA_cuda_driver_LIBRARY="$cuda_lib")
-  cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  [ -f "$src/build/build.ninja" ] || cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DGGML_CUDA_NCCL=OFF \
+    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DGGML_CUDA_NCCL=OFF \
     -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     "${extra[@]}" >"$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
   cmake --build "$src/build" --target llama-server -j "${JOBS:-$(nproc)}" >"$out/build.log" 2>&1 ||
