@@ -40,6 +40,9 @@ function ids(v: unknown): number[] {
   return [];
 }
 
+type Bad = (msg: string) => never;
+type Reader = (key: string, fallback?: number) => number;
+
 /**
  * Maps config.json (and generation_config.json, for bos/eos) onto ModelConfig.
  * `file` is only used in error messages.
@@ -50,103 +53,19 @@ export function parseHfConfig(
   file = "config.json",
   maxContext?: number,
 ): ModelConfig {
-  const bad = (msg: string): never => {
+  const bad: Bad = (msg) => {
     throw new ModelLoadError(`${file}: ${msg}`, file);
   };
-  const archs = Array.isArray(raw.architectures) ? raw.architectures as unknown[] : [];
-  const archName = typeof archs[0] === "string" ? archs[0] : undefined;
-  if (!archName) bad(`no "architectures" entry (supported: ${Object.keys(ARCHITECTURES).join(", ")})`);
-  const architecture = ARCHITECTURES[archName!];
-  if (!architecture) {
-    bad(`unsupported architecture ${archName} (supported: ${Object.keys(ARCHITECTURES).join(", ")})`);
-  }
-
-  const int = (key: string, fallback?: number): number => {
-    const v = raw[key];
-    if (v === undefined || v === null) {
-      if (fallback !== undefined) return fallback;
-      bad(`missing required field "${key}"`);
-    }
-    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) bad(`"${key}" must be a positive integer`);
-    return v as number;
-  };
-  const num = (key: string, fallback?: number): number => {
-    const v = raw[key];
-    if (v === undefined || v === null) {
-      if (fallback !== undefined) return fallback;
-      bad(`missing required field "${key}"`);
-    }
-    if (typeof v !== "number" || !(v > 0)) bad(`"${key}" must be a positive number`);
-    return v as number;
-  };
-
-  const hiddenSize = int("hidden_size");
-  const numHeads = int("num_attention_heads");
-  const numKvHeads = int("num_key_value_heads", numHeads);
-  if (numHeads % numKvHeads !== 0) {
-    bad(`num_attention_heads (${numHeads}) is not a multiple of num_key_value_heads (${numKvHeads})`);
-  }
-  const headDim = int("head_dim", Math.floor(hiddenSize / numHeads));
-
+  // The checks run in this order so a config with several faults reports the same one first.
+  const { architecture, archName } = hfArchitecture(raw, bad);
+  const { int, num } = fieldReaders(raw, bad);
+  const { hiddenSize, numHeads, numKvHeads, headDim } = hfAttentionShape(int, bad);
   const act = raw.hidden_act ?? raw.hidden_activation ?? "silu";
   if (act !== "silu") bad(`hidden_act ${String(act)} is not supported (only silu)`);
-
-  // Newer transformers move rope settings into rope_parameters; older ones use rope_theta + rope_scaling.
-  const ropeParams = (raw.rope_parameters && typeof raw.rope_parameters === "object")
-    ? raw.rope_parameters as Json
-    : null;
-  let ropeTheta = 10000;
-  if (typeof ropeParams?.rope_theta === "number") ropeTheta = ropeParams.rope_theta;
-  if (raw.rope_theta !== undefined && raw.rope_theta !== null) ropeTheta = num("rope_theta");
-  let llama3: Llama3RopeScaling | null = null;
-  for (
-    const [key, scaling] of [["rope_scaling", raw.rope_scaling], ["rope_parameters", ropeParams]] as const
-  ) {
-    if (!scaling || typeof scaling !== "object") continue;
-    const s = scaling as Json;
-    const type = s.rope_type ?? s.type;
-    if (type === "llama3") {
-      const field = (name: string) => {
-        const v = s[name];
-        if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
-          bad(`${key}.${name} must be a positive number for rope_type llama3, got ${JSON.stringify(v)}`);
-        }
-        return v as number;
-      };
-      llama3 = {
-        factor: field("factor"),
-        lowFreqFactor: field("low_freq_factor"),
-        highFreqFactor: field("high_freq_factor"),
-        originalMaxPositions: field("original_max_position_embeddings"),
-      };
-      if (llama3.highFreqFactor <= llama3.lowFreqFactor) {
-        bad(`${key}: high_freq_factor must exceed low_freq_factor for rope_type llama3`);
-      }
-    } else if (type !== undefined && type !== "default") {
-      bad(`${key} with rope_type ${String(type)} is not supported (plain RoPE and llama3 only)`);
-    } else if (type === undefined && key === "rope_scaling") {
-      bad(`rope_scaling ${JSON.stringify(s)} is not supported (plain RoPE and llama3 only)`);
-    }
-  }
-
-  // Qwen2 always has q/k/v bias; elsewhere attention_bias would also add an o_proj bias we don't model.
-  let attentionBias = false;
-  if (architecture === "qwen2") attentionBias = true;
-  else if (raw.attention_bias === true) bad(`attention_bias: true is not supported for ${archName}`);
-  if (raw.mlp_bias === true) bad(`mlp_bias: true is not supported`);
-
-  let context = int("max_position_embeddings", 4096);
-  // Sliding-window attention equals full attention for sequences no longer than the window.
-  const slidingActive = architecture === "mistral" ? true : raw.use_sliding_window === true;
-  if (slidingActive && typeof raw.sliding_window === "number" && raw.sliding_window > 0) {
-    context = Math.min(context, raw.sliding_window);
-  }
-  if (maxContext !== undefined && maxContext > 0) context = Math.min(context, maxContext);
-
-  const gen = generation ?? {};
-  const bos = ids(gen.bos_token_id)[0] ?? ids(raw.bos_token_id)[0] ?? null;
-  const eos: number[] = [];
-  for (const id of [...ids(gen.eos_token_id), ...ids(raw.eos_token_id)]) if (!eos.includes(id)) eos.push(id);
+  const { ropeTheta, llama3 } = hfRope(raw, num, bad);
+  const attentionBias = hfAttentionBias(raw, architecture, archName, bad);
+  const context = hfContext(raw, architecture, int, maxContext);
+  const { bos, eos } = hfSpecialTokens(raw, generation);
 
   return {
     architecture,
@@ -167,6 +86,127 @@ export function parseHfConfig(
     bosTokenId: bos,
     eosTokenIds: eos,
   };
+}
+
+function hfArchitecture(raw: Json, bad: Bad): { architecture: Architecture; archName: string } {
+  const archs = Array.isArray(raw.architectures) ? raw.architectures as unknown[] : [];
+  const archName = typeof archs[0] === "string" ? archs[0] : undefined;
+  if (!archName) bad(`no "architectures" entry (supported: ${Object.keys(ARCHITECTURES).join(", ")})`);
+  const architecture = ARCHITECTURES[archName!];
+  if (!architecture) {
+    bad(`unsupported architecture ${archName} (supported: ${Object.keys(ARCHITECTURES).join(", ")})`);
+  }
+  return { architecture, archName: archName! };
+}
+
+/** Positive-integer and positive-number readers; a missing field takes the fallback or fails. */
+function fieldReaders(raw: Json, bad: Bad): { int: Reader; num: Reader } {
+  const int = (key: string, fallback?: number): number => {
+    const v = raw[key];
+    if (v === undefined || v === null) {
+      if (fallback !== undefined) return fallback;
+      bad(`missing required field "${key}"`);
+    }
+    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) bad(`"${key}" must be a positive integer`);
+    return v as number;
+  };
+  const num = (key: string, fallback?: number): number => {
+    const v = raw[key];
+    if (v === undefined || v === null) {
+      if (fallback !== undefined) return fallback;
+      bad(`missing required field "${key}"`);
+    }
+    if (typeof v !== "number" || !(v > 0)) bad(`"${key}" must be a positive number`);
+    return v as number;
+  };
+  return { int, num };
+}
+
+function hfAttentionShape(int: Reader, bad: Bad) {
+  const hiddenSize = int("hidden_size");
+  const numHeads = int("num_attention_heads");
+  const numKvHeads = int("num_key_value_heads", numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    bad(`num_attention_heads (${numHeads}) is not a multiple of num_key_value_heads (${numKvHeads})`);
+  }
+  const headDim = int("head_dim", Math.floor(hiddenSize / numHeads));
+  return { hiddenSize, numHeads, numKvHeads, headDim };
+}
+
+/** rope_theta and the llama3 frequency scaling, from rope_scaling and/or rope_parameters. */
+function hfRope(raw: Json, num: Reader, bad: Bad): { ropeTheta: number; llama3: Llama3RopeScaling | null } {
+  // Newer transformers move rope settings into rope_parameters; older ones use rope_theta + rope_scaling.
+  const ropeParams = (raw.rope_parameters && typeof raw.rope_parameters === "object")
+    ? raw.rope_parameters as Json
+    : null;
+  let ropeTheta = 10000;
+  if (typeof ropeParams?.rope_theta === "number") ropeTheta = ropeParams.rope_theta;
+  if (raw.rope_theta !== undefined && raw.rope_theta !== null) ropeTheta = num("rope_theta");
+  let llama3: Llama3RopeScaling | null = null;
+  for (
+    const [key, scaling] of [["rope_scaling", raw.rope_scaling], ["rope_parameters", ropeParams]] as const
+  ) {
+    if (!scaling || typeof scaling !== "object") continue;
+    const s = scaling as Json;
+    const type = s.rope_type ?? s.type;
+    if (type === "llama3") {
+      llama3 = llama3Scaling(key, s, bad);
+    } else if (type !== undefined && type !== "default") {
+      bad(`${key} with rope_type ${String(type)} is not supported (plain RoPE and llama3 only)`);
+    } else if (type === undefined && key === "rope_scaling") {
+      bad(`rope_scaling ${JSON.stringify(s)} is not supported (plain RoPE and llama3 only)`);
+    }
+  }
+  return { ropeTheta, llama3 };
+}
+
+function llama3Scaling(key: string, s: Json, bad: Bad): Llama3RopeScaling {
+  const field = (name: string) => {
+    const v = s[name];
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
+      bad(`${key}.${name} must be a positive number for rope_type llama3, got ${JSON.stringify(v)}`);
+    }
+    return v as number;
+  };
+  const llama3 = {
+    factor: field("factor"),
+    lowFreqFactor: field("low_freq_factor"),
+    highFreqFactor: field("high_freq_factor"),
+    originalMaxPositions: field("original_max_position_embeddings"),
+  };
+  if (llama3.highFreqFactor <= llama3.lowFreqFactor) {
+    bad(`${key}: high_freq_factor must exceed low_freq_factor for rope_type llama3`);
+  }
+  return llama3;
+}
+
+function hfAttentionBias(raw: Json, architecture: Architecture, archName: string, bad: Bad): boolean {
+  // Qwen2 always has q/k/v bias; elsewhere attention_bias would also add an o_proj bias we don't model.
+  let attentionBias = false;
+  if (architecture === "qwen2") attentionBias = true;
+  else if (raw.attention_bias === true) bad(`attention_bias: true is not supported for ${archName}`);
+  if (raw.mlp_bias === true) bad(`mlp_bias: true is not supported`);
+  return attentionBias;
+}
+
+function hfContext(raw: Json, architecture: Architecture, int: Reader, maxContext?: number): number {
+  let context = int("max_position_embeddings", 4096);
+  // Sliding-window attention equals full attention for sequences no longer than the window.
+  const slidingActive = architecture === "mistral" ? true : raw.use_sliding_window === true;
+  if (slidingActive && typeof raw.sliding_window === "number" && raw.sliding_window > 0) {
+    context = Math.min(context, raw.sliding_window);
+  }
+  if (maxContext !== undefined && maxContext > 0) context = Math.min(context, maxContext);
+  return context;
+}
+
+/** bos/eos: generation_config.json first (as transformers), then config.json; eos merged, deduplicated. */
+function hfSpecialTokens(raw: Json, generation: Json | null): { bos: number | null; eos: number[] } {
+  const gen = generation ?? {};
+  const bos = ids(gen.bos_token_id)[0] ?? ids(raw.bos_token_id)[0] ?? null;
+  const eos: number[] = [];
+  for (const id of [...ids(gen.eos_token_id), ...ids(raw.eos_token_id)]) if (!eos.includes(id)) eos.push(id);
+  return { bos, eos };
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -295,7 +335,13 @@ async function readWeights(
     onData: (chunk) => hasher.update(chunk),
   });
   const hash = hasher.digest("hex");
+  const tensors = tensorsByName(shards);
+  checkManifest(tensors, config, fileOf);
+  return { weights: tensorSource(tensors, fileOf, hash) };
+}
 
+/** All shards' tensors in one map; a name in two shards is an error. */
+function tensorsByName(shards: { tensors: Map<string, WeightTensor> }[]): Map<string, WeightTensor> {
   const tensors = new Map<string, WeightTensor>();
   for (const shard of shards) {
     for (const [name, t] of shard.tensors) {
@@ -306,6 +352,15 @@ async function readWeights(
       tensors.set(name, t);
     }
   }
+  return tensors;
+}
+
+/** Every tensor the config implies is present with the expected shape. */
+function checkManifest(
+  tensors: Map<string, WeightTensor>,
+  config: ModelConfig,
+  fileOf: (name: string) => string,
+): void {
   for (const { name, shape } of expectedTensors(config)) {
     const t = tensors.get(name);
     if (!t) {
@@ -320,7 +375,14 @@ async function readWeights(
       );
     }
   }
-  const weights: WeightSource = {
+}
+
+function tensorSource(
+  tensors: Map<string, WeightTensor>,
+  fileOf: (name: string) => string,
+  hash: string,
+): WeightSource {
+  return {
     get(name: string): WeightTensor {
       const t = tensors.get(name);
       if (!t) {
@@ -333,7 +395,6 @@ async function readWeights(
     names: () => [...tensors.keys()],
     hash,
   };
-  return { weights };
 }
 
 async function loadTokenizerSide(
