@@ -1,0 +1,165 @@
+// Does a token's KV depend on how its prompt was cut into steps? Prefix caching and batch
+// invariance both need it not to: a cached block must hold the bits a recompute would write.
+// Prefills one prompt of stories260K under several schemes (chunk sizes, offsets, one-token steps
+// as decodes run, a companion sequence in the same step to change the step's row count), each into
+// blocks of its own, then compares every scheme's K and V and last logits with 31-token chunks from
+// position 0, bit for bit.
+//
+//   deno run -A bench/gpu/kv_probe.ts [--dtype f32|f16] [--tokens 480] [--sweep]
+//
+// --sweep adds schemes whose steps have 9 to 31 rows in all (one-token or 7-token chunks beside
+// a companion), to find the row count below which results change. Measured 2026-12-02: on llvmpipe
+// every scheme within the 31-token kernel is identical in f32 and f16; on the H200 too in f32, but
+// in f16 steps of 8 rows or fewer (7-token chunks, one- and two-token steps) change the KV from
+// position 0 on, and 40-token chunks (the other attention kernel) change it in both dtypes.
+
+import { parseArgs } from "node:util";
+import * as ort from "onnxruntime-web/webgpu";
+import { createEngine } from "../../engine/local_engine.ts";
+import type { ModelRunner, StepInputs } from "../../engine/model_runner.ts";
+import { loadModel } from "../../engine/model/load.ts";
+import { BATCH_INVARIANT_CHUNK_TOKENS } from "../../engine/protocol.ts";
+import { STORIES, STORY_TEXT } from "../../tests/helpers/engine.ts";
+
+const { values: args } = parseArgs({
+  options: {
+    dtype: { type: "string", default: "f32" },
+    tokens: { type: "string", default: "480" },
+    sweep: { type: "boolean", default: false },
+  },
+});
+const dtype = args.dtype as "f32" | "f16";
+const model = await loadModel(STORIES);
+const { runner } = await createEngine(model, {
+  dtype,
+  kvCacheMb: 8,
+  graphCache: null,
+  maxModelLen: 512,
+  graphCaptureEager: false,
+});
+const prompt = [1, ...model.tokenizer.encode(STORY_TEXT, false)].slice(0, Number(args.tokens));
+const L = prompt.length, bs = runner.blockSize, V = model.config.vocabSize;
+
+interface Scheme {
+  /** Chunk boundaries from 0 to L. */
+  bounds: number[];
+  /** Tokens of a second sequence (its own blocks, rewritten every step) beside each chunk. */
+  companion?: number;
+}
+
+function chunks(size: number, first: number[] = []): number[] {
+  const b = [0, ...first];
+  while (b[b.length - 1] < L) b.push(Math.min(L, b[b.length - 1] + size));
+  return b;
+}
+
+const C = BATCH_INVARIANT_CHUNK_TOKENS;
+// An array, not an object: "16" and its kind would be sorted ahead of the reference as integer keys.
+const schemes: [string, Scheme][] = [
+  [`${C} from 0`, { bounds: chunks(C) }],
+  [`16, then ${C}`, { bounds: chunks(C, [16]) }],
+  [`3 x 16, then ${C}`, { bounds: chunks(C, [16, 32, 48]) }],
+  ...[16, 15, 12, 8, 7, 2].map((n): [string, Scheme] => [`chunks of ${n}`, { bounds: chunks(n) }]),
+  ["1 (decode steps)", { bounds: chunks(1) }],
+  ["40 (the other kernel)", { bounds: chunks(40) }],
+];
+if (args.sweep) {
+  for (
+    const [m, c] of [[1, 8], [1, 9], [1, 10], [1, 11], [1, 15], [1, 20], [7, 2], [7, 3], [7, 5], [7, 9], [
+      7,
+      24,
+    ]]
+  ) {
+    schemes.push([`${m} beside ${c} (${m + c} rows)`, { bounds: chunks(m), companion: c }]);
+  }
+}
+
+function stepInputs(items: { start: number; n: number; table: number[] }[], wantLogits: boolean): StepInputs {
+  const T = items.reduce((a, it) => a + it.n, 0), B = items.length;
+  const maxBlocks = Math.max(...items.map((i) => i.table.length));
+  const s: StepInputs = {
+    inputIds: new Int32Array(T),
+    idSrc: new Int32Array(T).fill(-1),
+    cuSeqlens: new Int32Array(B + 1),
+    pastSeqlens: new Int32Array(B),
+    blockTable: new Int32Array(B * maxBlocks),
+    maxBlocks,
+    sampleRows: Int32Array.of(items[0].n - 1),
+    sampleU: Float32Array.of(-1),
+    invTemp: Float32Array.of(1),
+    wantLogits,
+  };
+  let t = 0;
+  items.forEach((it, b) => {
+    for (let p = it.start; p < it.start + it.n; p++) s.inputIds[t++] = prompt[p];
+    s.cuSeqlens[b + 1] = t;
+    s.pastSeqlens[b] = it.start;
+    s.blockTable.set(it.table, b * maxBlocks);
+  });
+  return s;
+}
+
+let nextBlock = 0;
+const newTable = (n: number) => Array.from({ length: n }, () => nextBlock++);
+
+async function run(r: ModelRunner, scheme: Scheme): Promise<{ table: number[]; logits: Float32Array }> {
+  const table = newTable(Math.ceil(L / bs));
+  const other = scheme.companion ? newTable(Math.ceil(scheme.companion / bs)) : [];
+  let logits = new Float32Array(0);
+  const b = scheme.bounds;
+  for (let i = 0; i + 1 < b.length; i++) {
+    const items = [{ start: b[i], n: b[i + 1] - b[i], table }];
+    if (scheme.companion) items.push({ start: 0, n: scheme.companion, table: other });
+    const last = i + 2 === b.length;
+    const out = await r.read(await r.run(stepInputs(items, last)));
+    if (last) logits = out.logits!.slice(0, V);
+  }
+  return { table, logits };
+}
+
+const device = await ort.env.webgpu.device as GPUDevice;
+async function download(buf: GPUBuffer): Promise<Uint16Array> {
+  const staging = device.createBuffer({
+    size: buf.size,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(buf, 0, staging, 0, buf.size);
+  device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const out = new Uint16Array(staging.getMappedRange().slice(0));
+  staging.unmap();
+  staging.destroy();
+  return out;
+}
+
+const results: [string, { table: number[]; logits: Float32Array }][] = [];
+for (const [name, scheme] of schemes) results.push([name, await run(runner, scheme)]);
+const buffers = await Promise.all(runner.kvBuffers().map(download));
+const rowLen = buffers[0].length / ((runner.numBlocks + 1) * bs);
+const kvAt = (table: number[], buf: Uint16Array, p: number) => {
+  const at = (table[Math.floor(p / bs)] * bs + (p % bs)) * rowLen;
+  return buf.subarray(at, at + rowLen);
+};
+
+const [, ref] = results[0];
+console.log(
+  `stories260K ${dtype}, ${L} tokens, on ${runner.adapterName}; each scheme against ${results[0][0]}:`,
+);
+for (const [name, r] of results) {
+  let values = 0, first = -1;
+  for (const buf of buffers) {
+    for (let p = 0; p < L; p++) {
+      const a = kvAt(r.table, buf, p), b = kvAt(ref.table, buf, p);
+      const d = a.reduce((n, x, j) => n + (x !== b[j] ? 1 : 0), 0);
+      if (d > 0 && (first < 0 || p < first)) first = p;
+      values += d;
+    }
+  }
+  const logits = r.logits.reduce((n, x, j) => n + (Object.is(x, ref.logits[j]) ? 0 : 1), 0);
+  const where = first >= 0 ? `, first at position ${first}` : "";
+  console.log(
+    `  ${name.padEnd(26)} KV values differing: ${values}${where}; last logits differing: ${logits}`,
+  );
+}
+await runner.close();
