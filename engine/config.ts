@@ -22,6 +22,8 @@ export interface EngineConfig {
   graphCache: string | null;
   /** Captured decode sessions (ModelRunner's CaptureSettings); null: every step runs uncaptured. */
   graphCapture: { batchSizes: number[]; kvCaps: number[]; eager: boolean } | null;
+  /** Full KV blocks cached by content and reused by later prompts with the same prefix. */
+  prefixCaching: boolean;
 }
 
 /** A setting that cannot work with this model; the message names the setting and the limit. */
@@ -76,6 +78,7 @@ export function resolveEngineConfig(
         eager: s.graphCaptureEager ?? true,
       }
       : null,
+    prefixCaching: s.prefixCaching ?? ENGINE_DEFAULTS.prefixCaching,
   };
 }
 

@@ -104,8 +104,7 @@ export class LLMEngine {
   constructor(
     private model: Pick<LoadedModel, "config" | "tokenizer">,
     private runner: ModelRunner,
-    // prefixCaching (default on) is to join EngineConfig with its flag; until then only tests set it.
-    private config: EngineConfig & { prefixCaching?: boolean },
+    private config: EngineConfig,
     private log: (line: string) => void = () => {},
   ) {
     if (config.maxContext > runner.maxPositions) {
@@ -114,7 +113,7 @@ export class LLMEngine {
       );
     }
     const blocks = new BlockManager(runner.numBlocks, runner.blockSize, {
-      prefixCaching: config.prefixCaching ?? true,
+      prefixCaching: config.prefixCaching,
     });
     this.scheduler = new Scheduler({
       blockManager: blocks,

@@ -236,6 +236,8 @@ export interface EngineSettings {
   graphCaptureKv?: number[];
   /** Capture every session at startup (default), or each on its first use (tests: cheaper starts). */
   graphCaptureEager?: boolean;
+  /** Reuse the KV of cached full blocks of a prompt's prefix (see engine/block_manager.ts). */
+  prefixCaching?: boolean;
 }
 
 /** Defaults for the settings that do not depend on the model (the flags show the same). */
@@ -246,4 +248,5 @@ export const ENGINE_DEFAULTS = {
   maxChunkTokens: BATCH_INVARIANT_CHUNK_TOKENS,
   policy: "continuous",
   graphCapture: true,
+  prefixCaching: true,
 } as const satisfies EngineSettings;

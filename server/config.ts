@@ -303,6 +303,16 @@ const OPTIONS = {
     schema: z.array(z.string().trim().regex(/^[+]?\d+$/).transform(Number).pipe(z.int().min(1).max(1 << 24)))
       .default([]),
   }),
+  prefixCaching: opt({
+    flag: "--prefix-caching",
+    env: "RAGTIME_PREFIX_CACHING",
+    kind: "value",
+    metavar: "on|off",
+    expect: "on or off",
+    help: "Reuse the KV of a prompt prefix already computed (full blocks, matched by content), so a " +
+      "chat's next turn or a shared system prompt skips most of its prefill.",
+    schema: bool.default(ENGINE_DEFAULTS.prefixCaching),
+  }),
 };
 
 type Options = typeof OPTIONS;
@@ -418,6 +428,7 @@ export function engineSettings(c: Config): EngineSettings {
     graphCache: c.graphCache || null,
     graphCapture: c.graphCapture,
     graphCaptureKv: c.graphCaptureKv,
+    prefixCaching: c.prefixCaching,
   };
 }
 

@@ -52,6 +52,7 @@ Deno.test("config: defaults", () => {
     graphCache: ".cache/graphs",
     graphCapture: true,
     graphCaptureKv: [],
+    prefixCaching: true,
   });
 });
 
@@ -219,6 +220,21 @@ Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over the
   assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "1k"], env()), ConfigError);
 });
 
+Deno.test("config: --prefix-caching on|off, the flag over its environment twin, reaches the engine", () => {
+  const model = randomModel();
+  const fromEnv = parseConfig(["--model", "m"], env({ RAGTIME_PREFIX_CACHING: "off" }));
+  assertEquals(fromEnv.prefixCaching, false);
+  assertEquals(resolveEngineConfig(engineSettings(fromEnv), model).prefixCaching, false);
+  const fromFlag = parseConfig(
+    ["--model", "m", "--prefix-caching", "on"],
+    env({ RAGTIME_PREFIX_CACHING: "off" }),
+  );
+  assertEquals(resolveEngineConfig(engineSettings(fromFlag), model).prefixCaching, true);
+  assertEquals(parseConfig(["--model", "m", "--prefix-caching=off"], env()).prefixCaching, false);
+  assertEquals(resolveEngineConfig({}, model).prefixCaching, true, "on by default");
+  assertThrows(() => parseConfig(["--model", "m", "--prefix-caching", "maybe"], env()), ConfigError);
+});
+
 Deno.test("config: --help throws HelpRequested with usage text", () => {
   const err = assertThrows(() => parseConfig(["--port", "x", "--help"], env()), HelpRequested);
   assertMatch(err.message, /Usage: deno task start \[options\]/);
@@ -322,6 +338,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     graphCache: null,
     // Decode batches 1, 2, 4, ... up to --max-seqs, captured at startup; one context bound (the limit).
     graphCapture: { batchSizes: [1, 2, 4, 8, 16, 32, 64, 128, 256], kvCaps: [], eager: true },
+    prefixCaching: true,
   });
   assertEquals(
     resolveEngineConfig({ maxSeqs: 48, maxModelLen: 128, graphCaptureKv: [64, 32, 64, 128, 500] }, model)
@@ -342,6 +359,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     policy: "static",
     debugSteps: true,
     graphCache: "/tmp/g",
+    prefixCaching: false,
   } as const;
   const { blockSize: _, graphCapture, ...c } = resolveEngineConfig({ ...set, graphCapture: false }, model);
   const { maxModelLen, ...rest } = set;
