@@ -65,6 +65,8 @@ export interface RequestLog {
   path: string;
   status?: number;
   prompt_tokens?: number;
+  /** Prompt tokens served from the prefix cache. */
+  cached_tokens?: number;
   completion_tokens?: number;
   finish_reason?: string;
   /** Seconds from arrival to the first token. */

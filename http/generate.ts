@@ -44,6 +44,10 @@ const usage = (d: Done) => ({
   prompt_tokens: d.promptTokens,
   completion_tokens: d.completionTokens,
   total_tokens: d.promptTokens + d.completionTokens,
+  // As OpenAI: prompt tokens served from the prefix cache (only where the engine has one).
+  ...(d.cachedPromptTokens === undefined
+    ? {}
+    : { prompt_tokens_details: { cached_tokens: d.cachedPromptTokens } }),
 });
 
 const encoder = new TextEncoder();

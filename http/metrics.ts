@@ -127,6 +127,24 @@ export class Metrics {
         "Requests preempted to free KV cache.",
         s?.preemptionsTotal ?? 0,
       ),
+      scalar(
+        "ragtime_prefix_cache_queries_total",
+        "counter",
+        "Prompt tokens looked up in the prefix cache.",
+        s?.prefixCacheQueriesTotal ?? 0,
+      ),
+      scalar(
+        "ragtime_prefix_cache_hits_total",
+        "counter",
+        "Prompt tokens whose KV came from the prefix cache.",
+        s?.prefixCacheHitsTotal ?? 0,
+      ),
+      scalar(
+        "ragtime_prefix_cache_blocks",
+        "gauge",
+        "KV cache blocks holding cached prefix content (held or evictable).",
+        s?.kvBlocksCached ?? 0,
+      ),
       [
         `# HELP ${steps} Engine steps by how they ran: replayed from a captured graph, or dispatched kernel ` +
         `by kernel.`,

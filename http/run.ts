@@ -90,6 +90,7 @@ export class Run {
     metrics.observeFinish(ev.finishReason);
     metrics.e2e.observe((now - this.c.var.startedAt) / 1000);
     log.prompt_tokens = ev.promptTokens;
+    if (ev.cachedPromptTokens !== undefined) log.cached_tokens = ev.cachedPromptTokens;
     log.completion_tokens = ev.completionTokens;
     log.finish_reason = this.clientGone ? "client_closed" : ev.finishReason;
   }

@@ -36,3 +36,38 @@ Deno.test("metrics: two scrapes, a direct stats() read and a second app all see 
     }
   });
 });
+
+Deno.test("metrics: prefix cache queries and hits (prompt tokens) and cached blocks from the engine's stats", async () => {
+  await withFake({ engine: { prefixCacheBlock: 16 } }, async (s, engine) => {
+    const scrape = async () => {
+      const text = await (await fetch(`${s.origin}/metrics`)).text();
+      const value = (name: string) => {
+        assert.ok(text.includes(`# TYPE ${name} ${name.endsWith("_total") ? "counter" : "gauge"}`), name);
+        return Number(text.match(new RegExp(`^${name} (\\S+)$`, "m"))?.[1]);
+      };
+      return [
+        value("ragtime_prefix_cache_queries_total"),
+        value("ragtime_prefix_cache_hits_total"),
+        value("ragtime_prefix_cache_blocks"),
+      ];
+    };
+    assert.deepEqual(await scrape(), [0, 0, 0]);
+    const prompt = Array.from({ length: 40 }, (_, i) => 1 + i);
+    for (const p of [prompt, [...prompt, 99, 98]]) {
+      await (await post(`${s.baseURL}/completions`, { prompt: p, max_tokens: 2 })).body?.cancel();
+    }
+    // 40 + 42 tokens looked up; the second found the first's two full blocks, and has no others.
+    assert.deepEqual(await scrape(), [82, 32, 2]);
+    const st = engine.stats();
+    assert.deepEqual([st.prefixCacheQueriesTotal, st.prefixCacheHitsTotal, st.kvBlocksCached], [82, 32, 2]);
+  });
+});
+
+Deno.test("metrics: an engine without a prefix cache renders the prefix cache series as 0", async () => {
+  await withFake({}, async (s) => {
+    const text = await (await fetch(`${s.origin}/metrics`)).text();
+    for (const name of ["queries_total", "hits_total", "blocks"]) {
+      assert.match(text, new RegExp(`^ragtime_prefix_cache_${name} 0$`, "m"));
+    }
+  });
+});

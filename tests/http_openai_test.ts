@@ -468,3 +468,44 @@ Deno.test("an unknown field is a 400 naming it, at the top level and inside mess
     assert.equal(engine.requests.length, 0);
   });
 });
+
+Deno.test("wire: usage.prompt_tokens_details.cached_tokens in chat and completions, streamed and not", async () => {
+  await withFake({ engine: { prefixCacheBlock: 16 } }, async (s) => {
+    const system = "You are a helpful assistant who answers in one short sentence. ".repeat(2);
+    const messages = [{ role: "system", content: system }, { role: "user", content: "Hi" }];
+    const usages: Record<string, unknown>[] = [];
+    for (const stream of [false, true]) {
+      const routes: [string, object][] = [["chat/completions", { messages }], ["completions", {
+        prompt: system,
+      }]];
+      for (const [path, body] of routes) {
+        const req = {
+          ...body,
+          max_tokens: 2,
+          stream,
+          ...(stream ? { stream_options: { include_usage: true } } : {}),
+        };
+        const res = await post(`${s.baseURL}/${path}`, req);
+        usages.push(stream ? (await readSse(res)).events.at(-1)!.usage : (await res.json()).usage);
+      }
+    }
+    const cached = usages.map((u) => (u.prompt_tokens_details as { cached_tokens: number }).cached_tokens);
+    // The first chat prompt finds nothing; the completions prompt (the system text without the template)
+    // shares no full block with it; each repeat finds its first run's full blocks, short of the last token.
+    const lengths = usages.map((u) => u.prompt_tokens as number);
+    assert.deepEqual(cached, [
+      0,
+      0,
+      Math.floor((lengths[2] - 1) / 16) * 16,
+      Math.floor((lengths[3] - 1) / 16) * 16,
+    ]);
+    assert.ok(cached[2] > 0 && cached[3] > 0);
+  });
+});
+
+Deno.test("wire: no prompt_tokens_details where the engine reports no cached tokens", async () => {
+  await withFake({}, async (s) => {
+    const r = await (await post(`${s.baseURL}/completions`, { prompt: "x", max_tokens: 1 })).json();
+    assert.equal("prompt_tokens_details" in r.usage, false);
+  });
+});

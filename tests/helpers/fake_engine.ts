@@ -80,6 +80,13 @@ export interface FakeEngineOptions {
   failBeforeStart?: { message: string; code: "context_length_exceeded" | "invalid_request" | "internal" };
   /** Emit an internal error after this many deltas. */
   failAfterDeltas?: number;
+  /**
+   * Simulates prefix caching in blocks of this many tokens: a prompt reuses the full blocks it shares
+   * with an earlier prompt (short of its last token), reported in stats and the done event.
+   */
+  prefixCacheBlock?: number;
+  /** Added to the first token's delay per prompt token not served from the simulated cache. */
+  prefillMsPerToken?: number;
 }
 
 export const DEFAULT_REPLY = "Hello! I am a fake engine.";
@@ -115,6 +122,7 @@ export class FakeEngine implements EngineClient {
   #counters = { prompt: 0, generated: 0, steps: 0 };
   #stepTokens: HistogramCounts = { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 };
   #arrivals: Array<() => void> = [];
+  #prefix = { queries: 0, hits: 0, seen: [] as number[][] };
 
   constructor(readonly opts: FakeEngineOptions = {}) {
     this.info = {
@@ -164,7 +172,33 @@ export class FakeEngine implements EngineClient {
       preemptionsTotal: 0,
       stepsTotal: this.#counters.steps,
       stepTokens: { ...this.#stepTokens, counts: [...this.#stepTokens.counts] },
+      ...(this.opts.prefixCacheBlock
+        ? {
+          prefixCacheQueriesTotal: this.#prefix.queries,
+          prefixCacheHitsTotal: this.#prefix.hits,
+          kvBlocksCached: new Set(
+            this.#prefix.seen.flatMap((ids) =>
+              Array.from(
+                { length: Math.floor(ids.length / this.opts.prefixCacheBlock!) },
+                (_, b) => ids.slice(0, (b + 1) * this.opts.prefixCacheBlock!).join(","),
+              )
+            ),
+          ).size,
+        }
+        : {}),
     };
+  }
+
+  /** The simulated cache's hit for a prompt: its full blocks shared with an earlier prompt. */
+  #cachedTokens(ids: number[]): number {
+    const block = this.opts.prefixCacheBlock!;
+    let best = 0;
+    for (const seen of this.#prefix.seen) {
+      let n = 0;
+      while (n < seen.length && n < ids.length - 1 && seen[n] === ids[n]) n++;
+      best = Math.max(best, n);
+    }
+    return Math.floor(best / block) * block;
   }
 
   /** One engine step of `tokens` tokens, as the real engine counts it. */
@@ -186,6 +220,7 @@ export class FakeEngine implements EngineClient {
     const { params } = req;
     const t0 = performance.now();
     let completion = 0;
+    let cached = 0;
     const done = (finishReason: "stop" | "length" | "abort", stopReason: string | number | null) =>
       ({
         type: "done",
@@ -193,6 +228,7 @@ export class FakeEngine implements EngineClient {
         stopReason,
         promptTokens: req.promptIds.length,
         completionTokens: completion,
+        ...(this.opts.prefixCacheBlock ? { cachedPromptTokens: cached } : {}),
         queueTime: 0,
         timeToFirstToken: 0,
         e2eTime: (performance.now() - t0) / 1000,
@@ -206,7 +242,14 @@ export class FakeEngine implements EngineClient {
         return;
       }
       while (this.#gate && !signal.aborted) await Promise.race([this.#gate, sleep(3600_000, signal)]);
-      await sleep(this.opts.firstTokenDelayMs ?? 0, signal);
+      if (this.opts.prefixCacheBlock) {
+        cached = this.#cachedTokens(req.promptIds);
+        this.#prefix.queries += req.promptIds.length;
+        this.#prefix.hits += cached;
+        this.#prefix.seen.push(req.promptIds);
+      }
+      const prefillMs = (this.opts.prefillMsPerToken ?? 0) * (req.promptIds.length - cached);
+      await sleep((this.opts.firstTokenDelayMs ?? 0) + prefillMs, signal);
       if (signal.aborted) return yield done("abort", null);
       started = true;
       this.running++;
