@@ -23,6 +23,7 @@ import { DEQUANTIZABLE, dequantizeF16 } from "./ggml_quants.ts";
 import { expectedTensors, type TensorSpec } from "./manifest.ts";
 import { GGML_TYPE, type GgufTensorInfo, MetaReader, parseGguf } from "./gguf_file.ts";
 import { chatTemplateFrom } from "./chat_template.ts";
+import { createHash } from "node:crypto";
 import { LlamaSpmTokenizer } from "../tokenizer/llama_spm.ts";
 import { Gpt2BpeTokenizer, gpt2PreTokenizerSupported } from "../tokenizer/gpt2_bpe.ts";
 
@@ -35,6 +36,7 @@ export interface GgufLoadOptions {
 }
 
 const READ_CHUNK = 16 * 1024 * 1024;
+const HASH_CHUNK = 64 * 1024 * 1024;
 
 async function readWholeFile(path: string, progress?: LoadProgress): Promise<Uint8Array> {
   let file: Deno.FsFile;
@@ -66,7 +68,7 @@ export async function loadGguf(path: string, opts: GgufLoadOptions = {}): Promis
   if (opts.skipWeights) return await loadGgufHeader(path, opts);
   const bytes = await readWholeFile(path, opts.progress);
   opts.progress?.({ phase: "parse" });
-  return await ggufModelFromBytes(bytes, path, opts);
+  return ggufModelFromBytes(bytes, path, opts);
 }
 
 /**
@@ -87,7 +89,7 @@ async function loadGgufHeader(path: string, opts: GgufLoadOptions): Promise<Load
         done += n;
       }
       try {
-        return await ggufModelFromBytes(bytes.subarray(0, done), path, opts, size);
+        return ggufModelFromBytes(bytes.subarray(0, done), path, opts, size);
       } catch (e) {
         // Past the prefix, the parser reports the header as cut short: read more (errors on the whole
         // file are the real ones).
@@ -102,12 +104,12 @@ async function loadGgufHeader(path: string, opts: GgufLoadOptions): Promise<Load
 type Fail = (message: string, tensor?: string) => never;
 
 /** Same as loadGguf for a file already in memory; `file` is used for the name and in errors. */
-export async function ggufModelFromBytes(
+export function ggufModelFromBytes(
   bytes: Uint8Array,
   file: string,
   opts: GgufLoadOptions = {},
   fileSize = bytes.length,
-): Promise<LoadedModel> {
+): LoadedModel {
   const gguf = parseGguf(bytes, file, fileSize);
   const meta = new MetaReader(gguf.metadata, file);
   const fail: Fail = (message, tensor) => {
@@ -117,7 +119,7 @@ export async function ggufModelFromBytes(
   const { config, tokens } = ggufConfig(meta, tensors, bytes, opts, fail);
   const weights = opts.skipWeights
     ? weightSource(new Map(), "", file)
-    : weightSource(ggufWeights(bytes, file, tensors, config, fail), await sha256Hex(bytes), file);
+    : weightSource(ggufWeights(bytes, file, tensors, config, fail), sha256Hex(bytes), file);
   const { tokenizer, chatTemplate } = ggufTokenizer(meta, tokens, config, fail);
   const base = file.split(/[\\/]/).pop() ?? file;
   return {
@@ -345,9 +347,16 @@ export function unpermuteRows(src: Uint8Array, rows: number, heads: number, rowB
   return out;
 }
 
-async function sha256Hex(bytes: Uint8Array): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+/**
+ * The graph cache key. node:crypto takes ~6x less CPU than crypto.subtle.digest in Deno 2.9 (1.8 s
+ * against 10.6 s for 2.5 GB); same digest. Chunked so no single call sees a multi-GB buffer.
+ */
+function sha256Hex(bytes: Uint8Array): string {
+  const hash = createHash("sha256");
+  for (let at = 0; at < bytes.length; at += HASH_CHUNK) {
+    hash.update(bytes.subarray(at, Math.min(bytes.length, at + HASH_CHUNK)));
+  }
+  return hash.digest("hex");
 }
 
 /** Lookups by HF name; header-only loads pass no tensors and an empty hash. */
