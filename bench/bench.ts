@@ -1,14 +1,16 @@
 // Load generator for OpenAI-compatible servers: streams /v1/completions requests from a seeded
-// workload and reports vLLM-style serving metrics. With --compare it starts one ragtime server per
+// workload (or multi-turn /v1/chat/completions conversations) and reports vLLM-style serving metrics. With --compare it starts one ragtime server per
 // batching mode and runs the same workload against each. `deno task bench --help` lists the flags.
 import { plotFiles } from "./lib/plot.ts";
 import { createProgress } from "./lib/progress.ts";
 import { formatComparison, formatRun, type ModeSummary, ratios, summarizeMode } from "./lib/report.ts";
-import { runBenchmark, type RunResult } from "./lib/runner.ts";
+import { runBenchmark, runChatBenchmark, type RunResult } from "./lib/runner.ts";
 import { splitArgs, startServer } from "./lib/server.ts";
 import { ttftOf } from "./lib/stats.ts";
 import {
+  buildChatWorkload,
   buildWorkload,
+  type ChatWorkloadSpec,
   markConstrained,
   parseRange,
   type Range,
@@ -29,7 +31,10 @@ interface Flag {
 
 const FLAGS: Record<string, Flag> = {
   "--base-url": { metavar: "URL", help: "Server to load (default http://127.0.0.1:8080 unless --compare)." },
-  "--endpoint": { metavar: "PATH", def: "/v1/completions", help: "Completions endpoint path." },
+  "--endpoint": {
+    metavar: "PATH",
+    help: "Endpoint path (default /v1/completions; /v1/chat/completions for --workload chat).",
+  },
   "--served-model": { metavar: "NAME", help: "'model' field of each request (default: omitted)." },
   "--api-key": {
     metavar: "KEY",
@@ -38,8 +43,13 @@ const FLAGS: Record<string, Flag> = {
   "--workload": {
     metavar: "KIND",
     def: "random",
-    help: "random (token-id prompts) or text (corpus slices).",
+    help: "random (token-id prompts), text (corpus slices) or chat (multi-turn conversations).",
   },
+  "--users": { metavar: "N", def: "8", help: "chat: simulated users, each holding one conversation." },
+  "--turns": { metavar: "N", def: "4", help: "chat: turns per conversation (each resends all before it)." },
+  "--system-len": { metavar: "N", def: "256", help: "chat: words of the system prompt all users share." },
+  "--user-len": { metavar: "MIN:MAX", def: "16:32", help: "chat: words per user message, uniform." },
+  "--answer-len": { metavar: "N", def: "32", help: "chat: tokens per answer (max_tokens)." },
   "--input-len": {
     metavar: "MIN:MAX",
     def: "32:128",
@@ -52,7 +62,7 @@ const FLAGS: Record<string, Flag> = {
     metavar: "PATH",
     help: "Corpus for --workload text (default ../shared/corpus/prideprejudice.txt from the repo root).",
   },
-  "--num-prompts": { metavar: "N", def: "100", help: "Measured requests." },
+  "--num-prompts": { metavar: "N", def: "100", help: "Measured requests (chat: --users x --turns)." },
   "--warmup": {
     metavar: "K",
     def: "4",
@@ -62,7 +72,7 @@ const FLAGS: Record<string, Flag> = {
   "--rate": {
     metavar: "R|inf",
     def: "inf",
-    help: "Requests per second (Poisson arrivals); inf sends all at once.",
+    help: "Requests per second (Poisson arrivals; chat: users starting per second); inf sends all at once.",
   },
   "--constrained-share": {
     metavar: "F",
@@ -112,6 +122,7 @@ function helpText(): string {
     "usage: deno task bench [flags]",
     "  deno task bench --base-url http://127.0.0.1:8080 --num-prompts 200 --rate 8",
     "  deno task bench --compare continuous,static,sequential --model PATH --num-prompts-sequential 20",
+    "  deno task bench --workload chat --users 8 --turns 4 --system-len 256 --answer-len 32",
     "  deno task bench --dump-workload bench/results/tmp/workload.json --num-prompts 256",
     "  deno task bench --plot-only OUT/poisson-1.json,OUT/poisson-2.json --plot-out OUT/poisson.svg",
     "",
@@ -168,7 +179,8 @@ interface Config {
   endpoint: string;
   servedModel: string | null;
   apiKey: string | null;
-  workload: "random" | "text";
+  workload: "random" | "text" | "chat";
+  chat: { users: number; turns: number; systemLen: number; userLen: Range; answerLen: number } | null;
   inputLen: Range;
   outputLen: Range;
   idMin: number;
@@ -203,8 +215,8 @@ interface Config {
 function buildConfig(argv: string[]): Config {
   const f = parseFlags(argv);
   const workload = str(f, "--workload");
-  if (workload !== "random" && workload !== "text") {
-    throw new Error(`--workload: random or text, got "${workload}"`);
+  if (workload !== "random" && workload !== "text" && workload !== "chat") {
+    throw new Error(`--workload: random, text or chat, got "${workload}"`);
   }
   let extraBody: Record<string, unknown> = {};
   if (f.has("--extra-body")) {
@@ -226,10 +238,19 @@ function buildConfig(argv: string[]): Config {
   const cfg: Config = {
     argv,
     baseUrl: f.get("--base-url") ?? (compare ? null : "http://127.0.0.1:8080"),
-    endpoint: str(f, "--endpoint")!,
+    endpoint: f.get("--endpoint") ?? (workload === "chat" ? "/v1/chat/completions" : "/v1/completions"),
     servedModel: f.get("--served-model") ?? null,
     apiKey: f.get("--api-key") ?? Deno.env.get("OPENAI_API_KEY") ?? null,
     workload,
+    chat: workload === "chat"
+      ? {
+        users: intFlag(f, "--users", 1),
+        turns: intFlag(f, "--turns", 1),
+        systemLen: intFlag(f, "--system-len", 0),
+        userLen: parseRange(str(f, "--user-len")!, "--user-len"),
+        answerLen: intFlag(f, "--answer-len", 1),
+      }
+      : null,
     inputLen: parseRange(str(f, "--input-len")!, "--input-len"),
     outputLen: parseRange(str(f, "--output-len")!, "--output-len"),
     idMin: intFlag(f, "--id-min", 0),
@@ -266,10 +287,19 @@ function buildConfig(argv: string[]): Config {
   };
   if (cfg.inputLen.min < 1) throw new Error("--input-len: prompts need at least 1 token");
   if (cfg.outputLen.min < 1) throw new Error("--output-len: max_tokens must be at least 1");
+  if (cfg.chat && cfg.chat.userLen.min < 1) throw new Error("--user-len: user messages need at least 1 word");
+  if (cfg.chat && (cfg.constrainedShare > 0 || cfg.dumpWorkload)) {
+    throw new Error("--workload chat: --constrained-share and --dump-workload are not supported");
+  }
   return cfg;
 }
 
+function chatSpec(cfg: Config): ChatWorkloadSpec {
+  return { kind: "chat", seed: cfg.seed, ...cfg.chat! };
+}
+
 function workloadSpec(cfg: Config): WorkloadSpec {
+  if (cfg.workload === "chat") throw new Error("chat workloads have no fixed request list");
   const base = { seed: cfg.seed, count: cfg.numPrompts, inputLen: cfg.inputLen, outputLen: cfg.outputLen };
   if (cfg.workload === "random") return { kind: "random", ...base, idMin: cfg.idMin, vocab: cfg.vocab };
   return { kind: "text", ...base, text: Deno.readTextFileSync(cfg.textFile!) };
@@ -291,6 +321,8 @@ function requestRows(r: RunResult, detailed: boolean) {
     sent_ms: rel(x.sentAt),
     end_ms: rel(x.endAt),
     ttft_ms: ttftOf(x),
+    ...(x.turn === undefined ? {} : { user: x.user, turn: x.turn }),
+    ...(x.cachedTokens === undefined ? {} : { cached_tokens: x.cachedTokens }),
     chunks: x.chunkTimes.length,
     ...(detailed ? { chunk_ms: x.chunkTimes.map((t) => rel(t)) } : {}),
   }));
@@ -322,13 +354,11 @@ async function runOne(
     ...(cfg.ignoreEos ? { ignore_eos: true } : {}),
     ...cfg.extraBody,
   };
-  const result = await runBenchmark({
+  const common = {
     baseUrl,
     endpoint: cfg.endpoint,
     headers,
     bodyBase,
-    measured: items,
-    warmup: warm,
     rate: cfg.rate,
     maxConcurrency: cfg.maxConcurrency,
     seed: cfg.seed,
@@ -336,7 +366,14 @@ async function runOne(
     timeoutS: cfg.timeoutS,
     progress: createProgress({ enabled: cfg.progress, intervalS: cfg.progressIntervalS }),
     label,
-  });
+  };
+  let result: RunResult;
+  if (cfg.chat) {
+    const w = buildChatWorkload(chatSpec(cfg), cfg.warmup);
+    result = await runChatBenchmark({ ...common, ...w, answerTokens: cfg.chat.answerLen });
+  } else {
+    result = await runBenchmark({ ...common, measured: items, warmup: warm });
+  }
   console.log(formatRun(result, { rate: cfg.rate, maxConcurrency: cfg.maxConcurrency }));
   console.log();
   return result;
@@ -355,8 +392,9 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const cfg = buildConfig(argv);
-  const spec = workloadSpec(cfg);
-  const built = buildWorkload(spec, cfg.warmup);
+  // Chat conversations are built per run (their requests depend on the answers): none here.
+  const spec = cfg.chat ? null : workloadSpec(cfg);
+  const built = spec ? buildWorkload(spec, cfg.warmup) : { measured: [], warmup: [] };
   const w = cfg.constrainedShare > 0
     ? {
       measured: markConstrained(built.measured, cfg.constrainedShare, cfg.seed),
@@ -364,7 +402,7 @@ async function main(argv: string[]): Promise<number> {
     }
     : built;
 
-  if (cfg.dumpWorkload) {
+  if (cfg.dumpWorkload && spec) {
     await Deno.writeTextFile(cfg.dumpWorkload, JSON.stringify(toDump(spec, w)) + "\n");
     console.log(
       `wrote ${w.measured.length} requests and ${w.warmup.length} warmup requests to ${cfg.dumpWorkload}`,
@@ -392,7 +430,7 @@ async function main(argv: string[]): Promise<number> {
           mode,
           round: round + 1,
           baseUrl: null,
-          prompts: items.length,
+          prompts: cfg.chat ? cfg.chat.users * cfg.chat.turns : items.length,
           serverLog: logPath,
           error: null,
           result: null,
@@ -437,7 +475,7 @@ async function main(argv: string[]): Promise<number> {
       mode: null,
       round: null,
       baseUrl: cfg.baseUrl,
-      prompts: w.measured.length,
+      prompts: cfg.chat ? cfg.chat.users * cfg.chat.turns : w.measured.length,
       serverLog: null,
       error: null,
       result: null,
@@ -480,6 +518,7 @@ async function main(argv: string[]): Promise<number> {
         peak_concurrency: e.result?.peakConcurrency ?? null,
         warmup: e.result?.warmup ?? null,
         metrics: e.result?.metrics ?? null,
+        ...(e.result?.chat ? { chat: e.result.chat } : {}),
         requests: e.result ? requestRows(e.result, cfg.detailed) : [],
       })),
       comparison: cfg.compare ? { summaries, ratios: rs } : null,

@@ -6,7 +6,9 @@ import { deriveSeed, mulberry32, uniformInt } from "../bench/lib/rng.ts";
 import {
   arrivalOffsets,
   arrivalRng,
+  buildChatWorkload,
   buildWorkload,
+  type ChatWorkloadSpec,
   generateWorkload,
   markConstrained,
   parseRange,
@@ -16,7 +18,8 @@ import {
 } from "../bench/lib/workload.ts";
 import { computeMetrics, percentile, type RequestRecord, summarize } from "../bench/lib/stats.ts";
 import { sseEvents } from "../bench/lib/client.ts";
-import { runBenchmark, type RunOptions } from "../bench/lib/runner.ts";
+import { runBenchmark, runChatBenchmark, type RunOptions } from "../bench/lib/runner.ts";
+import { withFake } from "./helpers/fake_engine.ts";
 import { createProgress } from "../bench/lib/progress.ts";
 import { splitArgs } from "../bench/lib/server.ts";
 import { ratios, summarizeMode } from "../bench/lib/report.ts";
@@ -564,4 +567,114 @@ Deno.test("--constrained-share marks round(share x n) items, seeded, leaving pro
   assertEquals(marked.map(({ constrained: _c, ...it }) => it), items);
   assertEquals(JSON.stringify(markConstrained(items, 0.25, 1)), JSON.stringify(marked));
   assertEquals(markConstrained(items, 0, 1).filter((it) => it.constrained).length, 0);
+});
+
+const chatSpec: ChatWorkloadSpec = {
+  kind: "chat",
+  seed: 5,
+  users: 3,
+  turns: 3,
+  systemLen: 60,
+  userLen: { min: 3, max: 6 },
+  answerLen: 12,
+};
+
+Deno.test("chat workload: deterministic, one system prompt, word counts within range, warmup apart", () => {
+  const a = buildChatWorkload(chatSpec, 2), b = buildChatWorkload(chatSpec, 2);
+  assertEquals(a, b);
+  assertEquals(a.measured.system.split(" ").length, 60);
+  assertEquals(a.measured.users.map((u) => u.messages.length), [3, 3, 3]);
+  for (const u of a.measured.users) {
+    for (const m of u.messages) {
+      const n = m.split(" ").length;
+      assert(n >= 3 && n <= 6, m);
+    }
+  }
+  assertEquals(a.warmup.users.map((u) => u.messages.length), [1, 1]);
+  assert(a.warmup.system !== a.measured.system, "warmup must not cache the measured system prompt");
+});
+
+Deno.test("chat runner: each turn resends the conversation with the actual answers; TTFT and cached tokens per turn", async () => {
+  // Answers name the prompt they answer, so each is distinct; the fake engine's prefill costs 0.5 ms per
+  // prompt token its simulated prefix cache does not hold.
+  const reply = (req: { promptIds: number[] }) => `Answer to ${req.promptIds.length} tokens.`;
+  await withFake({ engine: { prefixCacheBlock: 16, prefillMsPerToken: 0.5, reply } }, async (s, engine) => {
+    const w = buildChatWorkload(chatSpec, 1);
+    const r = await runChatBenchmark({
+      ...options(s.origin, []),
+      endpoint: "/v1/chat/completions",
+      measured: w.measured,
+      warmup: w.warmup,
+      answerTokens: chatSpec.answerLen,
+    });
+    assertEquals([r.metrics.completed, r.metrics.failed, r.warmup.completed], [9, 0, 1]);
+    const sent = engine.requests.slice(1).map((q) => engine.tokenizer.decode(q.promptIds));
+    for (const u of w.measured.users) {
+      const mine = r.records.filter((x) => x.user === u.user).sort((a, b) => a.turn! - b.turn!);
+      assertEquals(mine.map((x) => x.turn), [1, 2, 3]);
+      let expected = `<s><|system|>\n${w.measured.system}\n`;
+      for (const [t, rec] of mine.entries()) {
+        expected += `<|user|>\n${u.messages[t]}\n`;
+        const prompt = expected + "<|assistant|>\n";
+        assert(sent.includes(prompt), `user ${u.user} turn ${t + 1} not sent as ${JSON.stringify(prompt)}`);
+        assertEquals(rec.answer, `Answer to ${rec.promptTokens} tokens.`.slice(0, chatSpec.answerLen));
+        expected += `<|assistant|>\n${rec.answer}\n`;
+        // A later turn holds the whole earlier request, so at least its full blocks are cached.
+        if (t > 0) assert(rec.cachedTokens! >= Math.floor(mine[t - 1].promptTokens! / 16) * 16);
+      }
+    }
+    const c = r.chat!;
+    assertEquals(c.turns.map((t) => [t.turn, t.completed]), [[1, 3], [2, 3], [3, 3]]);
+    assertEquals(c.laterTurnsTtftMs.n, 6);
+    assert(c.turns[2].promptTokensMean! > c.turns[1].promptTokensMean! && c.turns[1].cachedTokensMean! > 0);
+    // The first user to arrive prefilled the whole system prompt; later turns prefill only the new text.
+    assert(c.firstTurnTtftMs.max! > 2 * c.laterTurnsTtftMs.mean!, JSON.stringify(c));
+  });
+});
+
+Deno.test("bench --workload chat: table and JSON report TTFT per turn (turn 1 and turns 2+)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ragtime_bench_chat_" });
+  try {
+    await withFake({ engine: { prefixCacheBlock: 16 } }, async (s) => {
+      const run = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("../bench/bench.ts", import.meta.url).pathname,
+          ...[
+            "--base-url",
+            s.origin,
+            "--workload",
+            "chat",
+            "--users",
+            "2",
+            "--turns",
+            "3",
+            "--system-len",
+            "40",
+          ],
+          ...["--user-len", "4", "--answer-len", "8", "--warmup", "1", "--no-progress"],
+          ...["--result-json", `${dir}/chat.json`],
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const out = new TextDecoder().decode(run.stdout);
+      assertEquals(run.code, 0, new TextDecoder().decode(run.stderr) + out);
+      for (const row of ["turn 1", "turn 2", "turn 3", "turns 2+", "TTFT turn 1 / turns 2+"]) {
+        assert(out.includes(row), `${row} missing:\n${out}`);
+      }
+      const doc = JSON.parse(await Deno.readTextFile(`${dir}/chat.json`));
+      const [entry] = doc.runs;
+      assertEquals(entry.prompts, 6);
+      assertEquals(entry.metrics.completed, 6);
+      assertEquals(entry.chat.turns.map((t: { turn: number }) => t.turn), [1, 2, 3]);
+      assertEquals(entry.chat.laterTurnsTtftMs.n, 4);
+      const rows = entry.requests as { turn: number; user: number; cached_tokens: number }[];
+      assertEquals(rows.map((x) => [x.user, x.turn]), [[0, 1], [0, 2], [0, 3], [1, 1], [1, 2], [1, 3]]);
+      assert(rows.filter((x) => x.turn > 1).every((x) => x.cached_tokens > 0), JSON.stringify(rows));
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

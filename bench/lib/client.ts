@@ -1,6 +1,6 @@
-// One streaming /v1/completions request, timed chunk by chunk.
+// One streaming /v1/completions (or, for chat workloads, /v1/chat/completions) request, timed chunk by chunk.
 import type { RequestRecord } from "./stats.ts";
-import { CONSTRAINED_SCHEMA, type WorkloadItem } from "./workload.ts";
+import { type ChatMessage, CONSTRAINED_SCHEMA, type WorkloadItem } from "./workload.ts";
 
 export interface RequestOptions {
   url: string;
@@ -77,15 +77,20 @@ export function emptyRecord(item: WorkloadItem, error: string | null = null): Re
     promptTokens: item.promptTokens,
     expectedOutputTokens: item.outputTokens,
     finishReason: null,
+    ...(item.turn === undefined ? {} : { user: item.user, turn: item.turn }),
   };
 }
+
+const isChat = (p: WorkloadItem["prompt"]): p is ChatMessage[] =>
+  Array.isArray(p) && p.length > 0 && typeof p[0] === "object";
 
 /** Sends one request and returns its record; never throws. */
 export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Promise<RequestRecord> {
   const rec = emptyRecord(item);
+  const chat = isChat(item.prompt);
   const body = {
     ...opts.bodyBase,
-    prompt: item.prompt,
+    ...(chat ? { messages: item.prompt } : { prompt: item.prompt }),
     max_tokens: item.outputTokens,
     stream: true,
     stream_options: { include_usage: true },
@@ -99,6 +104,7 @@ export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Pro
   };
   let usageOut: number | null = null;
   let sawDone = false;
+  let answer = "";
   try {
     rec.sentAt = performance.now();
     const res = await fetch(opts.url, {
@@ -133,18 +139,28 @@ export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Pro
       const err = errorText(msg);
       if (err !== null) throw new Error(`stream error: ${err}`);
       const m = msg as {
-        choices?: { text?: unknown; finish_reason?: unknown }[];
-        usage?: { prompt_tokens?: unknown; completion_tokens?: unknown } | null;
+        choices?: { text?: unknown; delta?: { content?: unknown }; finish_reason?: unknown }[];
+        usage?: {
+          prompt_tokens?: unknown;
+          completion_tokens?: unknown;
+          prompt_tokens_details?: { cached_tokens?: unknown } | null;
+        } | null;
       };
       const choice = m.choices?.[0];
       if (choice) {
+        const text = chat ? choice.delta?.content : choice.text;
         // Chunks without text (the finish chunk, held-back partial UTF-8) are not token arrivals.
-        if (typeof choice.text === "string" && choice.text !== "") rec.chunkTimes.push(ev.at);
+        if (typeof text === "string" && text !== "") {
+          rec.chunkTimes.push(ev.at);
+          if (chat) answer += text;
+        }
         if (typeof choice.finish_reason === "string") rec.finishReason = choice.finish_reason;
       }
       if (m.usage) {
         if (typeof m.usage.completion_tokens === "number") usageOut = m.usage.completion_tokens;
         if (typeof m.usage.prompt_tokens === "number") rec.promptTokens = m.usage.prompt_tokens;
+        const cached = m.usage.prompt_tokens_details?.cached_tokens;
+        if (typeof cached === "number") rec.cachedTokens = cached;
       }
     }
     rec.endAt = performance.now();
@@ -157,6 +173,7 @@ export async function sendRequest(item: WorkloadItem, opts: RequestOptions): Pro
     } else {
       rec.outputTokens = rec.chunkTimes.length;
     }
+    if (chat) rec.answer = answer;
     rec.ok = true;
   } catch (err) {
     rec.endAt ??= performance.now();

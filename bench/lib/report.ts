@@ -59,6 +59,39 @@ export function formatRun(r: RunResult, info: RunInfo): string {
       lat("E2E", m.e2eMs),
     ]),
   ];
+  if (r.chat) {
+    const c = r.chat;
+    const turnRow = (name: string, s: Summary, prompt: number | null, cached: number | null) => [
+      name,
+      String(s.n),
+      num(s.mean),
+      num(s.p50),
+      num(s.p90),
+      num(s.p99),
+      num(prompt, 1),
+      num(cached, 1),
+    ];
+    const later = c.turns.slice(1);
+    const meanOver = (xs: (number | null)[]) => {
+      const v = xs.filter((x): x is number => x !== null);
+      return v.length > 0 ? v.reduce((a, b) => a + b, 0) / v.length : null;
+    };
+    lines.push(
+      "",
+      table(["TTFT by turn (ms)", "n", "mean", "p50", "p90", "p99", "prompt tok", "cached tok"], [
+        ...c.turns.map((t) => turnRow(`turn ${t.turn}`, t.ttftMs, t.promptTokensMean, t.cachedTokensMean)),
+        ...(later.length > 0
+          ? [turnRow(
+            "turns 2+",
+            c.laterTurnsTtftMs,
+            meanOver(later.map((t) => t.promptTokensMean)),
+            meanOver(later.map((t) => t.cachedTokensMean)),
+          )]
+          : []),
+      ]),
+      `TTFT turn 1 / turns 2+ (means): x${num(c.firstOverLaterTtft)}`,
+    );
+  }
   const notes: string[] = [];
   if (r.timedOut) notes.push("the overall --timeout fired; unfinished requests count as failed");
   if (m.outputLengthMismatches > 0) {

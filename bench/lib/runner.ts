@@ -2,8 +2,14 @@
 // arrival schedule under a concurrency cap, with per-request and overall deadlines.
 import { emptyRecord, sendRequest } from "./client.ts";
 import type { Progress } from "./progress.ts";
-import { computeMetrics, type Metrics, type RequestRecord } from "./stats.ts";
-import { arrivalOffsets, arrivalRng, type WorkloadItem } from "./workload.ts";
+import { type ChatMetrics, chatMetrics, computeMetrics, type Metrics, type RequestRecord } from "./stats.ts";
+import {
+  arrivalOffsets,
+  arrivalRng,
+  type ChatMessage,
+  type ChatWorkload,
+  type WorkloadItem,
+} from "./workload.ts";
 
 export interface RunOptions {
   baseUrl: string;
@@ -32,6 +38,8 @@ export interface RunResult {
   /** Highest number of measured requests in flight at once. */
   peakConcurrency: number;
   records: RequestRecord[];
+  /** Chat workload only: TTFT and cached tokens per turn. */
+  chat?: ChatMetrics;
 }
 
 class Semaphore {
@@ -177,4 +185,127 @@ export async function runBenchmark(opts: RunOptions): Promise<RunResult> {
   } finally {
     clearTimeout(deadline);
   }
+}
+
+export interface ChatRunOptions extends Omit<RunOptions, "measured" | "warmup"> {
+  measured: ChatWorkload;
+  warmup: ChatWorkload;
+  /** max_tokens of every answer. */
+  answerTokens: number;
+}
+
+/**
+ * Chat workload: each simulated user starts at its arrival time (--rate) and holds its conversation
+ * turn after turn, each request resending the system prompt and every earlier turn with the answers
+ * the server gave. A failed turn ends that user's conversation (later turns are recorded as unsent).
+ */
+export async function runChatBenchmark(opts: ChatRunOptions): Promise<RunResult> {
+  const overall = new AbortController();
+  const deadline = setTimeout(
+    () => overall.abort(new Error(`overall timeout after ${opts.timeoutS}s`)),
+    opts.timeoutS * 1000,
+  );
+  try {
+    const warm = opts.warmup.users.length > 0
+      ? await runConversations(
+        opts.warmup,
+        opts.warmup.users.map(() => 0),
+        opts,
+        overall.signal,
+        `${opts.label} warmup`,
+      )
+      : { records: [], peak: 0 };
+    const wm = computeMetrics(warm.records);
+    const offsets = arrivalOffsets(opts.measured.users.length, opts.rate, arrivalRng(opts.seed));
+    const run = await runConversations(opts.measured, offsets, opts, overall.signal, opts.label);
+    return {
+      label: opts.label,
+      metrics: computeMetrics(run.records),
+      warmup: { requests: wm.requests, completed: wm.completed, failed: wm.failed, errors: wm.errors },
+      timedOut: overall.signal.aborted,
+      peakConcurrency: run.peak,
+      records: run.records,
+      chat: chatMetrics(run.records),
+    };
+  } finally {
+    clearTimeout(deadline);
+  }
+}
+
+async function runConversations(
+  w: ChatWorkload,
+  offsets: number[],
+  opts: ChatRunOptions,
+  overall: AbortSignal,
+  label: string,
+): Promise<Phase> {
+  const url = new URL(opts.endpoint, opts.baseUrl).href;
+  const sem = new Semaphore(opts.maxConcurrency === Infinity ? Number.MAX_SAFE_INTEGER : opts.maxConcurrency);
+  const turns = Math.max(0, ...w.users.map((u) => u.messages.length));
+  const records: RequestRecord[] = [];
+  const state = { total: w.users.length * turns, done: 0, failed: 0, inFlight: 0, outputTokens: 0 };
+  let peak = 0;
+  opts.progress.start(label, state.total);
+  const t0 = performance.now();
+  const item = (user: number, turn: number, prompt: ChatMessage[]): WorkloadItem => ({
+    index: user * turns + turn - 1,
+    prompt,
+    promptTokens: null,
+    outputTokens: opts.answerTokens,
+    user,
+    turn,
+  });
+  await Promise.all(w.users.map(async (u, k) => {
+    const messages: ChatMessage[] = [{ role: "system", content: w.system }];
+    let stopped: string | null = null;
+    for (const [t, text] of u.messages.entries()) {
+      messages.push({ role: "user", content: text });
+      const it = item(u.user, t + 1, [...messages]);
+      if (stopped === null && overall.aborted) {
+        stopped = overall.reason instanceof Error ? overall.reason.message : "aborted";
+      }
+      if (stopped !== null) {
+        records.push(unsent(it, stopped));
+        continue;
+      }
+      try {
+        if (t === 0) await sleepUntil(t0 + offsets[k], overall);
+        await sem.acquire(overall);
+      } catch {
+        stopped = overall.reason instanceof Error ? overall.reason.message : "aborted";
+        records.push(unsent(it, stopped));
+        continue;
+      }
+      const perRequest = new AbortController();
+      const timer = setTimeout(
+        () => perRequest.abort(new Error(`request timeout after ${opts.requestTimeoutS}s`)),
+        opts.requestTimeoutS * 1000,
+      );
+      state.inFlight++;
+      peak = Math.max(peak, state.inFlight);
+      opts.progress.update(state);
+      const rec = await sendRequest(it, {
+        url,
+        headers: opts.headers,
+        bodyBase: opts.bodyBase,
+        signal: AbortSignal.any([overall, perRequest.signal]),
+      });
+      clearTimeout(timer);
+      sem.release();
+      state.inFlight--;
+      records.push(rec);
+      if (rec.ok) {
+        state.done++;
+        state.outputTokens += rec.outputTokens;
+        messages.push({ role: "assistant", content: rec.answer ?? "" });
+      } else {
+        state.failed++;
+        stopped = `an earlier turn failed: ${rec.error}`;
+      }
+      opts.progress.update(state);
+    }
+  }));
+  opts.progress.finish();
+  records.sort((a, b) => a.index - b.index);
+  return { records, peak };
 }

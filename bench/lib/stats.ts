@@ -16,6 +16,12 @@ export interface RequestRecord {
   promptTokens: number | null;
   expectedOutputTokens: number;
   finishReason: string | null;
+  /** usage.prompt_tokens_details.cached_tokens, where the server reported it. */
+  cachedTokens?: number | null;
+  /** Chat workload: the simulated user, the turn (from 1), and the answer's text (the next turn sends it). */
+  user?: number;
+  turn?: number;
+  answer?: string;
 }
 
 export interface Summary {
@@ -158,5 +164,50 @@ export function computeMetrics(records: readonly RequestRecord[]): Metrics {
     tpotMs: summarize(tpot),
     itlMs: summarize(itl),
     e2eMs: summarize(e2e),
+  };
+}
+
+/** Chat workload: TTFT and prompt reuse per turn, and turn 1 against every later turn. */
+export interface TurnMetrics {
+  turn: number;
+  completed: number;
+  ttftMs: Summary;
+  promptTokensMean: number | null;
+  /** Mean usage.prompt_tokens_details.cached_tokens; null where the server reported none. */
+  cachedTokensMean: number | null;
+}
+
+export interface ChatMetrics {
+  turns: TurnMetrics[];
+  firstTurnTtftMs: Summary;
+  laterTurnsTtftMs: Summary;
+  /** Mean TTFT of turn 1 over the mean of later turns. */
+  firstOverLaterTtft: number | null;
+}
+
+export function chatMetrics(records: readonly RequestRecord[]): ChatMetrics {
+  const ok = records.filter((r) => r.ok && r.turn !== undefined);
+  const ttfts = (rs: RequestRecord[]) => rs.map(ttftOf).filter((t): t is number => t !== null);
+  const meanOf = (xs: number[]) => (xs.length > 0 ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
+  const last = Math.max(0, ...records.map((r) => r.turn ?? 0));
+  const turns = Array.from({ length: last }, (_, i) => {
+    const rs = ok.filter((r) => r.turn === i + 1);
+    return {
+      turn: i + 1,
+      completed: rs.length,
+      ttftMs: summarize(ttfts(rs)),
+      promptTokensMean: meanOf(rs.flatMap((r) => (r.promptTokens === null ? [] : [r.promptTokens]))),
+      cachedTokensMean: meanOf(
+        rs.flatMap((r) => (typeof r.cachedTokens === "number" ? [r.cachedTokens] : [])),
+      ),
+    };
+  });
+  const first = summarize(ttfts(ok.filter((r) => r.turn === 1)));
+  const later = summarize(ttfts(ok.filter((r) => r.turn! > 1)));
+  return {
+    turns,
+    firstTurnTtftMs: first,
+    laterTurnsTtftMs: later,
+    firstOverLaterTtft: first.mean !== null && later.mean ? first.mean / later.mean : null,
   };
 }

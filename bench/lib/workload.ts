@@ -8,16 +8,25 @@ export interface Range {
   max: number;
 }
 
+/** A chat message as the chat endpoint takes it. */
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
 export interface WorkloadItem {
   index: number;
-  /** Token ids (random workload) or text (text workload). */
-  prompt: number[] | string;
+  /** Token ids (random workload), text (text workload) or the conversation so far (chat workload). */
+  prompt: number[] | string | ChatMessage[];
   /** Prompt length in tokens when known up front (token-id prompts); text prompts learn it from usage. */
   promptTokens: number | null;
   /** max_tokens; with ignore_eos the server should produce exactly this many tokens. */
   outputTokens: number;
   /** Sent with a response_format json_schema (--constrained-share); absent: free text. */
   constrained?: boolean;
+  /** Chat workload: the simulated user and the turn (from 1) this request is. */
+  user?: number;
+  turn?: number;
 }
 
 export interface RandomWorkloadSpec {
@@ -45,6 +54,76 @@ export type WorkloadSpec = RandomWorkloadSpec | TextWorkloadSpec;
 
 /** Seed streams, fixed forever: changing them changes every published workload. */
 export const STREAM = { measured: 0, warmup: 1, arrivals: 2, constrained: 3 } as const;
+
+export interface ChatWorkloadSpec {
+  kind: "chat";
+  seed: number;
+  users: number;
+  turns: number;
+  /** Lengths in words (a rough stand-in for tokens); answers in tokens (max_tokens). */
+  systemLen: number;
+  userLen: Range;
+  answerLen: number;
+}
+
+/** One simulated user: the user messages of each turn; answers come from the server as it runs. */
+export interface ChatUser {
+  user: number;
+  messages: string[];
+}
+
+export interface ChatWorkload {
+  /** The system prompt every conversation starts with. */
+  system: string;
+  users: ChatUser[];
+}
+
+// Plain English words, so any tokenizer splits them as it splits ordinary text.
+const WORDS = (
+  "the a little big happy sad dog cat bird tree house garden river sun moon star day night friend mother " +
+  "father girl boy ball toy book cake apple flower park school road car boat fish water rain snow wind " +
+  "play run jump sing read walk look find give take make help like love want see went said was is had " +
+  "and then but so because when after before with for to in on under over near far very always never " +
+  "green red blue small warm cold kind brave quiet loud funny gentle bright dark old new good best"
+).split(" ");
+
+function words(rng: Rng, n: number): string {
+  const out = Array.from({ length: n }, () => WORDS[uniformInt(rng, 0, WORDS.length - 1)]);
+  return out.length > 0 ? out[0][0].toUpperCase() + out.join(" ").slice(1) + "." : "";
+}
+
+/**
+ * The system prompt, then per user and turn a user message, from one mulberry32 stream. A turn's
+ * request is the system prompt and every earlier turn (user message, then the server's actual answer).
+ */
+export function generateChatWorkload(spec: ChatWorkloadSpec): ChatWorkload {
+  const rng = mulberry32(spec.seed);
+  const system = words(rng, spec.systemLen);
+  const users = Array.from({ length: spec.users }, (_, user) => ({
+    user,
+    messages: Array.from(
+      { length: spec.turns },
+      () => words(rng, uniformInt(rng, spec.userLen.min, spec.userLen.max)),
+    ),
+  }));
+  return { system, users };
+}
+
+/** Measured conversations and single-turn warmup ones, with their own system prompt (warmup caches nothing measured). */
+export function buildChatWorkload(
+  spec: ChatWorkloadSpec,
+  warmup: number,
+): { measured: ChatWorkload; warmup: ChatWorkload } {
+  return {
+    measured: generateChatWorkload({ ...spec, seed: deriveSeed(spec.seed, STREAM.measured) }),
+    warmup: generateChatWorkload({
+      ...spec,
+      seed: deriveSeed(spec.seed, STREAM.warmup),
+      users: warmup,
+      turns: 1,
+    }),
+  };
+}
 
 /** The schema of constrained requests: small, with the features tool arguments use. */
 export const CONSTRAINED_SCHEMA = {
@@ -169,7 +248,7 @@ export function toDump(
   const item = (it: WorkloadItem): DumpItem =>
     typeof it.prompt === "string"
       ? { index: it.index, prompt: it.prompt, output_len: it.outputTokens }
-      : { index: it.index, prompt_ids: it.prompt, output_len: it.outputTokens };
+      : { index: it.index, prompt_ids: it.prompt as number[], output_len: it.outputTokens };
   // The corpus itself stays out; its prompts are in the items.
   const described = spec.kind === "text" ? { ...spec, text: undefined } : { ...spec };
   return {
