@@ -12,6 +12,7 @@ import {
   outcomeOf,
   params,
   PUBLISHED_GREEDY,
+  startEngine,
   stories,
   STORY_TEXT,
   type Submission,
@@ -19,50 +20,12 @@ import {
   tracePlans,
 } from "./helpers/engine.ts";
 import { createEngine, type LocalEngineOptions } from "../engine/local_engine.ts";
-import { LLMEngine } from "../engine/llm_engine.ts";
 import type { ModelRunner, StepInputs, StepPath } from "../engine/model_runner.ts";
 import { BATCH_INVARIANT_CHUNK_TOKENS, type GenerateEvent } from "../engine/protocol.ts";
 
-/** stories260K with the other tests' settings (tests/helpers/engine.ts), prefix caching on or off. */
-async function startCaching(prefixCaching: boolean, opts: LocalEngineOptions = {}): Promise<Harness> {
-  const model = await stories();
-  const { config, runner } = await createEngine(model, {
-    dtype: "f32",
-    kvCacheMb: 8,
-    maxBatchTokens: 512,
-    maxSeqs: 64,
-    graphCache: null,
-    graphCaptureEager: false,
-    maxModelLen: 512,
-    ...opts,
-  });
-  // Until EngineConfig carries the flag, an engine of our own over the same runner sets it.
-  const engine = new LLMEngine(
-    { config: { ...model.config, maxContext: config.maxContext }, tokenizer: model.tokenizer },
-    runner,
-    { ...config, prefixCaching },
-  );
-  const loop = engine.run();
-  return {
-    engine,
-    runner,
-    model,
-    config,
-    generate(id, promptIds, p) {
-      return new Promise((resolve) => {
-        const events: GenerateEvent[] = [];
-        engine.add({ id, promptIds, params: p }, (ev) => {
-          events.push(ev);
-          if (ev.type !== "delta") resolve(events);
-        });
-      });
-    },
-    async close() {
-      engine.stop();
-      await loop;
-      await runner.close();
-    },
-  };
+/** stories260K with the other tests' settings, prefix caching on or off. */
+function startCaching(prefixCaching: boolean, opts: LocalEngineOptions = {}): Promise<Harness> {
+  return startEngine({ ...opts, prefixCaching });
 }
 
 // ---- KV bits, at the runner ------------------------------------------------------------------------
