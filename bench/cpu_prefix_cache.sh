@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The CPU machine's prefix-caching comparison (software WebGPU adapter, stories260K), as in
+# docs/BENCHMARKS.md: the chat workload and the random-prompt workload, each against a server with
+# --prefix-caching on and one with it off, run one after the other in one go (docs/BENCHMARKS.md
+# also has a second round in the opposite order: off before on; --compare compares batching modes only,
+# so each setting is its own --compare continuous run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/cpu-2026-12-02-prefix}
+mkdir -p "$OUT"
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/ragtime-xdg}
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+MODEL=../shared/models/stories260K/stories260K.gguf
+S="--max-model-len 512 --max-seqs 16"
+CHAT="--workload chat --users 2 --turns 3 --system-len 110 --user-len 2:3 --answer-len 8 --warmup 2 --seed 0 --no-progress"
+RAND="--num-prompts 24 --warmup 2 --input-len 16:128 --output-len 16:64 --vocab 512 --seed 0 --no-progress"
+for pc in on off; do
+  deno task bench $CHAT --compare continuous --model $MODEL --server-args "$S --prefix-caching $pc" \
+    --server-log-dir "$OUT/logs" --result-json "$OUT/chat-$pc.json"
+done
+for pc in on off; do
+  deno task bench $RAND --compare continuous --model $MODEL --server-args "$S --prefix-caching $pc" \
+    --server-log-dir "$OUT/logs" --result-json "$OUT/random-$pc.json"
+done
