@@ -14,7 +14,7 @@
 import * as ort from "onnxruntime-web/webgpu";
 import type { BuiltGraph } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
-import type { StepInputs } from "./model_runner.ts";
+import type { StepInputs } from "./step_inputs.ts";
 import { createStepSession, type Feeds, pinGpuBuffer, type Session } from "./sessions.ts";
 
 export interface CaptureShape {

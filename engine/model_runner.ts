@@ -12,6 +12,8 @@ import type { BuiltGraph } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
+import type { StepInputs } from "./step_inputs.ts";
+export type { StepInputs };
 import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } from "./captured_steps.ts";
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
@@ -59,29 +61,6 @@ export interface CaptureSettings {
 
 /** Which session ran a step. */
 export type StepPath = "captured" | "uncaptured";
-
-/** Flat inputs of one ragged step, built by the engine from the scheduler's plan. */
-export interface StepInputs {
-  /** [T] token ids known on the CPU (0 where idSrc >= 0). */
-  inputIds: Int32Array;
-  /** [T] -1, or the row of the previous step's next_ids that holds this token. */
-  idSrc: Int32Array;
-  /** [B+1] cumulative new-token counts. */
-  cuSeqlens: Int32Array;
-  /** [B] tokens already in the cache per sequence. */
-  pastSeqlens: Int32Array;
-  /** [B, maxBlocks] block ids, padded with 0. */
-  blockTable: Int32Array;
-  maxBlocks: number;
-  /** [S] flat token rows whose logits are sampled. */
-  sampleRows: Int32Array;
-  /** [S] per-row uniform for GPU sampling; negative means greedy. */
-  sampleU: Float32Array;
-  /** [S] 1 / temperature (1 for greedy rows). */
-  invTemp: Float32Array;
-  /** Read back full logits (CPU sampling, logprobs). */
-  wantLogits: boolean;
-}
 
 export interface StepHandle {
   /** The step's sampled ids, copied out of the session's outputs (see ModelRunner.run). */
