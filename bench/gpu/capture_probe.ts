@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { ModelRunner, type RunnerOptions, type StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
-import { randomModel } from "../../tests/helpers/random_model.ts";
+import { smollm2ShapedModel } from "./probe_model.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -36,17 +36,7 @@ const list = (s: string) => s.split(",").filter(Boolean).map(Number);
 const batches = list(a.batches!), shortCaps = list(a["kv-caps"]!);
 const dtype = a.dtype as "f16" | "f32", N = Number(a.steps), past = Number(a.past);
 
-let model: LoadedModel = a.model ? await loadModel(a.model) : randomModel("llama", 1, {
-  vocabSize: 49152,
-  hiddenSize: 576,
-  intermediateSize: 1536,
-  numLayers: 30,
-  numHeads: 9,
-  numKvHeads: 3,
-  headDim: 64,
-  maxContext: 2048,
-  ropeTheta: 100000,
-});
+let model: LoadedModel = a.model ? await loadModel(a.model) : smollm2ShapedModel();
 const context = Math.min(model.config.maxContext, Number(a.context));
 model = { ...model, config: { ...model.config, maxContext: context } };
 if (past + 1 > context) throw new Error(`--past ${past} does not fit --context ${context}`);

@@ -23,7 +23,7 @@ import * as ort from "onnxruntime-web/webgpu";
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
-import { randomModel } from "../../tests/helpers/random_model.ts";
+import { smollm2ShapedModel } from "./probe_model.ts";
 
 const sessions: ort.InferenceSession[] = [];
 const originalCreate = ort.InferenceSession.create;
@@ -294,17 +294,7 @@ async function profileCases(model: LoadedModel, args: Args, cases: Case[]) {
 async function main() {
   const args = parseArgs(Deno.args);
   const cases = parseCases(args.cases);
-  const model = args.model ? await loadModel(args.model) : randomModel("llama", 1, {
-    vocabSize: 49152,
-    hiddenSize: 576,
-    intermediateSize: 1536,
-    numLayers: 30,
-    numHeads: 9,
-    numKvHeads: 3,
-    headDim: 64,
-    maxContext: 2048,
-    ropeTheta: 100000,
-  });
+  const model = args.model ? await loadModel(args.model) : smollm2ShapedModel();
   const cfg = model.config;
   console.log(
     `model ${

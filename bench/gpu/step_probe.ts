@@ -4,7 +4,7 @@
 // the timed dispatches, to split a step's CPU cost between WebGPU calls and the rest (ORT's wasm).
 // RAGTIME_ORT_EP (JSON): ORT WebGPU EP options for this process (see engine/sessions.ts).
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
-import { randomModel } from "../../tests/helpers/random_model.ts";
+import { smollm2ShapedModel } from "./probe_model.ts";
 
 const dtype = (Deno.args[0] ?? "f16") as "f16" | "f32";
 const trace = new Map<string, { n: number; ms: number }>();
@@ -42,17 +42,7 @@ if (Deno.env.get("TRACE")) {
   }
 }
 
-const model = randomModel("llama", 1, {
-  vocabSize: 49152,
-  hiddenSize: 576,
-  intermediateSize: 1536,
-  numLayers: 30,
-  numHeads: 9,
-  numKvHeads: 3,
-  headDim: 64,
-  maxContext: 2048,
-  ropeTheta: 100000,
-});
+const model = smollm2ShapedModel();
 const t0 = performance.now();
 const runner = await ModelRunner.create(model, {
   dtype,
