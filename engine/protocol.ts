@@ -61,7 +61,7 @@ export type GrammarSpec =
   );
 
 /** Neutral parameters (greedy, no penalties, 16 tokens) with overrides; for tools and tests. */
-export function samplingParams(over: Partial<SamplingParams> = {}): SamplingParams {
+export function neutralSamplingParams(over: Partial<SamplingParams> = {}): SamplingParams {
   return {
     temperature: 0,
     topP: 1,

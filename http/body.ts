@@ -23,9 +23,9 @@ const tooLarge = (limit: number) =>
 
 /** Reads the body under the config's size and time limits. */
 export const readRequestJson = (req: Request, config: HttpConfig): Promise<unknown> =>
-  readJson(req, config.maxBodyKb * 1024, config.bodyTimeoutS ? config.bodyTimeoutS * 1000 : Infinity);
+  readBodyJson(req, config.maxBodyKb * 1024, config.bodyTimeoutS ? config.bodyTimeoutS * 1000 : Infinity);
 
-export async function readJson(req: Request, limit: number, timeoutMs = Infinity): Promise<unknown> {
+export async function readBodyJson(req: Request, limit: number, timeoutMs = Infinity): Promise<unknown> {
   const declared = Number(req.headers.get("content-length"));
   if (declared > limit) {
     await req.body?.cancel().catch(() => {});

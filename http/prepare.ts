@@ -127,7 +127,7 @@ export interface PromptInfo {
  * the context before they are queued. max_tokens defaults to the model's max_new_tokens, at most
  * whatever room the prompt leaves.
  */
-export function samplingParams(
+export function requestSamplingParams(
   s: Shared,
   engine: EngineClient,
   req: SamplingFields & { max_completion_tokens?: number },

@@ -219,7 +219,7 @@ function dropNulls(v: unknown, path: PropertyKey[] = []): unknown {
 
 /** Validates a parsed JSON body; throws a 400 naming the first bad field. */
 export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
-  // The walks below recurse; bodies from readJson were checked before parsing, others are here.
+  // The walks below recurse; bodies from readBodyJson were checked before parsing, others are here.
   if (typeof body === "object" && body !== null && nestsDeeperThan(body)) throw tooDeep();
   const input = dropNulls(body);
   if (typeof input !== "object" || input === null || Array.isArray(input)) {

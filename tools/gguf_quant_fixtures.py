@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/gguf_quants.json: random blocks of each GGML quantized type ragtime can load, with
 the values that the `gguf` Python package (llama.cpp's own gguf-py, `pip install gguf`) dequantizes them to.
-The test (tests/gguf_quants_test.ts) checks ragtime's TypeScript dequantizers against these values.
+The test (tests/engine/model/gguf_quants_test.ts) checks ragtime's TypeScript dequantizers against these values.
 
     python3 tools/gguf_quant_fixtures.py [--seed 0] [--blocks 4]
 """

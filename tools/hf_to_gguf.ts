@@ -10,7 +10,7 @@
 // pre-tokenizer (GPT-2's regex, as make-model's synthetic tokenizers have) is accepted, written "default".
 
 import { join } from "node:path";
-import { type Json, readJson } from "../engine/model/json_file.ts";
+import { type Json, readJsonFile } from "../engine/model/json_file.ts";
 import { parseHfConfig } from "../engine/model/hf.ts";
 import { expectedTensors, type TensorSpec } from "../engine/model/manifest.ts";
 import { readSafetensorsHeader, type SafetensorsHeaderEntry } from "../engine/model/safetensors.ts";
@@ -197,7 +197,7 @@ interface OutTensor {
 }
 
 async function sourceTensors(dir: string): Promise<Map<string, SourceTensor>> {
-  const index = await readJson(join(dir, "model.safetensors.index.json"), false);
+  const index = await readJsonFile(join(dir, "model.safetensors.index.json"), false);
   const files = index
     ? [...new Set(Object.values(index.json.weight_map as Record<string, string>))].map((f) => join(dir, f))
     : [join(dir, "model.safetensors")];
@@ -292,13 +292,13 @@ const GGUF_ARCH: Partial<Record<ModelConfig["architecture"], string>> = {
 export async function hfToGguf(dir: string, out: string, opts: ExportOptions = {}): Promise<void> {
   const log = opts.log ?? (() => {});
   const t0 = performance.now();
-  const raw = (await readJson(join(dir, "config.json"), true)).json;
-  const gen = (await readJson(join(dir, "generation_config.json"), false))?.json ?? null;
+  const raw = (await readJsonFile(join(dir, "config.json"), true)).json;
+  const gen = (await readJsonFile(join(dir, "generation_config.json"), false))?.json ?? null;
   const config = parseHfConfig(raw, gen, join(dir, "config.json"));
   const arch = GGUF_ARCH[config.architecture];
   if (!arch) throw new Error(`${dir}: architecture ${config.architecture} has no GGUF export here`);
-  const tok = (await readJson(join(dir, "tokenizer.json"), true)).json;
-  const tokConfig = (await readJson(join(dir, "tokenizer_config.json"), false))?.json ?? {};
+  const tok = (await readJsonFile(join(dir, "tokenizer.json"), true)).json;
+  const tokConfig = (await readJsonFile(join(dir, "tokenizer_config.json"), false))?.json ?? {};
   const vocab = ggufVocab(tok, tokConfig, config.vocabSize, opts.pre);
 
   const sources = await sourceTensors(dir);

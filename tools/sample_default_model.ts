@@ -11,7 +11,7 @@ import { parseArgs } from "node:util";
 import { type LocalEngine, startLocalEngine } from "../engine/local_engine.ts";
 import { loadModel } from "../engine/model/load.ts";
 import type { ChatMessage } from "../engine/model/types.ts";
-import { type FinishReason, type SamplingParams, samplingParams } from "../engine/protocol.ts";
+import { type FinishReason, neutralSamplingParams, type SamplingParams } from "../engine/protocol.ts";
 
 export const PROMPTS = [
   "It is a truth universally acknowledged",
@@ -61,10 +61,10 @@ async function main() {
   const model = await loadModel(values.model!);
   const local = await startLocalEngine(model, { dtype: "f16", kvCacheMb: 64, maxSeqs: 16 });
   const modes: { label: string; params: SamplingParams }[] = [
-    { label: "temperature 0 (greedy)", params: samplingParams({ maxTokens }) },
+    { label: "temperature 0 (greedy)", params: neutralSamplingParams({ maxTokens }) },
     {
       label: `temperature 0.8, top_p 0.95, seed ${seed}`,
-      params: samplingParams({ maxTokens, temperature: 0.8, topP: 0.95, seed }),
+      params: neutralSamplingParams({ maxTokens, temperature: 0.8, topP: 0.95, seed }),
     },
   ];
   const out: string[] = [];

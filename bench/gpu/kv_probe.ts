@@ -19,7 +19,8 @@ import { createEngine } from "../../engine/local_engine.ts";
 import type { ModelRunner, StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import { BATCH_INVARIANT_CHUNK_TOKENS } from "../../engine/protocol.ts";
-import { STORIES, STORY_TEXT } from "../../tests/helpers/engine.ts";
+import { STORY_TEXT } from "../../tests/helpers/engine.ts";
+import { STORIES260K } from "../../tests/helpers/fixtures.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -29,7 +30,7 @@ const { values: args } = parseArgs({
   },
 });
 const dtype = args.dtype as "f32" | "f16";
-const model = await loadModel(STORIES);
+const model = await loadModel(STORIES260K);
 const { runner } = await createEngine(model, {
   dtype,
   kvCacheMb: 8,

@@ -1,6 +1,6 @@
 // Hugging Face model folders: config.json, safetensors weights (single or sharded), tokenizer, chat template.
 
-import { type Json, readJson } from "./json_file.ts";
+import { type Json, readJsonFile } from "./json_file.ts";
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { chatTemplateFrom } from "./chat_template.ts";
@@ -223,7 +223,7 @@ async function locateWeights(dir: string): Promise<{ files: string[]; fileOf: (n
   const single = join(dir, "model.safetensors");
   const indexPath = join(dir, "model.safetensors.index.json");
   if (await exists(indexPath)) {
-    const { json } = await readJson(indexPath, true);
+    const { json } = await readJsonFile(indexPath, true);
     const map = json.weight_map;
     if (!map || typeof map !== "object") {
       throw new ModelLoadError(`${indexPath}: no "weight_map" object`, indexPath);
@@ -295,15 +295,15 @@ async function chatTemplateSource(dir: string, tokenizerConfig: Json): Promise<s
   } catch {
     // fall through
   }
-  const j = await readJson(join(dir, "chat_template.json"), false);
+  const j = await readJsonFile(join(dir, "chat_template.json"), false);
   if (j && typeof j.json.chat_template === "string") return j.json.chat_template;
   return null;
 }
 
 export async function loadHfFolder(dir: string, opts: HfLoadOptions = {}): Promise<LoadedModel> {
   const configPath = join(dir, "config.json");
-  const { text: configText, json: rawConfig } = await readJson(configPath, true);
-  const gen = (await readJson(join(dir, "generation_config.json"), false))?.json ?? null;
+  const { text: configText, json: rawConfig } = await readJsonFile(configPath, true);
+  const gen = (await readJsonFile(join(dir, "generation_config.json"), false))?.json ?? null;
   const config = parseHfConfig(rawConfig, gen, configPath, opts.maxContext);
 
   const { files, fileOf } = await locateWeights(dir);

@@ -5,9 +5,12 @@ import { ModelLoadError } from "./types.ts";
 export type Json = Record<string, unknown>;
 
 /** A JSON object file: its text (for hashing) and value; null when optional and absent. */
-export async function readJson(path: string, required: true): Promise<{ text: string; json: Json }>;
-export async function readJson(path: string, required: false): Promise<{ text: string; json: Json } | null>;
-export async function readJson(
+export async function readJsonFile(path: string, required: true): Promise<{ text: string; json: Json }>;
+export async function readJsonFile(
+  path: string,
+  required: false,
+): Promise<{ text: string; json: Json } | null>;
+export async function readJsonFile(
   path: string,
   required: boolean,
 ): Promise<{ text: string; json: Json } | null> {

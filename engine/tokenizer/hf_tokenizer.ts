@@ -1,6 +1,6 @@
 // Hugging Face tokenizer.json (+ tokenizer_config.json) behind the engine's Tokenizer interface.
 
-import { readJson } from "../model/json_file.ts";
+import { readJsonFile } from "../model/json_file.ts";
 import { Tokenizer as JsTokenizer } from "@huggingface/tokenizers";
 import { ModelLoadError, type Tokenizer } from "../model/types.ts";
 
@@ -135,7 +135,7 @@ export function hfTokenizerFrom(
 /** Loads tokenizer.json (required) and tokenizer_config.json (optional) from a model folder. */
 export async function loadHfTokenizer(dir: string, opts: HfTokenizerOptions = {}): Promise<HfTokenizer> {
   const file = `${dir}/tokenizer.json`;
-  const tj = (await readJson(file, true)).json;
-  const tc = (await readJson(`${dir}/tokenizer_config.json`, false))?.json ?? {};
+  const tj = (await readJsonFile(file, true)).json;
+  const tc = (await readJsonFile(`${dir}/tokenizer_config.json`, false))?.json ?? {};
   return hfTokenizerFrom(tj, tc, { ...opts, file });
 }

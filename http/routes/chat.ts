@@ -5,7 +5,7 @@ import { badRequest } from "../errors.ts";
 import { readRequestJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
-import { checkModel, encodeChat, requireEngine, samplingParams } from "../prepare.ts";
+import { checkModel, encodeChat, requestSamplingParams, requireEngine } from "../prepare.ts";
 import { ChatRequest, parseBody } from "../schemas.ts";
 import { responseFormatGrammar } from "../structured.ts";
 import { checkTools, ToolCallParser, type ToolEvent, toolGrammar } from "../tools.ts";
@@ -111,7 +111,13 @@ export function chatRoutes(s: Shared): Hono<AppEnv> {
     const tools = choice === "none" ? undefined : req.tools;
     const promptIds = encodeChat(engine, req.messages, true, undefined, tools);
     const logprobs = req.logprobs ? req.top_logprobs ?? 0 : null;
-    const params = samplingParams(s, engine, req, { param: "messages", length: promptIds.length }, logprobs);
+    const params = requestSamplingParams(
+      s,
+      engine,
+      req,
+      { param: "messages", length: promptIds.length },
+      logprobs,
+    );
     const grammar = responseFormatGrammar(req.response_format);
     if (grammar) params.grammar = grammar;
     const toolFormat = engine.chatTemplate.toolFormat ?? "hermes";

@@ -5,7 +5,7 @@ import { readRequestJson } from "../body.ts";
 import type { AppEnv, Shared } from "../context.ts";
 import { type Format, generate } from "../generate.ts";
 import { responseFormatGrammar } from "../structured.ts";
-import { checkModel, checkTokenIds, encodeText, requireEngine, samplingParams } from "../prepare.ts";
+import { checkModel, checkTokenIds, encodeText, requestSamplingParams, requireEngine } from "../prepare.ts";
 import { CompletionRequest, parseBody } from "../schemas.ts";
 
 /** Legacy logprobs; text_offset counts characters of the completion so far, across chunks. */
@@ -41,7 +41,7 @@ export function completionRoutes(s: Shared): Hono<AppEnv> {
     if (s.config.logPrompts) c.var.log.prompt = "text" in req.prompt ? req.prompt.text : req.prompt.ids;
     const promptIds = "text" in req.prompt ? encodeText(engine, req.prompt.text, true) : req.prompt.ids;
     checkTokenIds(engine, promptIds, "prompt");
-    const params = samplingParams(
+    const params = requestSamplingParams(
       s,
       engine,
       req,

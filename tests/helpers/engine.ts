@@ -1,15 +1,13 @@
 // An in-process engine over stories260K for tests (the server runs the same engine in a Worker).
 
-import { samplingParams } from "../../engine/protocol.ts";
+import { neutralSamplingParams } from "../../engine/protocol.ts";
 import type { LLMEngine } from "../../engine/llm_engine.ts";
 import * as local from "../../engine/local_engine.ts";
 import type { LocalEngine, LocalEngineOptions } from "../../engine/local_engine.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
 import type { GenerateEvent, SamplingParams } from "../../engine/protocol.ts";
-
-export const STORIES =
-  new URL("../../../shared/models/stories260K/stories260K.gguf", import.meta.url).pathname;
+import { STORIES260K } from "./fixtures.ts";
 
 export const PUBLISHED_GREEDY =
   `Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
@@ -19,11 +17,11 @@ Lily didn't want to help her mom, so she said, "I'm sorry, mom. I didn't know wh
 
 let cached: LoadedModel | null = null;
 export async function stories(): Promise<LoadedModel> {
-  cached ??= await loadModel(STORIES);
+  cached ??= await loadModel(STORIES260K);
   return cached;
 }
 
-export const params = samplingParams;
+export const params = neutralSamplingParams;
 
 export type Harness = LocalEngine;
 

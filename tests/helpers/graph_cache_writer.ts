@@ -1,4 +1,4 @@
-// One of several processes storing the same graph cache entry at once (tests/graph_cache_test.ts):
+// One of several processes storing the same graph cache entry at once (tests/engine/graph_cache_test.ts):
 // loads or builds the entry as a server starting would, waits for the others, then stores it ROUNDS
 // times, reading it during each store. Prints a JSON summary; exits 1 if a read ever returned
 // bytes that differ from the build or the entry is not whole at the end.

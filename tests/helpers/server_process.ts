@@ -1,5 +1,5 @@
 // Runs the real server (main.ts) as a subprocess on a free port, for end-to-end tests.
-import { STORIES } from "./engine.ts";
+import { STORIES260K } from "./fixtures.ts";
 
 const REPO_ROOT = new URL("../..", import.meta.url).pathname;
 /** Kept from the server's stdout and stderr, for failure messages. */
@@ -21,7 +21,7 @@ export interface ServerProcess {
 }
 
 export interface SpawnOptions {
-  /** Flags after `--model STORIES --port P --max-model-len 512`. */
+  /** Flags after `--model STORIES260K --port P --max-model-len 512`. */
   args?: string[];
   /** How long to wait for /health to say 200. */
   readyTimeoutMs?: number;
@@ -54,7 +54,7 @@ function spawn(port: number, args: string[]): ServerProcess {
       "-A",
       "main.ts",
       "--model",
-      STORIES,
+      STORIES260K,
       "--host",
       "127.0.0.1",
       "--port",

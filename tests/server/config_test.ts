@@ -1,0 +1,421 @@
+import assert from "node:assert/strict";
+import { EngineConfigError, resolveEngineConfig } from "../../engine/config.ts";
+import { startLocalEngine } from "../../engine/local_engine.ts";
+import { loadModel } from "../../engine/model/load.ts";
+import { parseHfConfig } from "../../engine/model/hf.ts";
+import type { WeightDType, WeightSource } from "../../engine/model/types.ts";
+import { BATCH_INVARIANT_CHUNK_TOKENS, neutralSamplingParams } from "../../engine/protocol.ts";
+import { ConfigError, engineSettings, HelpRequested, parseConfig } from "../../server/config.ts";
+import { randomModel } from "../helpers/random_model.ts";
+import { freePort } from "../helpers/server_process.ts";
+import { STORIES260K } from "../helpers/fixtures.ts";
+
+const assertEquals = (a: unknown, b: unknown, msg = "") => assert.deepStrictEqual(a, b, msg);
+const assertMatch = (s: string, re: RegExp) => assert.match(s, re);
+function assertThrows<E extends Error>(fn: () => unknown, type: new (...a: never[]) => E): E {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof type, `expected ${type.name}, got ${err}`);
+    return err as E;
+  }
+  throw new assert.AssertionError({ message: "expected an exception" });
+}
+
+const env = (vars: Record<string, string> = {}) => ({ get: (k: string) => vars[k] });
+
+Deno.test("config: defaults", () => {
+  const c = parseConfig(["--model", "m"], env());
+  assertEquals(c, {
+    model: "m",
+    host: "127.0.0.1",
+    port: 8080,
+    device: "webgpu",
+    dtype: "auto",
+    kvCacheMb: undefined,
+    maxBatchTokens: 2048,
+    maxSeqs: 256,
+    maxChunkTokens: 31,
+    maxModelLen: undefined,
+    batching: "continuous",
+    maxQueue: 1024,
+    maxBodyKb: 1024,
+    apiKeys: [],
+    metricsKey: undefined,
+    corsOrigins: [],
+    noUi: false,
+    shutdownTimeoutS: 30,
+    bodyTimeoutS: 60,
+    maxConnections: 1024,
+    logPrompts: false,
+    debugSteps: false,
+    servedModelName: undefined,
+    graphCache: ".cache/graphs",
+    graphCapture: true,
+    graphCaptureKv: [],
+    prefixCaching: true,
+  });
+});
+
+Deno.test("config: every flag, both spellings", () => {
+  const c = parseConfig([
+    "--model=/models/x",
+    "--host",
+    "0.0.0.0",
+    "--port=9000",
+    "--device",
+    "webgpu",
+    "--dtype",
+    "f16",
+    "--kv-cache-mb",
+    "512",
+    "--max-batch-tokens",
+    "4096",
+    "--max-seqs",
+    "64",
+    "--max-chunk-tokens",
+    "512",
+    "--max-model-len",
+    "8192",
+    "--batching",
+    "static",
+    "--max-queue",
+    "10",
+    "--max-body-kb",
+    "64",
+    "--api-key",
+    "k1",
+    "--api-key=k2,with,commas",
+    "--metrics-key",
+    "mk",
+    "--cors-origins",
+    "https://a.example,http://localhost:3000",
+    "--shutdown-timeout",
+    "2.5",
+    "--log-prompts",
+    "--debug-steps=false",
+    "--served-model-name",
+    "llama",
+    "--graph-cache",
+    "/tmp/g",
+  ], env());
+  assertEquals(c.model, "/models/x");
+  assertEquals(c.host, "0.0.0.0");
+  assertEquals(c.port, 9000);
+  assertEquals(c.dtype, "f16");
+  assertEquals(c.kvCacheMb, 512);
+  assertEquals(c.maxBatchTokens, 4096);
+  assertEquals(c.maxSeqs, 64);
+  assertEquals(c.maxChunkTokens, 512);
+  assertEquals(c.maxModelLen, 8192);
+  assertEquals(c.batching, "static");
+  assertEquals(c.maxQueue, 10);
+  assertEquals(c.maxBodyKb, 64);
+  assertEquals(c.apiKeys, ["k1", "k2,with,commas"]);
+  assertEquals(c.metricsKey, "mk");
+  assertEquals(c.corsOrigins, ["https://a.example", "http://localhost:3000"]);
+  assertEquals(c.shutdownTimeoutS, 2.5);
+  assertEquals(c.logPrompts, true);
+  assertEquals(c.debugSteps, false);
+  assertEquals(c.servedModelName, "llama");
+  assertEquals(c.graphCache, "/tmp/g");
+});
+
+Deno.test("config: environment twins, and flags win", () => {
+  const vars = {
+    RAGTIME_MODEL: "/env/model",
+    PORT: "7000",
+    RAGTIME_HOST: "::",
+    RAGTIME_API_KEY: "a, b,,c",
+    RAGTIME_CORS_ORIGINS: "https://x.example",
+    RAGTIME_LOG_PROMPTS: "1",
+    RAGTIME_DTYPE: "f32",
+    RAGTIME_SHUTDOWN_TIMEOUT: "0",
+  };
+  const c = parseConfig([], env(vars));
+  assertEquals(c.model, "/env/model");
+  assertEquals(c.port, 7000);
+  assertEquals(c.host, "::");
+  assertEquals(c.apiKeys, ["a", "b", "c"]);
+  assertEquals(c.corsOrigins, ["https://x.example"]);
+  assertEquals(c.logPrompts, true);
+  assertEquals(c.dtype, "f32");
+  assertEquals(c.shutdownTimeoutS, 0);
+
+  const f = parseConfig(["--port", "7001", "--api-key", "flag", "--dtype", "auto"], env(vars));
+  assertEquals(f.port, 7001);
+  assertEquals(f.apiKeys, ["flag"]);
+  assertEquals(f.dtype, "auto");
+  assertEquals(f.model, "/env/model");
+});
+
+Deno.test("config: empty environment values count as unset", () => {
+  const c = parseConfig(["--model", "m"], env({ PORT: "", RAGTIME_API_KEY: "" }));
+  assertEquals(c.port, 8080);
+  assertEquals(c.apiKeys, []);
+});
+
+const bad: Array<[string[], Record<string, string>, string]> = [
+  [["--model", "m", "--port", "abc"], {}, '--port: expected an integer in [1, 65535], got "abc"'],
+  [["--model", "m", "--port", "70000"], {}, '--port: expected an integer in [1, 65535], got "70000"'],
+  [["--model", "m"], { PORT: "x" }, '--port (from PORT): expected an integer in [1, 65535], got "x"'],
+  [["--model", "m", "--dtype", "bf16"], {}, '--dtype: expected one of "auto", "f16", "f32", got "bf16"'],
+  [["--model", "m", "--device", "cuda"], {}, '--device: expected one of "webgpu", got "cuda"'],
+  [["--model", "m", "--batching", "fast"], {}, "--batching: expected one of"],
+  [["--model", "m", "--max-seqs", "0"], {}, "--max-seqs: expected an integer"],
+  [["--model", "m", "--max-batch-tokens", "1.5"], {}, "--max-batch-tokens: expected an integer"],
+  [["--model", "m"], { RAGTIME_MAX_CHUNK_TOKENS: "0" }, "--max-chunk-tokens (from RAGTIME_MAX_CHUNK_TOKENS)"],
+  [["--model", "m", "--kv-cache-mb", "-1"], {}, "--kv-cache-mb: expected an integer"],
+  [["--model", "m", "--shutdown-timeout", "soon"], {}, "--shutdown-timeout: expected a number of seconds"],
+  [["--model", "m", "--log-prompts=maybe"], {}, '--log-prompts: expected true or false, got "maybe"'],
+  [["--model", "m", "--api-key", ""], {}, '--api-key: expected a non-empty key, got ""'],
+  [["--model", "m", "--cors-origins", "https://ok.example,evil"], {}, "--cors-origins: expected"],
+  [["--model", "m", "--frobnicate"], {}, "--frobnicate: unknown option"],
+  [["--model", "m", "stray"], {}, 'unexpected argument "stray"'],
+  [["--model"], {}, "--model: missing value"],
+  [["--model", "m", "--port", "--host", "x"], {}, "--port: missing value"],
+];
+
+Deno.test("config: --model is optional (main.ts then serves the built-in default model)", () => {
+  assertEquals(parseConfig([], env({})).model, undefined);
+});
+
+for (const [args, vars, message] of bad) {
+  Deno.test(`config: rejects ${JSON.stringify(args)} ${JSON.stringify(vars)}`, () => {
+    const err = assertThrows(() => parseConfig(args, env(vars)), ConfigError);
+    assertEquals(err.message.includes("\n"), false, "one line");
+    assertEquals(err.message.startsWith(message) || err.message.includes(message), true, err.message);
+  });
+}
+
+Deno.test("config: --body-timeout and --max-connections, flags over their environment twins", () => {
+  const fromEnv = parseConfig(
+    ["--model", "m"],
+    env({ RAGTIME_BODY_TIMEOUT: "0.5", RAGTIME_MAX_CONNECTIONS: "7" }),
+  );
+  assertEquals([fromEnv.bodyTimeoutS, fromEnv.maxConnections], [0.5, 7]);
+  const fromFlags = parseConfig(
+    ["--model", "m", "--body-timeout", "0", "--max-connections=3"],
+    env({ RAGTIME_BODY_TIMEOUT: "9", RAGTIME_MAX_CONNECTIONS: "9" }),
+  );
+  assertEquals([fromFlags.bodyTimeoutS, fromFlags.maxConnections], [0, 3]);
+  assertThrows(() => parseConfig(["--model", "m", "--max-connections", "0"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--body-timeout", "-1"], env()), ConfigError);
+});
+
+Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over their environment twins", () => {
+  const fromEnv = parseConfig(
+    ["--model", "m"],
+    env({ RAGTIME_GRAPH_CAPTURE: "off", RAGTIME_GRAPH_CAPTURE_KV: "256, 1024" }),
+  );
+  assertEquals([fromEnv.graphCapture, fromEnv.graphCaptureKv], [false, [256, 1024]]);
+  const fromFlags = parseConfig(
+    ["--model", "m", "--graph-capture", "on", "--graph-capture-kv=128"],
+    env({ RAGTIME_GRAPH_CAPTURE: "off", RAGTIME_GRAPH_CAPTURE_KV: "256" }),
+  );
+  assertEquals([fromFlags.graphCapture, fromFlags.graphCaptureKv], [true, [128]]);
+  assertEquals(engineSettings(fromEnv).graphCapture, false);
+  assertEquals(engineSettings(fromFlags).graphCaptureKv, [128]);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture", "maybe"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "0"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "1k"], env()), ConfigError);
+});
+
+Deno.test("config: --prefix-caching on|off, the flag over its environment twin, reaches the engine", () => {
+  const model = randomModel();
+  const fromEnv = parseConfig(["--model", "m"], env({ RAGTIME_PREFIX_CACHING: "off" }));
+  assertEquals(fromEnv.prefixCaching, false);
+  assertEquals(resolveEngineConfig(engineSettings(fromEnv), model).prefixCaching, false);
+  const fromFlag = parseConfig(
+    ["--model", "m", "--prefix-caching", "on"],
+    env({ RAGTIME_PREFIX_CACHING: "off" }),
+  );
+  assertEquals(resolveEngineConfig(engineSettings(fromFlag), model).prefixCaching, true);
+  assertEquals(parseConfig(["--model", "m", "--prefix-caching=off"], env()).prefixCaching, false);
+  assertEquals(resolveEngineConfig({}, model).prefixCaching, true, "on by default");
+  assertThrows(() => parseConfig(["--model", "m", "--prefix-caching", "maybe"], env()), ConfigError);
+});
+
+Deno.test("config: --help throws HelpRequested with usage text", () => {
+  const err = assertThrows(() => parseConfig(["--port", "x", "--help"], env()), HelpRequested);
+  assertMatch(err.message, /Usage: deno task start \[options\]/);
+  for (const flag of ["--max-batch-tokens", "--api-key", "--cors-origins", "RAGTIME_MAX_QUEUE", "PORT"]) {
+    assertMatch(err.message, new RegExp(flag));
+  }
+});
+
+// ---- The engine's side: settings resolved against the model (engine/config.ts) -------------------
+
+const MINI_HF = new URL("../../models/ragtime-mini", import.meta.url).pathname;
+
+/** Weights that only answer what the resolver asks: their names and dtypes. */
+function weightsOf(dtypes: WeightDType[]): WeightSource {
+  const tensors = dtypes.map((dtype, i) => ({
+    name: `w${i}`,
+    shape: [1],
+    dtype,
+    bytes: new Uint8Array(4),
+    file: "memory",
+  }));
+  return {
+    names: () => tensors.map((t) => t.name),
+    get: (n) => tensors.find((t) => t.name === n)!,
+    has: (n) => tensors.some((t) => t.name === n),
+    hash: "test",
+  };
+}
+
+Deno.test("engine config: --max-model-len lowers a GGUF model's context and may not exceed it", async () => {
+  const m = await loadModel(STORIES260K);
+  assertEquals(m.config.maxContext, 2048, "stories260K's context_length");
+  assertEquals(resolveEngineConfig({}, m).maxContext, 2048);
+  assertEquals(resolveEngineConfig({ maxModelLen: 512 }, m).maxContext, 512);
+  assertEquals(resolveEngineConfig({ maxModelLen: 2048 }, m).maxContext, 2048);
+  const err = assertThrows(() => resolveEngineConfig({ maxModelLen: 4096 }, m), EngineConfigError);
+  assertMatch(err.message, /max model length 4096 exceeds the model's context length 2048/);
+});
+
+Deno.test("engine config: the same context rule for a Hugging Face folder", async () => {
+  const m = await loadModel(MINI_HF);
+  assertEquals(m.config.maxContext, 512, "ragtime-mini's max_position_embeddings");
+  assertEquals(resolveEngineConfig({}, m).maxContext, 512);
+  assertEquals(resolveEngineConfig({ maxModelLen: 100 }, m).maxContext, 100);
+  const err = assertThrows(() => resolveEngineConfig({ maxModelLen: 513 }, m), EngineConfigError);
+  assertMatch(err.message, /513 exceeds the model's context length 512/);
+});
+
+Deno.test("engine config: Mistral's sliding window is the model's context (full attention beyond it is wrong)", () => {
+  const raw = {
+    architectures: ["MistralForCausalLM"],
+    vocab_size: 8,
+    hidden_size: 8,
+    intermediate_size: 8,
+    num_hidden_layers: 1,
+    num_attention_heads: 2,
+    num_key_value_heads: 1,
+    max_position_embeddings: 4096,
+    sliding_window: 32,
+  };
+  const model = { config: parseHfConfig(raw), weights: weightsOf(["f16"]) };
+  assertEquals(resolveEngineConfig({}, model).maxContext, 32);
+  assertEquals(resolveEngineConfig({ maxModelLen: 16 }, model).maxContext, 16);
+  assertThrows(() => resolveEngineConfig({ maxModelLen: 33 }, model), EngineConfigError);
+});
+
+Deno.test("engine config: dtype auto is f32 only for an all-F32 checkpoint", async () => {
+  const cfg = randomModel().config;
+  const auto = (dtypes: WeightDType[]) =>
+    resolveEngineConfig({}, { config: cfg, weights: weightsOf(dtypes) }).dtype;
+  assertEquals(auto(["f32", "f32"]), "f32");
+  assertEquals(auto(["f32", "f16"]), "f16");
+  assertEquals(auto(["bf16"]), "f16");
+  assertEquals(
+    resolveEngineConfig({ dtype: "f32" }, { config: cfg, weights: weightsOf(["f16"]) }).dtype,
+    "f32",
+  );
+  assertEquals(
+    resolveEngineConfig({ dtype: "f16" }, { config: cfg, weights: weightsOf(["f32"]) }).dtype,
+    "f16",
+  );
+  // The real checkpoints: stories260K's GGUF is all F32, ragtime-mini's safetensors are F16.
+  assertEquals(resolveEngineConfig({}, await loadModel(STORIES260K)).dtype, "f32");
+  assertEquals(resolveEngineConfig({}, await loadModel(MINI_HF)).dtype, "f16");
+});
+
+Deno.test("engine config: defaults, chunk size and explicit settings", () => {
+  const model = randomModel();
+  assertEquals(resolveEngineConfig({}, model), {
+    dtype: "f32",
+    blockSize: 16,
+    // 256 sequences x 256 positions x (2 layers x K,V x 2 kv heads x 16 padded dims x 2 bytes) = 16 MiB
+    kvCacheMb: 16,
+    maxBatchTokens: 2048,
+    maxSeqs: 256,
+    maxChunkTokens: BATCH_INVARIANT_CHUNK_TOKENS,
+    maxContext: 256,
+    policy: "continuous",
+    debugSteps: false,
+    graphCache: null,
+    // Decode batches 1, 2, 4, ... up to --max-seqs, captured at startup; one context bound (the limit).
+    graphCapture: { batchSizes: [1, 2, 4, 8, 16, 32, 64, 128, 256], kvCaps: [], eager: true },
+    prefixCaching: true,
+  });
+  assertEquals(
+    resolveEngineConfig({ maxSeqs: 48, maxModelLen: 128, graphCaptureKv: [64, 32, 64, 128, 500] }, model)
+      .graphCapture,
+    { batchSizes: [1, 2, 4, 8, 16, 32, 48], kvCaps: [32, 64], eager: true },
+  );
+  assertEquals(
+    resolveEngineConfig({ maxSeqs: 4096, maxBatchTokens: 8192 }, model).graphCapture?.batchSizes.at(-1),
+    512,
+  );
+  const set = {
+    dtype: "f16",
+    kvCacheMb: 3,
+    maxBatchTokens: 64,
+    maxSeqs: 8,
+    maxChunkTokens: 64,
+    maxModelLen: 128,
+    policy: "static",
+    debugSteps: true,
+    graphCache: "/tmp/g",
+    prefixCaching: false,
+  } as const;
+  const { blockSize: _, graphCapture, ...c } = resolveEngineConfig({ ...set, graphCapture: false }, model);
+  const { maxModelLen, ...rest } = set;
+  assertEquals(c, { ...rest, maxContext: maxModelLen });
+  assertEquals(graphCapture, null);
+});
+
+Deno.test("engine config: the default KV pool follows sequences x context, up to 1 GiB", () => {
+  const model = randomModel();
+  assertEquals(resolveEngineConfig({ maxSeqs: 16 }, model).kvCacheMb, 1);
+  assertEquals(resolveEngineConfig({ maxSeqs: 64, maxModelLen: 128 }, model).kvCacheMb, 2);
+  const big = { ...model.config, numLayers: 32, numKvHeads: 8, headDim: 128, maxContext: 8192 };
+  assertEquals(resolveEngineConfig({}, { config: big, weights: weightsOf(["f16"]) }).kvCacheMb, 1024);
+});
+
+Deno.test("engine config: the flags' defaults are the engine's defaults", () => {
+  const model = randomModel();
+  const fromFlags = resolveEngineConfig(engineSettings(parseConfig(["--model", "m"], env())), model);
+  assertEquals(fromFlags, { ...resolveEngineConfig({}, model), graphCache: ".cache/graphs" });
+  const s = engineSettings(parseConfig(["--max-model-len", "100", "--batching", "sequential"], env()));
+  assertEquals([s.maxModelLen, s.policy], [100, "sequential"]);
+});
+
+Deno.test("engine config: the in-process engine starts from the resolved config", async () => {
+  const model = await loadModel(STORIES260K);
+  await assert.rejects(() => startLocalEngine(model, { maxModelLen: 4096 }), EngineConfigError);
+  const h = await startLocalEngine(model, { maxSeqs: 4, maxModelLen: 256 });
+  try {
+    assertEquals(h.config, resolveEngineConfig({ maxSeqs: 4, maxModelLen: 256 }, model));
+    assertEquals(h.runner.maxPositions, 256, "the step graph covers the resolved context");
+    assertEquals(h.engine.scheduler.config.maxContext, 256);
+    const ev = await h.generate("r", [1, 403], neutralSamplingParams({ maxTokens: 300 }));
+    const last = ev[ev.length - 1];
+    assert.ok(last.type === "error" && last.code === "context_length_exceeded", JSON.stringify(last));
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("engine config: the server refuses --max-model-len above the model's context", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "main.ts",
+      "--model",
+      STORIES260K,
+      "--port",
+      String(freePort()),
+      "--max-model-len",
+      "4096",
+    ],
+    cwd: new URL("../..", import.meta.url).pathname,
+    stdin: "null",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 1, stderr);
+  assertMatch(stderr, /failed to load .*max model length 4096 exceeds the model's context length 2048/);
+});
