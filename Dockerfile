@@ -49,10 +49,9 @@ RUN --mount=type=secret,id=ca_bundle,required=false \
     if [ -s /run/secrets/ca_bundle ]; then export DENO_CERT=/run/secrets/ca_bundle; fi; \
     deno install --frozen && deno cache main.ts
 # The server loads only onnxruntime-web's WebGPU bundle and its wasm (engine/model_runner.ts imports
-# "onnxruntime-web/webgpu"); the other builds and source maps are dropped (about 120 MB), and so is the
-# browser driver that only tests use (playwright-core, 14 MB).
-RUN rm -rf node_modules/playwright-core node_modules/.deno/playwright-core@* \
- && find node_modules/ -name '*.map' -type f -delete \
+# "onnxruntime-web/webgpu"); the other builds and source maps are dropped (about 120 MB). Packages that
+# only tests use (playwright-core) stay: `deno run --cached-only` wants every package of deno.lock present.
+RUN find node_modules/ -name '*.map' -type f -delete \
  && find node_modules/.deno/onnxruntime-web@*/node_modules/onnxruntime-web/dist -type f \
       ! -name 'ort.webgpu.bundle.min.mjs' ! -name 'ort-wasm-simd-threaded.asyncify.*' -delete
 
