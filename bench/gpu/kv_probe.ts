@@ -21,6 +21,7 @@ import { loadModel } from "../../engine/model/load.ts";
 import { BATCH_INVARIANT_CHUNK_TOKENS } from "../../engine/protocol.ts";
 import { STORY_TEXT } from "../../tests/helpers/engine.ts";
 import { STORIES260K } from "../../tests/helpers/fixtures.ts";
+import { readBufferU16 } from "../../tests/helpers/gpu_read.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -119,24 +120,10 @@ async function run(r: ModelRunner, scheme: Scheme): Promise<{ table: number[]; l
 }
 
 const device = await ort.env.webgpu.device as GPUDevice;
-async function download(buf: GPUBuffer): Promise<Uint16Array> {
-  const staging = device.createBuffer({
-    size: buf.size,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const enc = device.createCommandEncoder();
-  enc.copyBufferToBuffer(buf, 0, staging, 0, buf.size);
-  device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const out = new Uint16Array(staging.getMappedRange().slice(0));
-  staging.unmap();
-  staging.destroy();
-  return out;
-}
 
 const results: [string, { table: number[]; logits: Float32Array }][] = [];
 for (const [name, scheme] of schemes) results.push([name, await run(runner, scheme)]);
-const buffers = await Promise.all(runner.kvBuffers().map(download));
+const buffers = await Promise.all(runner.kvBuffers().map((b) => readBufferU16(device, b)));
 const rowLen = buffers[0].length / ((runner.numBlocks + 1) * bs);
 const kvAt = (table: number[], buf: Uint16Array, p: number) => {
   const at = (table[Math.floor(p / bs)] * bs + (p % bs)) * rowLen;

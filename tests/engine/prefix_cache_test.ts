@@ -5,6 +5,7 @@
 
 import * as ort from "onnxruntime-web/webgpu";
 import { assert, assertEquals } from "../helpers/assert.ts";
+import { readBufferU16 } from "../helpers/gpu_read.ts";
 import {
   type Harness,
   idsOf,
@@ -29,21 +30,6 @@ function startCaching(prefixCaching: boolean, opts: LocalEngineOptions = {}): Pr
 }
 
 // ---- KV bits, at the runner ------------------------------------------------------------------------
-
-async function download(device: GPUDevice, buf: GPUBuffer): Promise<Uint16Array> {
-  const staging = device.createBuffer({
-    size: buf.size,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const enc = device.createCommandEncoder();
-  enc.copyBufferToBuffer(buf, 0, staging, 0, buf.size);
-  device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const out = new Uint16Array(staging.getMappedRange().slice(0));
-  staging.unmap();
-  staging.destroy();
-  return out;
-}
 
 interface Item {
   tokens: number[];
@@ -151,7 +137,7 @@ Deno.test("KV read from cached blocks equals KV recomputed from position 0, bit 
     await prefill(prompt, reuse16, 0, 16, 16);
     const reuse16Logits = (await prefill(prompt, reuse16, 16, L, C)).logits;
 
-    const buffers = await Promise.all(runner.kvBuffers().map((b) => download(device, b)));
+    const buffers = await Promise.all(runner.kvBuffers().map((b) => readBufferU16(device, b)));
     const rowLen = buffers[0].length / ((runner.numBlocks + 1) * bs);
     const kvOf = (table: number[]) =>
       buffers.map((buf) => {
