@@ -96,6 +96,8 @@ export class ModelRunner {
   readonly tableWidth: number;
   /** Off: every step runs uncaptured (probes compare both paths on one runner). */
   useCaptured = true;
+  /** Fewest rows of an uncaptured step (MIN_STEP_ROWS; probes lower it to show why). */
+  minRows = MIN_STEP_ROWS;
   private releaseLater: ort.Tensor[] = [];
   /** Free staging buffers for step ids. */
   private staging: Staging[] = [];
@@ -209,10 +211,14 @@ export class ModelRunner {
    * what shares its step. By default the engine keeps chunks under 32 tokens
    * (BATCH_INVARIANT_CHUNK_TOKENS) and a step of decodes alone gets a 2-token padding item in the
    * reserved block: every step uses one kernel. Longer chunks (--max-chunk-tokens) give that up.
+   *
+   * The matmuls round differently on few rows too (see MIN_STEP_ROWS): every step computes at least
+   * that many token rows and sampled rows, padded as above and with repeats of sampled row 0.
    */
   async run(s: StepInputs): Promise<StepHandle> {
     const S = s.sampleRows.length;
     const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth) : -1;
+    if (c < 0) s = padSampleRows(s, this.minRows);
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
     let rows = S;
@@ -224,6 +230,7 @@ export class ModelRunner {
       logits = cap.logits;
       rows = cap.shape.batch;
     } else {
+      rows = s.sampleRows.length;
       ({ nextIds, logits } = await this.runUncaptured(s));
       scratch.push(nextIds);
       if (logits && !s.wantLogits) scratch.push(logits);
@@ -268,11 +275,12 @@ export class ModelRunner {
       maxQ = Math.max(maxQ, q);
       maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
     }
-    if (maxQ < 2) {
-      s = padStep(s, this.numBlocks);
+    const pad = Math.max(maxQ < 2 ? 2 : 0, this.minRows - s.inputIds.length);
+    if (pad > 0) {
+      s = padStep(s, this.numBlocks, pad);
       B++;
-      maxQ = 2;
-      maxKv = Math.max(maxKv, 2);
+      maxQ = Math.max(maxQ, pad);
+      maxKv = Math.max(maxKv, pad);
     }
     const T = s.inputIds.length, S = s.sampleRows.length;
     const feeds: Record<string, ort.Tensor> = {
@@ -420,7 +428,8 @@ export class ModelRunner {
 /** Every (batch, context bound) pair, by batch then bound; the context limit is always a bound. */
 function captureShapes(c: CaptureSettings, limit: number): CaptureShape[] {
   const caps = [...new Set([...c.kvCaps.filter((k) => k > 0 && k < limit), limit])].sort((a, b) => a - b);
-  const batches = [...new Set(c.batchSizes)].sort((a, b) => a - b);
+  // A captured step samples `batch` rows: at least MIN_STEP_ROWS, like every step.
+  const batches = [...new Set(c.batchSizes.map((b) => Math.max(b, MIN_STEP_ROWS)))].sort((a, b) => a - b);
   return batches.flatMap((batch) => caps.map((kvCap) => ({ batch, kvCap })));
 }
 
@@ -440,8 +449,33 @@ async function download(ids: Staging, logits: ort.Tensor | null): Promise<StepRe
   return { nextIds, logits: l as Float32Array | null };
 }
 
-/** Appends a 2-token item (past 0) whose KV lands in the reserved block `block`. */
-function padStep(s: StepInputs, block: number): StepInputs {
+/**
+ * Fewest token rows, and fewest sampled rows, a step computes. On the H200 in f16, onnxruntime's
+ * WebGPU matmuls gave a token different bits in steps of 8 rows or fewer than in steps of 9 to 31
+ * (bench/gpu/kv_probe.ts --sweep, 2026-12-02), which broke batch invariance and prefix caching's
+ * bit-exact reuse there; llvmpipe and f32 showed no difference. 16 keeps a margin; the padding rows
+ * cost little next to a step's fixed cost.
+ */
+export const MIN_STEP_ROWS = 16;
+
+/** Repeats sampled row 0 up to `min` sampled rows (their ids are never read). */
+function padSampleRows(s: StepInputs, min: number): StepInputs {
+  const S = s.sampleRows.length;
+  if (S >= min) return s;
+  const rows = new Int32Array(min).fill(s.sampleRows[0]);
+  rows.set(s.sampleRows);
+  const u = new Float32Array(min).fill(-1);
+  u.set(s.sampleU);
+  const t = new Float32Array(min).fill(1);
+  t.set(s.invTemp);
+  return { ...s, sampleRows: rows, sampleU: u, invTemp: t };
+}
+
+/**
+ * Appends an item of `n` <= blockSize tokens (past 0) whose KV lands in the reserved block `block`:
+ * it gives a decode-only step a 2-token query, and a short step its fewest rows.
+ */
+function padStep(s: StepInputs, block: number, n: number): StepInputs {
   const T = s.inputIds.length, B = s.pastSeqlens.length, M = s.maxBlocks;
   const bt = new Int32Array((B + 1) * M);
   bt.set(s.blockTable);
@@ -449,9 +483,9 @@ function padStep(s: StepInputs, block: number): StepInputs {
   const grow = (a: Int32Array, ...v: number[]) => Int32Array.from([...a, ...v]);
   return {
     ...s,
-    inputIds: grow(s.inputIds, 0, 0),
-    idSrc: grow(s.idSrc, -1, -1),
-    cuSeqlens: grow(s.cuSeqlens, T + 2),
+    inputIds: grow(s.inputIds, ...new Array(n).fill(0)),
+    idSrc: grow(s.idSrc, ...new Array(n).fill(-1)),
+    cuSeqlens: grow(s.cuSeqlens, T + n),
     pastSeqlens: grow(s.pastSeqlens, 0),
     blockTable: bt,
   };

@@ -5,7 +5,7 @@
 // blocks of its own, then compares every scheme's K and V and last logits with 31-token chunks from
 // position 0, bit for bit.
 //
-//   deno run -A bench/gpu/kv_probe.ts [--dtype f32|f16] [--tokens 480] [--sweep]
+//   deno run -A bench/gpu/kv_probe.ts [--dtype f32|f16] [--tokens 480] [--sweep] [--min-rows N]
 //
 // --sweep adds schemes whose steps have 9 to 31 rows in all (one-token or 7-token chunks beside
 // a companion), to find the row count below which results change. Measured 2026-12-02: on llvmpipe
@@ -28,6 +28,7 @@ const { values: args } = parseArgs({
     dtype: { type: "string", default: "f32" },
     tokens: { type: "string", default: "480" },
     sweep: { type: "boolean", default: false },
+    "min-rows": { type: "string" },
   },
 });
 const dtype = args.dtype as "f32" | "f16";
@@ -39,6 +40,7 @@ const { runner } = await createEngine(model, {
   maxModelLen: 512,
   graphCaptureEager: false,
 });
+if (args["min-rows"] !== undefined) runner.minRows = Number(args["min-rows"]);
 const prompt = [1, ...model.tokenizer.encode(STORY_TEXT, false)].slice(0, Number(args.tokens));
 const L = prompt.length, bs = runner.blockSize, V = model.config.vocabSize;
 
@@ -47,6 +49,8 @@ interface Scheme {
   bounds: number[];
   /** Tokens of a second sequence (its own blocks, rewritten every step) beside each chunk. */
   companion?: number;
+  /** How many such companions (default 1), each its own item: large steps of short items. */
+  companions?: number;
 }
 
 function chunks(size: number, first: number[] = []): number[] {
@@ -73,6 +77,13 @@ if (args.sweep) {
     ]]
   ) {
     schemes.push([`${m} beside ${c} (${m + c} rows)`, { bounds: chunks(m), companion: c }]);
+  }
+  for (const [m, c, k] of [[1, 31, 8], [7, 31, 16], [31, 16, 16]]) {
+    schemes.push([`${m} beside ${k}x${c} (${m + c * k} rows)`, {
+      bounds: chunks(m),
+      companion: c,
+      companions: k,
+    }]);
   }
 }
 
@@ -106,12 +117,15 @@ const newTable = (n: number) => Array.from({ length: n }, () => nextBlock++);
 
 async function run(r: ModelRunner, scheme: Scheme): Promise<{ table: number[]; logits: Float32Array }> {
   const table = newTable(Math.ceil(L / bs));
-  const other = scheme.companion ? newTable(Math.ceil(scheme.companion / bs)) : [];
+  const others = Array.from(
+    { length: scheme.companion ? scheme.companions ?? 1 : 0 },
+    () => newTable(Math.ceil(scheme.companion! / bs)),
+  );
   let logits = new Float32Array(0);
   const b = scheme.bounds;
   for (let i = 0; i + 1 < b.length; i++) {
     const items = [{ start: b[i], n: b[i + 1] - b[i], table }];
-    if (scheme.companion) items.push({ start: 0, n: scheme.companion, table: other });
+    for (const other of others) items.push({ start: 0, n: scheme.companion!, table: other });
     const last = i + 2 === b.length;
     const out = await r.read(await r.run(stepInputs(items, last)));
     if (last) logits = out.logits!.slice(0, V);
@@ -147,7 +161,23 @@ for (const [name, r] of results) {
   const logits = r.logits.reduce((n, x, j) => n + (Object.is(x, ref.logits[j]) ? 0 : 1), 0);
   const where = first >= 0 ? `, first at position ${first}` : "";
   console.log(
-    `  ${name.padEnd(26)} KV values differing: ${values}${where}; last logits differing: ${logits}`,
+    `  ${name.padEnd(30)} KV values differing: ${values}${where}; last logits differing: ${logits}`,
   );
+}
+
+// The LM head on more or fewer sampled rows: row 0's logits of one 31-token chunk, sampled alone and
+// among k repeats of itself, against k = 1.
+const sampledLogits: [number, Float32Array][] = [];
+for (const k of [1, 2, 8, 9, 16, 64, 256]) {
+  const s = stepInputs([{ start: 0, n: C, table: newTable(Math.ceil(C / bs)) }], true);
+  s.sampleRows = new Int32Array(k).fill(C - 1);
+  s.sampleU = new Float32Array(k).fill(-1);
+  s.invTemp = new Float32Array(k).fill(1);
+  sampledLogits.push([k, (await runner.read(await runner.run(s))).logits!.slice(0, V)]);
+}
+console.log(`LM head, row 0's logits with k sampled rows against k = 1 (min rows ${runner.minRows}):`);
+for (const [k, l] of sampledLogits) {
+  const d = l.reduce((n, x, j) => n + (Object.is(x, sampledLogits[0][1][j]) ? 0 : 1), 0);
+  console.log(`  k = ${String(k).padEnd(4)} logits differing: ${d}`);
 }
 await runner.close();
