@@ -200,8 +200,8 @@ interface WeightTensor {
 interface OpDef {
   act: "f16" | "f32";
   m1Only?: boolean;
-  /** The weight the op holds, at (k, n), for the float64 reference. */
-  ref: (w: Weight) => (k: number, n: number) => number;
+  /** The weight the op holds, for the float64 reference: W's fp16 values or their dequantized 4/8 bits. */
+  ref: "exact" | 4 | 8;
   tensors: (w: Weight) => WeightTensor[];
   /** Adds the op for one rep: x, the rep's weight input names; returns the output ([M, N]). */
   node: (g: GraphBuilder, x: string, w: string[], K: number, N: number) => string;
@@ -210,12 +210,11 @@ interface OpDef {
 }
 
 const u8 = (v: ArrayBufferView) => new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-const exact = (w: Weight) => (k: number, n: number) => w.at(k, n);
 
 function nbits(bits: 4 | 8, accuracy: number): OpDef {
   return {
     act: "f16",
-    ref: (w) => w.quant(bits).deqAt,
+    ref: bits,
     tensors: (w) => {
       const { B, S } = w.quant(bits);
       return [
@@ -238,19 +237,19 @@ const SPLIT = 8;
 const OPS: Record<string, OpDef> = {
   mm16: {
     act: "f16",
-    ref: exact,
+    ref: "exact",
     tensors: (w) => [{ type: "float16", dims: [w.K, w.N], data: u8(w.kn16()) }],
     node: (g, x, [w]) => g.op1("MatMul", [x, w]),
   },
   mm32: {
     act: "f32",
-    ref: exact,
+    ref: "exact",
     tensors: (w) => [{ type: "float32", dims: [w.K, w.N], data: u8(w.kn32()) }],
     node: (g, x, [w]) => g.op1("MatMul", [x, w]),
   },
   gemm16t: {
     act: "f16",
-    ref: exact,
+    ref: "exact",
     tensors: (w) => [{ type: "float16", dims: [w.N, w.K], data: u8(w.nk16()) }],
     node: (g, x, [w]) => g.op1("Gemm", [x, w], { transB: 1 }),
   },
@@ -261,14 +260,14 @@ const OPS: Record<string, OpDef> = {
   mulsum16: {
     act: "f16",
     m1Only: true,
-    ref: exact,
+    ref: "exact",
     tensors: (w) => [{ type: "float16", dims: [w.N, w.K], data: u8(w.nk16()) }],
     prelude: (g, x) => g.op1("Unsqueeze", [x, g.constI64([1])]), // [M, 1, K]
     node: (g, x, [w]) => g.op1("ReduceSum", [g.op1("Mul", [x, w]), g.constI64([-1])], { keepdims: 0 }),
   },
   splitk8: {
     act: "f16",
-    ref: exact,
+    ref: "exact",
     // [K, N] row-major is [SPLIT, K/SPLIT, N] row-major.
     tensors: (w) => [{ type: "float16", dims: [SPLIT, w.K / SPLIT, w.N], data: u8(w.kn16()) }],
     prelude: (g, x, K) =>
@@ -363,12 +362,11 @@ async function runOnce(p: Probe, x: Float16Array, M: number, K: number, read: bo
     ? new ort.Tensor("float16", new Uint16Array(xs.buffer, xs.byteOffset, xs.length), [M, K])
     : new ort.Tensor("float32", new Float32Array(xs), [M, K]);
   const out = await p.session.run({ x: xt, ...p.feeds });
-  let y: Float32Array | null = null;
+  // Read as it comes (no conversion of a whole LM-head output): only sampled entries are looked at.
+  let y: Float16Array | Float32Array | null = null;
   if (read) {
     const d = await out.y0.getData();
-    y = d instanceof Uint16Array
-      ? new Float32Array(new Float16Array(d.buffer, d.byteOffset, d.length))
-      : new Float32Array(d as Float32Array);
+    y = d instanceof Uint16Array ? new Float16Array(d.buffer, d.byteOffset, d.length) : d as Float32Array;
   } else await device!.queue.onSubmittedWorkDone();
   for (const t of Object.values(out)) t.dispose();
   return y;
@@ -412,6 +410,7 @@ function samples(M: number, N: number): [number, number][] {
 async function timeShape(w: Weight, x: Float16Array, results: Result[]) {
   const { K, N } = w;
   const d16 = new Map<number, Float32Array>(); // mm16's sampled outputs by M
+  const refs = new Map<string, Float64Array>(); // float64 references by weight kind and M
   for (const name of opt.ops) {
     const op = OPS[name];
     const ms = opt.ms.filter((M) => !op.m1Only || M === 1);
@@ -419,21 +418,26 @@ async function timeShape(w: Weight, x: Float16Array, results: Result[]) {
     let p: Probe | null = null;
     try {
       p = await openProbe(op, w, 0, true);
-      const ref = op.ref(w);
+      const wAt = op.ref === "exact" ? (k: number, n: number) => w.at(k, n) : w.quant(op.ref).deqAt;
       const checks: { err: number; d16: number | null; refMax: number }[] = [];
       for (const M of ms) {
         const S = samples(M, N);
-        let y: Float32Array | null = null;
+        let y: Float16Array | Float32Array | null = null;
         // One warm-up (shader compile), then `steps` runs; the last one's output is checked.
         for (let i = 0; i <= opt.steps; i++) y = await runOnce(p, x, M, K, i === opt.steps);
         let err = 0, refMax = 0, dd = 0;
         const got = new Float32Array(S.length);
-        S.forEach(([r, c], j) => {
+        const refKey = `${op.ref}:${M}`;
+        const ref = refs.get(refKey) ?? Float64Array.from(S, ([r, c]) => {
           let s = 0;
-          for (let k = 0; k < K; k++) s += x[r * K + k] * ref(k, c);
+          for (let k = 0; k < K; k++) s += x[r * K + k] * wAt(k, c);
+          return s;
+        });
+        refs.set(refKey, ref);
+        S.forEach(([r, c], j) => {
           got[j] = y![r * N + c];
-          err = Math.max(err, Math.abs(got[j] - s));
-          refMax = Math.max(refMax, Math.abs(s));
+          err = Math.max(err, Math.abs(got[j] - ref[j]));
+          refMax = Math.max(refMax, Math.abs(ref[j]));
         });
         if (name === "mm16") d16.set(M, got);
         const base = d16.get(M);
@@ -487,49 +491,33 @@ async function timeShape(w: Weight, x: Float16Array, results: Result[]) {
   }
 }
 
-function printTable(results: Result[]) {
+const HEAD = ["shape KxN", "M", "op", "reps", "us/op", "speedup", "GB/s", "TFLOP/s", "err", "d16", "kernel"];
+const WIDTH = [12, 4, 8, 4, 9, 7, 6, 7, 7, 7, 0];
+const line = (c: string[]) =>
+  c.map((s, i) => (i === c.length - 1 ? s : i < 3 ? s.padEnd(WIDTH[i]) : s.padStart(WIDTH[i]))).join("  ");
+
+/** One shape's rows of the table (fixed widths, so that shapes printed as they finish line up). */
+function printShape(results: Result[]) {
   const f = (v: number | null, d: number) => (v === null ? "-" : v.toFixed(d));
   const e = (v: number | null) => (v === null ? "-" : v.toExponential(1));
-  const head = [
-    "shape KxN",
-    "M",
-    "op",
-    "reps",
-    "us/op",
-    "speedup",
-    "GB/s",
-    "TFLOP/s",
-    "err",
-    "d16",
-    "kernel",
-  ];
-  const rows = results.map((r) => {
-    const base = results.find((b) => b.op === "mm16" && b.K === r.K && b.N === r.N && b.M === r.M);
-    const speed = base?.us && r.us ? (base.us / r.us).toFixed(2) : "-";
-    return [
-      `${r.K}x${r.N}`,
-      String(r.M),
-      r.op,
-      String(r.reps),
-      f(r.us, 1),
-      speed,
-      f(r.gbs, 0),
-      f(r.tflops, 2),
-      e(r.err),
-      e(r.d16),
-      r.error ? `ERROR ${r.error}` : r.kernel,
-    ];
-  });
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (c: string[]) =>
-    c.map((s, i) => (i === c.length - 1 ? s : i < 3 ? s.padEnd(w[i]) : s.padStart(w[i]))).join("  ");
-  console.log(line(head));
-  let prev = "";
-  for (const r of rows) {
-    const key = `${r[0]} ${r[1]}`;
-    if (prev && key !== prev) console.log("");
-    prev = key;
-    console.log(line(r));
+  for (const M of new Set(results.map((r) => r.M))) {
+    const base = results.find((b) => b.op === "mm16" && b.M === M);
+    for (const r of results.filter((r) => r.M === M)) {
+      console.log(line([
+        `${r.K}x${r.N}`,
+        String(r.M),
+        r.op,
+        String(r.reps),
+        f(r.us, 1),
+        base?.us && r.us ? (base.us / r.us).toFixed(2) : "-",
+        f(r.gbs, 0),
+        f(r.tflops, 2),
+        e(r.err),
+        e(r.d16),
+        r.error ? `ERROR ${r.error}` : r.kernel,
+      ]));
+    }
+    console.log("");
   }
 }
 
@@ -556,8 +544,8 @@ async function rowsShape(w: Weight, x: Float16Array, out: RowsResult[]) {
       let row0: Float32Array | null = null;
       const Ms = Array.from({ length: opt.rowsMax }, (_, i) => i + 1);
       for (const M of Ms) {
-        const y = (await runOnce(p, x, M, K, true))!.subarray(0, N);
-        row0 ??= y.slice();
+        const y = Float32Array.from((await runOnce(p, x, M, K, true))!.subarray(0, N));
+        row0 ??= y;
         let diff = 0, maxAbs = 0;
         for (let n = 0; n < N; n++) {
           if (!Object.is(y[n], row0[n])) diff++;
@@ -579,10 +567,6 @@ async function rowsShape(w: Weight, x: Float16Array, out: RowsResult[]) {
 }
 
 function printRows(out: RowsResult[]) {
-  console.log(
-    `\nrows dependence: does row 0's output change with M (row 0's input fixed, other rows random)?` +
-      `\n'.' = bit-identical to M=1, 'x' = differs; then the M ranges with their kernels and max |diff|`,
-  );
   for (const r of out) {
     const tag = `${r.op.padEnd(8)} ${`${r.K}x${r.N}`.padEnd(10)}`;
     if (r.error) {
@@ -620,34 +604,44 @@ await ort.InferenceSession.create(keeper.encode("keeper"), { executionProviders:
 
 const results: Result[] = [];
 const rowsOut: RowsResult[] = [];
+device = await ort.env.webgpu.device;
+const adapterName = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo?.description ?? "";
+console.log(`adapter: ${adapterName}; onnxruntime-web ${ort.env.versions.web}`);
+// Written after every shape, so that a run cut short still leaves what it measured.
+const saveJson = () =>
+  a.json &&
+  Deno.writeTextFileSync(
+    a.json,
+    JSON.stringify({ adapter: adapterName, options: opt, results, rows: rowsOut }, null, 1) + "\n",
+  );
 if (opt.timing) {
+  console.log(
+    "GPU us per op: median over runs of the run's GPU program time / reps (profiled); speedup: mm16's us / this" +
+      " op's;\nGB/s: weight bytes read; err: max |y - float64 product over the op's own weights| at sampled" +
+      " entries;\nd16: max |y - mm16's y| there (quantization included)\n",
+  );
+  console.log(line(HEAD));
   const maxM = Math.max(...opt.ms);
   for (const [i, { K, N }] of opt.shapes.entries()) {
-    const t0 = performance.now();
-    await timeShape(new Weight(K, N, 1000 + i), activations(K, maxM, 7 + K), results);
+    const t0 = performance.now(), mine: Result[] = [];
+    await timeShape(new Weight(K, N, 1000 + i), activations(K, maxM, 7 + K), mine);
+    results.push(...mine);
+    printShape(mine);
+    saveJson();
     console.error(`shape ${K}x${N} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
 }
 if (opt.rows) {
+  console.log(
+    "rows dependence: does row 0's output change with M (row 0's input fixed, other rows random)?\n" +
+      "'.' = bit-identical to M=1, 'x' = differs; then runs of M with the kernel (program[cache hint]) that ran",
+  );
   for (const [i, { K, N }] of opt.rowsShapes.entries()) {
-    await rowsShape(new Weight(K, N, 2000 + i), activations(K, opt.rowsMax, 9 + K), rowsOut);
+    const mine: RowsResult[] = [];
+    await rowsShape(new Weight(K, N, 2000 + i), activations(K, opt.rowsMax, 9 + K), mine);
+    rowsOut.push(...mine);
+    printRows(mine);
+    saveJson();
   }
 }
-const adapterName = (device as (GPUDevice & { adapterInfo?: GPUAdapterInfo }) | null)?.adapterInfo
-  ?.description ?? "";
-console.log(`adapter: ${adapterName}; onnxruntime-web ${ort.env.versions.web}`);
-if (opt.timing) {
-  console.log(
-    "GPU us per op (median of runs / reps, profiled); GB/s of weight bytes; err: max |y - float64 ref over the op's" +
-      " own weights|; d16: max |y - mm16's y| (quantization included)",
-  );
-  printTable(results);
-}
-if (opt.rows) printRows(rowsOut);
-if (a.json) {
-  await Deno.writeTextFile(
-    a.json,
-    JSON.stringify({ adapter: adapterName, options: opt, results, rows: rowsOut }, null, 1) + "\n",
-  );
-  console.log(`wrote ${a.json}`);
-}
+if (a.json) console.log(`wrote ${a.json}`);
