@@ -18,23 +18,26 @@
 // --rows-m: row counts M (default 1,16,128,512).
 //
 // How: one ONNX graph per (op, shape) built with engine/onnx/builder.ts: one input x [M, K] and `reps`
-// independent copies of the op, each over its own weight (graph inputs fed from GPU buffers, as the
-// engine does), so that the weights stream from memory rather than sit in the 50 MB L2: reps is
-// target-mb / weight bytes, within [1, max-reps]. Timing is onnxruntime's WebGPU profiling (each
-// program in its own compute pass between timestamp queries, as op_profile.ts): GPU us per op is the
-// median over `steps` runs of the run's program time divided by reps (helper programs of the
-// formulation, such as splitk's Transpose, included). GB/s counts the weight bytes an op reads,
-// TFLOP/s 2*M*K*N. The kernel column names the programs ORT ran.
-// Agreement: rep 0's output at sampled rows and columns against a float64 CPU product over the
-// weights the op holds (err: kernel accuracy; the dequantized weights for MatMulNBits) and against
-// mm16's output (d16: what switching from today's op changes, quantization included).
+// independent copies of the op, each over its own weight (graph inputs fed from GPU buffers, as the engine
+// does), so that the weights stream from memory rather than sit in the 50 MB L2: reps is target-mb / weight
+// bytes, within [2, max-reps] (two at least: runs are told apart by their first node). Timing is
+// onnxruntime's WebGPU profiling (each program in its own compute pass between timestamp queries, as
+// op_profile.ts): GPU us per op is the median over `steps` runs of the run's program time divided by reps
+// (helper programs of the formulation, such as splitk's Transpose, included). GB/s counts the weight bytes an
+// op reads, TFLOP/s 2*M*K*N. The kernel column names the programs ORT ran. Agreement: rep 0's output at
+// sampled rows and columns against a float64 CPU product over the weights the op holds (err: kernel accuracy;
+// the dequantized weights for MatMulNBits) and against mm16's output (d16: what switching from today's op
+// changes, quantization included).
 //
-// --rows: rows dependence. For each op in --rows-ops (default mm16,mm32,gemm16t,nb4,nb8) and shape in
-// --rows-shapes (default 64x128 (stories260K's qkv), 2048x3072, 8192x2048), runs M = 1..rows-max
-// (default 32) with the same row 0 and other rows random, and compares row 0's output with M=1's bit
-// for bit: which M change it, and which kernel ran at each M. --rows-only skips the timing table.
+// --rows: rows dependence (run before the timing table). For each op in --rows-ops (default
+// mm16,mm32,gemm16t,nb4,nb8) and shape in --rows-shapes (default 64x128 (stories260K's qkv), 2048x3072,
+// 8192x2048), runs M = 1..rows-max (default 32) with the same row 0 and other rows random, and compares row
+// 0's output with M=1's bit for bit: which M change it, and which kernel ran at each M. --rows-only skips the
+// timing table.
 //
 // --quick: small shapes, few reps and steps, rows up to 12: a correctness run for llvmpipe.
+// Output: the table and rows report on stdout as each shape finishes; --json FILE is rewritten after
+// every shape. Outputs have unit-order values (variance ~1/3), so err and d16 are roughly relative.
 // GPU host (H200): `source bench/gpu/setup.sh && deno run -A bench/gpu/matmul_probe.ts --rows --json FILE`.
 
 import { parseArgs } from "node:util";
@@ -614,9 +617,23 @@ const saveJson = () =>
     a.json,
     JSON.stringify({ adapter: adapterName, options: opt, results, rows: rowsOut }, null, 1) + "\n",
   );
+// Rows first: the cheaper question, answered even if a long timing run is cut short.
+if (opt.rows) {
+  console.log(
+    "rows dependence: does row 0's output change with M (row 0's input fixed, other rows random)?\n" +
+      "'.' = bit-identical to M=1, 'x' = differs; then runs of M with the kernel (program[cache hint]) that ran",
+  );
+  for (const [i, { K, N }] of opt.rowsShapes.entries()) {
+    const mine: RowsResult[] = [];
+    await rowsShape(new Weight(K, N, 2000 + i), activations(K, opt.rowsMax, 9 + K), mine);
+    rowsOut.push(...mine);
+    printRows(mine);
+    saveJson();
+  }
+}
 if (opt.timing) {
   console.log(
-    "GPU us per op: median over runs of the run's GPU program time / reps (profiled); speedup: mm16's us / this" +
+    "\nGPU us per op: median over runs of the run's GPU program time / reps (profiled); speedup: mm16's us / this" +
       " op's;\nGB/s: weight bytes read; err: max |y - float64 product over the op's own weights| at sampled" +
       " entries;\nd16: max |y - mm16's y| there (quantization included)\n",
   );
@@ -629,19 +646,6 @@ if (opt.timing) {
     printShape(mine);
     saveJson();
     console.error(`shape ${K}x${N} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  }
-}
-if (opt.rows) {
-  console.log(
-    "rows dependence: does row 0's output change with M (row 0's input fixed, other rows random)?\n" +
-      "'.' = bit-identical to M=1, 'x' = differs; then runs of M with the kernel (program[cache hint]) that ran",
-  );
-  for (const [i, { K, N }] of opt.rowsShapes.entries()) {
-    const mine: RowsResult[] = [];
-    await rowsShape(new Weight(K, N, 2000 + i), activations(K, opt.rowsMax, 9 + K), mine);
-    rowsOut.push(...mine);
-    printRows(mine);
-    saveJson();
   }
 }
 if (a.json) console.log(`wrote ${a.json}`);
