@@ -18,7 +18,7 @@
 // GPU time of its own, so the totals are an upper bound of the unprofiled step; the shares are the point.
 // The ORT "Node" events give each op's CPU time (dispatch) alongside.
 
-import { captureWasmStdout } from "./wasm_stdout.ts";
+import { endProfiling, gpuEvents, type ProfileEvent, splitRuns } from "./ort_profile.ts";
 import * as ort from "onnxruntime-web/webgpu";
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
@@ -120,39 +120,6 @@ function stepInputs(c: Case, numBlocks: number, blockSize: number, vocab: number
     invTemp: new Float32Array(B).fill(1),
     wantLogits: false,
   };
-}
-
-interface ProfileEvent {
-  cat: string;
-  name: string;
-  dur: number;
-  ts: number;
-  args?: Record<string, unknown>;
-}
-
-/** The JSON events that endProfiling prints, one per line between "[" and "]". */
-function parseProfile(lines: string[]): ProfileEvent[] {
-  const text = lines.join("\n");
-  const start = text.indexOf("[");
-  const end = text.lastIndexOf("]");
-  if (start < 0 || end < start) return [];
-  return JSON.parse(text.slice(start, end + 1)) as ProfileEvent[];
-}
-
-async function endProfiling(s: ort.InferenceSession): Promise<ProfileEvent[]> {
-  return parseProfile(await captureWasmStdout(() => s.endProfiling()));
-}
-
-/** GPU program events ("node&OpType&Program") split into runs: each run starts at the graph's first program. */
-function splitRuns(gpu: ProfileEvent[]): ProfileEvent[][] {
-  if (!gpu.length) return [];
-  const first = gpu[0].name;
-  const runs: ProfileEvent[][] = [];
-  for (let i = 0; i < gpu.length; i++) {
-    if (gpu[i].name === first && (i === 0 || gpu[i - 1].name !== first)) runs.push([]);
-    runs[runs.length - 1].push(gpu[i]);
-  }
-  return runs;
 }
 
 interface Row {
@@ -258,7 +225,7 @@ async function profileCases(model: LoadedModel, args: Args, cases: Case[]) {
 
   const perCase = args.warmup + args.steps;
   const total = perCase * cases.length;
-  const runs = splitRuns(events.filter((e) => e.cat === "Api" && e.name.includes("&")));
+  const runs = splitRuns(gpuEvents(events));
   if (runs.length !== total) {
     throw new Error(`found ${runs.length} runs in the GPU events, expected ${total}`);
   }
