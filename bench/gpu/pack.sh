@@ -21,6 +21,10 @@ tar -C . -cf - "$ORT/ort.webgpu.bundle.min.mjs" "$ORT/ort-wasm-simd-threaded.asy
 if ! ls .gpu/libvulkan1_*.deb >/dev/null 2>&1; then
   (cd .gpu && apt-get download libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 >/dev/null)
 fi
+# stories260K for the probes and tests that read it (bench/gpu/invariance.sh links it into ../shared there).
+if [ -d ../shared/models/stories260K ]; then
+  mkdir -p .gpu/stories260K && cp ../shared/models/stories260K/*.gguf .gpu/stories260K/
+fi
 # llama.cpp's server for bench/gpu/llama_server.sh, built here (outside the repo): LLAMA_SERVER=PATH.
 if [ -n "${LLAMA_SERVER:-}" ]; then
   xz -T0 -9 -c "$LLAMA_SERVER" >.gpu/llama-server.xz
