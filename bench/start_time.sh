@@ -26,5 +26,5 @@ sig=TERM
 [ -n "${STOP_AT:-}" ] && sig=KILL
 [ -n "$server" ] && kill -$sig "$server" 2>/dev/null
 wait "$tpid"
-grep -E "^loading: [a-z]|^graph|^kv cache|ready in|failed|Elapsed \(wall|Maximum resident" "$log"
+grep -E "^loading: [a-z]|^graph|^weights|^kv cache|ready in|failed|Elapsed \(wall|Maximum resident" "$log"
 rm -f "$log"

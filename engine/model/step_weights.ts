@@ -8,7 +8,15 @@
 import { TensorType } from "../onnx/builder.ts";
 import type { LoadedModel, ModelConfig, WeightSource } from "./types.ts";
 import { inverseFrequency } from "./rope.ts";
-import { type ActDType, concatRows, encodeAs, toF32, transpose } from "./weights.ts";
+import {
+  type ActDType,
+  asF32,
+  concatRows,
+  encodeAs,
+  f16BitsOrF32,
+  transpose,
+  type Values,
+} from "./weights.ts";
 
 /** One initializer, for GraphBuilder.weight or weightInput (see weightAdder in step_blocks.ts). */
 export interface Initializer {
@@ -60,7 +68,7 @@ export class StepWeights {
   embedding(): Initializer {
     const { vocabSize: V, hiddenSize: H } = this.cfg;
     this.w.get(EMBED);
-    return this.encoded(EMBED, [V, H], () => toF32(this.w.get(EMBED)));
+    return this.encoded(EMBED, [V, H], () => this.plain(EMBED));
   }
 
   layer(l: number): LayerWeights {
@@ -124,7 +132,7 @@ export class StepWeights {
   lmHead(): Initializer {
     const { vocabSize: V, hiddenSize: H } = this.cfg;
     const name = this.cfg.tieEmbeddings ? EMBED : "lm_head.weight";
-    return this.encoded("lm_head_t", [H, V], () => transpose(toF32(this.w.get(name)), V, H), [name]);
+    return this.encoded("lm_head_t", [H, V], () => transpose(this.plain(name), V, H), [name]);
   }
 
   /**
@@ -158,7 +166,7 @@ export class StepWeights {
   private encoded(
     name: string,
     dims: number[],
-    values: () => Float32Array,
+    values: () => Values,
     sources: string[] = [],
   ): Initializer {
     for (const s of sources) this.w.get(s);
@@ -171,8 +179,10 @@ export class StepWeights {
     };
   }
 
-  private plain(name: string): Float32Array {
-    return toF32(this.w.get(name));
+  /** A checkpoint tensor's values: fp16 bits when it and the graph are fp16 (no conversion), else f32. */
+  private plain(name: string): Values {
+    const t = this.w.get(name);
+    return this.act === "f16" ? f16BitsOrF32(t) : asF32(f16BitsOrF32(t));
   }
 
   private vec(name: string): Initializer {
@@ -180,15 +190,21 @@ export class StepWeights {
   }
 
   /** Rows of a per-head projection (or bias), each head padded to Dp rows. */
-  private headRows(name: string, heads: number): Float32Array {
+  private headRows(name: string, heads: number): Values {
     const t = this.w.get(name);
-    return padHeadRows(toF32(t), heads, this.cfg.headDim, this.Dp, t.shape.length > 1 ? t.shape[1] : 1);
+    return padHeadRows(
+      this.plain(name),
+      heads,
+      this.cfg.headDim,
+      this.Dp,
+      t.shape.length > 1 ? t.shape[1] : 1,
+    );
   }
 
   /** Linear layers are stored [out, in] (`rows` outputs of `cols` inputs); MatMul wants [in, out]. */
   private linear(
     sources: string[],
-    parts: () => Float32Array[],
+    parts: () => Values[],
     cols: number,
     rows: number,
     name: string,
@@ -197,7 +213,7 @@ export class StepWeights {
   }
 
   /** o_proj's inputs follow the padded head layout: pad its columns via a transpose round trip. */
-  private oProj(name: string): Float32Array {
+  private oProj(name: string): Values {
     const { hiddenSize: H, numHeads: NH, headDim: D } = this.cfg;
     return transpose(padHeadRows(transpose(this.plain(name), H, NH * D), NH, D, this.Dp, H), NH * this.Dp, H);
   }
@@ -207,7 +223,7 @@ export class StepWeights {
     const D = this.cfg.headDim, Dp = this.Dp;
     const fix = Math.sqrt(D / Dp);
     this.w.get(prefix + name);
-    const gamma = () => padHeadRows(this.plain(prefix + name).map((x) => x * fix), 1, D, Dp, 1);
+    const gamma = () => padHeadRows(asF32(this.plain(prefix + name)).map((x) => x * fix), 1, D, Dp, 1);
     const out = `${prefix}${name}16`;
     return {
       name: out,
@@ -229,15 +245,18 @@ function checked(name: string, dims: number[], elemBytes: number, raw: Uint8Arra
  * Maps each head's D rows into Dp rows: the first half to [0, D/2), the second half to
  * [Dp/2, Dp/2 + D/2), zeros elsewhere. Rotate-half RoPE on Dp then pairs the same dims as on D.
  */
-export function padHeadRows(
-  a: Float32Array,
+export function padHeadRows<T extends Values>(
+  a: T,
   heads: number,
   D: number,
   Dp: number,
   cols: number,
-): Float32Array {
+): T {
   if (D === Dp) return a;
-  const out = new Float32Array(heads * Dp * cols);
+  const out =
+    (a instanceof Float32Array
+      ? new Float32Array(heads * Dp * cols)
+      : new Uint16Array(heads * Dp * cols)) as T;
   const half = D / 2, halfP = Dp / 2;
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < D; i++) {
