@@ -12,9 +12,13 @@ model=$1 cache=$2
 shift 2
 port=${PORT:-$((20000 + RANDOM % 20000))}
 log=$(mktemp)
-/usr/bin/time -v deno run -A main.ts --model "$model" --graph-cache "$cache" --port "$port" "$@" >"$log" 2>&1 &
+# GNU time for the peak RSS where it is installed.
+tv=()
+[ -x /usr/bin/time ] && tv=(/usr/bin/time -v)
+"${tv[@]}" deno run -A main.ts --model "$model" --graph-cache "$cache" --port "$port" "$@" >"$log" 2>&1 &
 tpid=$!
 server=""
+[ ${#tv[@]} -eq 0 ] && server=$tpid
 for _ in $(seq 1 3000); do
   [ -z "$server" ] && server=$(pgrep -P "$tpid" | head -1)
   grep -q -E "ready in|failed to load${STOP_AT:+|^loading: $STOP_AT}" "$log" && break
