@@ -39,8 +39,11 @@ function modelPathOrExit(config: Config): string {
   }
 }
 
-/** Progress on a terminal: one rewritten line; elsewhere a few plain lines. */
-function progressPrinter() {
+/**
+ * Progress on a terminal: one rewritten line; elsewhere a few plain lines, each phase with the time
+ * since startup at which it began (where start time goes: docs/BENCHMARKS.md).
+ */
+function progressPrinter(t0: number) {
   const tty = Deno.stderr.isTerminal();
   const enc = new TextEncoder();
   let last = "";
@@ -50,7 +53,9 @@ function progressPrinter() {
       ? `loading: read ${mb(m.done ?? 0)} / ${mb(m.total)} MiB`
       : `loading: ${m.phase}`;
     if (tty) Deno.stderr.writeSync(enc.encode(`\r\x1b[2K${line}`));
-    else if (m.phase !== last) console.error(line);
+    else if (m.phase !== last) {
+      console.error(`${line} (at ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    }
     last = m.phase;
   };
 }
@@ -76,7 +81,7 @@ const server = serve({
 });
 
 const t0 = performance.now();
-const progress = progressPrinter();
+const progress = progressPrinter(t0);
 try {
   const client = await createEngineClient({
     modelPath,

@@ -1,7 +1,11 @@
-// Built step graphs on disk, keyed by the weights and everything else that shapes the graph, so a
-// later start with the same model and settings skips the build. Each entry is three files: the graph
-// (<key>.onnx), its external weights (<key>.onnx.data) and its metadata (<key>.onnx.json: the rest of
-// BuiltGraph, and the size and SHA-256 of the other two).
+// Built step graphs on disk, keyed by what shapes the graph, so a later start with the same model
+// shape and settings skips the build. The model's weights are graph inputs (uploaded from the model
+// file by the runner), so an entry holds no weight values and its key none of them: config, dtype,
+// context length, the weight inputs' names, types and shapes, and GRAPH_VERSION. Checkpoints that
+// differ only in their values (or in their stored dtype) share an entry, and the model file is never
+// hashed. Each entry is three files: the graph (<key>.onnx), the external data of its own constants
+// (<key>.onnx.data, e.g. the greedy ramp over the vocabulary) and its metadata (<key>.onnx.json: the
+// rest of BuiltGraph, and the size and SHA-256 of the other two).
 //
 // Every file is written under a name of its own and renamed into place, metadata last, so a reader
 // never sees a file being written and two servers building one entry never write into the same file.
@@ -10,7 +14,7 @@
 // logged and rebuilt over, never fatal.
 
 import { createHash } from "node:crypto";
-import { buildGraph, type BuiltGraph, type GraphOptions } from "./model/graph.ts";
+import { buildGraph, type BuiltGraph, type GraphOptions, stepWeightTensors } from "./model/graph.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 
 export interface GraphCacheOptions extends GraphOptions {
@@ -38,11 +42,16 @@ export interface EntryMeta {
   sha256: string;
 }
 
-/** The step graph for these options: from the cache when it holds a sound entry, else built (and stored). */
+/**
+ * The step graph for these options: from the cache when it holds a sound entry, else built (and
+ * stored). A graph with its weights inline (weightsAsInputs off, a probe's setting) holds their
+ * values, which the key does not cover: it is never cached.
+ */
 export async function loadOrBuildGraph(model: LoadedModel, opts: GraphCacheOptions): Promise<BuiltGraph> {
-  const key = await graphKey(model, opts);
-  const path = opts.cacheDir ? `${opts.cacheDir}/${key}.onnx` : null;
+  const cacheable = opts.cacheDir !== null && (opts.weightsAsInputs ?? false);
+  const path = cacheable ? `${opts.cacheDir}/${await graphKey(model, opts)}.onnx` : null;
   if (path) {
+    opts.progress?.({ phase: "graph cache" });
     const t0 = performance.now();
     const cached = await readCached(path);
     if (cached.graph) {
@@ -66,6 +75,7 @@ export async function loadOrBuildGraph(model: LoadedModel, opts: GraphCacheOptio
       } MiB`,
   );
   if (path) await writeCached(opts.cacheDir!, path, built, opts.log);
+  else if (opts.cacheDir) opts.log("graph: not cached (weights inline)");
   return built;
 }
 
@@ -95,7 +105,7 @@ export async function readCached(path: string): Promise<{ graph?: BuiltGraph; pr
   const meta = parseMeta(metaText);
   if (!meta) return { problem: "metadata malformed, altered or from an older version" };
   const data = await readVerified(`${path}.data`, meta.data);
-  if (typeof data === "string") return { problem: `weights ${data}` };
+  if (typeof data === "string") return { problem: `data ${data}` };
   const bytes = await readVerified(path, meta.graph);
   if (typeof bytes === "string") return { problem: `graph ${bytes}` };
   return { graph: { ...meta.info, bytes, data } };
@@ -115,7 +125,9 @@ function parseMeta(text: string): EntryMeta | null {
     return null;
   }
   const count = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0;
-  if (!count(m.info?.nodesPerLayer) || !count(m.info?.totalNodes)) return null;
+  if (!count(m.info?.nodesPerLayer) || !count(m.info?.totalNodes) || !Array.isArray(m.info?.weights)) {
+    return null;
+  }
   if (!count(m.graph?.size) || !count(m.data?.size)) return null;
   return m;
 }
@@ -217,17 +229,18 @@ async function writeAtomically(path: string, bytes: Uint8Array): Promise<void> {
   }
 }
 
+/** The key of a graph whose weights are inputs: everything its bytes depend on, no weight values. */
 async function graphKey(model: LoadedModel, opts: GraphOptions): Promise<string> {
-  // Bump GRAPH_VERSION whenever buildGraph's output changes for the same weights.
-  const GRAPH_VERSION = 6;
+  // Bump GRAPH_VERSION whenever buildGraph's output changes for the same inputs.
+  // 7: weights no longer in the entry, and no longer in the key.
+  const GRAPH_VERSION = 7;
   const text = JSON.stringify({
     v: GRAPH_VERSION,
-    w: model.weights.hash,
     dtype: opts.dtype,
     maxPositions: opts.maxPositions,
     ext: opts.externalMinBytes ?? "default",
-    wi: opts.weightsAsInputs ?? false,
     cfg: model.config,
+    inputs: stepWeightTensors(model, opts).map((t) => [t.name, t.type, t.dims]),
   });
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
   return Array.from(new Uint8Array(digest).slice(0, 12), (b) => b.toString(16).padStart(2, "0")).join("");

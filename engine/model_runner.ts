@@ -8,7 +8,7 @@
 // captured session's bound outputs are overwritten by its next replay, maybe before the read.
 
 import * as ort from "onnxruntime-web/webgpu";
-import type { BuiltGraph } from "./model/graph.ts";
+import { type BuiltGraph, type GraphOptions, stepWeightTensors } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
@@ -24,7 +24,7 @@ export interface RunnerOptions {
   blockSize: number;
   /** KV pool size; clamped to what the adapter can bind per buffer. */
   kvCacheMb: number;
-  /** Folder for built graphs keyed by weights hash and options; null disables the cache. */
+  /** Folder for built graphs keyed by what shapes them (graph_cache.ts); null disables the cache. */
   cacheDir: string | null;
   /** Weights of at least this many bytes travel as ONNX external data (default: buildGraph's). */
   externalMinBytes?: number;
@@ -106,7 +106,7 @@ export class ModelRunner {
   private readonly shapes: CaptureShape[];
   /** Each shape's session once captured. */
   private captured: (CapturedDecode | null)[];
-  /** The graph without its weights' bytes, for the captured sessions. */
+  /** The graph (its weights are inputs: no weight bytes), for the captured sessions. */
   private readonly graph: BuiltGraph;
 
   private constructor(
@@ -138,9 +138,7 @@ export class ModelRunner {
     this.totalNodes = info.totalNodes;
     this.adapterName = info.adapterName;
     this.tableWidth = Math.ceil(info.maxPositions / info.blockSize);
-    // The weights are fed from their GPU buffers: keep only the small initializers' bytes.
-    const weightsStart = Math.min(graph.data.length, ...graph.weights.map((w) => w.offset));
-    this.graph = { ...graph, data: graph.data.slice(0, weightsStart) };
+    this.graph = graph;
     this.shapes = capture ? captureShapes(capture, this.tableWidth * info.blockSize) : [];
     this.captured = this.shapes.map(() => null);
   }
@@ -150,12 +148,15 @@ export class ModelRunner {
     const cfg = model.config;
     const log = opts.log ?? (() => {});
     const maxPositions = cfg.maxContext;
-    const graph = await loadOrBuildGraph(model, {
+    const graphOpts: GraphOptions = {
       dtype: opts.dtype,
       maxPositions,
       externalMinBytes: opts.externalMinBytes,
       // One copy of the weights on the GPU, fed to every session (captured ones included).
       weightsAsInputs: opts.weightsAsInputs ?? true,
+    };
+    const graph = await loadOrBuildGraph(model, {
+      ...graphOpts,
       cacheDir: opts.cacheDir,
       progress: opts.progress,
       log,
@@ -163,7 +164,22 @@ export class ModelRunner {
     opts.progress?.({ phase: "session" });
     const { step, sampler } = await createSessions(graph, cfg.vocabSize);
     const { device, adapterName } = await sessionDevice();
-    const weights = uploadWeights(device, graph);
+    opts.progress?.({ phase: "upload" });
+    const t0 = performance.now();
+    const weights = await uploadWeights(
+      device,
+      graph,
+      graph.weights.length ? stepWeightTensors(model, graphOpts) : [],
+    );
+    if (graph.weights.length) {
+      await device.queue.onSubmittedWorkDone();
+      const mib = weights.buffers.reduce((n, b) => n + b.size, 0) / 2 ** 20;
+      log(
+        `weights: ${graph.weights.length} tensors (${mib.toFixed(1)} MiB) converted and uploaded in ${
+          ((performance.now() - t0) / 1000).toFixed(2)
+        } s`,
+      );
+    }
     const pool = allocateKvPool(device, cfg, opts.blockSize, opts.kvCacheMb);
     pool.buffers.forEach(pinGpuBuffer);
     const mib = ((pool.buffers.length * pool.numBlocks * pool.bytesPerBlock) / 2 ** 20).toFixed(1);

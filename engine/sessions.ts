@@ -6,6 +6,7 @@ import * as ort from "onnxruntime-web/webgpu";
 import { type BuiltGraph, stepModel } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import { buildSamplerGraph } from "./model/sampler_graph.ts";
+import type { Initializer } from "./model/step_weights.ts";
 import { EXTERNAL_DATA_NAME, TensorType } from "./onnx/builder.ts";
 
 export type Session = ort.InferenceSession;
@@ -87,28 +88,54 @@ function envEpOptions(): Record<string, string> {
 
 const ORT_TYPES = { [TensorType.FLOAT]: "float32", [TensorType.FLOAT16]: "float16" } as const;
 
-/** The graph's weight inputs, uploaded once into buffers that every session over the graph is fed. */
-export function uploadWeights(device: GPUDevice, graph: BuiltGraph): { feeds: Feeds; buffers: GPUBuffer[] } {
+/** Bytes written between two flushes of the upload: wgpu stages every write until a submit. */
+const UPLOAD_FLUSH_BYTES = 256 * 2 ** 20;
+
+/**
+ * The graph's weight inputs, uploaded once into buffers that every session over the graph is fed.
+ * Each is converted from the checkpoint (`tensors`, see stepWeightTensors) just before its upload
+ * and dropped after it, so the host holds one converted tensor at a time, not a second copy of the
+ * model; the staged writes are flushed every UPLOAD_FLUSH_BYTES for the same reason.
+ */
+export async function uploadWeights(
+  device: GPUDevice,
+  graph: BuiltGraph,
+  tensors: Initializer[],
+): Promise<{ feeds: Feeds; buffers: GPUBuffer[] }> {
+  const byName = new Map(tensors.map((t) => [t.name, t]));
   const feeds: Feeds = {};
   const buffers: GPUBuffer[] = [];
-  for (const w of graph.weights) {
-    const dataType = ORT_TYPES[w.type as keyof typeof ORT_TYPES];
-    if (!dataType) throw new Error(`weight ${w.name}: unsupported tensor type ${w.type}`);
-    // writeBuffer moves whole 4-byte words; an odd count of fp16 values is padded.
-    const size = Math.ceil(w.length / 4) * 4;
-    const buffer = pinGpuBuffer(device.createBuffer({
-      size: Math.max(4, size),
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
-    }));
-    const bytes = graph.data.subarray(w.offset, w.offset + w.length);
-    if (size === w.length) device.queue.writeBuffer(buffer, 0, bytes);
-    else {
-      const padded = new Uint8Array(size);
-      padded.set(bytes);
-      device.queue.writeBuffer(buffer, 0, padded);
+  let staged = 0;
+  try {
+    for (const w of graph.weights) {
+      const t = byName.get(w.name);
+      // A cached graph whose inputs are not these tensors: a GRAPH_VERSION that was not bumped.
+      if (!t || t.type !== w.type || t.dims.join() !== w.dims.join()) {
+        throw new Error(`weight ${w.name}: the graph's input does not match the model's tensor`);
+      }
+      const dataType = ORT_TYPES[w.type as keyof typeof ORT_TYPES];
+      if (!dataType) throw new Error(`weight ${w.name}: unsupported tensor type ${w.type}`);
+      const bytes = t.raw();
+      // Mapped at creation: written in place; sizes are whole 4-byte words (an odd fp16 count is padded).
+      const buffer = pinGpuBuffer(device.createBuffer({
+        size: Math.max(4, Math.ceil(bytes.length / 4) * 4),
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+        mappedAtCreation: true,
+      }));
+      buffers.push(buffer);
+      new Uint8Array(buffer.getMappedRange()).set(bytes);
+      buffer.unmap();
+      feeds[w.name] = ort.Tensor.fromGpuBuffer(buffer, { dataType, dims: w.dims });
+      staged += bytes.length;
+      if (staged >= UPLOAD_FLUSH_BYTES) {
+        staged = 0;
+        device.queue.submit([]);
+        await device.queue.onSubmittedWorkDone();
+      }
     }
-    buffers.push(buffer);
-    feeds[w.name] = ort.Tensor.fromGpuBuffer(buffer, { dataType, dims: w.dims });
+  } catch (e) {
+    buffers.forEach((b) => b.destroy());
+    throw e;
   }
   return { feeds, buffers };
 }

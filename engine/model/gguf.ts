@@ -23,7 +23,6 @@ import { DEQUANTIZABLE, dequantizeF16 } from "./ggml_quants.ts";
 import { expectedTensors, type TensorSpec } from "./manifest.ts";
 import { GGML_TYPE, type GgufTensorInfo, MetaReader, parseGguf } from "./gguf_file.ts";
 import { chatTemplateFrom } from "./chat_template.ts";
-import { createHash } from "node:crypto";
 import { LlamaSpmTokenizer } from "../tokenizer/llama_spm.ts";
 import { Gpt2BpeTokenizer, gpt2PreTokenizerSupported } from "../tokenizer/gpt2_bpe.ts";
 
@@ -36,7 +35,6 @@ export interface GgufLoadOptions {
 }
 
 const READ_CHUNK = 16 * 1024 * 1024;
-const HASH_CHUNK = 64 * 1024 * 1024;
 
 async function readWholeFile(path: string, progress?: LoadProgress): Promise<Uint8Array> {
   let file: Deno.FsFile;
@@ -118,8 +116,8 @@ export function ggufModelFromBytes(
   const tensors = new Map(gguf.tensors.map((t) => [t.name, t]));
   const { config, tokens } = ggufConfig(meta, tensors, bytes, opts, fail);
   const weights = opts.skipWeights
-    ? weightSource(new Map(), "", file)
-    : weightSource(ggufWeights(bytes, file, tensors, config, fail), sha256Hex(bytes), file);
+    ? weightSource(new Map(), file)
+    : weightSource(ggufWeights(bytes, file, tensors, config, fail), file);
   const { tokenizer, chatTemplate } = ggufTokenizer(meta, tokens, config, fail);
   const base = file.split(/[\\/]/).pop() ?? file;
   return {
@@ -347,22 +345,9 @@ export function unpermuteRows(src: Uint8Array, rows: number, heads: number, rowB
   return out;
 }
 
-/**
- * The graph cache key. node:crypto takes ~6x less CPU than crypto.subtle.digest in Deno 2.9 (1.8 s
- * against 10.6 s for 2.5 GB); same digest. Chunked so no single call sees a multi-GB buffer.
- */
-function sha256Hex(bytes: Uint8Array): string {
-  const hash = createHash("sha256");
-  for (let at = 0; at < bytes.length; at += HASH_CHUNK) {
-    hash.update(bytes.subarray(at, Math.min(bytes.length, at + HASH_CHUNK)));
-  }
-  return hash.digest("hex");
-}
-
-/** Lookups by HF name; header-only loads pass no tensors and an empty hash. */
-function weightSource(weights: Map<string, WeightTensor>, hash: string, file: string): WeightSource {
+/** Lookups by HF name; header-only loads pass no tensors. */
+function weightSource(weights: Map<string, WeightTensor>, file: string): WeightSource {
   return {
-    hash,
     get(name) {
       const w = weights.get(name);
       if (!w) throw new ModelLoadError(`${file}: no tensor "${name}" in this model`, file, name);

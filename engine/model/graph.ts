@@ -8,12 +8,12 @@
 // greedy ids in the step graph, temperature sampling in a small second graph (sampler_graph.ts)
 // that runs only in steps with a sampled row.
 
-import { GraphBuilder, TensorType, type WeightSlice } from "../onnx/builder.ts";
+import { GraphBuilder, TensorType, type WeightSpec } from "../onnx/builder.ts";
 import { encodeGraphAddition } from "../onnx/proto.ts";
 import type { LoadedModel } from "./types.ts";
 import type { ActDType } from "./weights.ts";
 import { IO } from "./graph_io.ts";
-import { StepWeights } from "./step_weights.ts";
+import { type Initializer, StepWeights } from "./step_weights.ts";
 import { attention, lmHead, mlp, ResidualStream, type StepContext, weightAdder } from "./step_blocks.ts";
 
 export interface GraphOptions {
@@ -24,8 +24,9 @@ export interface GraphOptions {
   /** Initializers of at least this many bytes go to the external data blob (default 64 KiB). */
   externalMinBytes?: number;
   /**
-   * Model weights become graph inputs (listed in BuiltGraph.weights, their bytes in `data`) instead
-   * of initializers, so that every session over the graph can be fed one copy of them on the GPU.
+   * Model weights become graph inputs (listed in BuiltGraph.weights; stepWeightTensors converts
+   * their bytes) instead of initializers, so that every session over the graph can be fed one copy
+   * of them on the GPU, and the graph itself holds no weight values.
    */
   weightsAsInputs?: boolean;
 }
@@ -37,8 +38,8 @@ export interface BuiltGraph {
    */
   bytes: Uint8Array;
   data: Uint8Array;
-  /** Weights fed as inputs, their bytes in `data` (empty unless GraphOptions.weightsAsInputs). */
-  weights: WeightSlice[];
+  /** Weights fed as inputs (empty unless GraphOptions.weightsAsInputs): names, types and shapes. */
+  weights: WeightSpec[];
   nodesPerLayer: number;
   totalNodes: number;
 }
@@ -94,6 +95,14 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
     opts.externalMinBytes ?? 64 * 1024,
   );
   return { bytes, data, weights: inputs, nodesPerLayer, totalNodes: g.nodes.length };
+}
+
+/**
+ * The step graph's weights for these options, each converted only when its raw() is called: what
+ * the runner uploads for a graph built with weightsAsInputs (cached or not).
+ */
+export function stepWeightTensors(model: LoadedModel, opts: GraphOptions): Initializer[] {
+  return new StepWeights(model, opts.dtype).all(opts.maxPositions);
 }
 
 function declareInputs(g: GraphBuilder, numLayers: number, kvHeads: number, headDim: number) {

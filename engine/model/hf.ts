@@ -1,7 +1,6 @@
 // Hugging Face model folders: config.json, safetensors weights (single or sharded), tokenizer, chat template.
 
 import { type Json, readJsonFile } from "./json_file.ts";
-import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { chatTemplateFrom } from "./chat_template.ts";
 import { llama3RopeFactors, type Llama3RopeScaling } from "./rope.ts";
@@ -302,14 +301,14 @@ async function chatTemplateSource(dir: string, tokenizerConfig: Json): Promise<s
 
 export async function loadHfFolder(dir: string, opts: HfLoadOptions = {}): Promise<LoadedModel> {
   const configPath = join(dir, "config.json");
-  const { text: configText, json: rawConfig } = await readJsonFile(configPath, true);
+  const { json: rawConfig } = await readJsonFile(configPath, true);
   const gen = (await readJsonFile(join(dir, "generation_config.json"), false))?.json ?? null;
   const config = parseHfConfig(rawConfig, gen, configPath, opts.maxContext);
 
   const { files, fileOf } = await locateWeights(dir);
   const { weights } = opts.skipWeights
     ? { weights: noWeights(dir) }
-    : await readWeights(configText, config, files, fileOf, opts);
+    : await readWeights(config, files, fileOf, opts);
   return { ...(await loadTokenizerSide(dir, config, gen, opts)), weights };
 }
 
@@ -318,26 +317,19 @@ function noWeights(dir: string): WeightSource {
   const fail = (): never => {
     throw new Error(`${dir}: weights were not loaded (skipWeights)`);
   };
-  return { get: fail, has: () => false, names: () => [], hash: "" };
+  return { get: fail, has: () => false, names: () => [] };
 }
 
 async function readWeights(
-  configText: string,
   config: ModelConfig,
   files: string[],
   fileOf: (name: string) => string,
   opts: HfLoadOptions,
 ): Promise<{ weights: WeightSource }> {
-  const hasher = createHash("sha256");
-  hasher.update(new TextEncoder().encode(configText));
-  const shards = await readSafetensorsFiles(files, {
-    progress: opts.progress,
-    onData: (chunk) => hasher.update(chunk),
-  });
-  const hash = hasher.digest("hex");
+  const shards = await readSafetensorsFiles(files, { progress: opts.progress });
   const tensors = tensorsByName(shards);
   checkManifest(tensors, config, fileOf);
-  return { weights: tensorSource(tensors, fileOf, hash) };
+  return { weights: tensorSource(tensors, fileOf) };
 }
 
 /** All shards' tensors in one map; a name in two shards is an error. */
@@ -380,7 +372,6 @@ function checkManifest(
 function tensorSource(
   tensors: Map<string, WeightTensor>,
   fileOf: (name: string) => string,
-  hash: string,
 ): WeightSource {
   return {
     get(name: string): WeightTensor {
@@ -393,7 +384,6 @@ function tensorSource(
     },
     has: (name) => tensors.has(name),
     names: () => [...tensors.keys()],
-    hash,
   };
 }
 

@@ -55,8 +55,6 @@ export interface SafetensorsFile {
 
 export interface ReadOptions {
   progress?: LoadProgress;
-  /** Every byte of the file, header included, in order (for content hashing). */
-  onData?: (chunk: Uint8Array) => void;
 }
 
 function fail(file: string, message: string, tensor?: string): never {
@@ -160,12 +158,7 @@ async function openFile(file: string): Promise<Deno.FsFile> {
   }
 }
 
-async function readHeaderFrom(
-  f: Deno.FsFile,
-  file: string,
-  size: number,
-  onData?: (chunk: Uint8Array) => void,
-): Promise<SafetensorsHeader> {
+async function readHeaderFrom(f: Deno.FsFile, file: string, size: number): Promise<SafetensorsHeader> {
   if (size < 8) fail(file, `file is too small (${size} bytes) to be a safetensors file`);
   const lenBytes = new Uint8Array(8);
   await readExactly(f, lenBytes, file, "the header length");
@@ -175,8 +168,6 @@ async function readHeaderFrom(
   }
   const json = new Uint8Array(Number(len));
   await readExactly(f, json, file, "the header");
-  onData?.(lenBytes);
-  onData?.(json);
   return parseSafetensorsHeader(file, json, size);
 }
 
@@ -205,7 +196,7 @@ export async function readSafetensorsFiles(
   opts.progress?.({ phase: "read", done: 0, total });
   const out: SafetensorsFile[] = [];
   for (let i = 0; i < files.length; i++) {
-    out.push(await readOne(files[i], sizes[i], report, opts.onData));
+    out.push(await readOne(files[i], sizes[i], report));
   }
   return out;
 }
@@ -214,15 +205,10 @@ export async function readSafetensors(file: string, opts: ReadOptions = {}): Pro
   return (await readSafetensorsFiles([file], opts))[0];
 }
 
-async function readOne(
-  file: string,
-  size: number,
-  report: (n: number) => void,
-  onData?: (chunk: Uint8Array) => void,
-): Promise<SafetensorsFile> {
+async function readOne(file: string, size: number, report: (n: number) => void): Promise<SafetensorsFile> {
   const f = await openFile(file);
   try {
-    const header = await readHeaderFrom(f, file, size, onData);
+    const header = await readHeaderFrom(f, file, size);
     report(header.dataStart);
     const tensors = new Map<string, WeightTensor>();
     // Group tensors (sorted by offset) into segments; each segment is one buffer read in chunks.
@@ -238,11 +224,12 @@ async function readOne(
         segEnd = Math.max(segEnd, entries[j].end);
       }
       if (segStart > pos) {
-        // Skip a gap (not written by well-formed files, but harmless); still feed it to the hasher.
-        await readRange(f, file, segStart - pos, entries[i].name, report, onData, null);
+        // Skip a gap (not written by well-formed files, but harmless).
+        await f.seek(header.dataStart + segStart, Deno.SeekMode.Start);
+        report(segStart - pos);
       }
       const buf = new Uint8Array(segEnd - segStart);
-      await readRange(f, file, buf.length, entries[i].name, report, onData, buf);
+      await readRange(f, file, buf, entries[i].name, report);
       for (let k = i; k <= j; k++) {
         const e = entries[k];
         tensors.set(e.name, {
@@ -259,37 +246,33 @@ async function readOne(
       pos = segEnd;
       i = j + 1;
     }
-    // Trailing bytes past the last tensor (padding) still count towards progress and the hash.
+    // Trailing bytes past the last tensor (padding) are not read; they count towards progress.
     const rest = size - header.dataStart - pos;
-    if (rest > 0) await readRange(f, file, rest, "(trailing bytes)", report, onData, null);
+    if (rest > 0) report(rest);
     return { file, metadata: header.metadata, tensors };
   } finally {
     f.close();
   }
 }
 
-/** Reads `length` bytes into `into` (or a scratch buffer when only progress/hash need them). */
+/** Fills `into` from the file's current position, in chunks (progress after each). */
 async function readRange(
   f: Deno.FsFile,
   file: string,
-  length: number,
+  into: Uint8Array,
   tensor: string,
   report: (n: number) => void,
-  onData: ((chunk: Uint8Array) => void) | undefined,
-  into: Uint8Array | null,
 ): Promise<void> {
-  const scratch = into ? null : new Uint8Array(Math.min(length, READ_CHUNK));
   let off = 0;
-  while (off < length) {
-    const want = Math.min(READ_CHUNK, length - off);
-    const target = into ? into.subarray(off, off + want) : scratch!.subarray(0, want);
+  while (off < into.length) {
+    const want = Math.min(READ_CHUNK, into.length - off);
+    const target = into.subarray(off, off + want);
     let got = 0;
     while (got < want) {
       const n = await f.read(target.subarray(got));
       if (n === null) fail(file, "file is truncated (ends inside the tensor data)", tensor);
       got += n;
     }
-    onData?.(target);
     off += want;
     report(want);
   }

@@ -27,8 +27,8 @@ export interface StepContext {
 /** The weight registration of buildGraph's `weightsAsInputs` option. */
 export function weightAdder(g: GraphBuilder, asInputs: boolean): (t: Initializer) => string {
   return asInputs
-    ? (t) => g.weightInput(t.name, t.type, t.dims, t.raw)
-    : (t) => g.weight(t.name, t.type, t.dims, t.raw);
+    ? (t) => g.weightInput(t.name, t.type, t.dims)
+    : (t) => g.weight(t.name, t.type, t.dims, t.raw());
 }
 
 /**

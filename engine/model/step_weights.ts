@@ -1,19 +1,30 @@
 // Weight preparation for the step graph: each checkpoint tensor converted to the layout its block
 // consumes (fused, head-padded, transposed to [in, out]) and encoded in the activation dtype.
 // Nothing here touches the graph: the blocks register these initializers where they use them, so
-// the graph's initializers keep the order of its nodes.
+// the graph's initializers keep the order of its nodes. A tensor's name, type and shape are known
+// at once; its bytes are converted only when asked for (raw()), one tensor at a time: a graph whose
+// weights are inputs needs none of them, and the upload converts each just before it goes to the GPU.
 
 import { TensorType } from "../onnx/builder.ts";
 import type { LoadedModel, ModelConfig, WeightSource } from "./types.ts";
 import { inverseFrequency } from "./rope.ts";
-import { type ActDType, concatRows, encodeAs, toF32, transpose } from "./weights.ts";
+import {
+  type ActDType,
+  asF32,
+  concatRows,
+  encodeAs,
+  f16BitsOrF32,
+  transpose,
+  type Values,
+} from "./weights.ts";
 
-/** One initializer, ready for GraphBuilder.weight (see addWeight in step_blocks.ts). */
+/** One initializer, for GraphBuilder.weight or weightInput (see weightAdder in step_blocks.ts). */
 export interface Initializer {
   name: string;
   type: TensorType;
   dims: number[];
-  raw: Uint8Array;
+  /** Converts the tensor now (each call converts again: call it once, when the bytes are needed). */
+  raw: () => Uint8Array;
 }
 
 export interface LayerWeights {
@@ -56,32 +67,58 @@ export class StepWeights {
 
   embedding(): Initializer {
     const { vocabSize: V, hiddenSize: H } = this.cfg;
-    return this.encoded(EMBED, [V, H], toF32(this.w.get(EMBED)));
+    this.w.get(EMBED);
+    return this.encoded(EMBED, [V, H], () => this.plain(EMBED));
   }
 
   layer(l: number): LayerWeights {
     const { hiddenSize: H, numHeads: NH, numKvHeads: NKV, intermediateSize: I } = this.cfg;
     const p = `model.layers.${l}.`, sa = `${p}self_attn.`;
-    const qkvRows = (kind: "weight" | "bias") => [
-      this.headRows(`${sa}q_proj.${kind}`, NH),
-      this.headRows(`${sa}k_proj.${kind}`, NKV),
-      this.headRows(`${sa}v_proj.${kind}`, NKV),
-    ];
-    const gateUp = [this.plain(p + "mlp.gate_proj.weight"), this.plain(p + "mlp.up_proj.weight")];
+    const qkvNames = (
+      kind: "weight" | "bias",
+    ) => [`${sa}q_proj.${kind}`, `${sa}k_proj.${kind}`, `${sa}v_proj.${kind}`];
+    const qkvRows = (kind: "weight" | "bias") => {
+      const [q, k, v] = qkvNames(kind);
+      return [this.headRows(q, NH), this.headRows(k, NKV), this.headRows(v, NKV)];
+    };
+    const qkvOut = (NH + 2 * NKV) * this.Dp;
+    const gate = p + "mlp.gate_proj.weight", up = p + "mlp.up_proj.weight", down = p + "mlp.down_proj.weight";
     return {
       inputNorm: this.vec(p + "input_layernorm.weight"),
-      qkv: this.linear(qkvRows("weight"), H, `${p}qkv`),
+      qkv: this.linear(qkvNames("weight"), () => qkvRows("weight"), H, qkvOut, `${p}qkv`),
       qkvBias: this.cfg.attentionBias
-        ? this.encoded(`${p}qkv_bias`, [(NH + 2 * NKV) * this.Dp], concatRows(qkvRows("bias")))
+        ? this.encoded(`${p}qkv_bias`, [qkvOut], () => concatRows(qkvRows("bias")), qkvNames("bias"))
         : null,
       qkNorm: this.cfg.qkNorm
         ? { q: this.headNorm(p, "self_attn.q_norm.weight"), k: this.headNorm(p, "self_attn.k_norm.weight") }
         : null,
-      o: this.linear([this.oProj(sa + "o_proj.weight")], NH * this.Dp, `${p}o`),
+      o: this.linear(
+        [sa + "o_proj.weight"],
+        () => [this.oProj(sa + "o_proj.weight")],
+        NH * this.Dp,
+        H,
+        `${p}o`,
+      ),
       postNorm: this.vec(p + "post_attention_layernorm.weight"),
-      gateUp: this.linear(gateUp, H, `${p}gate_up`),
-      down: this.linear([this.plain(p + "mlp.down_proj.weight")], I, `${p}down`),
+      gateUp: this.linear([gate, up], () => [this.plain(gate), this.plain(up)], H, 2 * I, `${p}gate_up`),
+      down: this.linear([down], () => [this.plain(down)], I, H, `${p}down`),
     };
+  }
+
+  /**
+   * Every weight the step graph takes, as buildGraph registers them: the upload's list (a graph
+   * from the cache was built from the same list; its inputs are checked against it).
+   */
+  all(maxPositions: number): Initializer[] {
+    const out = [this.embedding(), ...this.rotary(maxPositions)];
+    for (let l = 0; l < this.cfg.numLayers; l++) {
+      const w = this.layer(l);
+      out.push(w.inputNorm, w.qkv, ...(w.qkvBias ? [w.qkvBias] : []));
+      if (w.qkNorm) out.push(w.qkNorm.q, w.qkNorm.k);
+      out.push(w.o, w.postNorm, w.gateUp, w.down);
+    }
+    out.push(this.finalNorm(), this.lmHead());
+    return out;
   }
 
   finalNorm(): Initializer {
@@ -95,7 +132,7 @@ export class StepWeights {
   lmHead(): Initializer {
     const { vocabSize: V, hiddenSize: H } = this.cfg;
     const name = this.cfg.tieEmbeddings ? EMBED : "lm_head.weight";
-    return this.encoded("lm_head_t", [H, V], transpose(toF32(this.w.get(name)), V, H));
+    return this.encoded("lm_head_t", [H, V], () => transpose(this.plain(name), V, H), [name]);
   }
 
   /**
@@ -104,50 +141,79 @@ export class StepWeights {
    */
   rotary(maxPositions: number): [Initializer, Initializer] {
     const cfg = this.cfg, half = this.Dp / 2;
-    const cos = new Float32Array(maxPositions * half), sin = new Float32Array(maxPositions * half);
-    for (let p = 0; p < maxPositions; p++) {
-      for (let j = 0; j < cfg.headDim / 2; j++) {
-        const freq = inverseFrequency(cfg.ropeTheta, cfg.headDim, j) / (cfg.ropeFreqFactors?.[j] ?? 1);
-        cos[p * half + j] = Math.cos(p * freq);
-        sin[p * half + j] = Math.sin(p * freq);
-      }
-    }
-    const table = (name: string, a: Float32Array): Initializer => ({
+    const table = (name: string, f: (x: number) => number): Initializer => ({
       name,
       type: TensorType.FLOAT16,
       dims: [maxPositions, half],
-      raw: encodeAs(a, "f16"),
+      raw: () => {
+        const a = new Float32Array(maxPositions * half);
+        for (let p = 0; p < maxPositions; p++) {
+          for (let j = 0; j < cfg.headDim / 2; j++) {
+            const freq = inverseFrequency(cfg.ropeTheta, cfg.headDim, j) / (cfg.ropeFreqFactors?.[j] ?? 1);
+            a[p * half + j] = f(p * freq);
+          }
+        }
+        return encodeAs(a, "f16");
+      },
     });
-    return [table("rope_cos", cos), table("rope_sin", sin)];
+    return [table("rope_cos", Math.cos), table("rope_sin", Math.sin)];
   }
 
-  private encoded(name: string, dims: number[], a: Float32Array): Initializer {
-    return { name, type: this.actType, dims, raw: encodeAs(a, this.act) };
+  /**
+   * An initializer in the activation dtype whose values `values` computes when asked for. The
+   * checkpoint tensors it reads (`sources`) are looked up now, so a missing one fails the build.
+   */
+  private encoded(
+    name: string,
+    dims: number[],
+    values: () => Values,
+    sources: string[] = [],
+  ): Initializer {
+    for (const s of sources) this.w.get(s);
+    const act = this.act;
+    return {
+      name,
+      type: this.actType,
+      dims,
+      raw: () => checked(name, dims, act === "f16" ? 2 : 4, encodeAs(values(), act)),
+    };
   }
 
-  private plain(name: string): Float32Array {
-    return toF32(this.w.get(name));
+  /** A checkpoint tensor's values: fp16 bits when it and the graph are fp16 (no conversion), else f32. */
+  private plain(name: string): Values {
+    const t = this.w.get(name);
+    return this.act === "f16" ? f16BitsOrF32(t) : asF32(f16BitsOrF32(t));
   }
 
   private vec(name: string): Initializer {
-    return this.encoded(name, [this.w.get(name).shape[0]], this.plain(name));
+    return this.encoded(name, [this.w.get(name).shape[0]], () => this.plain(name));
   }
 
   /** Rows of a per-head projection (or bias), each head padded to Dp rows. */
-  private headRows(name: string, heads: number): Float32Array {
+  private headRows(name: string, heads: number): Values {
     const t = this.w.get(name);
-    return padHeadRows(toF32(t), heads, this.cfg.headDim, this.Dp, t.shape.length > 1 ? t.shape[1] : 1);
+    return padHeadRows(
+      this.plain(name),
+      heads,
+      this.cfg.headDim,
+      this.Dp,
+      t.shape.length > 1 ? t.shape[1] : 1,
+    );
   }
 
-  /** Linear layers are stored [out, in]; MatMul wants [in, out]. */
-  private linear(parts: Float32Array[], cols: number, name: string): Initializer {
-    const joined = concatRows(parts);
-    const rows = joined.length / cols;
-    return this.encoded(name, [cols, rows], transpose(joined, rows, cols));
+  /** Linear layers are stored [out, in] (`rows` outputs of `cols` inputs); MatMul wants [in, out]. */
+  private linear(
+    sources: string[],
+    parts: () => Values[],
+    cols: number,
+    rows: number,
+    name: string,
+  ): Initializer {
+    return this.encoded(name, [cols, rows], () => transpose(concatRows(parts()), rows, cols), sources);
   }
 
   /** o_proj's inputs follow the padded head layout: pad its columns via a transpose round trip. */
-  private oProj(name: string): Float32Array {
+  private oProj(name: string): Values {
     const { hiddenSize: H, numHeads: NH, headDim: D } = this.cfg;
     return transpose(padHeadRows(transpose(this.plain(name), H, NH * D), NH, D, this.Dp, H), NH * this.Dp, H);
   }
@@ -156,24 +222,41 @@ export class StepWeights {
   private headNorm(prefix: string, name: string): Initializer {
     const D = this.cfg.headDim, Dp = this.Dp;
     const fix = Math.sqrt(D / Dp);
-    const gamma = padHeadRows(this.plain(prefix + name).map((x) => x * fix), 1, D, Dp, 1);
-    return { name: `${prefix}${name}16`, type: TensorType.FLOAT16, dims: [Dp], raw: encodeAs(gamma, "f16") };
+    this.w.get(prefix + name);
+    const gamma = () => padHeadRows(asF32(this.plain(prefix + name)).map((x) => x * fix), 1, D, Dp, 1);
+    const out = `${prefix}${name}16`;
+    return {
+      name: out,
+      type: TensorType.FLOAT16,
+      dims: [Dp],
+      raw: () => checked(out, [Dp], 2, encodeAs(gamma(), "f16")),
+    };
   }
+}
+
+/** The converted bytes, if they fill exactly the shape announced before the conversion. */
+function checked(name: string, dims: number[], elemBytes: number, raw: Uint8Array): Uint8Array {
+  const want = dims.reduce((a, b) => a * b, elemBytes);
+  if (raw.length !== want) throw new Error(`weight ${name}: ${raw.length} bytes, its shape needs ${want}`);
+  return raw;
 }
 
 /**
  * Maps each head's D rows into Dp rows: the first half to [0, D/2), the second half to
  * [Dp/2, Dp/2 + D/2), zeros elsewhere. Rotate-half RoPE on Dp then pairs the same dims as on D.
  */
-export function padHeadRows(
-  a: Float32Array,
+export function padHeadRows<T extends Values>(
+  a: T,
   heads: number,
   D: number,
   Dp: number,
   cols: number,
-): Float32Array {
+): T {
   if (D === Dp) return a;
-  const out = new Float32Array(heads * Dp * cols);
+  const out =
+    (a instanceof Float32Array
+      ? new Float32Array(heads * Dp * cols)
+      : new Uint16Array(heads * Dp * cols)) as T;
   const half = D / 2, halfP = Dp / 2;
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < D; i++) {

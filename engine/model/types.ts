@@ -51,8 +51,6 @@ export interface WeightSource {
   get(name: string): WeightTensor;
   has(name: string): boolean;
   names(): string[];
-  /** Stable hash of the weights (content), used to key the graph cache. */
-  hash: string;
 }
 
 export interface ChatMessage {

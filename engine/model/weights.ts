@@ -4,6 +4,33 @@ import type { WeightTensor } from "./types.ts";
 
 export type ActDType = "f32" | "f16";
 
+/**
+ * A tensor's values during conversion: f32, or the raw fp16 bits when both the checkpoint and the
+ * graph are fp16. Layout changes move 16-bit words as they are: a round trip through f32 gives the
+ * same bits at ~4x the CPU (measured on a 2048 x 16384 matrix: 0.9 s against 0.2 s).
+ */
+export type Values = Float32Array | Uint16Array;
+
+/** The tensor's values as fp16 bits (an f16 tensor, no conversion) or f32 (any other dtype). */
+export function f16BitsOrF32(t: WeightTensor): Values {
+  if (t.dtype !== "f16") return toF32(t);
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  const b = t.bytes.byteOffset % 2 === 0 ? t.bytes : t.bytes.slice();
+  return new Uint16Array(b.buffer, b.byteOffset, n);
+}
+
+/** As f32 (fp16 bits decoded). */
+export function asF32(a: Values): Float32Array {
+  return a instanceof Float32Array
+    ? a
+    : Float32Array.from(new Float16Array(a.buffer, a.byteOffset, a.length));
+}
+
+/** A new array of a's kind. */
+function like<T extends Values>(a: T, n: number): T {
+  return (a instanceof Float32Array ? new Float32Array(n) : new Uint16Array(n)) as T;
+}
+
 export function toF32(t: WeightTensor): Float32Array {
   const n = t.shape.reduce((a, b) => a * b, 1);
   const b = t.bytes;
@@ -23,8 +50,8 @@ export function toF32(t: WeightTensor): Float32Array {
 }
 
 /** [rows, cols] -> [cols, rows]; Linear weights are stored [out, in] and MatMul wants [in, out]. */
-export function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(a.length);
+export function transpose<T extends Values>(a: T, rows: number, cols: number): T {
+  const out = like(a, a.length);
   const tile = 32;
   for (let r0 = 0; r0 < rows; r0 += tile) {
     for (let c0 = 0; c0 < cols; c0 += tile) {
@@ -37,9 +64,12 @@ export function transpose(a: Float32Array, rows: number, cols: number): Float32A
   return out;
 }
 
-/** Concatenates [out_i, in] matrices along the output dimension. */
-export function concatRows(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+/** Concatenates [out_i, in] matrices along the output dimension (as f32 unless all are fp16 bits). */
+export function concatRows(parts: Values[]): Values {
+  const n = parts.reduce((n, p) => n + p.length, 0);
+  if (parts.length === 1) return parts[0];
+  if (!parts.every((p) => p instanceof Uint16Array)) parts = parts.map(asF32);
+  const out = like(parts[0], n);
   let off = 0;
   for (const p of parts) {
     out.set(p, off);
@@ -48,10 +78,11 @@ export function concatRows(parts: Float32Array[]): Float32Array {
   return out;
 }
 
-export function encodeAs(a: Float32Array, dtype: ActDType): Uint8Array {
-  if (dtype === "f32") return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-  const h = Float16Array.from(a);
-  return new Uint8Array(h.buffer);
+/** The values' bytes in `dtype` (fp16 bits pass through for f16). */
+export function encodeAs(a: Values, dtype: ActDType): Uint8Array {
+  if (dtype === "f32") a = asF32(a);
+  else if (a instanceof Float32Array) a = new Uint16Array(Float16Array.from(a).buffer);
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
 // Scalar conversions to and from stored 16-bit floats. Float16Array rounds to nearest even, as a GPU does.

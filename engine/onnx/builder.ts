@@ -11,13 +11,11 @@ import {
 
 export { TensorType };
 
-/** A weight fed as a graph input: its bytes at [offset, offset + length) of the data blob (see encodeSplit). */
-export interface WeightSlice {
+/** A weight fed as a graph input: the graph holds its name, type and shape, never its bytes. */
+export interface WeightSpec {
   name: string;
   type: TensorType;
   dims: number[];
-  offset: number;
-  length: number;
 }
 
 /** The external data file name the model refers to (onnxruntime-web is handed the bytes under it). */
@@ -28,8 +26,8 @@ export class GraphBuilder {
   readonly initializers: TensorDef[] = [];
   readonly inputs: ValueDef[] = [];
   readonly outputs: ValueDef[] = [];
-  /** Weights declared as graph inputs (weightInput); encodeSplit places their bytes in the data blob. */
-  readonly weightInputs: TensorDef[] = [];
+  /** Weights declared as graph inputs (weightInput); the caller feeds their bytes. */
+  readonly weightInputs: WeightSpec[] = [];
   private counter = 0;
   private constCache = new Map<string, string>();
 
@@ -48,9 +46,9 @@ export class GraphBuilder {
   }
 
   /** A weight the caller feeds (a graph input), so that several sessions can share one copy on the GPU. */
-  weightInput(name: string, type: TensorType, dims: number[], raw: Uint8Array): string {
+  weightInput(name: string, type: TensorType, dims: number[]): string {
     this.inputs.push({ name, type, dims });
-    this.weightInputs.push({ name, type, dims, raw });
+    this.weightInputs.push({ name, type, dims });
     return name;
   }
 
@@ -120,12 +118,12 @@ export class GraphBuilder {
    * Encodes the model with every initializer of at least `minExternalBytes` moved to one external
    * data blob (ONNX external data, location EXTERNAL_DATA_NAME). A model proto cannot exceed 2 GiB,
    * and onnxruntime-web uploads external weights straight to the GPU instead of through its wasm heap.
-   * Weight inputs follow the external initializers in the same blob, listed in `weights`.
+   * Weight inputs are listed in `weights`; their bytes are nowhere in the model.
    */
   encodeSplit(
     name: string,
     minExternalBytes: number,
-  ): { model: Uint8Array; data: Uint8Array; weights: WeightSlice[] } {
+  ): { model: Uint8Array; data: Uint8Array; weights: WeightSpec[] } {
     let size = 0;
     const align = (n: number) => Math.ceil(n / 64) * 64;
     const initializers = this.initializers.map((t) => {
@@ -135,14 +133,8 @@ export class GraphBuilder {
       size = align(size + t.raw.length);
       return { ...t, external };
     });
-    const weights = this.weightInputs.map((t) => {
-      const slice = { name: t.name, type: t.type, dims: t.dims, offset: size, length: t.raw.length };
-      size = align(size + t.raw.length);
-      return slice;
-    });
     const data = new Uint8Array(size);
     for (const t of initializers) if (t.external) data.set(t.raw, t.external.offset);
-    this.weightInputs.forEach((t, i) => data.set(t.raw, weights[i].offset));
     const model = encodeModel({
       name,
       nodes: this.nodes,
@@ -151,6 +143,6 @@ export class GraphBuilder {
       outputs: this.outputs,
       opsets: { "": 21, "com.microsoft": 1 },
     });
-    return { model, data, weights };
+    return { model, data, weights: this.weightInputs.map((w) => ({ ...w })) };
   }
 }

@@ -1,6 +1,6 @@
-// The graph cache: entries are written atomically with sizes and SHA-256s, checked on load, and a
-// truncated, altered or partial entry is logged and rebuilt, never fatal; concurrent writers of one
-// entry leave it whole.
+// The graph cache: entries hold the graph without weight values, are written atomically with sizes
+// and SHA-256s, checked on load, and a truncated, altered or partial entry is logged and rebuilt,
+// never fatal; concurrent writers of one entry leave it whole.
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
@@ -16,8 +16,9 @@ import { randomModel } from "../helpers/random_model.ts";
 import { referenceLogits } from "../helpers/reference.ts";
 import { WRITER_MODEL } from "../helpers/graph_cache_writer.ts";
 
-// Weights of 1 KiB and more go to the .data file, so even this small model has one worth corrupting.
-const OPTS = { dtype: "f32", maxPositions: 64, externalMinBytes: 1024 } as const;
+// Weights are graph inputs (the runner's setting). Constants of 256 bytes and more go to the .data file,
+// so even this small model has one worth corrupting (the greedy ramp over its 96-token vocabulary).
+const OPTS = { dtype: "f32", maxPositions: 64, externalMinBytes: 256, weightsAsInputs: true } as const;
 
 const model = randomModel("llama", 3);
 
@@ -44,12 +45,16 @@ function entryOf(dir: string): Entry {
   return { graph: p, data: `${p}.data`, meta: `${p}.json` };
 }
 
-function assertSoundEntry(e: Entry) {
+function assertSoundEntry(e: Entry, of: LoadedModel = model) {
   const meta: EntryMeta = JSON.parse(Deno.readTextFileSync(e.meta));
   const graph = Deno.readFileSync(e.graph), data = Deno.readFileSync(e.data);
   assertEquals(meta.graph, { size: graph.length, sha256: sha256Hex(graph) });
   assertEquals(meta.data, { size: data.length, sha256: sha256Hex(data) });
-  assert(data.length > 10_000, `only ${data.length} bytes of external weights`);
+  assert(data.length > 0, "no external data to check");
+  // No weight values: the entry is far smaller than the model's weights.
+  const weightBytes = of.weights.names().reduce((n, w) => n + of.weights.get(w).bytes.length, 0);
+  assert(graph.length + data.length < weightBytes / 4, `entry of ${graph.length + data.length} bytes`);
+  assert(meta.info.weights.length > 0, "weights are inputs");
 }
 
 function assertBytes(actual: Uint8Array, expected: Uint8Array, msg = "bytes") {
@@ -63,9 +68,14 @@ const built = (logs: string[]) => logs.some((l) => l.startsWith("graph: built"))
 const fromCache = (logs: string[]) => logs.some((l) => l.startsWith("graph: cached"));
 
 /** A runner over the cache whose first step's logits must match the float64 reference. */
-async function assertRunnerCorrect(dir: string): Promise<string[]> {
+function assertRunnerCorrect(dir: string): Promise<string[]> {
+  return runnerLogits(dir, model);
+}
+
+/** A runner over the cache for `m` whose first step's logits must match m's float64 reference. */
+async function runnerLogits(dir: string, m: LoadedModel): Promise<string[]> {
   const logs: string[] = [];
-  const runner = await ModelRunner.create(model, {
+  const runner = await ModelRunner.create(m, {
     dtype: "f32",
     blockSize: 16,
     kvCacheMb: 1,
@@ -75,7 +85,7 @@ async function assertRunnerCorrect(dir: string): Promise<string[]> {
   });
   try {
     const ids = [1, 17, 40, 5, 88, 23];
-    const V = model.config.vocabSize;
+    const V = m.config.vocabSize;
     const h = await runner.run({
       inputIds: Int32Array.from(ids),
       idSrc: new Int32Array(ids.length).fill(-1),
@@ -89,7 +99,7 @@ async function assertRunnerCorrect(dir: string): Promise<string[]> {
       wantLogits: true,
     });
     const { logits } = await runner.read(h);
-    const ref = referenceLogits(model, ids);
+    const ref = referenceLogits(m, ids);
     for (let t = 0; t < ids.length; t++) {
       let diff = 0;
       for (let v = 0; v < V; v++) diff = Math.max(diff, Math.abs(logits![t * V + v] - ref[t][v]));
@@ -128,7 +138,7 @@ Deno.test("an entry is stored with sizes and SHA-256s and loaded back verified",
   }
 });
 
-Deno.test("a truncated weights file is logged and rebuilt, and the runner computes correct logits", async () => {
+Deno.test("a truncated data file is logged and rebuilt, and the runner computes correct logits", async () => {
   const { dir, e, data } = await freshEntry(true);
   try {
     // Half the weights, then none (a crash before any data reached the disk).
@@ -136,7 +146,7 @@ Deno.test("a truncated weights file is logged and rebuilt, and the runner comput
       await Deno.truncate(e.data, size);
       const logs = await assertRunnerCorrect(dir);
       const warn = logs.find((l) => l.includes("unusable"));
-      assert(warn?.includes(`weights size ${size} bytes`), logs.join("\n"));
+      assert(warn?.includes(`data size ${size} bytes`), logs.join("\n"));
       assert(built(logs), logs.join("\n"));
       // Rebuilt over: whole again.
       assertSoundEntry(entryOf(dir));
@@ -150,10 +160,10 @@ Deno.test("a truncated weights file is logged and rebuilt, and the runner comput
   }
 });
 
-Deno.test("a flipped byte in the weights or the graph is detected by its hash and rebuilt", async () => {
+Deno.test("a flipped byte in the data or the graph is detected by its hash and rebuilt", async () => {
   const { dir, e, data, graph } = await freshEntry(true);
   try {
-    for (const [file, bytes, name] of [[e.data, data, "weights"], [e.graph, graph, "graph"]] as const) {
+    for (const [file, bytes, name] of [[e.data, data, "data"], [e.graph, graph, "graph"]] as const) {
       const bad = bytes.slice();
       bad[Math.floor(bad.length * 0.7)] ^= 0x10;
       Deno.writeFileSync(file, bad);
@@ -186,7 +196,7 @@ Deno.test("missing, malformed or old-format metadata, or a missing file: rebuilt
         assert(altered !== text);
         Deno.writeTextFileSync(e.meta, altered);
       }, "altered"],
-      ["weights removed", () => Deno.removeSync(e.data), "weights missing"],
+      ["data removed", () => Deno.removeSync(e.data), "data missing"],
       ["graph removed", () => Deno.removeSync(e.graph), "graph missing"],
     ];
     for (const [name, spoil, expected] of cases) {
@@ -238,7 +248,7 @@ Deno.test("a cache folder that cannot be written only costs a rebuild", async ()
     Deno.writeTextFileSync(blocked, "");
     const { graph, logs } = await load(blocked);
     assert(built(logs) && logs.some((l) => l.startsWith("graph: not cached")), logs.join("\n"));
-    assert(graph.data.length > 10_000);
+    assert(graph.data.length > 0 && graph.weights.length > 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -266,12 +276,36 @@ Deno.test("two processes building and storing one entry at once both end with it
       assertEquals([s.whole, s.problems, s.wrong, s.finalOk], [ROUNDS, 0, 0, true], `writer ${i}: ${out}`);
     }
     // One entry, no temporary files left behind, and it loads from the cache.
-    assertSoundEntry(entryOf(dir));
     const m = randomModel("llama", 7, WRITER_MODEL.config);
+    assertSoundEntry(entryOf(dir), m);
     const logs: string[] = [];
     await loadOrBuildGraph(m, { ...WRITER_MODEL.opts, cacheDir: dir, log: (l) => logs.push(l) });
     assert(fromCache(logs), logs.join("\n"));
   } finally {
     await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("models of one shape share an entry: weights are not in it, each runner computes its own", async () => {
+  const { dir } = await freshEntry(true);
+  try {
+    // Same config, other weight values: the entry of the first model serves, and the logits are the
+    // second model's (its weights come from its own tensors, not from the cache).
+    const other = randomModel("llama", 4);
+    assertEquals(other.config, model.config);
+    const logs = await runnerLogits(dir, other);
+    assert(fromCache(logs) && !built(logs), logs.join("\n"));
+    assertEquals([...Deno.readDirSync(dir)].length, 3, "still one entry");
+    // A graph with inline weights holds their values: never cached.
+    const inline = await loadOrBuildGraph(other, {
+      ...OPTS,
+      weightsAsInputs: false,
+      cacheDir: dir,
+      log: () => {},
+    });
+    assertEquals(inline.weights, []);
+    assertEquals([...Deno.readDirSync(dir)].length, 3, "inline graph not stored");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

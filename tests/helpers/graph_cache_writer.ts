@@ -9,7 +9,7 @@ import { loadOrBuildGraph, readCached, writeCached } from "../../engine/graph_ca
 import { randomModel } from "./random_model.ts";
 
 export const WRITER_MODEL = {
-  // ~15 MiB of external weights: a store takes long enough for the processes to overlap.
+  // Weights are inputs (not in the entry); the greedy ramp over 4096 tokens is its external data.
   config: {
     vocabSize: 4096,
     hiddenSize: 256,
@@ -18,7 +18,7 @@ export const WRITER_MODEL = {
     numKvHeads: 4,
     headDim: 32,
   },
-  opts: { dtype: "f32", maxPositions: 64, externalMinBytes: 1024 },
+  opts: { dtype: "f32", maxPositions: 64, externalMinBytes: 1024, weightsAsInputs: true },
 } as const;
 
 if (import.meta.main) {

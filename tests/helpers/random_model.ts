@@ -84,7 +84,6 @@ export function randomModel(
       get,
       has: (n) => tensors.has(n),
       names: () => [...tensors.keys()],
-      hash: `random-${arch}-${seed}`,
     },
     tokenizer: {
       vocabSize: V,

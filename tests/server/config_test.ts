@@ -261,7 +261,6 @@ function weightsOf(dtypes: WeightDType[]): WeightSource {
     names: () => tensors.map((t) => t.name),
     get: (n) => tensors.find((t) => t.name === n)!,
     has: (n) => tensors.some((t) => t.name === n),
-    hash: "test",
   };
 }
 

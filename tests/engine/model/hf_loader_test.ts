@@ -100,7 +100,6 @@ Deno.test("tiny-llama loads: config, tensors, tokenizer, template", async () => 
   // Norm weights sit near 1, projections near 0.
   const norm = new Float32Array(m.weights.get("model.norm.weight").bytes.slice().buffer);
   assert(norm.every((x) => x > 0.4 && x < 1.6) && norm.some((x) => Math.abs(x - 1) > 0.01));
-  assert(/^[0-9a-f]{64}$/.test(m.weights.hash));
 
   const tok = m.tokenizer;
   assertEquals([tok.bosTokenId, tok.eosTokenIds, tok.vocabSize], [1, [2], 512]);
@@ -178,7 +177,7 @@ Deno.test("tiny-qwen3: q/k norm and explicit head_dim", async () => {
   assertEquals(m.weights.has("model.layers.0.self_attn.q_proj.bias"), false);
 });
 
-Deno.test("generation is deterministic per seed; hash follows content", async () => {
+Deno.test("generation is deterministic per seed; the weights follow it", async () => {
   const a = await fresh("tiny-llama", { seed: 7 });
   const b = await fresh("tiny-llama", { seed: 7 });
   const c = await fresh("tiny-llama", { seed: 8 });
@@ -186,8 +185,9 @@ Deno.test("generation is deterministic per seed; hash follows content", async ()
     assertEquals(await Deno.readFile(join(a, f)), await Deno.readFile(join(b, f)), f);
   }
   const [ma, mb, mc] = await Promise.all([loadHfFolder(a), loadHfFolder(b), loadHfFolder(c)]);
-  assertEquals(ma.weights.hash, mb.weights.hash);
-  assert(ma.weights.hash !== mc.weights.hash);
+  const embed = (m: typeof ma) => m.weights.get("model.embed_tokens.weight").bytes;
+  assertEquals(embed(ma), embed(mb));
+  assert(embed(ma).some((x, i) => x !== embed(mc)[i]));
 });
 
 Deno.test("f16 and bf16 weights load with their dtype", async () => {
