@@ -37,6 +37,14 @@ export class EngineConfigError extends Error {
 const BLOCK_SIZE = 16;
 /** Largest captured decode batch: a step of more rows costs little CPU per row even uncaptured. */
 const MAX_CAPTURED_BATCH = 512;
+/**
+ * Captured context bounds below the limit when none are given. PagedAttention's dispatch in a
+ * captured step covers its bound, not the step's real contexts: with only the limit, a short chat
+ * pays for the whole window in every step (H200, SmolLM2-135M shape, batch 1: 23 ms a pipelined step
+ * bounded at 1024 against 17 ms at 256, docs/BENCHMARKS.md). Each bound is one more session per
+ * batch size, captured at startup (~0.2 s each there).
+ */
+const DEFAULT_CAPTURE_KV = [256, 1024];
 /** Default KV pool ceiling: a fraction of any real GPU, and enough for small models at full load. */
 const DEFAULT_KV_CAP_MB = 1024;
 
@@ -74,7 +82,8 @@ export function resolveEngineConfig(
     graphCapture: (s.graphCapture ?? ENGINE_DEFAULTS.graphCapture)
       ? {
         batchSizes: captureBatchSizes(Math.min(maxSeqs, s.maxBatchTokens ?? ENGINE_DEFAULTS.maxBatchTokens)),
-        kvCaps: [...new Set(s.graphCaptureKv ?? [])].filter((k) => k < maxContext).sort((a, b) => a - b),
+        kvCaps: [...new Set(s.graphCaptureKv ?? DEFAULT_CAPTURE_KV)].filter((k) => k < maxContext)
+          .sort((a, b) => a - b),
         eager: s.graphCaptureEager ?? true,
       }
       : null,

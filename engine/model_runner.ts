@@ -17,6 +17,7 @@ export type { StepInputs };
 import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } from "./captured_steps.ts";
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
+import { SubmitBatch } from "./submit_batch.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -98,6 +99,11 @@ export class ModelRunner {
   useCaptured = true;
   /** Fewest rows of an uncaptured step (MIN_STEP_ROWS; probes lower it to show why). */
   minRows = MIN_STEP_ROWS;
+  /** Off: a captured step submits as onnxruntime does, ~35 times (for probes; see submit_batch.ts). */
+  batchSubmits = true;
+  /** On: a captured replay is passed every input again (for probes; see sessions.ts runBound). */
+  refeedCaptured = false;
+  private readonly batch: SubmitBatch;
   private releaseLater: ort.Tensor[] = [];
   /** Free staging buffers for step ids. */
   private staging: Staging[] = [];
@@ -140,6 +146,7 @@ export class ModelRunner {
     this.tableWidth = Math.ceil(info.maxPositions / info.blockSize);
     this.graph = graph;
     this.shapes = capture ? captureShapes(capture, this.tableWidth * info.blockSize) : [];
+    this.batch = SubmitBatch.of(device.queue);
     this.captured = this.shapes.map(() => null);
   }
 
@@ -232,15 +239,23 @@ export class ModelRunner {
    * that many token rows and sampled rows, padded as above and with repeats of sampled row 0.
    */
   async run(s: StepInputs): Promise<StepHandle> {
-    const S = s.sampleRows.length;
     const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth) : -1;
-    if (c < 0) s = padSampleRows(s, this.minRows);
+    if (c < 0) return await this.dispatch(s, null);
+    const cap = this.captured[c] ?? await this.captureSession(c);
+    // A captured step's ~35 submits (the replay's, then the copies below) go to the queue as one.
+    return this.batchSubmits
+      ? await this.batch.run(() => this.dispatch(s, cap))
+      : await this.dispatch(s, cap);
+  }
+
+  private async dispatch(s: StepInputs, cap: CapturedDecode | null): Promise<StepHandle> {
+    const S = s.sampleRows.length;
+    if (!cap) s = padSampleRows(s, this.minRows);
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
     let rows = S;
-    if (c >= 0) {
-      const cap = this.captured[c] ?? await this.captureSession(c);
-      await cap.run(s);
+    if (cap) {
+      await cap.run(s, this.refeedCaptured);
       // The bound outputs belong to the session: never disposed, overwritten by its next replay.
       nextIds = cap.nextIds;
       logits = cap.logits;
@@ -252,7 +267,9 @@ export class ModelRunner {
       if (logits && !s.wantLogits) scratch.push(logits);
     }
     if (s.sampleU.some((u) => u >= 0)) {
-      // Only steps with a sampling row pay for the sampling head (see sampler_graph.ts).
+      // Only steps with a sampling row pay for the sampling head (see sampler_graph.ts). Its
+      // uncaptured run frees buffers as it goes: the replay's held submits go first.
+      this.batch.flush();
       const pad = (a: Float32Array, v: number) => {
         const out = new Float32Array(rows).fill(v);
         out.set(a);
@@ -277,7 +294,7 @@ export class ModelRunner {
       ids,
       logits: s.wantLogits ? logits : null,
       numRows: S,
-      path: c >= 0 ? "captured" : "uncaptured",
+      path: cap ? "captured" : "uncaptured",
       pending: null,
       scratch,
     };

@@ -232,6 +232,7 @@ export interface EngineSettings {
   /**
    * Bounds on a captured step's longest context (tokens) below the context limit, which is always
    * one: each makes its own set of captured sessions (a lower bound is a cheaper attention dispatch).
+   * Absent: 256 and 1024 (engine/config.ts); bounds at or over the limit are dropped.
    */
   graphCaptureKv?: number[];
   /** Capture every session at startup (default), or each on its first use (tests: cheaper starts). */

@@ -142,6 +142,24 @@ export async function uploadWeights(
 
 export type Feeds = Record<string, ort.Tensor>;
 
+interface SessionHandler {
+  run(feeds: Feeds, fetches: Feeds, options: object): Promise<Feeds>;
+}
+
+/**
+ * Runs a graph-capture session whose inputs were bound by an earlier run, without passing them
+ * again. Once a captured session's IO binding is made (its first run), onnxruntime-web replays
+ * from the bound inputs and ignores the feeds of later runs, but run() still wraps every feed in a
+ * wasm tensor, registers its buffer and releases both (~250 inputs a step: the weights are inputs).
+ * InferenceSession.run insists on every input, so this calls its handler (onnxruntime-web 1.30's
+ * wasm handler, which maps feeds by name) with none. Null where the handler is not there.
+ */
+export function runBound(session: Session, fetches: Feeds): Promise<Feeds> | null {
+  const handler = (session as unknown as { handler?: Partial<SessionHandler> }).handler;
+  if (typeof handler?.run !== "function") return null;
+  return (handler as SessionHandler).run({}, fetches, {});
+}
+
 /**
  * Keeps a GPU buffer registered with onnxruntime-web for good. Every run() registers the buffers it
  * is fed (a WGPUBuffer handle in the wasm runtime) and releases them when it returns; a captured

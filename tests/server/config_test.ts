@@ -52,7 +52,8 @@ Deno.test("config: defaults", () => {
     servedModelName: undefined,
     graphCache: ".cache/graphs",
     graphCapture: true,
-    graphCaptureKv: [],
+    // Absent: the engine's default bounds (256, 1024 below the limit).
+    graphCaptureKv: undefined,
     prefixCaching: true,
   });
 });
@@ -339,6 +340,11 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     graphCapture: { batchSizes: [1, 2, 4, 8, 16, 32, 64, 128, 256], kvCaps: [], eager: true },
     prefixCaching: true,
   });
+  // Default context bounds 256 and 1024, those under the limit; a bound over it leaves the limit only.
+  const long = randomModel("llama", 1, { maxContext: 2048 });
+  assertEquals(resolveEngineConfig({}, long).graphCapture?.kvCaps, [256, 1024]);
+  assertEquals(resolveEngineConfig({ maxModelLen: 512 }, long).graphCapture?.kvCaps, [256]);
+  assertEquals(resolveEngineConfig({ graphCaptureKv: [4096] }, long).graphCapture?.kvCaps, []);
   assertEquals(
     resolveEngineConfig({ maxSeqs: 48, maxModelLen: 128, graphCaptureKv: [64, 32, 64, 128, 500] }, model)
       .graphCapture,
