@@ -37,8 +37,11 @@ export interface FrontStats {
 export interface Front {
   addr: Deno.NetAddr;
   stats(): FrontStats;
-  /** Stops accepting and closes every connection. */
-  close(): void;
+  /**
+   * Stops accepting; closes connections with nothing in flight at once and the rest when their server
+   * side has closed (their last bytes forwarded), or after `graceMs`.
+   */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** How often deadlines are checked; timeouts are whole seconds or more, so this is fine-grained enough. */
@@ -48,6 +51,8 @@ const LINGER_MS = 2000;
 /** Refused connections lingering at once (to let their 503 be read); beyond, closed at once. */
 const MAX_REFUSED_LINGERING = 256;
 const BUFFER_BYTES = 16 * 1024;
+/** How long a refused connection may take to send its request and read the 503. */
+const REFUSE_MS = 1000;
 
 const enc = new TextEncoder();
 
@@ -231,6 +236,11 @@ class Connection {
     } else this.close();
   }
 
+  /** Nothing in flight: no request begun and no response owed or in progress. */
+  get idle(): boolean {
+    return !this.request.partial && this.pending.length === 0 && !this.response.partial;
+  }
+
   /** Deadline passed. */
   expire(): void {
     if (this.reason !== "linger") this.front.timedOut[this.reason]++;
@@ -303,15 +313,19 @@ class FrontImpl implements Front {
     }
   }
 
-  /** 503, then a short drain so the client reads it instead of a reset. */
+  /**
+   * 503 once the client has sent something (a response before the request confuses clients), then a
+   * short drain so it reads the 503 rather than a reset; all within REFUSE_MS.
+   */
   async #refuse(conn: Deno.Conn): Promise<void> {
     if (this.#lingering >= MAX_REFUSED_LINGERING) return tryClose(conn);
     this.#lingering++;
-    const timer = setTimeout(() => tryClose(conn), 500);
+    const timer = setTimeout(() => tryClose(conn), REFUSE_MS);
     try {
+      const buf = new Uint8Array(4096);
+      if (await conn.read(buf) === null) return;
       await writeAll(conn, REFUSED);
       await conn.closeWrite();
-      const buf = new Uint8Array(4096);
       while (await conn.read(buf) !== null) { /* discard */ }
     } catch {
       // gone or timed out
@@ -324,7 +338,10 @@ class FrontImpl implements Front {
 
   forget(c: Connection): void {
     this.conns.delete(c);
+    if (this.conns.size === 0) this.#empty?.resolve();
   }
+
+  #empty: PromiseWithResolvers<void> | null = null;
 
   stats(): FrontStats {
     return {
@@ -335,15 +352,23 @@ class FrontImpl implements Front {
     };
   }
 
-  close(): void {
-    if (this.#stopped) return;
-    this.#stopped = true;
-    clearInterval(this.#sweep);
-    try {
-      this.#listener.close();
-    } catch {
-      // already closed
+  async close(graceMs = 2000): Promise<void> {
+    if (!this.#stopped) {
+      this.#stopped = true;
+      try {
+        this.#listener.close();
+      } catch {
+        // already closed
+      }
     }
+    for (const c of [...this.conns]) if (c.idle) c.close();
+    if (this.conns.size > 0) {
+      this.#empty ??= Promise.withResolvers<void>();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([this.#empty.promise, new Promise((r) => timer = setTimeout(r, graceMs))]);
+      clearTimeout(timer);
+    }
+    clearInterval(this.#sweep);
     for (const c of [...this.conns]) c.close();
   }
 }

@@ -243,9 +243,10 @@ export function serve(opts: ServeOptions): RunningServer {
   else opts.signal?.addEventListener("abort", onAbort, { once: true });
 
   // drain() also ends it when shutdown hangs past the grace period, so the caller can still exit.
-  const finished = Promise.race([server.finished, drained.promise]).finally(() => {
-    front?.close();
-    if (socketDir) Deno.remove(socketDir, { recursive: true }).catch(() => {});
+  const finished = Promise.race([server.finished, drained.promise]).finally(async () => {
+    // The front forwards what the server wrote last (a cut stream's error event) before it closes.
+    await front?.close(SHUTDOWN_GRACE_MS);
+    if (socketDir) await Deno.remove(socketDir, { recursive: true }).catch(() => {});
     for (const sig of listening) Deno.removeSignalListener(sig, onSignal);
     opts.signal?.removeEventListener("abort", onAbort);
   });

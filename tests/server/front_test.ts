@@ -15,7 +15,7 @@ interface Rig {
 }
 
 /** Backend routes: /echo (body size), /stream (an event every 100 ms), /ignore (answers late, never reads the body). */
-async function rig(opts: Partial<FrontOptions> = {}): Promise<Rig> {
+function rig(opts: Partial<FrontOptions> = {}): Rig {
   const aborted: string[] = [];
   const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
     const path = new URL(req.url).pathname;
@@ -54,8 +54,8 @@ async function rig(opts: Partial<FrontOptions> = {}): Promise<Rig> {
     port: front.addr.port,
     aborted,
     async close() {
-      front.close();
       await backend.shutdown();
+      await front.close();
     },
   };
 }
@@ -90,7 +90,7 @@ async function readAll(conn: Deno.Conn, ms: number): Promise<{ text: string; clo
 const connect = (port: number) => Deno.connect({ hostname: "127.0.0.1", port });
 
 Deno.test("front: keep-alive reuse, then the idle timeout closes the connection", async () => {
-  const r = await rig({ idleTimeoutS: 0.6 });
+  const r = rig({ idleTimeoutS: 0.6 });
   try {
     const conn = await connect(r.port);
     for (let i = 0; i < 3; i++) {
@@ -109,7 +109,7 @@ Deno.test("front: keep-alive reuse, then the idle timeout closes the connection"
 });
 
 Deno.test("front: a response in progress is never cut by the idle timeout", async () => {
-  const r = await rig({ idleTimeoutS: 0.3, headerTimeoutS: 0.3, bodyTimeoutS: 0.3 });
+  const r = rig({ idleTimeoutS: 0.3, headerTimeoutS: 0.3, bodyTimeoutS: 0.3 });
   try {
     const conn = await connect(r.port);
     await conn.write(enc.encode("GET /stream HTTP/1.1\r\nhost: x\r\n\r\n"));
@@ -123,7 +123,7 @@ Deno.test("front: a response in progress is never cut by the idle timeout", asyn
 });
 
 Deno.test("front: header timeout: silent and trickled heads are cut, a trickle gets 408", async () => {
-  const r = await rig({ headerTimeoutS: 0.8 });
+  const r = rig({ headerTimeoutS: 0.8 });
   try {
     const silent = await connect(r.port);
     const trickle = await connect(r.port);
@@ -150,7 +150,7 @@ Deno.test("front: header timeout: silent and trickled heads are cut, a trickle g
 });
 
 Deno.test("front: a body that stops making progress is cut; one that keeps going is not", async () => {
-  const r = await rig({ bodyTimeoutS: 0.5 });
+  const r = rig({ bodyTimeoutS: 0.5 });
   try {
     const slow = await connect(r.port);
     await slow.write(enc.encode("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n"));
@@ -174,7 +174,7 @@ Deno.test("front: a body that stops making progress is cut; one that keeps going
 });
 
 Deno.test("front: connections over the cap get 503 and close; open ones carry on", async () => {
-  const r = await rig({ maxConnections: 2 });
+  const r = rig({ maxConnections: 2 });
   try {
     const a = await connect(r.port);
     const b = await connect(r.port);
@@ -200,7 +200,7 @@ Deno.test("front: connections over the cap get 503 and close; open ones carry on
 });
 
 Deno.test("front: a stream arrives event by event, and a departed client aborts it", async () => {
-  const r = await rig();
+  const r = rig();
   try {
     const res = await fetch(`http://127.0.0.1:${r.port}/stream`);
     const reader = res.body!.getReader();
@@ -217,7 +217,7 @@ Deno.test("front: a stream arrives event by event, and a departed client aborts 
 });
 
 Deno.test("front: 1 MiB bodies, Content-Length and chunked, on one kept-alive client", async () => {
-  const r = await rig({ idleTimeoutS: 5, headerTimeoutS: 5, bodyTimeoutS: 5 });
+  const r = rig({ idleTimeoutS: 5, headerTimeoutS: 5, bodyTimeoutS: 5 });
   try {
     const big = new Uint8Array(1 << 20).fill(97);
     for (let i = 0; i < 3; i++) {
