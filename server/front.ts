@@ -24,7 +24,12 @@ export interface FrontOptions {
   headerTimeoutS: number;
   bodyTimeoutS: number;
   idleTimeoutS: number;
+  /** Called when a connection that received at least `largeBytes` closes (to return freed memory). */
+  onLargeClose?: () => void;
 }
+
+/** Request bytes on one connection past which its close calls onLargeClose. */
+const LARGE_BYTES = 256 * 1024;
 
 /** Counters for /metrics. */
 export interface FrontStats {
@@ -113,6 +118,8 @@ class Connection {
   backendGone = false;
   lingerSince = 0;
   closed = false;
+  /** Request bytes received, up to LARGE_BYTES. */
+  received = 0;
   deadline = Infinity;
   reason: Reason = "header";
 
@@ -169,6 +176,7 @@ class Connection {
         this.lastActivity = now;
         if (this.lingerSince || this.backendGone) continue; // the server is done with this connection
         const bytes = buf.subarray(0, n);
+        if (this.received < LARGE_BYTES) this.received += n;
         const wasBody = this.request.inBody;
         if (!this.request.partial) this.requestStart = now;
         this.request.push(bytes);
@@ -338,6 +346,7 @@ class FrontImpl implements Front {
 
   forget(c: Connection): void {
     this.conns.delete(c);
+    if (c.received >= LARGE_BYTES) this.opts.onLargeClose?.();
     if (this.conns.size === 0) this.#empty?.resolve();
   }
 

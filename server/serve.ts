@@ -3,6 +3,7 @@
 // With a front (server/front.ts), Deno.serve listens on a private unix socket and the front owns the
 // public port: connection cap and header, body and idle timeouts.
 import { type FrontStats, startFront } from "./front.ts";
+import { memoryTrimmer } from "./trim.ts";
 
 /** What the front enforces; seconds, 0: no limit. */
 export interface FrontLimits {
@@ -194,6 +195,7 @@ export function serve(opts: ServeOptions): RunningServer {
       port: opts.port,
       ...opts.front,
       connectBackend: () => Deno.connect({ transport: "unix", path }),
+      onLargeClose: memoryTrimmer(),
     });
     addr = front.addr;
     opts.onListen?.(addr);
