@@ -186,15 +186,26 @@ export function serve(opts: ServeOptions): RunningServer {
   let front: ReturnType<typeof startFront> | null = null;
   let socketDir: string | null = null;
   if (opts.front) {
-    // A private folder (mode 0700), so only this user can reach the server behind the front.
-    socketDir = Deno.makeTempDirSync({ prefix: "ragtime-" });
-    const path = `${socketDir}/http.sock`;
-    server = Deno.serve({ path, onListen: () => {} }, handler);
+    let connectBackend: () => Promise<Deno.Conn>;
+    try {
+      // A private folder (mode 0700), so only this user can reach the server behind the front.
+      socketDir = Deno.makeTempDirSync({ prefix: "ragtime-" });
+      const path = `${socketDir}/http.sock`;
+      server = Deno.serve({ path, onListen: () => {} }, handler);
+      connectBackend = () => Deno.connect({ transport: "unix", path });
+    } catch {
+      // No writable temp folder or no unix sockets: loopback on a free port instead.
+      if (socketDir) Deno.remove(socketDir, { recursive: true }).catch(() => {});
+      socketDir = null;
+      server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
+      const port = (server.addr as Deno.NetAddr).port;
+      connectBackend = () => Deno.connect({ hostname: "127.0.0.1", port });
+    }
     front = startFront({
       host: opts.host,
       port: opts.port,
       ...opts.front,
-      connectBackend: () => Deno.connect({ transport: "unix", path }),
+      connectBackend,
       onLargeClose: memoryTrimmer(),
     });
     addr = front.addr;
