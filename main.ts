@@ -3,6 +3,7 @@
 import { createEngineClient } from "./engine/client.ts";
 import type { EngineClient } from "./engine/protocol.ts";
 import { createApp } from "./http/app.ts";
+import { Metrics } from "./http/metrics.ts";
 import { type Config, ConfigError, engineSettings, HelpRequested, parseConfig } from "./server/config.ts";
 import { serve } from "./server/serve.ts";
 
@@ -66,19 +67,30 @@ const log = (line: string) => console.error(line);
 
 let engine: EngineClient | null = null;
 let draining = false;
-const app = createApp({ engine: () => engine, config, draining: () => draining });
+const metrics = new Metrics();
+const app = createApp({ engine: () => engine, config, draining: () => draining, metrics });
 const server = serve({
   app,
   host: config.host,
   port: config.port,
   shutdownTimeoutS: config.shutdownTimeoutS,
   maxRequests: config.maxConnections,
+  front: config.front
+    ? {
+      maxConnections: config.maxConnections,
+      headerTimeoutS: config.headerTimeoutS,
+      bodyTimeoutS: config.bodyTimeoutS,
+      idleTimeoutS: config.idleTimeoutS,
+    }
+    : undefined,
   onDrainStart: () => {
     draining = true;
     log("ragtime: draining (new requests get 503)");
   },
   onListen: (a) => log(`ragtime: listening on http://${a.hostname}:${a.port} (loading ${modelPath})`),
 });
+
+metrics.connections = server.connections;
 
 const t0 = performance.now();
 const progress = progressPrinter(t0);

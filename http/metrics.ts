@@ -81,7 +81,17 @@ function scalar(name: string, type: "gauge" | "counter", help: string, value: nu
   return `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${fmt(value)}`;
 }
 
+/** The connection front's counters (server/front.ts), when it runs. */
+export interface ConnectionCounts {
+  open: number;
+  accepted: number;
+  refused: number;
+  timedOut: { header: number; body: number; idle: number };
+}
+
 export class Metrics {
+  /** Set by the process when a connection front runs; its series are absent otherwise. */
+  connections: () => ConnectionCounts | null = () => null;
   readonly ttft = new Histogram(
     "ragtime_time_to_first_token_seconds",
     "Time from request arrival to the first generated token.",
@@ -162,6 +172,7 @@ export class Metrics {
       this.ttft.render(),
       this.itl.render(),
       this.e2e.render(),
+      ...connectionSeries(this.connections()),
       histogram(
         "ragtime_step_batch_tokens",
         "Tokens (prefill and decode) processed per engine step.",
@@ -170,4 +181,24 @@ export class Metrics {
       ),
     ].join("\n") + "\n";
   }
+}
+
+function connectionSeries(c: ConnectionCounts | null): string[] {
+  if (!c) return [];
+  const closed = "ragtime_connections_timed_out_total";
+  return [
+    scalar("ragtime_connections_open", "gauge", "Client connections open.", c.open),
+    scalar("ragtime_connections_accepted_total", "counter", "Client connections accepted.", c.accepted),
+    scalar(
+      "ragtime_connections_refused_total",
+      "counter",
+      "Client connections refused with 503 over --max-connections.",
+      c.refused,
+    ),
+    [
+      `# HELP ${closed} Client connections closed by a timeout, by which.`,
+      `# TYPE ${closed} counter`,
+      ...(["header", "body", "idle"] as const).map((k) => `${closed}{timeout="${k}"} ${c.timedOut[k]}`),
+    ].join("\n"),
+  ];
 }

@@ -233,8 +233,28 @@ const OPTIONS = {
     kind: "value",
     metavar: "S",
     expect: "a number of seconds in [0, 86400]",
-    help: "Time to receive a whole request body, from the request's arrival; 408 beyond (0: no limit).",
+    help: "Time to receive a whole request body, from the request's arrival (408, then the connection " +
+      "is closed); the front also closes a connection whose body sends nothing for this long (0: no limit).",
     schema: nonNegativeNumber.default(60),
+  }),
+  headerTimeoutS: opt({
+    flag: "--header-timeout",
+    env: "RAGTIME_HEADER_TIMEOUT",
+    kind: "value",
+    metavar: "S",
+    expect: "a number of seconds in [0, 86400]",
+    help: "Time for a request's headers to arrive whole, from the connection's start or, on a kept-alive " +
+      "connection, from the request's first byte; beyond it 408 and close (0: no limit).",
+    schema: nonNegativeNumber.default(20),
+  }),
+  idleTimeoutS: opt({
+    flag: "--idle-timeout",
+    env: "RAGTIME_IDLE_TIMEOUT",
+    kind: "value",
+    metavar: "S",
+    expect: "a number of seconds in [0, 86400]",
+    help: "Close a kept-alive connection after this long with no request in flight (0: never).",
+    schema: nonNegativeNumber.default(30),
   }),
   maxConnections: opt({
     flag: "--max-connections",
@@ -242,9 +262,19 @@ const OPTIONS = {
     kind: "value",
     metavar: "N",
     expect: "an integer in [1, 1048576]",
-    help: "Most requests in flight, streams included (each holds a connection); beyond it 503 and the " +
-      "connection is closed.",
+    help: "Most open client connections (idle, streaming or not); beyond it 503 and the connection is " +
+      "closed. With --front off: most requests in flight.",
     schema: positiveInt(1, 1 << 20).default(1024),
+  }),
+  front: opt({
+    flag: "--front",
+    env: "RAGTIME_FRONT",
+    kind: "value",
+    metavar: "on|off",
+    expect: "on or off",
+    help: "The connection front, which enforces --max-connections per socket and the header, body and " +
+      "idle timeouts; off: Deno.serve on the port directly (only the 408 body deadline applies).",
+    schema: bool.default(true),
   }),
   logPrompts: opt({
     flag: "--log-prompts",

@@ -1,5 +1,17 @@
 // Deno.serve with graceful shutdown: on SIGINT/SIGTERM the app is told to drain (new requests 503),
 // requests in flight (streams included) get up to the timeout to finish, then the server stops.
+// With a front (server/front.ts), Deno.serve listens on a private unix socket and the front owns the
+// public port: connection cap and header, body and idle timeouts.
+import { type FrontStats, startFront } from "./front.ts";
+import { memoryTrimmer } from "./trim.ts";
+
+/** What the front enforces; seconds, 0: no limit. */
+export interface FrontLimits {
+  maxConnections: number;
+  headerTimeoutS: number;
+  bodyTimeoutS: number;
+  idleTimeoutS: number;
+}
 
 export interface ServeOptions {
   app: { fetch(req: Request): Response | Promise<Response> };
@@ -20,6 +32,8 @@ export interface ServeOptions {
    * closed. Deno.serve does not expose connections, so this caps the ones that hold a request.
    */
   maxRequests?: number;
+  /** Put the connection front before Deno.serve (maxRequests is then not applied). */
+  front?: FrontLimits;
 }
 
 export interface RunningServer {
@@ -28,6 +42,8 @@ export interface RunningServer {
   /** Starts draining (idempotent); resolves when the server has stopped. */
   drain(): Promise<void>;
   addr: Deno.NetAddr;
+  /** The front's counters; null without a front. */
+  connections(): FrontStats | null;
 }
 
 const encoder = new TextEncoder();
@@ -143,7 +159,7 @@ export function serve(opts: ServeOptions): RunningServer {
   };
 
   const handler = async (req: Request): Promise<Response> => {
-    if (opts.maxRequests !== undefined && inFlight >= opts.maxRequests) {
+    if (!opts.front && opts.maxRequests !== undefined && inFlight >= opts.maxRequests) {
       await req.body?.cancel().catch(() => {});
       return Response.json(OVERLOADED_ERROR, {
         status: 503,
@@ -166,15 +182,45 @@ export function serve(opts: ServeOptions): RunningServer {
   };
 
   let addr!: Deno.NetAddr;
-  const server = Deno.serve({
-    hostname: opts.host,
-    port: opts.port,
-    onListen: (a) => {
-      addr = a as Deno.NetAddr;
-      opts.onListen?.(addr);
-    },
-  }, handler);
-  addr = server.addr as Deno.NetAddr;
+  let server: Deno.HttpServer;
+  let front: ReturnType<typeof startFront> | null = null;
+  let socketDir: string | null = null;
+  if (opts.front) {
+    let connectBackend: () => Promise<Deno.Conn>;
+    try {
+      // A private folder (mode 0700), so only this user can reach the server behind the front.
+      socketDir = Deno.makeTempDirSync({ prefix: "ragtime-" });
+      const path = `${socketDir}/http.sock`;
+      server = Deno.serve({ path, onListen: () => {} }, handler);
+      connectBackend = () => Deno.connect({ transport: "unix", path });
+    } catch {
+      // No writable temp folder or no unix sockets: loopback on a free port instead.
+      if (socketDir) Deno.remove(socketDir, { recursive: true }).catch(() => {});
+      socketDir = null;
+      server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
+      const port = (server.addr as Deno.NetAddr).port;
+      connectBackend = () => Deno.connect({ hostname: "127.0.0.1", port });
+    }
+    front = startFront({
+      host: opts.host,
+      port: opts.port,
+      ...opts.front,
+      connectBackend,
+      onLargeClose: memoryTrimmer(),
+    });
+    addr = front.addr;
+    opts.onListen?.(addr);
+  } else {
+    server = Deno.serve({
+      hostname: opts.host,
+      port: opts.port,
+      onListen: (a) => {
+        addr = a as Deno.NetAddr;
+        opts.onListen?.(addr);
+      },
+    }, handler);
+    addr = server.addr as Deno.NetAddr;
+  }
 
   let draining: Promise<void> | null = null;
   const drain = () =>
@@ -210,10 +256,13 @@ export function serve(opts: ServeOptions): RunningServer {
   else opts.signal?.addEventListener("abort", onAbort, { once: true });
 
   // drain() also ends it when shutdown hangs past the grace period, so the caller can still exit.
-  const finished = Promise.race([server.finished, drained.promise]).finally(() => {
+  const finished = Promise.race([server.finished, drained.promise]).finally(async () => {
+    // The front forwards what the server wrote last (a cut stream's error event) before it closes.
+    await front?.close(SHUTDOWN_GRACE_MS);
+    if (socketDir) await Deno.remove(socketDir, { recursive: true }).catch(() => {});
     for (const sig of listening) Deno.removeSignalListener(sig, onSignal);
     opts.signal?.removeEventListener("abort", onAbort);
   });
 
-  return { finished, drain, addr };
+  return { finished, drain, addr, connections: () => front?.stats() ?? null };
 }

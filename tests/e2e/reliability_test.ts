@@ -1,6 +1,6 @@
 // Departed and hostile clients against the real server (stories260K): large-body disconnects,
 // streaming or not and however framed, the openai client's abort, cut and stalled uploads, the
-// request cap, and an expired drain. See docs/deno-disconnect.md for why large bodies matter.
+// connection cap, and an expired drain. See docs/deno-disconnect.md for why large bodies matter.
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { type ServerProcess, startServerProcess, withServerProcess } from "../helpers/server_process.ts";
@@ -147,8 +147,9 @@ Deno.test("reliability: departed clients stop their generation, whatever the bod
   });
 });
 
-Deno.test("reliability: cut and stalled uploads, the request cap", async (t) => {
-  await withServerProcess({ args: ["--body-timeout", "1", "--max-connections", "2"] }, async (s) => {
+Deno.test("reliability: cut and stalled uploads, the connection cap", async (t) => {
+  const args = ["--body-timeout", "1", "--max-connections", "4", "--idle-timeout", "1"];
+  await withServerProcess({ args }, async (s) => {
     await t.step("an upload cut short is a client abort (499 in the log), never a 500", async () => {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port: s.port });
       await conn.write(enc.encode(
@@ -181,18 +182,26 @@ Deno.test("reliability: cut and stalled uploads, the request cap", async (t) => 
       assert.ok(performance.now() - t0 > 800);
     });
 
-    await t.step("beyond --max-connections requests in flight: 503 and close, then room again", async () => {
-      const conns = [];
-      for (let i = 0; i < 2; i++) conns.push(await rawPost(s, JSON.stringify(longChat(true, 0)), false));
+    await t.step("beyond --max-connections open connections: 503 and close; open ones carry on", async () => {
+      await sleep(1500); // kept-alive connections of earlier steps pass --idle-timeout
+      const streams = [];
+      for (let i = 0; i < 2; i++) streams.push(await rawPost(s, JSON.stringify(longChat(true, 0)), false));
+      const idle = [];
+      for (let i = 0; i < 2; i++) idle.push(await Deno.connect({ hostname: "127.0.0.1", port: s.port }));
       await sleep(300);
       const res = await fetch(`${s.origin}/health`);
       assert.equal(res.status, 503);
+      assert.equal(res.headers.get("connection"), "close");
       assert.equal((await res.json()).error.code, "server_overloaded");
-      for (const c of conns) c.close();
+      for (const c of streams) assert.match((await readAll(c, 500)).text, /data: \{/);
+      for (const c of [...streams, ...idle]) c.close();
       await untilIdle(s);
+      await sleep(100);
       const again = await fetch(`${s.origin}/health`);
       await again.body?.cancel();
       assert.equal(again.status, 200);
+      const metrics = await (await fetch(`${s.origin}/metrics`)).text();
+      assert.match(metrics, /^ragtime_connections_refused_total [1-9]/m);
     });
   });
 });

@@ -46,7 +46,10 @@ Deno.test("config: defaults", () => {
     noUi: false,
     shutdownTimeoutS: 30,
     bodyTimeoutS: 60,
+    headerTimeoutS: 20,
+    idleTimeoutS: 30,
     maxConnections: 1024,
+    front: true,
     logPrompts: false,
     debugSteps: false,
     servedModelName: undefined,
@@ -202,6 +205,21 @@ Deno.test("config: --body-timeout and --max-connections, flags over their enviro
   assertEquals([fromFlags.bodyTimeoutS, fromFlags.maxConnections], [0, 3]);
   assertThrows(() => parseConfig(["--model", "m", "--max-connections", "0"], env()), ConfigError);
   assertThrows(() => parseConfig(["--model", "m", "--body-timeout", "-1"], env()), ConfigError);
+});
+
+Deno.test("config: --header-timeout, --idle-timeout and --front, flags over their environment twins", () => {
+  const fromEnv = parseConfig(
+    ["--model", "m"],
+    env({ RAGTIME_HEADER_TIMEOUT: "2.5", RAGTIME_IDLE_TIMEOUT: "0", RAGTIME_FRONT: "off" }),
+  );
+  assertEquals([fromEnv.headerTimeoutS, fromEnv.idleTimeoutS, fromEnv.front], [2.5, 0, false]);
+  const fromFlags = parseConfig(
+    ["--model", "m", "--header-timeout=4", "--idle-timeout", "75", "--front", "on"],
+    env({ RAGTIME_HEADER_TIMEOUT: "9", RAGTIME_IDLE_TIMEOUT: "9", RAGTIME_FRONT: "off" }),
+  );
+  assertEquals([fromFlags.headerTimeoutS, fromFlags.idleTimeoutS, fromFlags.front], [4, 75, true]);
+  assertThrows(() => parseConfig(["--model", "m", "--idle-timeout", "x"], env()), ConfigError);
+  assertThrows(() => parseConfig(["--model", "m", "--front", "maybe"], env()), ConfigError);
 });
 
 Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over their environment twins", () => {
