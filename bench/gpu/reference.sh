@@ -2,7 +2,7 @@
 # The GPU-host reference run (docs/BENCHMARKS.md), from the repo root on the device machine:
 #   bash bench/gpu/pack.sh here, then on the host: bash bench/gpu/reference.sh [part...]
 # parts, run in the order given: continuous continuous-nocapture peer peer-graph single single-peer static
-# sequential sweep (default: continuous peer static sequential sweep).
+# sequential sweep chat start-1b (default: continuous peer static sequential sweep).
 # Ratios should come from parts run in one call on one card (e.g. "continuous peer sequential",
 # then "continuous static"). Results land in $OUT (or bench/results/gpu); a part run twice in one
 # call writes its second result as NAME-2.json.
@@ -107,6 +107,27 @@ for part in "${parts[@]}"; do
     done
     kill -TERM $server
     wait $server
+    ;;
+  chat)
+    # Multi-turn conversations over one shared system prompt, prefix caching on then off (issue 13).
+    CWL=${CWL:-"--users 16 --turns 4 --system-len 400 --user-len 20:40 --answer-len 64 --warmup 2 --seed 0"}
+    CSERVER=${CSERVER:-"--max-batch-tokens 8192 --kv-cache-mb 4096 --max-model-len 2048 --graph-cache /tmp/graphs"}
+    for pc in on off; do
+      deno task bench --workload chat $CWL --compare continuous --model "$MODEL" \
+        --server-args "$CSERVER --prefix-caching $pc" --label "chat-caching-$pc" \
+        --result-json "$(result chat_caching_$pc)" --no-progress 2>&1 | grep -E -A12 "^(Output token|TTFT per turn)"
+    done
+    ;;
+  start-1b)
+    # Time to ready of the Llama-3.2-1B shape (f16 HF folder), cold graph cache then warm (issue 12).
+    M1B=/tmp/llama3.2-1b-f16
+    [ -f "$M1B/config.json" ] || deno task make-model --preset llama3.2-1b --out "$M1B" --dtype f16 --seed 0 >/dev/null
+    rm -rf /tmp/gc1b
+    for r in cold warm; do
+      echo "-- $r"
+      bash bench/start_time.sh "$M1B" /tmp/gc1b --max-batch-tokens 8192 --kv-cache-mb 4096 --max-model-len 1024 \
+        --max-seqs 256 2>&1 | tee "$OUT/start_1b_$r.txt" | tail -14
+    done
     ;;
   *) echo "unknown part: $part" >&2 ;;
   esac
