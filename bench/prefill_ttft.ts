@@ -1,14 +1,15 @@
 // Time to first token of one long prompt on an idle engine, and how many steps its prefill takes,
-// under several --max-chunk-tokens settings side by side in one process (same adapter, same load).
+// under several --max-chunk-tokens settings side by side in one process (same adapter, same load:
+// one engine per setting, requests taking turns over them).
 // `--max-chunk-tokens 31` is the engine before multi-item prefill steps: one 31-token chunk per step.
 //
-//   deno run -A bench/prefill_ttft.ts [--model ../shared/models/stories260K] [--prompt-len 450]
+//   deno run -A bench/prefill_ttft.ts [--model ../shared/models/stories260K/stories260K.gguf] [--prompt-len 450]
 //     [--caps 31,none] [--repeats 5] [--max-batch-tokens 2048] [--max-model-len 512] [--dtype auto]
 //     [--json FILE]
 //
-// The prompt is random token ids (seeded), so any model works. Each setting gets its own engine, one
-// warmup request, then `repeats` requests one after another; TTFT is the engine's own (arrival to
-// the first token read back).
+// The prompt is random token ids (seeded), so any model works. Each engine gets one warmup request,
+// then `repeats` requests; TTFT is the engine's own (arrival to the first token read back). Graph
+// capture is off: it replays decode steps only.
 
 import { parseArgs } from "node:util";
 import { startLocalEngine } from "../engine/local_engine.ts";
@@ -17,7 +18,7 @@ import { neutralSamplingParams } from "../engine/protocol.ts";
 
 const { values: args } = parseArgs({
   options: {
-    model: { type: "string", default: "../shared/models/stories260K" },
+    model: { type: "string", default: "../shared/models/stories260K/stories260K.gguf" },
     "prompt-len": { type: "string", default: "450" },
     caps: { type: "string", default: "31,none" },
     repeats: { type: "string", default: "5" },
@@ -38,9 +39,11 @@ interface Row {
   cap: string;
   ttftMs: number[];
   prefillSteps: number;
-  adapter: string;
+  /** Prefill steps' time, dispatch to results processed, summed per request (pipelined steps overlap). */
+  prefillStepMs: number[];
 }
-const rows: Row[] = [];
+// Every setting's engine at once, requests round-robin over them: a busy machine weighs on all alike.
+const engines = [];
 for (const cap of args.caps!.split(",")) {
   const h = await startLocalEngine(model, {
     dtype: args.dtype as "auto" | "f16" | "f32",
@@ -48,14 +51,20 @@ for (const cap of args.caps!.split(",")) {
     maxChunkTokens: cap === "none" ? undefined : Number(cap),
     maxModelLen: args["max-model-len"] ? Number(args["max-model-len"]) : undefined,
     graphCache: null,
-    graphCaptureEager: false,
+    graphCapture: false,
   });
-  try {
-    let prefillSteps = 0;
-    h.engine.onStep = (s) => void (s.prefillTokens > 0 && prefillSteps++);
-    const ttftMs: number[] = [];
-    for (const [i, prompt] of prompts.entries()) {
-      prefillSteps = 0;
+  const row: Row = { cap, ttftMs: [], prefillSteps: 0, prefillStepMs: [] };
+  engines.push({ h, row });
+}
+try {
+  for (const [i, prompt] of prompts.entries()) {
+    for (const { h, row } of engines) {
+      let steps = 0, ms = 0;
+      h.engine.onStep = (s) => {
+        if (s.prefillTokens === 0) return;
+        steps++;
+        ms += s.stepMs;
+      };
       const events = await h.generate(
         `r${i}`,
         prompt,
@@ -63,26 +72,32 @@ for (const cap of args.caps!.split(",")) {
       );
       const done = events.at(-1)!;
       if (done.type !== "done") throw new Error(`request failed: ${JSON.stringify(done)}`);
-      if (i > 0) ttftMs.push(done.timeToFirstToken * 1000); // request 0 warms the shaders up
+      if (i === 0) continue; // request 0 warms the shaders up
+      row.ttftMs.push(done.timeToFirstToken * 1000);
+      row.prefillStepMs.push(ms);
+      row.prefillSteps = steps;
     }
-    rows.push({ cap, ttftMs, prefillSteps, adapter: h.runner.adapterName });
-  } finally {
-    await h.close();
   }
+} finally {
+  for (const { h } of engines) await h.close();
 }
+const rows = engines.map((e) => e.row);
+const adapter = engines[0]?.h.runner.adapterName;
 
 const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+console.log(`${args.model}, prompt ${promptLen} tokens, ${repeats} requests per setting, on ${adapter}`);
 console.log(
-  `${args.model}, prompt ${promptLen} tokens, ${repeats} requests per setting, on ${rows[0]?.adapter}`,
+  "--max-chunk-tokens | prefill steps | TTFT mean / median ms | min..max ms | prefill steps' time, mean ms",
 );
-console.log("--max-chunk-tokens | prefill steps | TTFT mean ms | TTFT min..max ms");
 for (const r of rows) {
-  const lo = Math.min(...r.ttftMs), hi = Math.max(...r.ttftMs);
+  const ttft = `${mean(r.ttftMs).toFixed(0)} / ${median(r.ttftMs).toFixed(0)}`;
+  const range = `${Math.min(...r.ttftMs).toFixed(0)}..${Math.max(...r.ttftMs).toFixed(0)}`;
   console.log(
-    `${r.cap.padEnd(18)} | ${String(r.prefillSteps).padEnd(13)} | ${
-      mean(r.ttftMs).toFixed(0).padEnd(12)
+    `${r.cap.padEnd(18)} | ${String(r.prefillSteps).padEnd(13)} | ${ttft.padEnd(21)} | ${
+      range.padEnd(11)
     } | ` +
-      `${lo.toFixed(0)}..${hi.toFixed(0)}`,
+      mean(r.prefillStepMs).toFixed(0),
   );
 }
-if (args.json) await Deno.writeTextFile(args.json, JSON.stringify({ args, rows }, null, 2));
+if (args.json) await Deno.writeTextFile(args.json, JSON.stringify({ args, adapter, rows }, null, 2));

@@ -12,9 +12,12 @@
 //
 // --sweep adds schemes whose steps have 9 to 31 rows in all (one-token or 7-token chunks beside
 // a companion), to find the row count below which results change. Measured 2026-12-02: on llvmpipe
-// every scheme within the 31-token kernel is identical in f32 and f16; on the H200 too in f32, but
-// in f16 steps of 8 rows or fewer (7-token chunks, one- and two-token steps) change the KV from
-// position 0 on, and 40-token chunks (the other attention kernel) change it in both dtypes.
+// every scheme within the 31-token kernel is identical in f32 and f16, the multi-item ones included
+// (bench/results/cpu-2026-12-02-prefill); on the H200 too in f32, but in f16 steps of 8 rows or fewer
+// (7-token chunks, one- and two-token steps) change the KV from position 0 on, and 40-token chunks
+// (the other attention kernel) change it in both dtypes. That H200 run had an 8 MiB pool (about 400
+// blocks; a scheme takes 30): schemes past the 13th, most --sweep ones among them, wrote past the
+// pool and are no measurement. The pool is now sized for every scheme, and a shortfall throws.
 
 import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-web/webgpu";
