@@ -14,6 +14,7 @@ export interface EngineConfig {
   kvCacheMb: number;
   maxBatchTokens: number;
   maxSeqs: number;
+  /** Most prompt tokens one sequence prefills in a step. */
   maxChunkTokens: number;
   /** Positions a sequence may reach, prompt and output together; the step graph covers as many. */
   maxContext: number;
@@ -68,20 +69,21 @@ export function resolveEngineConfig(
   }
   const maxContext = s.maxModelLen ?? c.maxContext;
   const maxSeqs = s.maxSeqs ?? ENGINE_DEFAULTS.maxSeqs;
+  const maxBatchTokens = s.maxBatchTokens ?? ENGINE_DEFAULTS.maxBatchTokens;
   return {
     dtype: resolveDtype(s.dtype ?? ENGINE_DEFAULTS.dtype, model),
     blockSize: BLOCK_SIZE,
     kvCacheMb: s.kvCacheMb ?? defaultKvCacheMb(c, maxSeqs, maxContext),
-    maxBatchTokens: s.maxBatchTokens ?? ENGINE_DEFAULTS.maxBatchTokens,
+    maxBatchTokens,
     maxSeqs,
-    maxChunkTokens: s.maxChunkTokens ?? ENGINE_DEFAULTS.maxChunkTokens,
+    maxChunkTokens: s.maxChunkTokens ?? maxBatchTokens,
     maxContext,
     policy: s.policy ?? ENGINE_DEFAULTS.policy,
     debugSteps: s.debugSteps ?? false,
     graphCache: s.graphCache ?? null,
     graphCapture: (s.graphCapture ?? ENGINE_DEFAULTS.graphCapture)
       ? {
-        batchSizes: captureBatchSizes(Math.min(maxSeqs, s.maxBatchTokens ?? ENGINE_DEFAULTS.maxBatchTokens)),
+        batchSizes: captureBatchSizes(Math.min(maxSeqs, maxBatchTokens)),
         kvCaps: [...new Set(s.graphCaptureKv ?? DEFAULT_CAPTURE_KV)].filter((k) => k < maxContext)
           .sort((a, b) => a - b),
         eager: s.graphCaptureEager ?? true,

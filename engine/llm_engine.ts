@@ -15,6 +15,7 @@ import { GrammarError, GrammarHost, type Matcher } from "./grammar.ts";
 import type { LoadedModel } from "./model/types.ts";
 import type { ModelRunner, StepHandle, StepInputs, StepPath } from "./model_runner.ts";
 import {
+  BATCH_INVARIANT_ITEM_TOKENS,
   type EngineStats,
   type FinishReason,
   type GenerateEvent,
@@ -27,6 +28,7 @@ import { randomSeed, uniform } from "./rng.ts";
 import { isGreedy, sampleToken } from "./sampler.ts";
 import { type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
+import { attentionItems } from "./step_inputs.ts";
 
 export type Emit = (ev: GenerateEvent) => void;
 
@@ -270,9 +272,16 @@ export class LLMEngine {
     return { plan, handle, sampled, startedAt, dispatchMs: performance.now() - startedAt };
   }
 
+  /**
+   * The step's flat inputs. Each plan item is one sequence's span; a span longer than
+   * BATCH_INVARIANT_ITEM_TOKENS goes as several attention items of the same sequence (so that the
+   * step's longest query keeps PagedAttention on one kernel), and only the last row of a span that
+   * reaches the sequence's end is sampled.
+   */
   private buildInputs(plan: StepPlan): { inputs: StepInputs; sampled: PlanItem[] } {
+    const C = BATCH_INVARIANT_ITEM_TOKENS;
     const T = plan.items.reduce((n, it) => n + it.numTokens, 0);
-    const B = plan.items.length;
+    const B = plan.items.reduce((n, it) => n + Math.ceil(it.numTokens / C), 0);
     const inputIds = new Int32Array(T), idSrc = new Int32Array(T).fill(-1);
     const cu = new Int32Array(B + 1), past = new Int32Array(B);
     const maxBlocks = Math.max(1, ...plan.items.map((it) => it.seq.blockTable.length));
@@ -280,23 +289,26 @@ export class LLMEngine {
     const sampled: PlanItem[] = [];
     const rows: number[] = [], us: number[] = [], invT: number[] = [];
     let wantLogits = false;
-    let t = 0;
-    plan.items.forEach((it, b) => {
+    let t = 0, b = 0;
+    for (const it of plan.items) {
       const seq = it.seq;
       const known = seq.knownLen, prompt = seq.promptIds.length;
-      for (let p = it.start; p < it.start + it.numTokens; p++, t++) {
-        if (p < known) {
-          inputIds[t] = p < prompt ? seq.promptIds[p] : seq.outputIds[p - prompt];
-        } else {
-          // The token the previous step sampled for this sequence, still on the GPU.
-          const row = this.lastRows.get(seq);
-          if (row === undefined) throw new Error(`no pending token row for ${seq.id} at position ${p}`);
-          idSrc[t] = row;
+      for (const [start, n] of attentionItems(it.start, it.numTokens, C)) {
+        for (let p = start; p < start + n; p++, t++) {
+          if (p < known) {
+            inputIds[t] = p < prompt ? seq.promptIds[p] : seq.outputIds[p - prompt];
+          } else {
+            // The token the previous step sampled for this sequence, still on the GPU.
+            const row = this.lastRows.get(seq);
+            if (row === undefined) throw new Error(`no pending token row for ${seq.id} at position ${p}`);
+            idSrc[t] = row;
+          }
         }
+        cu[b + 1] = t;
+        past[b] = start;
+        blockTable.set(seq.blockTable, b * maxBlocks);
+        b++;
       }
-      cu[b + 1] = t;
-      past[b] = it.start;
-      blockTable.set(seq.blockTable, b * maxBlocks);
       if (it.sample) {
         sampled.push(it);
         rows.push(t - 1);
@@ -315,7 +327,7 @@ export class LLMEngine {
           invT.push(1 / temp);
         }
       }
-    });
+    }
     // ORT fails on a sampling head of zero rows (a step of prefill chunks only): give it one unused row.
     if (rows.length === 0) {
       rows.push(0);

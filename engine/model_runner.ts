@@ -231,9 +231,9 @@ export class ModelRunner {
    *
    * PagedAttention on WebGPU picks its kernel from the step's longest query: 1 token, 2-31, or 32
    * and more, and the kernels round differently in fp16, so a sequence's logits would depend on
-   * what shares its step. By default the engine keeps chunks under 32 tokens
-   * (BATCH_INVARIANT_CHUNK_TOKENS) and a step of decodes alone gets a 2-token padding item in the
-   * reserved block: every step uses one kernel. Longer chunks (--max-chunk-tokens) give that up.
+   * what shares its step. The engine cuts prefill chunks into items of at most 31 tokens
+   * (BATCH_INVARIANT_ITEM_TOKENS) and a step of decodes alone gets a 2-token padding item in the
+   * reserved block: every step uses one kernel.
    *
    * The matmuls round differently on few rows too (see MIN_STEP_ROWS): every step computes at least
    * that many token rows and sampled rows, padded as above and with repeats of sampled row 0.

@@ -200,12 +200,15 @@ export interface EngineClient {
 }
 
 /**
- * Longest prefill chunk per sequence and step that keeps outputs independent of what shares a step.
- * onnxruntime's PagedAttention on WebGPU picks its kernel from a step's longest query (1 token, 2-31,
- * 32 and more) and the kernels round differently in fp16; chunks of at most 31 tokens, and a
- * 2-token padding item in decode-only steps, keep every step on one kernel (see ModelRunner.run).
+ * Longest attention item (one row of cu_seqlens) of a step, which keeps outputs independent of what
+ * shares a step. onnxruntime's PagedAttention on WebGPU picks its kernel from a step's longest query
+ * (1 token, 2-31, 32 and more) and the kernels round differently; items of at most 31 tokens, and a
+ * 2-token padding item in decode-only steps, keep every step on one kernel (see ModelRunner.run). A
+ * longer prefill chunk goes as several items of the same sequence in one step (LLMEngine.buildInputs):
+ * PagedAttention writes all of a step's new K/V before it attends, so each item sees the ones before
+ * it, bit for bit as if they had run in earlier steps (bench/gpu/kv_probe.ts).
  */
-export const BATCH_INVARIANT_CHUNK_TOKENS = 31;
+export const BATCH_INVARIANT_ITEM_TOKENS = 31;
 
 /**
  * The engine settings a user chooses (flags, or a test's options); every field may be left out.
@@ -218,7 +221,10 @@ export interface EngineSettings {
   kvCacheMb?: number;
   maxBatchTokens?: number;
   maxSeqs?: number;
-  /** Longest prefill chunk per sequence and step (see BATCH_INVARIANT_CHUNK_TOKENS). */
+  /**
+   * Most prompt tokens one sequence prefills in a step (vLLM's long_prefill_token_threshold), so one
+   * long prompt cannot take a whole step from the prompts behind it; absent: up to maxBatchTokens.
+   */
   maxChunkTokens?: number;
   /** Context limit; at most the model's own (more is refused), absent means the model's. */
   maxModelLen?: number;
@@ -246,7 +252,6 @@ export const ENGINE_DEFAULTS = {
   dtype: "auto",
   maxBatchTokens: 2048,
   maxSeqs: 256,
-  maxChunkTokens: BATCH_INVARIANT_CHUNK_TOKENS,
   policy: "continuous",
   graphCapture: true,
   prefixCaching: true,

@@ -1,5 +1,11 @@
 // Continuous batching with one token budget per step: decodes first, then prefill chunks.
 //
+// A prefill chunk is one sequence's span of prompt (or recomputed) tokens in a step, as long as the
+// budget left allows, up to maxChunkTokens (vLLM's long_prefill_token_threshold: a cap per sequence,
+// so that one long prompt does not take a whole step from the prompts queued behind it). The engine
+// runs a chunk as attention items of at most BATCH_INVARIANT_ITEM_TOKENS (see LLMEngine.buildInputs),
+// so a long prompt is prefilled in one step when the budget allows.
+//
 // A step's shape (which sequences, how many tokens) depends only on counts, never on token values,
 // so it can be formed while the previous step's samples are still on the GPU.
 //
@@ -22,9 +28,9 @@
 // rewritten, by a step submitted after every step that read it).
 // Why the KV read equals what a recompute would write, bit for bit: a token's K and V at every
 // layer do not depend on how its prompt was cut into chunks, as long as every step runs the same
-// attention kernel (chunks of at most BATCH_INVARIANT_CHUNK_TOKENS; measured on stories260K with
-// chunks of 1, 2, 7, 16 and 31 tokens from any offset: identical KV). With longer chunks the kernel
-// varies, and cached KV, like batching, may differ from a recompute in the last bits.
+// attention kernel (attention items of at most BATCH_INVARIANT_ITEM_TOKENS; measured on stories260K
+// with items of 1, 2, 7, 16 and 31 tokens from any offset, one or many of them per step: identical
+// KV; bench/gpu/kv_probe.ts).
 
 import type { BlockManager } from "./block_manager.ts";
 import type { FinishReason } from "./protocol.ts";
@@ -47,10 +53,7 @@ export interface SchedulerConfig {
    * sequential: one sequence at a time.
    */
   policy: SchedulerPolicy;
-  /**
-   * Most tokens one sequence computes in a step (prefill chunk); default unlimited. The engine sets
-   * it so that every step uses the same attention kernel (see LLMEngine).
-   */
+  /** Most tokens one sequence computes in a step (its prefill chunk); default: the budget. */
   maxChunkTokens?: number;
   /** Clock in milliseconds; tests pass a fake one. */
   now?: () => number;

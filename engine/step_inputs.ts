@@ -23,3 +23,15 @@ export interface StepInputs {
   /** Read back full logits (CPU sampling, logprobs). */
   wantLogits: boolean;
 }
+
+/**
+ * Cuts the span [start, start + n) of one sequence into attention items of at most `itemTokens`
+ * tokens, as [start, length] pairs in order. Each becomes a row of cu_seqlens / past_seqlens /
+ * block_table with the sequence's own block table: PagedAttention writes every new K/V of a step
+ * before it attends, so an item sees the items before it as cached context.
+ */
+export function attentionItems(start: number, n: number, itemTokens: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (let p = start; p < start + n; p += itemTokens) out.push([p, Math.min(itemTokens, start + n - p)]);
+  return out;
+}

@@ -1,6 +1,6 @@
 // Command-line flags with environment twins, validated with zod. Flags win over the environment.
 import { z } from "zod";
-import { BATCH_INVARIANT_CHUNK_TOKENS, ENGINE_DEFAULTS, type EngineSettings } from "../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS, type EngineSettings } from "../engine/protocol.ts";
 
 /** A bad flag or environment value; the message is one line that names the flag. */
 export class ConfigError extends Error {
@@ -135,12 +135,11 @@ const OPTIONS = {
     kind: "value",
     metavar: "N",
     expect: "an integer in [1, 1048576]",
-    help:
-      `Longest prefill chunk per request and step. Up to ${BATCH_INVARIANT_CHUNK_TOKENS} keeps a request's ` +
-      "tokens independent " +
-      "of what shares its steps; larger values prefill long prompts in fewer steps (lower TTFT) without " +
-      "that guarantee.",
-    schema: positiveInt(1, 1 << 20).default(ENGINE_DEFAULTS.maxChunkTokens),
+    help: "Most prompt tokens one request prefills in one step, so a long prompt cannot hold up the " +
+      "prompts behind it for a whole step (default: --max-batch-tokens, no cap). Any value keeps a " +
+      `request's tokens independent of its batch: a chunk runs as attention items of at most ` +
+      `${BATCH_INVARIANT_ITEM_TOKENS} tokens.`,
+    schema: positiveInt(1, 1 << 20).optional(),
   }),
   maxModelLen: opt({
     flag: "--max-model-len",

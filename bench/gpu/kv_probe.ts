@@ -7,18 +7,24 @@
 //
 //   deno run -A bench/gpu/kv_probe.ts [--dtype f32|f16] [--tokens 480] [--sweep] [--min-rows N]
 //
+// Schemes "... in 1 step" / "... a step" put several chunks of the prompt into one step as items of
+// their own (how the engine prefills a long prompt in one step).
+//
 // --sweep adds schemes whose steps have 9 to 31 rows in all (one-token or 7-token chunks beside
 // a companion), to find the row count below which results change. Measured 2026-12-02: on llvmpipe
-// every scheme within the 31-token kernel is identical in f32 and f16; on the H200 too in f32, but
-// in f16 steps of 8 rows or fewer (7-token chunks, one- and two-token steps) change the KV from
-// position 0 on, and 40-token chunks (the other attention kernel) change it in both dtypes.
+// every scheme within the 31-token kernel is identical in f32 and f16, the multi-item ones included
+// (bench/results/cpu-2026-12-02-prefill); on the H200 too in f32, but in f16 steps of 8 rows or fewer
+// (7-token chunks, one- and two-token steps) change the KV from position 0 on, and 40-token chunks
+// (the other attention kernel) change it in both dtypes. That H200 run had an 8 MiB pool (about 400
+// blocks; a scheme takes 30): schemes past the 13th, most --sweep ones among them, wrote past the
+// pool and are no measurement. The pool is now sized for every scheme, and a shortfall throws.
 
 import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-web/webgpu";
 import { createEngine } from "../../engine/local_engine.ts";
 import type { ModelRunner, StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
-import { BATCH_INVARIANT_CHUNK_TOKENS } from "../../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS } from "../../engine/protocol.ts";
 import { STORY_TEXT } from "../../tests/helpers/engine.ts";
 import { STORIES260K } from "../../tests/helpers/fixtures.ts";
 import { readBufferU16 } from "../../tests/helpers/gpu_read.ts";
@@ -35,7 +41,7 @@ const dtype = args.dtype as "f32" | "f16";
 const model = await loadModel(STORIES260K);
 const { runner } = await createEngine(model, {
   dtype,
-  kvCacheMb: 8,
+  kvCacheMb: 32,
   graphCache: null,
   maxModelLen: 512,
   graphCaptureEager: false,
@@ -47,7 +53,12 @@ const L = prompt.length, bs = runner.blockSize, V = model.config.vocabSize;
 interface Scheme {
   /** Chunk boundaries from 0 to L. */
   bounds: number[];
-  /** Tokens of a second sequence (its own blocks, rewritten every step) beside each chunk. */
+  /**
+   * Chunks per step, each its own item (a row of cu_seqlens / past_seqlens / block_table with the
+   * prompt's block table); default 1. Infinity: the whole prompt in one step.
+   */
+  perStep?: number;
+  /** Tokens of a second sequence (its own blocks, rewritten every step) beside each step's chunks. */
   companion?: number;
   /** How many such companions (default 1), each its own item: large steps of short items. */
   companions?: number;
@@ -59,7 +70,7 @@ function chunks(size: number, first: number[] = []): number[] {
   return b;
 }
 
-const C = BATCH_INVARIANT_CHUNK_TOKENS;
+const C = BATCH_INVARIANT_ITEM_TOKENS;
 // An array, not an object: "16" and its kind would be sorted ahead of the reference as integer keys.
 const schemes: [string, Scheme][] = [
   [`${C} from 0`, { bounds: chunks(C) }],
@@ -68,6 +79,13 @@ const schemes: [string, Scheme][] = [
   ...[16, 15, 12, 8, 7, 2].map((n): [string, Scheme] => [`chunks of ${n}`, { bounds: chunks(n) }]),
   ["1 (decode steps)", { bounds: chunks(1) }],
   ["40 (the other kernel)", { bounds: chunks(40) }],
+  // Several chunks of the prompt as items of one step: each must see the K/V the items before it
+  // write in the same step (PagedAttention scatters all new K/V before it attends).
+  [`all ${C}-chunks in 1 step`, { bounds: chunks(C), perStep: Infinity }],
+  [`4 ${C}-chunks a step`, { bounds: chunks(C), perStep: 4 }],
+  [`4 ${C}-chunks + companion 7`, { bounds: chunks(C), perStep: 4, companion: 7 }],
+  [`16, ${C}s, all in 1 step`, { bounds: chunks(C, [16]), perStep: Infinity }],
+  [`all 8-chunks in 1 step`, { bounds: chunks(8), perStep: Infinity }],
 ];
 if (args.sweep) {
   for (
@@ -87,7 +105,12 @@ if (args.sweep) {
   }
 }
 
-function stepInputs(items: { start: number; n: number; table: number[] }[], wantLogits: boolean): StepInputs {
+/** `sampleItem`: the item whose last token's logits the step returns. */
+function stepInputs(
+  items: { start: number; n: number; table: number[] }[],
+  wantLogits: boolean,
+  sampleItem = 0,
+): StepInputs {
   const T = items.reduce((a, it) => a + it.n, 0), B = items.length;
   const maxBlocks = Math.max(...items.map((i) => i.table.length));
   const s: StepInputs = {
@@ -97,7 +120,7 @@ function stepInputs(items: { start: number; n: number; table: number[] }[], want
     pastSeqlens: new Int32Array(B),
     blockTable: new Int32Array(B * maxBlocks),
     maxBlocks,
-    sampleRows: Int32Array.of(items[0].n - 1),
+    sampleRows: Int32Array.of(items.slice(0, sampleItem + 1).reduce((a, it) => a + it.n, 0) - 1),
     sampleU: Float32Array.of(-1),
     invTemp: Float32Array.of(1),
     wantLogits,
@@ -113,7 +136,13 @@ function stepInputs(items: { start: number; n: number; table: number[] }[], want
 }
 
 let nextBlock = 0;
-const newTable = (n: number) => Array.from({ length: n }, () => nextBlock++);
+const newTable = (n: number) => {
+  // A block id past the pool would be written nowhere and read back as nothing: a silent pass.
+  if (nextBlock + n > runner.numBlocks) {
+    throw new Error(`the schemes need more than ${runner.numBlocks} KV blocks`);
+  }
+  return Array.from({ length: n }, () => nextBlock++);
+};
 
 async function run(r: ModelRunner, scheme: Scheme): Promise<{ table: number[]; logits: Float32Array }> {
   const table = newTable(Math.ceil(L / bs));
@@ -122,12 +151,16 @@ async function run(r: ModelRunner, scheme: Scheme): Promise<{ table: number[]; l
     () => newTable(Math.ceil(scheme.companion! / bs)),
   );
   let logits = new Float32Array(0);
-  const b = scheme.bounds;
-  for (let i = 0; i + 1 < b.length; i++) {
-    const items = [{ start: b[i], n: b[i + 1] - b[i], table }];
+  const b = scheme.bounds, per = scheme.perStep ?? 1;
+  for (let i = 0; i + 1 < b.length; i += per) {
+    const items = [];
+    for (let j = i; j < Math.min(i + per, b.length - 1); j++) {
+      items.push({ start: b[j], n: b[j + 1] - b[j], table });
+    }
+    const mine = items.length;
     for (const other of others) items.push({ start: 0, n: scheme.companion!, table: other });
-    const last = i + 2 === b.length;
-    const out = await r.read(await r.run(stepInputs(items, last)));
+    const last = i + per >= b.length - 1;
+    const out = await r.read(await r.run(stepInputs(items, last, mine - 1)));
     if (last) logits = out.logits!.slice(0, V);
   }
   return { table, logits };
@@ -159,9 +192,11 @@ for (const [name, r] of results) {
     }
   }
   const logits = r.logits.reduce((n, x, j) => n + (Object.is(x, ref.logits[j]) ? 0 : 1), 0);
+  const maxDiff = r.logits.reduce((m, x, j) => Math.max(m, Math.abs(x - ref.logits[j])), 0);
   const where = first >= 0 ? `, first at position ${first}` : "";
   console.log(
-    `  ${name.padEnd(30)} KV values differing: ${values}${where}; last logits differing: ${logits}`,
+    `  ${name.padEnd(30)} KV values differing: ${values}${where}; last logits differing: ${logits}` +
+      (logits > 0 ? ` (max ${maxDiff.toExponential(2)})` : ""),
   );
 }
 

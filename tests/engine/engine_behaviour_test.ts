@@ -1,7 +1,7 @@
 // Engine behaviour over stories260K: KV eviction, chunked prefill, aborts, stop conditions, context
 // limits, logprobs, penalties and seeds.
 
-import { BATCH_INVARIANT_CHUNK_TOKENS } from "../../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS } from "../../engine/protocol.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
   idsOf,
@@ -18,6 +18,7 @@ import {
 } from "../helpers/engine.ts";
 import type { GenerateEvent, SamplingParams } from "../../engine/protocol.ts";
 import type { LLMEngine, StepStats } from "../../engine/llm_engine.ts";
+import type { StepInputs } from "../../engine/step_inputs.ts";
 
 type DoneEvent = Extract<GenerateEvent, { type: "done" }>;
 
@@ -126,19 +127,14 @@ Deno.test("chunked prefill: a 300-token prompt spans many 16-token steps while a
     { id: "L", promptIds: longPrompt, params: params({ maxTokens: 8, ignoreEos: true }) },
   ];
 
-  // Reference: each alone with a large budget, where only the engine's per-sequence chunk cap
-  // (BATCH_INVARIANT_CHUNK_TOKENS, which keeps every step on one attention kernel) splits the long prompt.
+  // Reference: each alone with a large budget, which prefills the long prompt in one step.
   const big = await startEngine({ maxBatchTokens: 512 });
   let alone: Map<string, Outcome>;
   try {
     const plans = tracePlans(big.engine);
     alone = await runAlone(big, reqs);
     const lFirst = plans.find((p) => p.items.some((it) => it.id === "L-alone"))!;
-    assertEquals(
-      lFirst.items[0].numTokens,
-      BATCH_INVARIANT_CHUNK_TOKENS,
-      "the large budget prefills L in capped chunks",
-    );
+    assertEquals(lFirst.items.map((it) => [it.start, it.numTokens]), [[0, 300]], "L prefilled in one step");
   } finally {
     await big.close();
   }
@@ -191,19 +187,72 @@ Deno.test("chunked prefill: a 300-token prompt spans many 16-token steps while a
   }
 });
 
-Deno.test("--max-chunk-tokens above 31 prefills a 300-token prompt in one step", async () => {
+Deno.test("a 300-token prompt prefills in one step, as attention items of at most 31 tokens", async () => {
   const tk = (await stories()).tokenizer;
   const longPrompt = [1, ...tk.encode(STORY_TEXT, false).slice(0, 299)];
-  const h = await startEngine({ maxBatchTokens: 512, maxChunkTokens: 512 });
+  const h = await startEngine({ maxBatchTokens: 512 });
+  const inputs: StepInputs[] = [];
+  const run = h.runner.run.bind(h.runner);
+  h.runner.run = (s) => (inputs.push(s), run(s));
   try {
     const plans = tracePlans(h.engine);
     const events = await h.generate("L", longPrompt, params({ maxTokens: 8, ignoreEos: true }));
     const first = plans.find((p) => p.items.some((it) => it.id === "L"))!;
-    assertEquals(first.items.map((it) => [it.start, it.numTokens]), [[0, 300]]);
+    assertEquals(first.items.map((it) => [it.start, it.numTokens, it.sample]), [[0, 300, true]]);
+    // The step's rows: items of the one sequence, contiguous, none longer than the kernel's limit;
+    // the last row of the last item is sampled.
+    const s = inputs[first.index - 1];
+    const lens = Array.from(s.pastSeqlens, (_, b) => s.cuSeqlens[b + 1] - s.cuSeqlens[b]);
+    assertEquals(lens.length, Math.ceil(300 / BATCH_INVARIANT_ITEM_TOKENS));
+    assert(lens.every((n) => n >= 1 && n <= BATCH_INVARIANT_ITEM_TOKENS), `item lengths ${lens}`);
+    assertEquals(Array.from(s.pastSeqlens), lens.map((_, b) => s.cuSeqlens[b]));
+    assertEquals(Array.from(s.sampleRows), [299]);
     assertEquals(idsOf(events).length, 8);
     assertEquals(doneOf(events).finishReason, "length");
   } finally {
     await h.close();
+  }
+});
+
+Deno.test("prefill in one step as many items gives the tokens of a chunk per step (f16; greedy, seeded)", async () => {
+  const tk = (await stories()).tokenizer;
+  const story = tk.encode(STORY_TEXT, false);
+  const reqs: Submission[] = [
+    {
+      id: "greedy",
+      promptIds: [1, ...story.slice(0, 260)],
+      params: params({ maxTokens: 24, ignoreEos: true }),
+    },
+    {
+      id: "seeded",
+      promptIds: [1, ...story.slice(40, 333)],
+      params: params({ maxTokens: 24, ignoreEos: true, temperature: 0.9, seed: 7 }),
+    },
+    {
+      id: "cpu-sampled",
+      promptIds: [1, ...story.slice(90, 290)],
+      params: params({ maxTokens: 24, ignoreEos: true, temperature: 0.8, topK: 20, seed: 3, logprobs: 2 }),
+    },
+  ];
+  const outcomes: Map<string, Outcome>[] = [];
+  const prefillSteps: number[] = [];
+  // Large budget: each prompt in one step; a 31-token cap: a chunk per step, as before multi-item steps.
+  // In f16, where roundings differ most (the other engine tests run f32).
+  for (const maxChunkTokens of [undefined, BATCH_INVARIANT_ITEM_TOKENS]) {
+    const h = await startEngine({ dtype: "f16", maxBatchTokens: 512, maxChunkTokens });
+    try {
+      const plans = tracePlans(h.engine);
+      outcomes.push(await runAlone(h, reqs));
+      prefillSteps.push(plans.filter((p) => p.prefillTokens > 0).length);
+    } finally {
+      await h.close();
+    }
+  }
+  assertEquals(prefillSteps[0], reqs.length);
+  assert(prefillSteps[1] >= 3 * 7, `${prefillSteps[1]} prefill steps with a 31-token cap`);
+  for (const r of reqs) {
+    assertEquals(outcomes[0].get(r.id)!.ids.length, 24);
+    assertEquals(outcomes[0].get(r.id), outcomes[1].get(r.id), r.id);
   }
 });
 

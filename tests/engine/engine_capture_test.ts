@@ -22,7 +22,9 @@ async function requests(n: number): Promise<Submission[]> {
   const reqs: Submission[] = [];
   for (let i = 0; i < n; i++) {
     const promptIds = [1, ...story.slice((i * 37) % 200, (i * 37) % 200 + 3 + ((i * 13) % 60))];
-    const maxTokens = 12 + (i % 7);
+    // All prompts prefill in a step or two, so all decode together: the CPU-sampled ones (top_p, whose
+    // steps are never captured) stop first, and the rest stop at many different lengths after them.
+    const maxTokens = i % 4 === 3 ? 12 : 14 + ((i * 5) % 23);
     reqs.push({ id: `g${i}`, promptIds, params: params({ maxTokens, ignoreEos: true }) });
     reqs.push({
       id: `s${i}`,

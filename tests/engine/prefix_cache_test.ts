@@ -22,7 +22,7 @@ import {
 } from "../helpers/engine.ts";
 import { createEngine, type LocalEngineOptions } from "../../engine/local_engine.ts";
 import type { ModelRunner, StepInputs, StepPath } from "../../engine/model_runner.ts";
-import { BATCH_INVARIANT_CHUNK_TOKENS, type GenerateEvent } from "../../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, type GenerateEvent } from "../../engine/protocol.ts";
 
 /** stories260K with the other tests' settings, prefix caching on or off. */
 function startCaching(prefixCaching: boolean, opts: LocalEngineOptions = {}): Promise<Harness> {
@@ -105,7 +105,7 @@ Deno.test("KV read from cached blocks equals KV recomputed from position 0, bit 
   });
   try {
     const device = await ort.env.webgpu.device as GPUDevice;
-    const V = model.config.vocabSize, bs = runner.blockSize, C = BATCH_INVARIANT_CHUNK_TOKENS;
+    const V = model.config.vocabSize, bs = runner.blockSize, C = BATCH_INVARIANT_ITEM_TOKENS;
     const story = model.tokenizer.encode(STORY_TEXT, false);
     const prompt = [1, ...story.slice(0, 199)];
     const other = [1, ...story.slice(250, 270)];

@@ -224,6 +224,48 @@ Deno.test("a long prompt prefills in chunks while the others keep decoding", () 
   assertEquals(sched.get("c"), undefined);
 });
 
+Deno.test("a long prompt finishes its prefill in one step when the budget allows", () => {
+  const { sched, sim, bm } = setup({ blockSize: 16, numBlocks: 128, maxBatchTokens: 2048 });
+  sched.add(seq("a", 1500, 4));
+  assertEquals(shape(sim.tick()), [["a", 0, 1500, true]]);
+  assertEquals(bm.numUsed, Math.ceil(1500 / 16));
+  assertEquals(shape(sim.tick()), [["a", 1500, 1, true]]);
+});
+
+Deno.test("decodes first, then prefill chunks oldest first, each as long as the budget left allows", () => {
+  const { sched, sim } = setup({ blockSize: 16, numBlocks: 256, maxBatchTokens: 1000 });
+  sched.add(seq("a", 10, 50));
+  sched.add(seq("b", 10, 50));
+  sim.tick();
+  for (const [id, len] of [["c", 700], ["d", 400], ["e", 100]] as const) sched.add(seq(id, len));
+  const plan = sim.tick();
+  assertEquals(shape(plan), [["a", 10, 1, true], ["b", 10, 1, true], ["c", 0, 700, true], [
+    "d",
+    0,
+    298,
+    false,
+  ]]);
+  assertEquals([plan!.numDecodeTokens, plan!.numPrefillTokens], [2, 998]);
+  assertEquals(shape(sim.tick()), [
+    ["a", 11, 1, true],
+    ["b", 11, 1, true],
+    ["c", 700, 1, true],
+    ["d", 298, 102, true],
+    ["e", 0, 100, true],
+  ]);
+});
+
+Deno.test("maxChunkTokens caps each prefill chunk, so prompts behind a long one start in the same step", () => {
+  const { sched, sim } = setup({ blockSize: 16, numBlocks: 256, maxBatchTokens: 1024, maxChunkTokens: 256 });
+  sched.add(seq("long", 1000));
+  sched.add(seq("s1", 40));
+  sched.add(seq("s2", 300));
+  assertEquals(shape(sim.tick()), [["long", 0, 256, false], ["s1", 0, 40, true], ["s2", 0, 256, false]]);
+  const plan = sim.tick();
+  assertEquals(shape(plan), [["s1", 40, 1, true], ["long", 256, 256, false], ["s2", 256, 44, true]]);
+  assert(plan!.items.every((it) => it.numTokens <= 256));
+});
+
 Deno.test("a finished sequence's blocks are free before the next plan is formed", () => {
   const { sched, sim, bm } = setup({ numBlocks: 4, blockSize: 4, maxBatchTokens: 64 });
   const a = seq("a", 12, 4);

@@ -4,7 +4,7 @@ import { startLocalEngine } from "../../engine/local_engine.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import { parseHfConfig } from "../../engine/model/hf.ts";
 import type { WeightDType, WeightSource } from "../../engine/model/types.ts";
-import { BATCH_INVARIANT_CHUNK_TOKENS, neutralSamplingParams } from "../../engine/protocol.ts";
+import { neutralSamplingParams } from "../../engine/protocol.ts";
 import { ConfigError, engineSettings, HelpRequested, parseConfig } from "../../server/config.ts";
 import { randomModel } from "../helpers/random_model.ts";
 import { freePort } from "../helpers/server_process.ts";
@@ -35,7 +35,7 @@ Deno.test("config: defaults", () => {
     kvCacheMb: undefined,
     maxBatchTokens: 2048,
     maxSeqs: 256,
-    maxChunkTokens: 31,
+    maxChunkTokens: undefined,
     maxModelLen: undefined,
     batching: "continuous",
     maxQueue: 1024,
@@ -349,7 +349,8 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     kvCacheMb: 16,
     maxBatchTokens: 2048,
     maxSeqs: 256,
-    maxChunkTokens: BATCH_INVARIANT_CHUNK_TOKENS,
+    // No per-request cap beyond the step budget.
+    maxChunkTokens: 2048,
     maxContext: 256,
     policy: "continuous",
     debugSteps: false,

@@ -4,7 +4,7 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { resolveEngineConfig } from "../../engine/config.ts";
-import { BATCH_INVARIANT_CHUNK_TOKENS, ENGINE_DEFAULTS } from "../../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS } from "../../engine/protocol.ts";
 import { engineSettings, helpText, parseConfig } from "../../server/config.ts";
 import { randomModel } from "../helpers/random_model.ts";
 
@@ -54,11 +54,13 @@ Deno.test("help: the flags' defaults are the engine's own (resolved with and wit
   const byFlag = new Map(helpRows().map((r) => [r.flag, r]));
   assertEquals(byFlag.get("--max-batch-tokens")?.default, String(ENGINE_DEFAULTS.maxBatchTokens));
   assertEquals(byFlag.get("--max-seqs")?.default, String(ENGINE_DEFAULTS.maxSeqs));
-  assertEquals(byFlag.get("--max-chunk-tokens")?.default, String(ENGINE_DEFAULTS.maxChunkTokens));
+  // No printed default: it follows --max-batch-tokens.
+  assertEquals(byFlag.get("--max-chunk-tokens")?.default, null);
+  assertEquals(fromFlags.maxChunkTokens, fromFlags.maxBatchTokens);
   assertEquals(byFlag.get("--dtype")?.default, ENGINE_DEFAULTS.dtype);
   assertEquals(byFlag.get("--batching")?.default, ENGINE_DEFAULTS.policy);
   assertEquals(byFlag.get("--graph-capture")?.default, ENGINE_DEFAULTS.graphCapture ? "on" : "off");
-  assert(byFlag.get("--max-chunk-tokens")!.text.includes(`Up to ${BATCH_INVARIANT_CHUNK_TOKENS} keeps`));
+  assert(byFlag.get("--max-chunk-tokens")!.text.includes(`at most ${BATCH_INVARIANT_ITEM_TOKENS} tokens`));
 });
 
 Deno.test("help: --dtype auto and --kv-cache-mb say what the resolver does", () => {
