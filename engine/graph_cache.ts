@@ -58,6 +58,7 @@ export async function loadOrBuildGraph(model: LoadedModel, opts: GraphCacheOptio
     maxPositions: opts.maxPositions,
     externalMinBytes: opts.externalMinBytes,
     weightsAsInputs: opts.weightsAsInputs,
+    splitK: opts.splitK,
   });
   opts.log(
     `graph: built in ${seconds(t0)} s, ${built.nodesPerLayer} nodes per layer, ` +
@@ -227,6 +228,7 @@ async function graphKey(model: LoadedModel, opts: GraphOptions): Promise<string>
     maxPositions: opts.maxPositions,
     ext: opts.externalMinBytes ?? "default",
     wi: opts.weightsAsInputs ?? false,
+    sk: opts.splitK ?? 1,
     cfg: model.config,
   });
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));

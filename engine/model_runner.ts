@@ -17,6 +17,7 @@ export type { StepInputs };
 import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } from "./captured_steps.ts";
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
+import { ENGINE_DEFAULTS } from "./protocol.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -33,6 +34,8 @@ export interface RunnerOptions {
    * session uploads for itself (only for measuring what feeding them costs: bench/gpu/capture_probe.ts).
    */
   weightsAsInputs?: boolean;
+  /** Split-K factor of the linear layers (GraphOptions.splitK); default ENGINE_DEFAULTS.matmulSplitK. */
+  splitK?: number;
   /** Most sampled rows a step feeds the next (the engine's max-seqs); default 256. */
   maxSeqs?: number;
   /**
@@ -156,6 +159,7 @@ export class ModelRunner {
       externalMinBytes: opts.externalMinBytes,
       // One copy of the weights on the GPU, fed to every session (captured ones included).
       weightsAsInputs: opts.weightsAsInputs ?? true,
+      splitK: opts.splitK ?? ENGINE_DEFAULTS.matmulSplitK,
       cacheDir: opts.cacheDir,
       progress: opts.progress,
       log,

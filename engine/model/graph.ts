@@ -28,6 +28,11 @@ export interface GraphOptions {
    * of initializers, so that every session over the graph can be fed one copy of them on the GPU.
    */
   weightsAsInputs?: boolean;
+  /**
+   * Split factor of the linear layers' K (split-K matmuls, see linear in step_blocks.ts); a layer
+   * whose K does not split well stays a plain MatMul (splitFactor). Absent or 1: plain MatMuls.
+   */
+  splitK?: number;
 }
 
 export interface BuiltGraph {
@@ -68,14 +73,22 @@ export function stepModel(graph: BuiltGraph, attnMeta: [number, number] | null):
 
 export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
   const cfg = model.config;
-  const weights = new StepWeights(model, opts.dtype);
+  const weights = new StepWeights(model, opts.dtype, opts.splitK ?? 1);
   const g = new GraphBuilder();
   declareInputs(g, cfg.numLayers, cfg.numKvHeads, weights.Dp);
   const weight = weightAdder(g, opts.weightsAsInputs ?? false);
   const ids = tokenIds(g);
   const x = g.op1("Gather", [weight(weights.embedding()), ids], { axis: 0 });
   const [cos, sin] = weights.rotary(opts.maxPositions).map(weight);
-  const c: StepContext = { g, cfg, act: opts.dtype, Dp: weights.Dp, rope: [cos, sin], weight };
+  const c: StepContext = {
+    g,
+    cfg,
+    act: opts.dtype,
+    Dp: weights.Dp,
+    rope: [cos, sin],
+    weight,
+    splitViews: new Map(),
+  };
 
   const stream = new ResidualStream(g, x, cfg.rmsNormEps);
   let nodesPerLayer = 0;
