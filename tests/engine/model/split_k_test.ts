@@ -1,6 +1,7 @@
 // Split-K linear layers (engine/model/step_blocks.ts linear): which weights split, that split and
 // plain matmuls give the same logits within rounding, and that a split graph keeps a token's bits
-// independent of what shares its step.
+// independent of what shares its step, captured or not. (stories260K, the engine tests' model, is
+// too small to split at the default 8.)
 
 import { assert, assertEquals } from "../../helpers/assert.ts";
 import { buildGraph } from "../../../engine/model/graph.ts";
@@ -8,6 +9,8 @@ import { splitFactor } from "../../../engine/model/step_weights.ts";
 import { ModelRunner, type StepInputs } from "../../../engine/model_runner.ts";
 import { randomModel } from "../../helpers/random_model.ts";
 import { referenceLogits } from "../../helpers/reference.ts";
+import { type Outcome, outcomeOf, params, startEngine } from "../../helpers/engine.ts";
+import type { StepStats } from "../../../engine/llm_engine.ts";
 
 // K >= 256 everywhere: hidden 256 (qkv, gate/up, LM head), 4 heads of 64 (o), FFN 512 (down).
 const BIG = {
@@ -154,6 +157,43 @@ for (const [dtype, tol] of [["f32", 1e-2], ["f16", 5e-2]] as const) {
     } finally {
       await plain.close();
       await split.close();
+    }
+  });
+}
+
+for (const dtype of ["f32", "f16"] as const) {
+  Deno.test(`split-K engine ${dtype}: requests at once (captured decode steps) give each request's tokens alone (uncaptured)`, async () => {
+    const model = randomModel("llama", 6, BIG);
+    const reqs = Array.from({ length: 6 }, (_, i) => ({
+      id: `r${i}`,
+      promptIds: Array.from({ length: 3 + i * 9 }, (_, t) => 3 + ((t * 31 + i * 17) % (V - 3))),
+      params: params({
+        maxTokens: 8 + i,
+        ignoreEos: true,
+        ...(i % 2 ? { temperature: 0.9, seed: 40 + i } : {}),
+      }),
+    }));
+    const together = await startEngine({ model, dtype, matmulSplitK: 8, graphCaptureEager: false });
+    const steps: StepStats[] = [];
+    together.engine.onStep = (s) => steps.push(s);
+    let all: Outcome[];
+    try {
+      all = (await Promise.all(reqs.map((r) => together.generate(r.id, r.promptIds, r.params)))).map(
+        outcomeOf,
+      );
+    } finally {
+      await together.close();
+    }
+    assert(steps.some((s) => s.path === "captured"), "no captured step");
+    const alone = await startEngine({ model, dtype, matmulSplitK: 8, graphCapture: false });
+    try {
+      for (const [i, r] of reqs.entries()) {
+        const one = outcomeOf(await alone.generate(r.id, r.promptIds, r.params));
+        assertEquals(one, all[i], r.id);
+        assertEquals(one.ids.length, r.params.maxTokens, r.id);
+      }
+    } finally {
+      await alone.close();
     }
   });
 }
