@@ -3,7 +3,7 @@
 
 import type { LoadedModel } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
-import { ENGINE_DEFAULTS, type EngineSettings } from "./protocol.ts";
+import { ENGINE_DEFAULTS, type EngineSettings, MAX_MATMUL_SPLIT_K } from "./protocol.ts";
 import type { SchedulerPolicy } from "./scheduler.ts";
 
 export interface EngineConfig {
@@ -25,6 +25,8 @@ export interface EngineConfig {
   graphCapture: { batchSizes: number[]; kvCaps: number[]; eager: boolean } | null;
   /** Full KV blocks cached by content and reused by later prompts with the same prefix. */
   prefixCaching: boolean;
+  /** Split factor of the matmuls' K (EngineSettings.matmulSplitK). */
+  matmulSplitK: number;
 }
 
 /** A setting that cannot work with this model; the message names the setting and the limit. */
@@ -90,7 +92,15 @@ export function resolveEngineConfig(
       }
       : null,
     prefixCaching: s.prefixCaching ?? ENGINE_DEFAULTS.prefixCaching,
+    matmulSplitK: resolveSplitK(s.matmulSplitK ?? ENGINE_DEFAULTS.matmulSplitK),
   };
+}
+
+function resolveSplitK(s: number): number {
+  if (!Number.isInteger(s) || s < 1 || s > MAX_MATMUL_SPLIT_K) {
+    throw new EngineConfigError(`matmul split-K ${s} must be an integer in [1, ${MAX_MATMUL_SPLIT_K}]`);
+  }
+  return s;
 }
 
 /** Batch sizes 1, 2, 4, ... below maxSeqs, then maxSeqs itself, at most MAX_CAPTURED_BATCH. */

@@ -67,6 +67,7 @@ export async function loadOrBuildGraph(model: LoadedModel, opts: GraphCacheOptio
     maxPositions: opts.maxPositions,
     externalMinBytes: opts.externalMinBytes,
     weightsAsInputs: opts.weightsAsInputs,
+    splitK: opts.splitK,
   });
   opts.log(
     `graph: built in ${seconds(t0)} s, ${built.nodesPerLayer} nodes per layer, ` +
@@ -239,6 +240,7 @@ async function graphKey(model: LoadedModel, opts: GraphOptions): Promise<string>
     dtype: opts.dtype,
     maxPositions: opts.maxPositions,
     ext: opts.externalMinBytes ?? "default",
+    sk: opts.splitK ?? 1,
     cfg: model.config,
     inputs: stepWeightTensors(model, opts).map((t) => [t.name, t.type, t.dims]),
   });

@@ -32,6 +32,7 @@ export async function createEngine(
     blockSize: config.blockSize,
     kvCacheMb: config.kvCacheMb,
     cacheDir: config.graphCache,
+    splitK: config.matmulSplitK,
     maxSeqs: config.maxSeqs,
     capture: config.graphCapture,
     progress: hooks.progress,

@@ -18,6 +18,7 @@ import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } fro
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
+import { ENGINE_DEFAULTS } from "./protocol.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -34,6 +35,8 @@ export interface RunnerOptions {
    * session uploads for itself (only for measuring what feeding them costs: bench/gpu/capture_probe.ts).
    */
   weightsAsInputs?: boolean;
+  /** Split-K factor of the linear layers (GraphOptions.splitK); default ENGINE_DEFAULTS.matmulSplitK. */
+  splitK?: number;
   /** Most sampled rows a step feeds the next (the engine's max-seqs); default 256. */
   maxSeqs?: number;
   /**
@@ -161,6 +164,7 @@ export class ModelRunner {
       externalMinBytes: opts.externalMinBytes,
       // One copy of the weights on the GPU, fed to every session (captured ones included).
       weightsAsInputs: opts.weightsAsInputs ?? true,
+      splitK: opts.splitK ?? ENGINE_DEFAULTS.matmulSplitK,
     };
     const graph = await loadOrBuildGraph(model, {
       ...graphOpts,

@@ -245,7 +245,16 @@ export interface EngineSettings {
   graphCaptureEager?: boolean;
   /** Reuse the KV of cached full blocks of a prompt's prefix (see engine/block_manager.ts). */
   prefixCaching?: boolean;
+  /**
+   * Split factor S of the matmuls' K (split-K, see linear in engine/model/step_blocks.ts): a layer
+   * whose K splits into S slices of at least 32 runs as S batched partial products and a sum; 1: plain
+   * MatMul everywhere.
+   */
+  matmulSplitK?: number;
 }
+
+/** Largest matmul split (EngineSettings.matmulSplitK): more partial products than this only add traffic. */
+export const MAX_MATMUL_SPLIT_K = 64;
 
 /** Defaults for the settings that do not depend on the model (the flags show the same). */
 export const ENGINE_DEFAULTS = {
@@ -255,4 +264,5 @@ export const ENGINE_DEFAULTS = {
   policy: "continuous",
   graphCapture: true,
   prefixCaching: true,
+  matmulSplitK: 8,
 } as const satisfies EngineSettings;

@@ -1,6 +1,11 @@
 // Command-line flags with environment twins, validated with zod. Flags win over the environment.
 import { z } from "zod";
-import { BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS, type EngineSettings } from "../engine/protocol.ts";
+import {
+  BATCH_INVARIANT_ITEM_TOKENS,
+  ENGINE_DEFAULTS,
+  type EngineSettings,
+  MAX_MATMUL_SPLIT_K,
+} from "../engine/protocol.ts";
 
 /** A bad flag or environment value; the message is one line that names the flag. */
 export class ConfigError extends Error {
@@ -343,6 +348,16 @@ const OPTIONS = {
       "chat's next turn or a shared system prompt skips most of its prefill.",
     schema: bool.default(ENGINE_DEFAULTS.prefixCaching),
   }),
+  matmulSplitK: opt({
+    flag: "--matmul-split-k",
+    env: "RAGTIME_MATMUL_SPLIT_K",
+    kind: "value",
+    metavar: "N",
+    expect: `an integer in [1, ${MAX_MATMUL_SPLIT_K}]`,
+    help: "Split each matmul's inner dimension into N slices computed in parallel and summed (faster on " +
+      "few rows); a layer whose slices would be under 32 long stays whole; 1: no split.",
+    schema: positiveInt(1, MAX_MATMUL_SPLIT_K).default(ENGINE_DEFAULTS.matmulSplitK),
+  }),
 };
 
 type Options = typeof OPTIONS;
@@ -459,6 +474,7 @@ export function engineSettings(c: Config): EngineSettings {
     graphCapture: c.graphCapture,
     graphCaptureKv: c.graphCaptureKv,
     prefixCaching: c.prefixCaching,
+    matmulSplitK: c.matmulSplitK,
   };
 }
 

@@ -5,6 +5,7 @@
 //
 //   deno run -A bench/gpu/capture_probe.ts [--model PATH] [--dtype f16|f32] [--batches 1,64,256]
 //     [--kv-caps 256] [--context 1024] [--past 200] [--steps 20] [--kv-cache-mb 2048] [--no-feed]
+//     [--split LIST]
 //
 // Without --model: a SmolLM2-135M-shaped model with random weights (bench/gpu/step_probe.ts's).
 // Three runners, alive together and measured step by step in turn: (1) capture with the context
@@ -12,11 +13,14 @@
 // bounds (a step of `past` tokens uses the smallest that fits); (3) unless --no-feed, weights as
 // initializers, uncaptured: against (1)'s uncaptured steps, the CPU cost of feeding the weights as
 // graph inputs (one GPU tensor each) in every run.
+// --split 1,8: runner (1) once per matmul split-K factor (the engine's --matmul-split-k; default its
+// default), each measured captured and uncaptured beside the others; (2) and (3) use the first.
 // GRAPH_CACHE=DIR caches the built graphs between runs.
 import { parseArgs } from "node:util";
 import { ModelRunner, type RunnerOptions, type StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
+import { ENGINE_DEFAULTS } from "../../engine/protocol.ts";
 import { smollm2ShapedModel } from "./probe_model.ts";
 
 const { values: a } = parseArgs({
@@ -30,10 +34,14 @@ const { values: a } = parseArgs({
     steps: { type: "string", default: "20" },
     "kv-cache-mb": { type: "string", default: "2048" },
     "no-feed": { type: "boolean", default: false },
+    split: { type: "string", default: String(ENGINE_DEFAULTS.matmulSplitK) },
   },
 });
 const list = (s: string) => s.split(",").filter(Boolean).map(Number);
-const batches = list(a.batches!), shortCaps = list(a["kv-caps"]!);
+const batches = list(a.batches!), shortCaps = list(a["kv-caps"]!), splits = list(a.split!);
+if (!splits.length || splits.some((x) => !Number.isInteger(x) || x < 1)) {
+  throw new Error("--split: positive integers");
+}
 const dtype = a.dtype as "f16" | "f32", N = Number(a.steps), past = Number(a.past);
 
 let model: LoadedModel = a.model ? await loadModel(a.model) : smollm2ShapedModel();
@@ -43,7 +51,7 @@ if (past + 1 > context) throw new Error(`--past ${past} does not fit --context $
 console.log(
   `model ${a.model ?? "SmolLM2-135M-shaped (random)"}: ${model.config.numLayers} layers, hidden ` +
     `${model.config.hiddenSize}, vocab ${model.config.vocabSize}; dtype ${dtype}; context ${context}; ` +
-    `decode steps at past ${past}; ${N} timed steps per case`,
+    `decode steps at past ${past}; ${N} timed steps per case; matmul split-K ${splits.join(", ")}`,
 );
 
 const base: RunnerOptions = {
@@ -52,6 +60,7 @@ const base: RunnerOptions = {
   kvCacheMb: Number(a["kv-cache-mb"]),
   cacheDir: Deno.env.get("GRAPH_CACHE") ?? null,
   maxSeqs: Math.max(...batches),
+  splitK: splits[0],
   log: console.log,
 };
 
@@ -150,7 +159,7 @@ async function measure(B: number, cases: Case[]) {
     const x = runs[k], mean = (v: number[]) => v.reduce((p, q) => p + q, 0) / v.length;
     cpuByCase.push(mean(x.cpu));
     console.log(
-      `B=${String(B).padStart(3)} ${label.padEnd(28)} [${x.path}] dispatch: thread CPU ${
+      `B=${String(B).padStart(3)} ${label.padEnd(36)} [${x.path}] dispatch: thread CPU ${
         mean(x.cpu).toFixed(2)
       } ms ` +
         `(p50 ${pct(x.cpu, 0.5).toFixed(2)}), wall ${mean(x.wall).toFixed(2)} ms; step serial ` +
@@ -164,19 +173,25 @@ async function measure(B: number, cases: Case[]) {
 }
 
 // All runners at once (the model's weights and a KV pool each), so that their steps interleave.
-const long = await runner({ capture: { batchSizes: batches, kvCaps: [], eager: true } });
+const longs: [number, ModelRunner][] = [];
+for (const splitK of splits) {
+  longs.push([splitK, await runner({ splitK, capture: { batchSizes: batches, kvCaps: [], eager: true } })]);
+}
 const caps = shortCaps.filter((c) => c > past && c < context);
 if (!caps.length) console.log(`no --kv-caps bound in (${past}, ${context}): short bounds skipped`);
 const short = caps.length
   ? await runner({ capture: { batchSizes: batches, kvCaps: caps, eager: true } })
   : null;
 const inside = a["no-feed"] ? null : await runner({ capture: null, weightsAsInputs: false });
+const tag = (splitK: number) => (splits.length > 1 ? `split ${splitK}, ` : "");
 for (const B of batches) {
   const cases: Case[] = [
-    { label: "uncaptured", r: long, captured: false },
-    { label: `captured, bound ${context}`, r: long, captured: true },
-    ...(short ? [{ label: `captured, bound ${caps[0]}`, r: short, captured: true }] : []),
-    ...(inside ? [{ label: "uncaptured, weights inside", r: inside, captured: false }] : []),
+    ...longs.flatMap(([splitK, r]) => [
+      { label: `${tag(splitK)}uncaptured`, r, captured: false },
+      { label: `${tag(splitK)}captured, bound ${context}`, r, captured: true },
+    ]),
+    ...(short ? [{ label: `${tag(splits[0])}captured, bound ${caps[0]}`, r: short, captured: true }] : []),
+    ...(inside ? [{ label: `${tag(splits[0])}uncaptured, weights inside`, r: inside, captured: false }] : []),
   ];
   const cpu = await measure(B, cases);
   if (inside) {
@@ -185,4 +200,4 @@ for (const B of batches) {
     );
   }
 }
-for (const r of [long, short, inside]) await r?.close();
+for (const r of [...longs.map(([, r]) => r), short, inside]) await r?.close();

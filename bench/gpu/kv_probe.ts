@@ -6,10 +6,14 @@
 // position 0, bit for bit.
 //
 //   deno run -A bench/gpu/kv_probe.ts [--dtype f32|f16] [--tokens 480] [--sweep] [--min-rows N]
+//     [--split N] [--model stories|smollm2|PATH] [--kv-cache-mb MB]
 //
 // Schemes "... in 1 step" / "... a step" put several chunks of the prompt into one step as items of
 // their own (how the engine prefills a long prompt in one step).
 //
+// --split: the matmul split-K factor (the engine's --matmul-split-k, default its default). stories260K's
+// matmuls are too short to split at 8 (K = 64: only --split 2 splits them); --model smollm2 (random
+// weights in SmolLM2-135M's shape, K >= 576) or a model folder (make-model's llama3.2-1b) splits at 8.
 // --sweep adds schemes whose steps have 9 to 31 rows in all (one-token or 7-token chunks beside
 // a companion), to find the row count below which results change. Measured 2026-12-02: on llvmpipe
 // every scheme within the 31-token kernel is identical in f32 and f16, the multi-item ones included
@@ -24,10 +28,11 @@ import * as ort from "onnxruntime-web/webgpu";
 import { createEngine } from "../../engine/local_engine.ts";
 import type { ModelRunner, StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
-import { BATCH_INVARIANT_ITEM_TOKENS } from "../../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS } from "../../engine/protocol.ts";
 import { STORY_TEXT } from "../../tests/helpers/engine.ts";
 import { STORIES260K } from "../../tests/helpers/fixtures.ts";
 import { readBufferU16 } from "../../tests/helpers/gpu_read.ts";
+import { smollm2ShapedModel } from "./probe_model.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -35,20 +40,35 @@ const { values: args } = parseArgs({
     tokens: { type: "string", default: "480" },
     sweep: { type: "boolean", default: false },
     "min-rows": { type: "string" },
+    split: { type: "string", default: String(ENGINE_DEFAULTS.matmulSplitK) },
+    model: { type: "string", default: "stories" },
+    "kv-cache-mb": { type: "string" },
   },
 });
 const dtype = args.dtype as "f32" | "f16";
-const model = await loadModel(STORIES260K);
-const { runner } = await createEngine(model, {
+const stories = args.model === "stories";
+const model = stories
+  ? await loadModel(STORIES260K)
+  : args.model === "smollm2"
+  ? smollm2ShapedModel()
+  : await loadModel(args.model!);
+const { runner, config } = await createEngine(model, {
   dtype,
-  kvCacheMb: 32,
+  // Every scheme prefills into blocks of its own (newTable throws when they run out).
+  kvCacheMb: Number(args["kv-cache-mb"] ?? (stories ? 32 : 512)),
   graphCache: null,
   maxModelLen: 512,
   graphCaptureEager: false,
+  matmulSplitK: Number(args.split),
 });
 if (args["min-rows"] !== undefined) runner.minRows = Number(args["min-rows"]);
-const prompt = [1, ...model.tokenizer.encode(STORY_TEXT, false)].slice(0, Number(args.tokens));
-const L = prompt.length, bs = runner.blockSize, V = model.config.vocabSize;
+// The story's tokens where the model has a tokenizer, else fixed ids below the vocab's specials.
+const V = model.config.vocabSize;
+const encoded = [1, ...model.tokenizer.encode(STORY_TEXT, false)];
+const prompt =
+  (encoded.length > 1 ? encoded : Array.from({ length: 512 }, (_, i) => 3 + ((i * 7919) % (V - 3))))
+    .slice(0, Number(args.tokens));
+const L = prompt.length, bs = runner.blockSize;
 
 interface Scheme {
   /** Chunk boundaries from 0 to L. */
@@ -179,7 +199,8 @@ const kvAt = (table: number[], buf: Uint16Array, p: number) => {
 
 const [, ref] = results[0];
 console.log(
-  `stories260K ${dtype}, ${L} tokens, on ${runner.adapterName}; each scheme against ${results[0][0]}:`,
+  `${model.name} ${dtype}, matmul split-K ${config.matmulSplitK}, ${L} tokens, on ${runner.adapterName}; ` +
+    `each scheme against ${results[0][0]}:`,
 );
 for (const [name, r] of results) {
   let values = 0, first = -1;

@@ -1,8 +1,10 @@
 // GPU time per WebGPU program of one engine step, summed per ONNX op kind, for decode and prefill steps.
 //
 //   deno run -A bench/gpu/op_profile.ts [--model PATH] [--dtype f16|f32] [--cases LIST] [--steps N]
-//     [--warmup N] [--kv-cache-mb MB] [--json FILE]
+//     [--warmup N] [--kv-cache-mb MB] [--split LIST] [--json FILE]
 //
+// --split: comma-separated matmul split-K factors (the engine's --matmul-split-k), each profiled on a
+//   runner of its own, one after the other, then compared case by case (default: the engine's default).
 // --model: a GGUF file or HF folder (default: SmolLM2-135M-shaped random weights, as step_probe.ts).
 // --cases: comma-separated decode:B[:past] and prefill:B:q[:past] (default
 //   decode:1:256,decode:128:256,prefill:16:31,prefill:1:512): B sequences of q new tokens over `past`
@@ -23,6 +25,7 @@ import * as ort from "onnxruntime-web/webgpu";
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
+import { ENGINE_DEFAULTS } from "../../engine/protocol.ts";
 import { smollm2ShapedModel } from "./probe_model.ts";
 
 const sessions: ort.InferenceSession[] = [];
@@ -48,6 +51,7 @@ interface Args {
   steps: number;
   warmup: number;
   kvCacheMb: number;
+  splits: number[];
   json: string | null;
 }
 
@@ -59,6 +63,7 @@ function parseArgs(argv: string[]): Args {
     steps: 3,
     warmup: 2,
     kvCacheMb: 2048,
+    splits: [ENGINE_DEFAULTS.matmulSplitK],
     json: null,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -74,11 +79,15 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--steps") a.steps = Number(need());
     else if (k === "--warmup") a.warmup = Number(need());
     else if (k === "--kv-cache-mb") a.kvCacheMb = Number(need());
+    else if (k === "--split") a.splits = need().split(",").map(Number);
     else if (k === "--json") a.json = need();
     else throw new Error(`unknown argument ${k}`);
   }
   if (a.dtype !== "f16" && a.dtype !== "f32") throw new Error("--dtype must be f16 or f32");
   if (!(a.steps >= 1) || !(a.warmup >= 1)) throw new Error("--steps and --warmup must be at least 1");
+  if (!a.splits.length || a.splits.some((x) => !Number.isInteger(x) || x < 1)) {
+    throw new Error("--split takes positive integers");
+  }
   return a;
 }
 
@@ -194,12 +203,14 @@ interface Timing {
  * One runner for every case, run in turn (warm-ups, then measured steps); the profile is read once at
  * the end and cut into runs, which go back to their cases in order.
  */
-async function profileCases(model: LoadedModel, args: Args, cases: Case[]) {
+async function profileCases(model: LoadedModel, args: Args, cases: Case[], splitK: number) {
+  sessions.length = 0;
   const runner = await ModelRunner.create(model, {
     dtype: args.dtype,
     blockSize: 16,
     kvCacheMb: args.kvCacheMb,
     cacheDir: Deno.env.get("GRAPH_CACHE") ?? ".cache/graphs",
+    splitK,
   });
   const [step, ...others] = sessions;
   const timings: Timing[] = [];
@@ -244,6 +255,7 @@ async function profileCases(model: LoadedModel, args: Args, cases: Case[]) {
       : [];
     return {
       case: c,
+      splitK,
       steps: args.steps,
       tokens: c.B * c.q,
       gpuUs: measured.reduce((a, r) => a + r.reduce((x, e) => x + e.dur, 0), 0) / measured.length,
@@ -258,6 +270,29 @@ async function profileCases(model: LoadedModel, args: Args, cases: Case[]) {
   });
 }
 
+type CaseResult = Awaited<ReturnType<typeof profileCases>>[number];
+
+function printCase(r: CaseResult) {
+  const c = r.case;
+  console.log(
+    `\n== ${c.name}, split-K ${r.splitK}: ${c.B} seq x ${c.q} new tokens over ${c.past} cached (${r.tokens} tokens); ` +
+      `${r.programs} programs, GPU ${(r.gpuUs / 1000).toFixed(2)} ms per step (profiled); ` +
+      `dispatch ${r.dispatchMs.toFixed(1)} ms, step ${r.stepMs.toFixed(1)} ms wall (profiled)`,
+  );
+  console.log(table("GPU time per op kind, per step:", "op kind", r.byOp));
+  console.log(table("top programs:", "op/program", r.byProgram, 15));
+  console.log(
+    table(
+      "matmuls by weight shape as ORT binds it (last dim in vec4 units when vectorised):",
+      "op weight",
+      r.byMatmulShape,
+    ),
+  );
+  if (r.cpuByOp.length) {
+    console.log(table("ORT CPU time per op (dispatch), per step:", "op", r.cpuByOp, 10));
+  }
+}
+
 async function main() {
   const args = parseArgs(Deno.args);
   const cases = parseCases(args.cases);
@@ -269,27 +304,22 @@ async function main() {
     }: ${cfg.architecture}, ${cfg.numLayers} layers, hidden ${cfg.hiddenSize}, ` +
       `vocab ${cfg.vocabSize}, dtype ${args.dtype}`,
   );
-  const results = await profileCases(model, args, cases);
+  const results: CaseResult[] = [];
+  for (const splitK of args.splits) {
+    const rs = await profileCases(model, args, cases, splitK);
+    results.push(...rs);
+    rs.forEach(printCase);
+  }
   const adapter = (await ort.env.webgpu.device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo
     ?.description ?? "";
-  for (const r of results) {
-    const c = r.case;
-    console.log(
-      `\n== ${c.name}: ${c.B} seq x ${c.q} new tokens over ${c.past} cached (${r.tokens} tokens); ` +
-        `${r.programs} programs, GPU ${(r.gpuUs / 1000).toFixed(2)} ms per step (profiled); ` +
-        `dispatch ${r.dispatchMs.toFixed(1)} ms, step ${r.stepMs.toFixed(1)} ms wall (profiled)`,
-    );
-    console.log(table("GPU time per op kind, per step:", "op kind", r.byOp));
-    console.log(table("top programs:", "op/program", r.byProgram, 15));
-    console.log(
-      table(
-        "matmuls by weight shape as ORT binds it (last dim in vec4 units when vectorised):",
-        "op weight",
-        r.byMatmulShape,
-      ),
-    );
-    if (r.cpuByOp.length) {
-      console.log(table("ORT CPU time per op (dispatch), per step:", "op", r.cpuByOp, 10));
+  if (args.splits.length > 1) {
+    console.log("\nsplit-K compared (profiled GPU time and programs per step, wall time of a step):");
+    for (const c of cases) {
+      const line = results.filter((r) => r.case === c).map((r) =>
+        `split ${r.splitK}: GPU ${(r.gpuUs / 1000).toFixed(2)} ms, ${r.programs} programs, ` +
+        `step ${r.stepMs.toFixed(1)} ms`
+      );
+      console.log(`  ${c.name.padEnd(20)} ${line.join(" | ")}`);
     }
   }
   if (args.json) {

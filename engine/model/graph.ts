@@ -29,6 +29,11 @@ export interface GraphOptions {
    * of them on the GPU, and the graph itself holds no weight values.
    */
   weightsAsInputs?: boolean;
+  /**
+   * Split factor of the linear layers' K (split-K matmuls, see linear in step_blocks.ts); a layer
+   * whose K does not split well stays a plain MatMul (splitFactor). Absent or 1: plain MatMuls.
+   */
+  splitK?: number;
 }
 
 export interface BuiltGraph {
@@ -69,14 +74,22 @@ export function stepModel(graph: BuiltGraph, attnMeta: [number, number] | null):
 
 export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
   const cfg = model.config;
-  const weights = new StepWeights(model, opts.dtype);
+  const weights = new StepWeights(model, opts.dtype, opts.splitK ?? 1);
   const g = new GraphBuilder();
   declareInputs(g, cfg.numLayers, cfg.numKvHeads, weights.Dp);
   const weight = weightAdder(g, opts.weightsAsInputs ?? false);
   const ids = tokenIds(g);
   const x = g.op1("Gather", [weight(weights.embedding()), ids], { axis: 0 });
   const [cos, sin] = weights.rotary(opts.maxPositions).map(weight);
-  const c: StepContext = { g, cfg, act: opts.dtype, Dp: weights.Dp, rope: [cos, sin], weight };
+  const c: StepContext = {
+    g,
+    cfg,
+    act: opts.dtype,
+    Dp: weights.Dp,
+    rope: [cos, sin],
+    weight,
+    splitViews: new Map(),
+  };
 
   const stream = new ResidualStream(g, x, cfg.rmsNormEps);
   let nodesPerLayer = 0;
@@ -102,7 +115,7 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
  * the runner uploads for a graph built with weightsAsInputs (cached or not).
  */
 export function stepWeightTensors(model: LoadedModel, opts: GraphOptions): Initializer[] {
-  return new StepWeights(model, opts.dtype).all(opts.maxPositions);
+  return new StepWeights(model, opts.dtype, opts.splitK ?? 1).all(opts.maxPositions);
 }
 
 function declareInputs(g: GraphBuilder, numLayers: number, kvHeads: number, headDim: number) {

@@ -1,5 +1,7 @@
 // Weight preparation for the step graph: each checkpoint tensor converted to the layout its block
-// consumes (fused, head-padded, transposed to [in, out]) and encoded in the activation dtype.
+// consumes (fused, head-padded, transposed to [in, out]) and encoded in the activation dtype. A
+// linear layer's [K, N] matrix may be declared [S, K/S, N] for a split-K matmul (splitFactor): the
+// same bytes, row-major, so only its dims differ.
 // Nothing here touches the graph: the blocks register these initializers where they use them, so
 // the graph's initializers keep the order of its nodes. A tensor's name, type and shape are known
 // at once; its bytes are converted only when asked for (raw()), one tensor at a time: a graph whose
@@ -44,6 +46,20 @@ export interface LayerWeights {
 const EMBED = "model.embed_tokens.weight";
 
 /**
+ * Fewest rows of K per split: below it the matmul of each slice is too short to pay for the
+ * Transpose and ReduceSum around it, and tiny models (stories260K: K = 64) keep plain MatMuls.
+ */
+export const MIN_SPLIT_ROWS = 32;
+
+/**
+ * The split a linear layer over K inputs gets from the split setting S: S when K divides into S
+ * slices of at least MIN_SPLIT_ROWS, else 1 (a plain MatMul).
+ */
+export function splitFactor(K: number, S: number): number {
+  return S > 1 && K % S === 0 && K / S >= MIN_SPLIT_ROWS ? S : 1;
+}
+
+/**
  * PagedAttention on WebGPU needs head sizes that are multiples of 16: smaller heads are zero-padded
  * (see padHeadRows), which leaves dot products, rotary pairs and outputs unchanged.
  */
@@ -58,7 +74,8 @@ export class StepWeights {
   private readonly w: WeightSource;
   private readonly actType: TensorType;
 
-  constructor(model: LoadedModel, private readonly act: ActDType) {
+  /** splitK: the split setting (see splitFactor); 1 keeps every linear layer [K, N]. */
+  constructor(model: LoadedModel, private readonly act: ActDType, private readonly splitK = 1) {
     this.cfg = model.config;
     this.w = model.weights;
     this.actType = act === "f16" ? TensorType.FLOAT16 : TensorType.FLOAT;
@@ -126,13 +143,14 @@ export class StepWeights {
   }
 
   /**
-   * The LM head as [H, V] for MatMul; a tied head stores a transposed copy of the embedding table,
-   * because Gemm with transB measured ~40 GFLOP/s on an H100 through WebGPU (a naive kernel).
+   * The LM head as [H, V] for MatMul (split like any linear layer); a tied head stores a transposed
+   * copy of the embedding table, because Gemm with transB measured ~40 GFLOP/s on an H100 through
+   * WebGPU (a naive kernel).
    */
   lmHead(): Initializer {
     const { vocabSize: V, hiddenSize: H } = this.cfg;
     const name = this.cfg.tieEmbeddings ? EMBED : "lm_head.weight";
-    return this.encoded("lm_head_t", [H, V], () => transpose(this.plain(name), V, H), [name]);
+    return this.encoded("lm_head_t", this.linearDims(H, V), () => transpose(this.plain(name), V, H), [name]);
   }
 
   /**
@@ -209,7 +227,18 @@ export class StepWeights {
     rows: number,
     name: string,
   ): Initializer {
-    return this.encoded(name, [cols, rows], () => transpose(concatRows(parts()), rows, cols), sources);
+    return this.encoded(
+      name,
+      this.linearDims(cols, rows),
+      () => transpose(concatRows(parts()), rows, cols),
+      sources,
+    );
+  }
+
+  /** [K, N], or [S, K/S, N] where the layer is split (same bytes: K's rows in order). */
+  private linearDims(K: number, N: number): number[] {
+    const S = splitFactor(K, this.splitK);
+    return S > 1 ? [S, K / S, N] : [K, N];
   }
 
   /** o_proj's inputs follow the padded head layout: pad its columns via a transpose round trip. */

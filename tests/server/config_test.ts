@@ -58,6 +58,7 @@ Deno.test("config: defaults", () => {
     // Absent: the engine's default bounds (256, 1024 below the limit).
     graphCaptureKv: undefined,
     prefixCaching: true,
+    matmulSplitK: 8,
   });
 });
 
@@ -255,6 +256,22 @@ Deno.test("config: --prefix-caching on|off, the flag over its environment twin, 
   assertThrows(() => parseConfig(["--model", "m", "--prefix-caching", "maybe"], env()), ConfigError);
 });
 
+Deno.test("config: --matmul-split-k N, the flag over its environment twin, reaches the engine", () => {
+  const model = randomModel();
+  const fromEnv = parseConfig(["--model", "m"], env({ RAGTIME_MATMUL_SPLIT_K: "1" }));
+  assertEquals(resolveEngineConfig(engineSettings(fromEnv), model).matmulSplitK, 1);
+  const fromFlag = parseConfig(
+    ["--model", "m", "--matmul-split-k", "4"],
+    env({ RAGTIME_MATMUL_SPLIT_K: "1" }),
+  );
+  assertEquals(resolveEngineConfig(engineSettings(fromFlag), model).matmulSplitK, 4);
+  assertEquals(resolveEngineConfig({}, model).matmulSplitK, 8, "8 by default");
+  for (const bad of ["0", "65", "2.5", "eight"]) {
+    assertThrows(() => parseConfig(["--model", "m", "--matmul-split-k", bad], env()), ConfigError);
+  }
+  assertThrows(() => resolveEngineConfig({ matmulSplitK: 0 }, model), EngineConfigError);
+});
+
 Deno.test("config: --help throws HelpRequested with usage text", () => {
   const err = assertThrows(() => parseConfig(["--port", "x", "--help"], env()), HelpRequested);
   assertMatch(err.message, /Usage: deno task start \[options\]/);
@@ -358,6 +375,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     // Decode batches 1, 2, 4, ... up to --max-seqs, captured at startup; one context bound (the limit).
     graphCapture: { batchSizes: [1, 2, 4, 8, 16, 32, 64, 128, 256], kvCaps: [], eager: true },
     prefixCaching: true,
+    matmulSplitK: 8,
   });
   // Default context bounds 256 and 1024, those under the limit; a bound over it leaves the limit only.
   const long = randomModel("llama", 1, { maxContext: 2048 });
@@ -384,6 +402,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     debugSteps: true,
     graphCache: "/tmp/g",
     prefixCaching: false,
+    matmulSplitK: 2,
   } as const;
   const { blockSize: _, graphCapture, ...c } = resolveEngineConfig({ ...set, graphCapture: false }, model);
   const { maxModelLen, ...rest } = set;
