@@ -120,7 +120,7 @@ for part in "${parts[@]}"; do
     ;;
   start-1b)
     # Time to ready of the Llama-3.2-1B shape (f16 HF folder), cold graph cache then warm (issue 12).
-    M1B=/tmp/llama3.2-1b-f16
+    M1B=/tmp/llama3.2-1b
     [ -f "$M1B/config.json" ] || deno task make-model --preset llama3.2-1b --out "$M1B" --dtype f16 --seed 0 >/dev/null
     rm -rf /tmp/gc1b
     for r in cold warm; do
