@@ -73,7 +73,7 @@ for part in "${parts[@]}"; do
   single)
     # One request at a time, 128 in / 128 out: single-stream TPOT, captured and uncaptured.
     deno task bench $SWL --dump-workload "$OUT/single_workload.json" >/dev/null
-    for cap in on off; do
+    for cap in ${SINGLE_CAPTURE:-on off}; do
       deno task bench $SWL --compare continuous --model "$MODEL" --server-args "$SERVER --graph-capture $cap" \
         --label "single-capture-$cap" --result-json "$(result single_capture_$cap)" --no-progress 2>&1 |
         grep -E "^(Output token|TPOT|TTFT|ITL|Duration)"
