@@ -4,6 +4,8 @@
 // the stages of the CPU path (weights.ts): decode (stored dtype -> f16 bits or f32), pack (concatRows),
 // transpose, encode (to the graph's dtype) and the GPU write (mapped buffer, as uploadWeights), and
 // reports the totals and element rates. --layers limits the layers timed (the sums then cover those).
+// Then the GPU path (weight_upload.ts) on every weight of the graph (all layers): per path (GPU
+// layout, CPU raw()), the host time until upload() returns and the wait for the queue after it.
 
 import process from "node:process";
 import { parseArgs } from "node:util";
@@ -17,6 +19,8 @@ import {
   type Values,
 } from "../engine/model/weights.ts";
 import type { WeightTensor } from "../engine/model/types.ts";
+import { stepWeightTensors } from "../engine/model/graph.ts";
+import { WeightUploader } from "../engine/weight_upload.ts";
 
 const { values: args, positionals } = parseArgs({
   args: Deno.args,
@@ -118,6 +122,37 @@ for (const k of stages) {
   console.log(
     `  ${k.padEnd(9)} wall ${w.toFixed(2).padStart(6)} s  cpu ${c.toFixed(2).padStart(6)} s  ` +
       `${(elements / c / 1e6).toFixed(0).padStart(5)} M el/cpu-s`,
+  );
+}
+
+// The GPU path, every weight of the graph (rotary tables for 4096 positions).
+const uploader = new WeightUploader(device);
+const gpuT: Record<string, { n: number; host: number; wait: number; cpu: number; mib: number }> = {};
+t = performance.now();
+for (const w of stepWeightTensors(model, { dtype: act, maxPositions: 4096 })) {
+  const path = w.layout ? "layout" : "raw";
+  const before = { ...uploader.counts };
+  const t0 = performance.now(), c0 = cpuMs();
+  const buf = await uploader.upload(w);
+  const t1 = performance.now();
+  await device.queue.onSubmittedWorkDone();
+  const key = uploader.counts.gpu > before.gpu ? "gpu" : `cpu (${path})`;
+  const e = gpuT[key] ??= { n: 0, host: 0, wait: 0, cpu: 0, mib: 0 };
+  e.n++;
+  e.host += t1 - t0;
+  e.wait += performance.now() - t1;
+  e.cpu += cpuMs() - c0;
+  e.mib += buf.size / 2 ** 20;
+  buf.destroy();
+}
+uploader.destroy();
+console.log(`GPU path, all weights: ${((performance.now() - t) / 1000).toFixed(2)} s`);
+for (const [k, e] of Object.entries(gpuT)) {
+  console.log(
+    `  ${k.padEnd(12)} ${String(e.n).padStart(4)} tensors ${e.mib.toFixed(1).padStart(7)} MiB  host ` +
+      `${(e.host / 1000).toFixed(2)} s  queue wait ${(e.wait / 1000).toFixed(2)} s  process cpu ${
+        (e.cpu / 1000).toFixed(2)
+      } s`,
   );
 }
 device.destroy();

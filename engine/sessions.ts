@@ -103,7 +103,8 @@ export async function uploadWeights(
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const feeds: Feeds = {};
   const buffers: GPUBuffer[] = [];
-  const uploader = new WeightUploader(device);
+  // RAGTIME_WEIGHT_UPLOAD=cpu: every weight converted on the CPU (to compare the two paths).
+  const uploader = new WeightUploader(device, { cpuOnly: Deno.env.get("RAGTIME_WEIGHT_UPLOAD") === "cpu" });
   try {
     for (const w of graph.weights) {
       const t = byName.get(w.name);

@@ -33,12 +33,17 @@ export class WeightUploader {
 
   private readonly stagingBytes: number;
   private readonly maxBinding: number;
+  private readonly cpuOnly: boolean;
 
-  /** The options shrink the staging buffer and output bindings (tests: chunked dispatches). */
+  /**
+   * stagingBytes and maxBindingBytes shrink the staging buffer and output bindings (tests: chunked
+   * dispatches); cpuOnly converts every weight with raw() (comparisons).
+   */
   constructor(
     private readonly device: GPUDevice,
-    opts: { stagingBytes?: number; maxBindingBytes?: number } = {},
+    opts: { stagingBytes?: number; maxBindingBytes?: number; cpuOnly?: boolean } = {},
   ) {
+    this.cpuOnly = opts.cpuOnly ?? false;
     this.maxBinding = Math.min(device.limits.maxStorageBufferBindingSize, opts.maxBindingBytes ?? Infinity);
     this.stagingBytes = Math.floor(Math.min(this.maxBinding, opts.stagingBytes ?? STAGING_BYTES) / 256) * 256;
   }
@@ -80,7 +85,9 @@ export class WeightUploader {
   /** The GPU path's filling of the weight's buffer, or null where the CPU path must do it. */
   private plan(t: Initializer, elements: number): ((out: GPUBuffer) => Promise<void>) | null {
     const layout = t.layout;
-    if (!layout || (t.type !== TensorType.FLOAT16 && t.type !== TensorType.FLOAT)) return null;
+    if (this.cpuOnly || !layout || (t.type !== TensorType.FLOAT16 && t.type !== TensorType.FLOAT)) {
+      return null;
+    }
     const outF16 = t.type === TensorType.FLOAT16;
     const src = layout.parts[0].dtype;
     if (layout.parts.some((p) => p.dtype !== src)) return null;
