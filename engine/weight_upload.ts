@@ -55,24 +55,17 @@ export class WeightUploader {
     const size = Math.max(4, Math.ceil((elements * outBytes) / 4) * 4);
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     const plan = this.plan(t, elements);
-    if (!plan) {
-      const bytes = t.raw();
-      // Mapped at creation: written in place.
-      const buffer = this.device.createBuffer({ size, usage, mappedAtCreation: true });
-      new Uint8Array(buffer.getMappedRange()).set(bytes);
-      buffer.unmap();
-      this.counts.cpu++;
-      await this.queuedBytes(bytes.length);
-      return buffer;
-    }
     const buffer = this.device.createBuffer({ size, usage });
     try {
-      await plan(buffer);
+      // writeBuffer, not a buffer mapped at creation: on Deno 2.9 the latter wrote 1 GiB in 1.9 s
+      // against 0.06 s (llvmpipe, 2-core machine).
+      if (plan) await plan(buffer);
+      else await this.writeRaw(buffer, t.raw());
     } catch (e) {
       buffer.destroy();
       throw e;
     }
-    this.counts.gpu++;
+    this.counts[plan ? "gpu" : "cpu"]++;
     return buffer;
   }
 
