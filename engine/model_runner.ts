@@ -177,6 +177,7 @@ export class ModelRunner {
       device,
       graph,
       graph.weights.length ? stepWeightTensors(model, graphOpts) : [],
+      log,
     );
     if (graph.weights.length) {
       await device.queue.onSubmittedWorkDone();

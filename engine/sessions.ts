@@ -99,12 +99,16 @@ export async function uploadWeights(
   device: GPUDevice,
   graph: BuiltGraph,
   tensors: Initializer[],
+  log: (line: string) => void = () => {},
 ): Promise<{ feeds: Feeds; buffers: GPUBuffer[]; counts: { gpu: number; cpu: number } }> {
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const feeds: Feeds = {};
   const buffers: GPUBuffer[] = [];
   // RAGTIME_WEIGHT_UPLOAD=cpu: every weight converted on the CPU (to compare the two paths).
-  const uploader = new WeightUploader(device, { cpuOnly: Deno.env.get("RAGTIME_WEIGHT_UPLOAD") === "cpu" });
+  const uploader = new WeightUploader(device, {
+    cpuOnly: Deno.env.get("RAGTIME_WEIGHT_UPLOAD") === "cpu",
+    log,
+  });
   try {
     for (const w of graph.weights) {
       const t = byName.get(w.name);

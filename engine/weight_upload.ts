@@ -24,7 +24,8 @@ const ELEM_BYTES: Record<WeightDType, number> = { f32: 4, f16: 2, bf16: 2 };
 
 /** Fills weight buffers, one tensor at a time; destroy() frees its staging buffers. */
 export class WeightUploader {
-  private pipelines: { transpose: GPUComputePipeline; copy: GPUComputePipeline } | null = null;
+  /** Created with the first weight that has a layout; null after a device that refused them. */
+  private pipelines: { transpose: GPUComputePipeline; copy: GPUComputePipeline } | null | undefined;
   private staging: GPUBuffer | null = null;
   private params: GPUBuffer | null = null;
   private queued = 0;
@@ -34,6 +35,7 @@ export class WeightUploader {
   private readonly stagingBytes: number;
   private readonly maxBinding: number;
   private readonly cpuOnly: boolean;
+  private readonly log: (line: string) => void;
 
   /**
    * stagingBytes and maxBindingBytes shrink the staging buffer and output bindings (tests: chunked
@@ -41,8 +43,14 @@ export class WeightUploader {
    */
   constructor(
     private readonly device: GPUDevice,
-    opts: { stagingBytes?: number; maxBindingBytes?: number; cpuOnly?: boolean } = {},
+    opts: {
+      stagingBytes?: number;
+      maxBindingBytes?: number;
+      cpuOnly?: boolean;
+      log?: (line: string) => void;
+    } = {},
   ) {
+    this.log = opts.log ?? (() => {});
     this.cpuOnly = opts.cpuOnly ?? false;
     this.maxBinding = Math.min(device.limits.maxStorageBufferBindingSize, opts.maxBindingBytes ?? Infinity);
     this.stagingBytes = Math.floor(Math.min(this.maxBinding, opts.stagingBytes ?? STAGING_BYTES) / 256) * 256;
@@ -54,7 +62,10 @@ export class WeightUploader {
     const elements = t.dims.reduce((a, b) => a * b, 1);
     const size = Math.max(4, Math.ceil((elements * outBytes) / 4) * 4);
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    const plan = this.plan(t, elements);
+    if (t.layout && this.pipelines === undefined) {
+      this.pipelines = await checkedPipelines(this.device, this.log);
+    }
+    const plan = this.pipelines ? this.plan(t, elements) : null;
     const buffer = this.device.createBuffer({ size, usage });
     try {
       // writeBuffer, not a buffer mapped at creation: on Deno 2.9 the latter wrote 1 GiB in 1.9 s
@@ -215,7 +226,6 @@ export class WeightUploader {
     [x, y]: [number, number],
   ) {
     const device = this.device;
-    this.pipelines ??= createPipelines(device);
     this.params ??= device.createBuffer({
       size: PARAM_WORDS * 4,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -228,7 +238,7 @@ export class WeightUploader {
       y = Math.ceil(groups / x);
       words[8] = x;
     }
-    const pipeline = this.pipelines[kind];
+    const pipeline = this.pipelines![kind];
     device.queue.writeBuffer(this.params, 0, words);
     const bind = device.createBindGroup({
       layout: pipeline.getBindGroupLayout(0),
@@ -271,11 +281,23 @@ function outBytes(elements: number, ob: number, left: number): number {
   return Math.min(left, Math.ceil((elements * ob) / 4) * 4);
 }
 
-function createPipelines(device: GPUDevice) {
+/**
+ * The shader's pipelines, or null where the device reports an error creating them: every weight
+ * then takes the CPU path (the session device's uncaptured errors would not stop the upload).
+ */
+async function checkedPipelines(device: GPUDevice, log: (line: string) => void) {
+  device.pushErrorScope("validation");
+  device.pushErrorScope("internal");
   const module = device.createShaderModule({ code: SHADER });
   const make = (entryPoint: string) =>
     device.createComputePipeline({ layout: "auto", compute: { module, entryPoint } });
-  return { transpose: make("transpose"), copy: make("copy") };
+  const pipelines = { transpose: make("transpose"), copy: make("copy") };
+  const errors = [await device.popErrorScope(), await device.popErrorScope()].filter((e) => e);
+  if (errors.length) {
+    log(`weights: the layout shader failed (${errors[0]!.message}); converting on the CPU`);
+    return null;
+  }
+  return pipelines;
 }
 
 // Parameters: src_kind (0 f32, 1 f16, 2 bf16), out_f16, then per entry point:
