@@ -181,14 +181,16 @@ export class ModelRunner {
       device,
       graph,
       graph.weights.length ? stepWeightTensors(model, graphOpts) : [],
+      log,
     );
     if (graph.weights.length) {
       await device.queue.onSubmittedWorkDone();
       const mib = weights.buffers.reduce((n, b) => n + b.size, 0) / 2 ** 20;
       log(
-        `weights: ${graph.weights.length} tensors (${mib.toFixed(1)} MiB) converted and uploaded in ${
-          ((performance.now() - t0) / 1000).toFixed(2)
-        } s`,
+        `weights: ${graph.weights.length} tensors (${mib.toFixed(1)} MiB; ${weights.counts.gpu} laid out ` +
+          `on the GPU, ${weights.counts.cpu} on the CPU) uploaded in ${
+            ((performance.now() - t0) / 1000).toFixed(2)
+          } s`,
       );
     }
     const pool = allocateKvPool(device, cfg, opts.blockSize, opts.kvCacheMb);

@@ -8,6 +8,7 @@ import { IO } from "./model/graph_io.ts";
 import { buildSamplerGraph } from "./model/sampler_graph.ts";
 import type { Initializer } from "./model/step_weights.ts";
 import { EXTERNAL_DATA_NAME, TensorType } from "./onnx/builder.ts";
+import { WeightUploader } from "./weight_upload.ts";
 
 export type Session = ort.InferenceSession;
 export type SessionOptions = ort.InferenceSession.SessionOptions;
@@ -88,24 +89,26 @@ function envEpOptions(): Record<string, string> {
 
 const ORT_TYPES = { [TensorType.FLOAT]: "float32", [TensorType.FLOAT16]: "float16" } as const;
 
-/** Bytes written between two flushes of the upload: wgpu stages every write until a submit. */
-const UPLOAD_FLUSH_BYTES = 256 * 2 ** 20;
-
 /**
  * The graph's weight inputs, uploaded once into buffers that every session over the graph is fed.
- * Each is converted from the checkpoint (`tensors`, see stepWeightTensors) just before its upload
- * and dropped after it, so the host holds one converted tensor at a time, not a second copy of the
- * model; the staged writes are flushed every UPLOAD_FLUSH_BYTES for the same reason.
+ * Each is laid out from the checkpoint's bytes (`tensors`, see stepWeightTensors) on the GPU where
+ * it can be (weight_upload.ts), else converted on the CPU just before its upload and dropped after
+ * it: the host holds one tensor's staging at a time, not a second copy of the model.
  */
 export async function uploadWeights(
   device: GPUDevice,
   graph: BuiltGraph,
   tensors: Initializer[],
-): Promise<{ feeds: Feeds; buffers: GPUBuffer[] }> {
+  log: (line: string) => void = () => {},
+): Promise<{ feeds: Feeds; buffers: GPUBuffer[]; counts: { gpu: number; cpu: number } }> {
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const feeds: Feeds = {};
   const buffers: GPUBuffer[] = [];
-  let staged = 0;
+  // RAGTIME_WEIGHT_UPLOAD=cpu: every weight converted on the CPU (to compare the two paths).
+  const uploader = new WeightUploader(device, {
+    cpuOnly: Deno.env.get("RAGTIME_WEIGHT_UPLOAD") === "cpu",
+    log,
+  });
   try {
     for (const w of graph.weights) {
       const t = byName.get(w.name);
@@ -115,29 +118,18 @@ export async function uploadWeights(
       }
       const dataType = ORT_TYPES[w.type as keyof typeof ORT_TYPES];
       if (!dataType) throw new Error(`weight ${w.name}: unsupported tensor type ${w.type}`);
-      const bytes = t.raw();
-      // Mapped at creation: written in place; sizes are whole 4-byte words (an odd fp16 count is padded).
-      const buffer = pinGpuBuffer(device.createBuffer({
-        size: Math.max(4, Math.ceil(bytes.length / 4) * 4),
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
-        mappedAtCreation: true,
-      }));
+      const buffer = pinGpuBuffer(await uploader.upload(t));
       buffers.push(buffer);
-      new Uint8Array(buffer.getMappedRange()).set(bytes);
-      buffer.unmap();
       feeds[w.name] = ort.Tensor.fromGpuBuffer(buffer, { dataType, dims: w.dims });
-      staged += bytes.length;
-      if (staged >= UPLOAD_FLUSH_BYTES) {
-        staged = 0;
-        device.queue.submit([]);
-        await device.queue.onSubmittedWorkDone();
-      }
     }
+    await device.queue.onSubmittedWorkDone();
   } catch (e) {
     buffers.forEach((b) => b.destroy());
     throw e;
+  } finally {
+    uploader.destroy();
   }
-  return { feeds, buffers };
+  return { feeds, buffers, counts: uploader.counts };
 }
 
 export type Feeds = Record<string, ort.Tensor>;

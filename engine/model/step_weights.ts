@@ -8,7 +8,7 @@
 // weights are inputs needs none of them, and the upload converts each just before it goes to the GPU.
 
 import { TensorType } from "../onnx/builder.ts";
-import type { LoadedModel, ModelConfig, WeightSource } from "./types.ts";
+import type { LoadedModel, ModelConfig, WeightSource, WeightTensor } from "./types.ts";
 import { inverseFrequency } from "./rope.ts";
 import {
   type ActDType,
@@ -27,6 +27,19 @@ export interface Initializer {
   dims: number[];
   /** Converts the tensor now (each call converts again: call it once, when the bytes are needed). */
   raw: () => Uint8Array;
+  /** The checkpoint tensors it is a plain layout of, for conversion on the GPU (weight_upload.ts). */
+  layout?: GpuLayout;
+}
+
+/**
+ * How a weight is made of checkpoint tensors, where no head padding is involved. transpose: `parts`
+ * are [rows_i, K] matrices stored [out, in], packed along the output and transposed into
+ * [K, sum rows_i] (q/k/v, gate/up, one linear, the LM head). Otherwise one part whose elements are
+ * the weight's, in order (the embedding). raw() gives the same bytes.
+ */
+export interface GpuLayout {
+  parts: WeightTensor[];
+  transpose: boolean;
 }
 
 export interface LayerWeights {
@@ -84,8 +97,10 @@ export class StepWeights {
 
   embedding(): Initializer {
     const { vocabSize: V, hiddenSize: H } = this.cfg;
-    this.w.get(EMBED);
-    return this.encoded(EMBED, [V, H], () => this.plain(EMBED));
+    return {
+      ...this.encoded(EMBED, [V, H], () => this.plain(EMBED)),
+      layout: { parts: [this.w.get(EMBED)], transpose: false },
+    };
   }
 
   layer(l: number): LayerWeights {
@@ -99,10 +114,11 @@ export class StepWeights {
       return [this.headRows(q, NH), this.headRows(k, NKV), this.headRows(v, NKV)];
     };
     const qkvOut = (NH + 2 * NKV) * this.Dp;
+    const unpadded = this.Dp === this.cfg.headDim;
     const gate = p + "mlp.gate_proj.weight", up = p + "mlp.up_proj.weight", down = p + "mlp.down_proj.weight";
     return {
       inputNorm: this.vec(p + "input_layernorm.weight"),
-      qkv: this.linear(qkvNames("weight"), () => qkvRows("weight"), H, qkvOut, `${p}qkv`),
+      qkv: this.linear(qkvNames("weight"), () => qkvRows("weight"), H, qkvOut, `${p}qkv`, unpadded),
       qkvBias: this.cfg.attentionBias
         ? this.encoded(`${p}qkv_bias`, [qkvOut], () => concatRows(qkvRows("bias")), qkvNames("bias"))
         : null,
@@ -115,6 +131,7 @@ export class StepWeights {
         NH * this.Dp,
         H,
         `${p}o`,
+        unpadded,
       ),
       postNorm: this.vec(p + "post_attention_layernorm.weight"),
       gateUp: this.linear([gate, up], () => [this.plain(gate), this.plain(up)], H, 2 * I, `${p}gate_up`),
@@ -150,7 +167,10 @@ export class StepWeights {
   lmHead(): Initializer {
     const { vocabSize: V, hiddenSize: H } = this.cfg;
     const name = this.cfg.tieEmbeddings ? EMBED : "lm_head.weight";
-    return this.encoded("lm_head_t", this.linearDims(H, V), () => transpose(this.plain(name), V, H), [name]);
+    return {
+      ...this.encoded("lm_head_t", this.linearDims(H, V), () => transpose(this.plain(name), V, H), [name]),
+      layout: { parts: [this.w.get(name)], transpose: true },
+    };
   }
 
   /**
@@ -219,20 +239,26 @@ export class StepWeights {
     );
   }
 
-  /** Linear layers are stored [out, in] (`rows` outputs of `cols` inputs); MatMul wants [in, out]. */
+  /**
+   * Linear layers are stored [out, in] (`rows` outputs of `cols` inputs); MatMul wants [in, out].
+   * `plain`: the parts are the sources as stored (no head padding), which the GPU can lay out.
+   */
   private linear(
     sources: string[],
     parts: () => Values[],
     cols: number,
     rows: number,
     name: string,
+    plain = true,
   ): Initializer {
-    return this.encoded(
+    const init = this.encoded(
       name,
       this.linearDims(cols, rows),
       () => transpose(concatRows(parts()), rows, cols),
       sources,
     );
+    if (!plain) return init;
+    return { ...init, layout: { parts: sources.map((s) => this.w.get(s)), transpose: true } };
   }
 
   /** [K, N], or [S, K/S, N] where the layer is split (same bytes: K's rows in order). */
