@@ -137,6 +137,12 @@ try {
 }
 
 await server.finished;
-log(`ragtime: stopped (rss ${(Deno.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB)`);
+const mem = Deno.memoryUsage();
+const mib = (b: number) => (b / 2 ** 20).toFixed(0);
+log(
+  `ragtime: stopped (rss ${mib(mem.rss)} MiB, V8 heap ${mib(mem.heapUsed)} of ${
+    mib(mem.heapTotal)
+  } MiB used)`,
+);
 await engine?.close(true);
 Deno.exit(0);
