@@ -34,7 +34,9 @@ const M = Number(a.m), K = Number(a.k), N = Number(a.n);
 const f16 = a.dtype === "f16";
 const step = (s) => console.log(`[stage] ${s}`);
 const runtime = typeof Deno !== "undefined" ? `deno ${Deno.version.deno}` : `node ${process.version}`;
-step(`runtime ${runtime}, gpu=${a.gpu} via=${a.via} shim=${a.shim} backend=${a.backend} dtype=${a.dtype} M=${M} K=${K} N=${N}`);
+step(
+  `runtime ${runtime}, gpu=${a.gpu} via=${a.via} shim=${a.shim} backend=${a.backend} dtype=${a.dtype} M=${M} K=${K} N=${N}`,
+);
 
 // --- a MatMul model, protobuf-encoded by hand (onnx.proto field numbers) so the repro needs no model file
 const enc = new TextEncoder();
@@ -48,15 +50,26 @@ const varint = (v) => {
   return out;
 };
 const fieldVarint = (no, v) => [...varint(no << 3), ...varint(v)];
-const fieldBytes = (no, bytes) => [...varint((no << 3) | 2), ...varint(bytes.length), ...bytes];
+const fieldBytes = (
+  no,
+  bytes,
+) => [...varint((no << 3) | 2), ...varint(bytes.length), ...bytes];
 const fieldStr = (no, s) => fieldBytes(no, [...enc.encode(s)]);
 const elemType = f16 ? 10 : 1; // TensorProto.DataType FLOAT16 / FLOAT
 const valueInfo = (name, dims) =>
   fieldStr(1, name).concat(fieldBytes(
     2,
-    fieldBytes(1, [...fieldVarint(1, elemType), ...fieldBytes(2, dims.flatMap((d) => fieldBytes(1, fieldVarint(1, d))))]),
+    fieldBytes(1, [
+      ...fieldVarint(1, elemType),
+      ...fieldBytes(2, dims.flatMap((d) => fieldBytes(1, fieldVarint(1, d)))),
+    ]),
   ));
-const node = [...fieldStr(1, "A"), ...fieldStr(1, "B"), ...fieldStr(2, "Y"), ...fieldStr(4, "MatMul")];
+const node = [
+  ...fieldStr(1, "A"),
+  ...fieldStr(1, "B"),
+  ...fieldStr(2, "Y"),
+  ...fieldStr(4, "MatMul"),
+];
 const graph = [
   ...fieldBytes(1, node),
   ...fieldStr(2, "matmul"),
@@ -78,15 +91,22 @@ if (a.gpu === "dawn") {
   Object.assign(globalThis, globals);
   if (a.shim) {
     const writeBuffer = globals.GPUQueue.prototype.writeBuffer;
-    globals.GPUQueue.prototype.writeBuffer = function (buffer, offset, data, ...rest) {
+    globals.GPUQueue.prototype.writeBuffer = function (
+      buffer,
+      offset,
+      data,
+      ...rest
+    ) {
       const shared = typeof SharedArrayBuffer !== "undefined" &&
-        (data instanceof SharedArrayBuffer || data.buffer instanceof SharedArrayBuffer);
+        (data instanceof SharedArrayBuffer ||
+          data.buffer instanceof SharedArrayBuffer);
       if (shared) {
         // Keep the element type: dataOffset and size are counted in elements for typed arrays.
         data = data instanceof SharedArrayBuffer
           ? new Uint8Array(data).slice().buffer
           : data instanceof DataView
-          ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice()
+          ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+            .slice()
           : data.slice();
       }
       return writeBuffer.call(this, buffer, offset, data, ...rest);
@@ -98,14 +118,23 @@ if (a.gpu === "dawn") {
   const gpu = create(opts);
   step(`create(${JSON.stringify(opts)}) ok`);
   dawnAdapter = await gpu.requestAdapter();
-  if (!dawnAdapter) throw new Error("Dawn returned no adapter (see docs/dawn.md: lavapipe needs Mesa >= 25)");
+  if (!dawnAdapter) {
+    throw new Error(
+      "Dawn returned no adapter (see docs/dawn.md: lavapipe needs Mesa >= 25)",
+    );
+  }
   const info = dawnAdapter.info;
-  step(`dawn adapter: ${info.vendor} / ${info.architecture} / ${info.description}`);
+  step(
+    `dawn adapter: ${info.vendor} / ${info.architecture} / ${info.description}`,
+  );
   step(`dawn features: ${[...dawnAdapter.features].sort().join(" ")}`);
   if (a.via === "navigator") {
     // Deno's navigator.gpu is a getter on Navigator.prototype: shadow it on the instance.
     if (typeof navigator === "undefined") globalThis.navigator = { gpu };
-    else Object.defineProperty(navigator, "gpu", { value: gpu, configurable: true });
+    else {Object.defineProperty(navigator, "gpu", {
+        value: gpu,
+        configurable: true,
+      });}
   }
 }
 
@@ -121,8 +150,12 @@ const session = await ort.InferenceSession.create(model, {
   logSeverityLevel: a.verbose ? 0 : 2,
 });
 const device = await ort.env.webgpu.device;
-step(`session ok; ORT's device features: ${device ? [...device.features].sort().join(" ") : "(none)"}`);
-step(`ORT's device is Dawn's: ${dawnAdapter ? device instanceof globalThis.GPUDevice : "n/a"}`);
+step(
+  `session ok; ORT's device features: ${device ? [...device.features].sort().join(" ") : "(none)"}`,
+);
+step(
+  `ORT's device is Dawn's: ${dawnAdapter ? device instanceof globalThis.GPUDevice : "n/a"}`,
+);
 
 // Small integers so that fp16 and fp32 products are exact.
 const A = Float32Array.from({ length: M * K }, (_, i) => ((i * 7) % 5) - 2);
@@ -135,15 +168,22 @@ for (let i = 0; i < M; i++) {
     want[i * N + j] = s;
   }
 }
-const tensor = (x, dims) => f16 ? new ort.Tensor("float16", Float16Array.from(x), dims) : new ort.Tensor("float32", x, dims);
-if (f16 && typeof Float16Array === "undefined") throw new Error("--dtype f16 needs Float16Array (Deno, Node >= 24)");
+const tensor = (x, dims) =>
+  f16 ? new ort.Tensor("float16", Float16Array.from(x), dims) : new ort.Tensor("float32", x, dims);
+if (f16 && typeof Float16Array === "undefined") {
+  throw new Error("--dtype f16 needs Float16Array (Deno, Node >= 24)");
+}
 
 step("session.run (first run: shader compile + dispatch + readback)");
 const out = await session.run({ A: tensor(A, [M, K]), B: tensor(B, [K, N]) });
 const y = out.Y.data;
 let maxErr = 0;
-for (let i = 0; i < M * N; i++) maxErr = Math.max(maxErr, Math.abs(Number(y[i]) - want[i]));
-step(`run ok: Y[0..3] = ${Array.from(y.slice(0, 4)).join(", ")}; max |err| vs CPU = ${maxErr}`);
+for (let i = 0; i < M * N; i++) {
+  maxErr = Math.max(maxErr, Math.abs(Number(y[i]) - want[i]));
+}
+step(
+  `run ok: Y[0..3] = ${Array.from(y.slice(0, 4)).join(", ")}; max |err| vs CPU = ${maxErr}`,
+);
 await session.release();
 step("done");
 console.log(maxErr === 0 ? "RESULT ok" : "RESULT wrong");

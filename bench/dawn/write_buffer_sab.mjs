@@ -17,7 +17,9 @@ Object.assign(globalThis, globals);
 const adapter = await create([`backend=${a.backend}`]).requestAdapter();
 if (!adapter) throw new Error("Dawn returned no adapter");
 const device = await adapter.requestDevice();
-console.log(`${runtime}, ${adapter.info.description || adapter.info.vendor}, source: ${kind}`);
+console.log(
+  `${runtime}, ${adapter.info.description || adapter.info.vendor}, source: ${kind}`,
+);
 
 const bytes = 64;
 const backing = kind === "plain"
@@ -28,8 +30,14 @@ const backing = kind === "plain"
 const src = new Uint8Array(backing, 0, bytes);
 for (let i = 0; i < bytes; i++) src[i] = i + 1;
 
-const dst = device.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
-const read = device.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ });
+const dst = device.createBuffer({
+  size: bytes,
+  usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+});
+const read = device.createBuffer({
+  size: bytes,
+  usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
+});
 console.log("queue.writeBuffer ...");
 // ORT's call has this exact shape: writeBuffer(buffer, offset, Uint8Array view on the heap, 0, size).
 device.queue.writeBuffer(dst, 0, src, 0, bytes);
@@ -40,5 +48,7 @@ device.queue.submit([enc.finish()]);
 await read.mapAsync(GPUMapMode.READ);
 const got = new Uint8Array(read.getMappedRange().slice(0));
 const ok = a.backend === "null" || got.every((v, i) => v === i + 1);
-console.log(`read back: ${Array.from(got.slice(0, 8)).join(",")}... -> ${ok ? "RESULT ok" : "RESULT wrong"}`);
+console.log(
+  `read back: ${Array.from(got.slice(0, 8)).join(",")}... -> ${ok ? "RESULT ok" : "RESULT wrong"}`,
+);
 device.destroy();
