@@ -4,6 +4,7 @@
 // public port: connection cap and header, body and idle timeouts.
 import { type FrontStats, startFront } from "./front.ts";
 import { memoryTrimmer } from "./trim.ts";
+import { openFileLimit, openFilesFor } from "./rlimit.ts";
 
 /** What the front enforces; seconds, 0: no limit. */
 export interface FrontLimits {
@@ -200,6 +201,13 @@ export function serve(opts: ServeOptions): RunningServer {
       server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
       const port = (server.addr as Deno.NetAddr).port;
       connectBackend = () => Deno.connect({ hostname: "127.0.0.1", port });
+    }
+    const files = openFileLimit(), need = openFilesFor(opts.front.maxConnections);
+    if (files !== null && opts.front.maxConnections > 0 && files < need) {
+      console.error(
+        `ragtime: warning: the open-file limit (${files}) is below the ${need} that ` +
+          `--max-connections ${opts.front.maxConnections} needs; raise it (ulimit -Hn) or lower --max-connections`,
+      );
     }
     front = startFront({
       host: opts.host,
