@@ -81,6 +81,7 @@ const server = serve({
       headerTimeoutS: config.headerTimeoutS,
       bodyTimeoutS: config.bodyTimeoutS,
       idleTimeoutS: config.idleTimeoutS,
+      sendTimeoutS: config.sendTimeoutS,
     }
     : undefined,
   onDrainStart: () => {

@@ -86,7 +86,7 @@ export interface ConnectionCounts {
   open: number;
   accepted: number;
   refused: number;
-  timedOut: { header: number; body: number; idle: number };
+  timedOut: { header: number; body: number; idle: number; send: number };
 }
 
 export class Metrics {
@@ -198,7 +198,7 @@ function connectionSeries(c: ConnectionCounts | null): string[] {
     [
       `# HELP ${closed} Client connections closed by a timeout, by which.`,
       `# TYPE ${closed} counter`,
-      ...(["header", "body", "idle"] as const).map((k) => `${closed}{timeout="${k}"} ${c.timedOut[k]}`),
+      ...(["header", "body", "idle", "send"] as const).map((k) => `${closed}{timeout="${k}"} ${c.timedOut[k]}`),
     ].join("\n"),
   ];
 }

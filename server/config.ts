@@ -260,6 +260,16 @@ const OPTIONS = {
     help: "Close a kept-alive connection after this long with no request in flight (0: never).",
     schema: nonNegativeNumber.default(30),
   }),
+  sendTimeoutS: opt({
+    flag: "--send-timeout",
+    env: "RAGTIME_SEND_TIMEOUT",
+    kind: "value",
+    metavar: "S",
+    expect: "a number of seconds in [0, 86400]",
+    help: "Close a connection whose client takes no response bytes for this long while the server has " +
+      "some to send (a reader that stalls); its request is aborted (0: no limit).",
+    schema: nonNegativeNumber.default(60),
+  }),
   maxConnections: opt({
     flag: "--max-connections",
     env: "RAGTIME_MAX_CONNECTIONS",

@@ -24,6 +24,8 @@ export interface FrontOptions {
   headerTimeoutS: number;
   bodyTimeoutS: number;
   idleTimeoutS: number;
+  /** A response write the client takes nothing of for this long closes the connection. */
+  sendTimeoutS: number;
   /** Called when a connection that received at least `largeBytes` closes (to return freed memory). */
   onLargeClose?: () => void;
 }
@@ -36,7 +38,7 @@ export interface FrontStats {
   open: number;
   accepted: number;
   refused: number;
-  timedOut: { header: number; body: number; idle: number };
+  timedOut: { header: number; body: number; idle: number; send: number };
 }
 
 export interface Front {
@@ -97,7 +99,7 @@ const tryClose = (conn: Deno.Conn | null) => {
   }
 };
 
-type Reason = "header" | "body" | "idle" | "linger";
+type Reason = "header" | "body" | "idle" | "send" | "linger";
 
 class Connection {
   backend: Deno.Conn | null = null;
@@ -113,6 +115,8 @@ class Connection {
   readonly acceptedAt: number;
   /** Writing to the backend (body progress is not the client's fault while it blocks). */
   blockedOnBackend = false;
+  /** Since when a write of response bytes to the client has been waiting (0: none). */
+  sendingSince = 0;
   closeAfterResponse = false;
   /** The server closed its side: client bytes are dropped while its last response goes out. */
   backendGone = false;
@@ -149,7 +153,9 @@ class Connection {
     const o = this.front.opts;
     const at = (base: number, s: number) => s > 0 ? base + s * 1000 : Infinity;
     if (this.lingerSince) [this.deadline, this.reason] = [this.lingerSince + LINGER_MS, "linger"];
-    else if (this.request.phase === "head") {
+    else if (this.sendingSince) {
+      [this.deadline, this.reason] = [at(this.sendingSince, o.sendTimeoutS), "send"];
+    } else if (this.request.phase === "head") {
       // A new connection's first head counts from the accept, so waiting before it buys no time.
       const from = this.served === 0 && this.pending.length === 0 ? this.acceptedAt : this.requestStart;
       [this.deadline, this.reason] = [at(from, o.headerTimeoutS), "header"];
@@ -222,10 +228,15 @@ class Connection {
         if (n === null || this.closed) break;
         const bytes = buf.subarray(0, n);
         this.response.push(bytes);
+        // A write blocks only while the client reads nothing (the kernel's buffers are full).
+        this.sendingSince = performance.now();
+        this.schedule();
         try {
           await writeAll(this.client, bytes);
         } catch {
           return this.close(); // the client left: closing the server's side aborts its work
+        } finally {
+          this.sendingSince = 0;
         }
         this.lastActivity = performance.now();
         if (this.closeAfterResponse && !this.response.partial) break;
@@ -274,7 +285,7 @@ class Connection {
 
 class FrontImpl implements Front {
   readonly conns = new Set<Connection>();
-  readonly timedOut = { header: 0, body: 0, idle: 0 };
+  readonly timedOut = { header: 0, body: 0, idle: 0, send: 0 };
   accepted = 0;
   refused = 0;
   #lingering = 0;

@@ -12,6 +12,7 @@ export interface FrontLimits {
   headerTimeoutS: number;
   bodyTimeoutS: number;
   idleTimeoutS: number;
+  sendTimeoutS: number;
 }
 
 export interface ServeOptions {

@@ -48,6 +48,7 @@ Deno.test("config: defaults", () => {
     bodyTimeoutS: 60,
     headerTimeoutS: 20,
     idleTimeoutS: 30,
+    sendTimeoutS: 60,
     maxConnections: 1024,
     front: true,
     logPrompts: false,
@@ -208,7 +209,7 @@ Deno.test("config: --body-timeout and --max-connections, flags over their enviro
   assertThrows(() => parseConfig(["--model", "m", "--body-timeout", "-1"], env()), ConfigError);
 });
 
-Deno.test("config: --header-timeout, --idle-timeout and --front, flags over their environment twins", () => {
+Deno.test("config: --header-timeout, --idle-timeout, --send-timeout and --front, flags over their environment twins", () => {
   const fromEnv = parseConfig(
     ["--model", "m"],
     env({ RAGTIME_HEADER_TIMEOUT: "2.5", RAGTIME_IDLE_TIMEOUT: "0", RAGTIME_FRONT: "off" }),
@@ -221,6 +222,12 @@ Deno.test("config: --header-timeout, --idle-timeout and --front, flags over thei
   assertEquals([fromFlags.headerTimeoutS, fromFlags.idleTimeoutS, fromFlags.front], [4, 75, true]);
   assertThrows(() => parseConfig(["--model", "m", "--idle-timeout", "x"], env()), ConfigError);
   assertThrows(() => parseConfig(["--model", "m", "--front", "maybe"], env()), ConfigError);
+  assertEquals(parseConfig(["--model", "m"], env({ RAGTIME_SEND_TIMEOUT: "0" })).sendTimeoutS, 0);
+  assertEquals(
+    parseConfig(["--model", "m", "--send-timeout", "5"], env({ RAGTIME_SEND_TIMEOUT: "9" })).sendTimeoutS,
+    5,
+  );
+  assertThrows(() => parseConfig(["--model", "m", "--send-timeout", "-1"], env()), ConfigError);
 });
 
 Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over their environment twins", () => {

@@ -14,13 +14,30 @@ interface Rig {
   close(): Promise<void>;
 }
 
-/** Backend routes: /echo (body size), /stream (an event every 100 ms), /ignore (answers late, never reads the body). */
+/**
+ * Backend routes: /echo (body size), /stream (an event every 100 ms), /big (bytes as fast as they go),
+ * /ignore (answers late, never reads the body).
+ */
 function rig(opts: Partial<FrontOptions> = {}): Rig {
   const aborted: string[] = [];
   const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
     const path = new URL(req.url).pathname;
     if (path === "/echo") return new Response(String((await req.arrayBuffer()).byteLength));
     if (path === "/ignore") return sleep(2000).then(() => new Response("late"));
+    if (path === "/big") {
+      // 64 KiB chunks as fast as the front takes them, until the request is aborted.
+      const chunk = new Uint8Array(65536).fill(120);
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          pull(c) {
+            c.enqueue(chunk);
+          },
+          cancel() {
+            aborted.push("big");
+          },
+        }),
+      );
+    }
     if (path === "/stream") {
       req.signal.addEventListener("abort", () => aborted.push("stream"));
       let n = 0;
@@ -46,6 +63,7 @@ function rig(opts: Partial<FrontOptions> = {}): Rig {
     headerTimeoutS: 0,
     bodyTimeoutS: 0,
     idleTimeoutS: 0,
+    sendTimeoutS: 0,
     connectBackend: () => Deno.connect({ hostname: "127.0.0.1", port: backend.addr.port }),
     ...opts,
   });
@@ -117,6 +135,30 @@ Deno.test("front: a response in progress is never cut by the idle timeout", asyn
     conn.close();
     assert.equal(closed, false);
     assert.ok((text.match(/data: \d+/g) ?? []).length >= 10, text);
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("front: a client that stops reading is cut at the send timeout, and its request aborted", async () => {
+  const r = rig({ sendTimeoutS: 0.5, idleTimeoutS: 0.3 });
+  try {
+    const slow = await connect(r.port);
+    await slow.write(enc.encode("GET /big HTTP/1.1\r\nhost: x\r\n\r\n"));
+    // Never read: the socket buffers fill, the front's write blocks, then the deadline passes.
+    for (let i = 0; i < 100 && r.front.stats().timedOut.send === 0; i++) await sleep(100);
+    assert.equal(r.front.stats().timedOut.send, 1, "send timeouts");
+    for (let i = 0; i < 50 && !r.aborted.includes("big"); i++) await sleep(100);
+    assert.ok(r.aborted.includes("big"), "the backend's response was cancelled");
+    slow.close();
+    // A client that reads keeps its stream however long it runs (no write waits 0.5 s).
+    const conn = await connect(r.port);
+    await conn.write(enc.encode("GET /stream HTTP/1.1\r\nhost: x\r\n\r\n"));
+    const { text, closed } = await readAll(conn, 1500);
+    conn.close();
+    assert.equal(closed, false);
+    assert.ok((text.match(/data: \d+/g) ?? []).length >= 10, text);
+    assert.equal(r.front.stats().timedOut.send, 1);
   } finally {
     await r.close();
   }
