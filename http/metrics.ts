@@ -198,7 +198,9 @@ function connectionSeries(c: ConnectionCounts | null): string[] {
     [
       `# HELP ${closed} Client connections closed by a timeout, by which.`,
       `# TYPE ${closed} counter`,
-      ...(["header", "body", "idle", "send"] as const).map((k) => `${closed}{timeout="${k}"} ${c.timedOut[k]}`),
+      ...(["header", "body", "idle", "send"] as const).map((k) =>
+        `${closed}{timeout="${k}"} ${c.timedOut[k]}`
+      ),
     ].join("\n"),
   ];
 }
