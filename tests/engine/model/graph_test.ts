@@ -1,37 +1,11 @@
 // The step graph against the float64 reference, on the real WebGPU code path (software adapter in CI).
 
 import { assert, assertEquals } from "../../helpers/assert.ts";
-import { ModelRunner, type StepInputs } from "../../../engine/model_runner.ts";
+import { ModelRunner } from "../../../engine/model_runner.ts";
+import { stepInputs } from "../../helpers/step_inputs.ts";
 import { randomModel } from "../../helpers/random_model.ts";
 import { referenceLogits } from "../../helpers/reference.ts";
 import type { Architecture, LoadedModel } from "../../../engine/model/types.ts";
-
-interface Seg {
-  ids: number[];
-  past: number;
-  blocks: number[];
-}
-
-function stepInputs(segs: Seg[], maxBlocks: number): StepInputs {
-  const ids = segs.flatMap((s) => s.ids);
-  const cu = [0];
-  for (const s of segs) cu.push(cu[cu.length - 1] + s.ids.length);
-  const bt = new Int32Array(segs.length * maxBlocks);
-  segs.forEach((s, i) => bt.set(s.blocks, i * maxBlocks));
-  const rows = Int32Array.from(ids.keys());
-  return {
-    inputIds: Int32Array.from(ids),
-    idSrc: new Int32Array(ids.length).fill(-1),
-    cuSeqlens: Int32Array.from(cu),
-    pastSeqlens: Int32Array.from(segs.map((s) => s.past)),
-    blockTable: bt,
-    maxBlocks,
-    sampleRows: rows,
-    sampleU: new Float32Array(rows.length).fill(-1),
-    invTemp: new Float32Array(rows.length).fill(1),
-    wantLogits: true,
-  };
-}
 
 function maxDiff(a: Float32Array, off: number, b: Float64Array) {
   let m = 0;

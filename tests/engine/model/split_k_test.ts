@@ -6,7 +6,8 @@
 import { assert, assertEquals } from "../../helpers/assert.ts";
 import { buildGraph, stepWeightTensors } from "../../../engine/model/graph.ts";
 import { splitFactor } from "../../../engine/model/step_weights.ts";
-import { ModelRunner, type StepInputs } from "../../../engine/model_runner.ts";
+import { ModelRunner } from "../../../engine/model_runner.ts";
+import { stepInputs } from "../../helpers/step_inputs.ts";
 import { randomModel } from "../../helpers/random_model.ts";
 import { referenceLogits } from "../../helpers/reference.ts";
 import { type Outcome, outcomeOf, params, startEngine } from "../../helpers/engine.ts";
@@ -71,31 +72,6 @@ Deno.test("split-K graph: linear weights declared [S, K/S, N] over the same byte
     buildGraph(tiny, opts).totalNodes,
   );
 });
-
-/** One item per sequence; every token's row sampled. */
-function stepInputs(
-  items: { ids: number[]; past: number; blocks: number[] }[],
-  maxBlocks: number,
-): StepInputs {
-  const ids = items.flatMap((s) => s.ids);
-  const cu = [0];
-  for (const s of items) cu.push(cu[cu.length - 1] + s.ids.length);
-  const bt = new Int32Array(items.length * maxBlocks);
-  items.forEach((s, i) => bt.set(s.blocks, i * maxBlocks));
-  const rows = Int32Array.from(ids.keys());
-  return {
-    inputIds: Int32Array.from(ids),
-    idSrc: new Int32Array(ids.length).fill(-1),
-    cuSeqlens: Int32Array.from(cu),
-    pastSeqlens: Int32Array.from(items.map((s) => s.past)),
-    blockTable: bt,
-    maxBlocks,
-    sampleRows: rows,
-    sampleU: new Float32Array(rows.length).fill(-1),
-    invTemp: new Float32Array(rows.length).fill(1),
-    wantLogits: true,
-  };
-}
 
 const V = BIG.vocabSize;
 const PROMPT = Array.from({ length: 20 }, (_, i) => (i * 37 + 3) % V);
