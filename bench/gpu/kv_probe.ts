@@ -28,7 +28,7 @@ import * as ort from "onnxruntime-web/webgpu";
 import { createEngine } from "../../engine/local_engine.ts";
 import type { ModelRunner, StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
-import { BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS } from "../../engine/protocol.ts";
+import { ATTENTION_Q_BOUND, BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS } from "../../engine/protocol.ts";
 import { STORY_TEXT } from "../../tests/helpers/engine.ts";
 import { STORIES260K } from "../../tests/helpers/fixtures.ts";
 import { readBufferU16 } from "../../tests/helpers/gpu_read.ts";
@@ -107,6 +107,16 @@ const schemes: [string, Scheme][] = [
   [`16, ${C}s, all in 1 step`, { bounds: chunks(C, [16]), perStep: Infinity }],
   [`all 8-chunks in 1 step`, { bounds: chunks(8), perStep: Infinity }],
 ];
+if (ATTENTION_Q_BOUND >= 32) {
+  // Every step on the prefill kernel (RAGTIME_ATTN_Q_BOUND): items of any length must agree too.
+  schemes.push(
+    ["chunks of 64", { bounds: chunks(64) }],
+    ["chunks of 100", { bounds: chunks(100) }],
+    ["the whole prompt, one item", { bounds: [0, L] }],
+    ["all 64-chunks in 1 step", { bounds: chunks(64), perStep: Infinity }],
+    ["3 x 64-chunks + 4 companions of 50", { bounds: chunks(64), perStep: 3, companion: 50, companions: 4 }],
+  );
+}
 if (args.sweep) {
   for (
     const [m, c] of [[1, 8], [1, 9], [1, 10], [1, 11], [1, 15], [1, 20], [7, 2], [7, 3], [7, 5], [7, 9], [
@@ -224,9 +234,10 @@ for (const [name, r] of results) {
 // The LM head on more or fewer sampled rows: row 0's logits of one 31-token chunk, sampled alone and
 // among k repeats of itself, against k = 1.
 const sampledLogits: [number, Float32Array][] = [];
+const lmN = Math.min(C, L);
 for (const k of [1, 2, 8, 9, 16, 64, 256]) {
-  const s = stepInputs([{ start: 0, n: C, table: newTable(Math.ceil(C / bs)) }], true);
-  s.sampleRows = new Int32Array(k).fill(C - 1);
+  const s = stepInputs([{ start: 0, n: lmN, table: newTable(Math.ceil(lmN / bs)) }], true);
+  s.sampleRows = new Int32Array(k).fill(lmN - 1);
   s.sampleU = new Float32Array(k).fill(-1);
   s.invTemp = new Float32Array(k).fill(1);
   sampledLogits.push([k, (await runner.read(await runner.run(s))).logits!.slice(0, V)]);

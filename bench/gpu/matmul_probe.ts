@@ -14,6 +14,7 @@
 //   mulsum16 Mul + ReduceSum over a [N,K] weight, M=1 only (one thread per weight element, reduced over K)
 //   splitk8  split-K: x as [8, M, K/8] by weight [8, K/8, N] (a batched MatMul, 8x the workgroups),
 //            then ReduceSum over the 8 partial products
+//   splitk16, splitk32, splitk64  the same with 16/32/64 slices (only when named in --ops)
 // --shapes: KxN list (default the 1B's q/o, k/v, packed qkv, gate/up, packed gate+up, down, LM head);
 // --rows-m: row counts M (default 1,16,128,512).
 //
@@ -65,6 +66,8 @@ const { values: a } = parseArgs({
 
 const BLOCK = 32;
 const ALL_OPS = ["mm16", "mm32", "gemm16t", "nb4", "nb8", "nb4a4", "nb8a4", "mulsum16", "splitk8"];
+// Wider splits, measured on request only (--ops ...,splitk16,splitk32,splitk64).
+const EXTRA_OPS = ["splitk16", "splitk32", "splitk64"];
 const shapeList = (s: string) =>
   s.split(",").map((x) => {
     const [K, N] = x.trim().split("x").map(Number);
@@ -93,7 +96,9 @@ const opt = {
   rowsShapes: shapeList(a["rows-shapes"] ?? (Q ? "64x128" : "64x128,2048x3072,8192x2048")),
   rowsOps: (a["rows-ops"] ?? "mm16,mm32,gemm16t,nb4,nb8").split(","),
 };
-for (const o of [...opt.ops, ...opt.rowsOps]) if (!ALL_OPS.includes(o)) throw new Error(`unknown op ${o}`);
+for (const o of [...opt.ops, ...opt.rowsOps]) {
+  if (!ALL_OPS.includes(o) && !EXTRA_OPS.includes(o)) throw new Error(`unknown op ${o}`);
+}
 
 // ---------- weights: a small random pool, rows of W^T copied from it (fast at LM-head size) ----------
 
@@ -236,7 +241,17 @@ function nbits(bits: 4 | 8, accuracy: number): OpDef {
   };
 }
 
-const SPLIT = 8;
+/** split-K by S: x as [S, M, K/S] by the weight as [S, K/S, N] (its [K, N] row-major bytes), summed over S. */
+function splitK(S: number): OpDef {
+  return {
+    act: "f16",
+    ref: "exact",
+    tensors: (w) => [{ type: "float16", dims: [S, w.K / S, w.N], data: u8(w.kn16()) }],
+    prelude: (g, x, K) =>
+      g.op1("Transpose", [g.op1("Reshape", [x, g.constI64([0, S, K / S])])], { perm: [1, 0, 2] }),
+    node: (g, x, [w]) => g.op1("ReduceSum", [g.op1("MatMul", [x, w]), g.constI64([0])], { keepdims: 0 }),
+  };
+}
 const OPS: Record<string, OpDef> = {
   mm16: {
     act: "f16",
@@ -268,15 +283,10 @@ const OPS: Record<string, OpDef> = {
     prelude: (g, x) => g.op1("Unsqueeze", [x, g.constI64([1])]), // [M, 1, K]
     node: (g, x, [w]) => g.op1("ReduceSum", [g.op1("Mul", [x, w]), g.constI64([-1])], { keepdims: 0 }),
   },
-  splitk8: {
-    act: "f16",
-    ref: "exact",
-    // [K, N] row-major is [SPLIT, K/SPLIT, N] row-major.
-    tensors: (w) => [{ type: "float16", dims: [SPLIT, w.K / SPLIT, w.N], data: u8(w.kn16()) }],
-    prelude: (g, x, K) =>
-      g.op1("Transpose", [g.op1("Reshape", [x, g.constI64([0, SPLIT, K / SPLIT])])], { perm: [1, 0, 2] }),
-    node: (g, x, [w]) => g.op1("ReduceSum", [g.op1("MatMul", [x, w]), g.constI64([0])], { keepdims: 0 }),
-  },
+  splitk8: splitK(8),
+  splitk16: splitK(16),
+  splitk32: splitK(32),
+  splitk64: splitK(64),
 };
 
 const ONNX_ACT = { f16: TensorType.FLOAT16, f32: TensorType.FLOAT } as const;

@@ -8,7 +8,8 @@
 // --model: a GGUF file or HF folder (default: SmolLM2-135M-shaped random weights, as step_probe.ts).
 // --cases: comma-separated decode:B[:past] and prefill:B:q[:past] (default
 //   decode:1:256,decode:128:256,prefill:16:31,prefill:1:512): B sequences of q new tokens over `past`
-//   cached ones (greedy, so only the step session runs).
+//   cached ones (greedy, so only the step session runs). items:B:q[:past] is prefill:B:q as the engine
+//   sends it: each sequence's q tokens as attention items of at most BATCH_INVARIANT_ITEM_TOKENS.
 //
 // How: onnxruntime-web 1.30's WebGPU EP (the native one, compiled to wasm) profiles when the session
 // option enableProfiling is set: every program then gets its own compute pass with timestamp queries at
@@ -25,7 +26,8 @@ import * as ort from "onnxruntime-web/webgpu";
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
-import { ENGINE_DEFAULTS } from "../../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS } from "../../engine/protocol.ts";
+import { attentionItems } from "../../engine/step_inputs.ts";
 import { smollm2ShapedModel } from "./probe_model.ts";
 
 const sessions: ort.InferenceSession[] = [];
@@ -96,35 +98,52 @@ interface Case {
   B: number;
   q: number;
   past: number;
+  /** Tokens per attention item (the engine's split of a long span); Infinity: one item per sequence. */
+  item: number;
 }
 
 function parseCases(spec: string): Case[] {
   return spec.split(",").map((s) => {
     const [kind, ...nums] = s.trim().split(":");
     const n = nums.map(Number);
-    if (kind === "decode" && n.length >= 1) return { name: s.trim(), B: n[0], q: 1, past: n[1] ?? 256 };
-    if (kind === "prefill" && n.length >= 2) return { name: s.trim(), B: n[0], q: n[1], past: n[2] ?? 0 };
-    throw new Error(`bad case "${s}" (decode:B[:past] or prefill:B:q[:past])`);
+    const name = s.trim(), item = Infinity;
+    if (kind === "decode" && n.length >= 1) return { name, B: n[0], q: 1, past: n[1] ?? 256, item };
+    if (kind === "prefill" && n.length >= 2) return { name, B: n[0], q: n[1], past: n[2] ?? 0, item };
+    if (kind === "items" && n.length >= 2) {
+      return { name, B: n[0], q: n[1], past: n[2] ?? 0, item: BATCH_INVARIANT_ITEM_TOKENS };
+    }
+    throw new Error(`bad case "${s}" (decode:B[:past], prefill:B:q[:past] or items:B:q[:past])`);
   });
 }
 
 function stepInputs(c: Case, numBlocks: number, blockSize: number, vocab: number): StepInputs {
   const { B, q, past } = c;
   const bpS = Math.ceil((past + q) / blockSize);
-  const bt = new Int32Array(B * bpS);
-  // Distinct blocks while the pool lasts (block 0 stays free for the runner's padding item).
-  for (let i = 0; i < bt.length; i++) bt[i] = 1 + (i % (numBlocks - 1));
-  const cu = new Int32Array(B + 1);
-  for (let b = 0; b < B; b++) cu[b + 1] = cu[b] + q;
+  const spans = attentionItems(past, q, Math.min(c.item, q));
+  const items = B * spans.length;
+  const bt = new Int32Array(items * bpS);
+  const cu = new Int32Array(items + 1), pastSeqlens = new Int32Array(items), sampleRows = new Int32Array(B);
+  for (let b = 0, i = 0; b < B; b++) {
+    // Distinct blocks per sequence while the pool lasts (block 0 stays free for the runner's padding item);
+    // a sequence's items share its table.
+    const table = Int32Array.from({ length: bpS }, (_, j) => 1 + ((b * bpS + j) % (numBlocks - 1)));
+    for (const [start, n] of spans) {
+      bt.set(table, i * bpS);
+      pastSeqlens[i] = start;
+      cu[i + 1] = cu[i] + n;
+      i++;
+    }
+    sampleRows[b] = cu[i] - 1;
+  }
   const T = B * q;
   return {
     inputIds: Int32Array.from({ length: T }, (_, i) => 3 + ((i * 7919) % (vocab - 3))),
     idSrc: new Int32Array(T).fill(-1),
     cuSeqlens: cu,
-    pastSeqlens: new Int32Array(B).fill(past),
+    pastSeqlens,
     blockTable: bt,
     maxBlocks: bpS,
-    sampleRows: Int32Array.from({ length: B }, (_, b) => cu[b + 1] - 1),
+    sampleRows,
     sampleU: new Float32Array(B).fill(-1),
     invTemp: new Float32Array(B).fill(1),
     wantLogits: false,
