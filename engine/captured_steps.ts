@@ -16,7 +16,6 @@ import type { BuiltGraph } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import type { StepInputs } from "./step_inputs.ts";
 import { createStepSession, type Feeds, pinGpuBuffer, runBound, type Session } from "./sessions.ts";
-import { ATTENTION_Q_BOUND } from "./protocol.ts";
 
 export interface CaptureShape {
   /** Real rows at most (the padding item comes on top). */
@@ -78,9 +77,7 @@ export class CapturedDecode {
 
   /** A session for this shape with its buffers; not captured until its first run (see capture). */
   static async create(graph: BuiltGraph, shape: CaptureShape, shared: SharedFeeds): Promise<CapturedDecode> {
-    const session = await createStepSession(graph, [Math.max(2, ATTENTION_Q_BOUND), shape.kvCap], {
-      enableGraphCapture: true,
-    });
+    const session = await createStepSession(graph, [2, shape.kvCap], { enableGraphCapture: true });
     const B = shape.batch, M = shared.tableWidth, dev = shared.device;
     const buffer = (elems: number) =>
       pinGpuBuffer(dev.createBuffer({ size: Math.max(16, 4 * elems), usage: IO_USAGE }));

@@ -37,7 +37,7 @@ export class EngineConfigError extends Error {
   }
 }
 
-const BLOCK_SIZE = Number(Deno.env.get("RAGTIME_BLOCK_SIZE") ?? 16);
+const BLOCK_SIZE = 16;
 /** Largest captured decode batch: a step of more rows costs little CPU per row even uncaptured. */
 const MAX_CAPTURED_BATCH = 512;
 /**

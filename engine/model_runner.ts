@@ -18,7 +18,7 @@ import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } fro
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
-import { ATTENTION_Q_BOUND, ENGINE_DEFAULTS } from "./protocol.ts";
+import { ENGINE_DEFAULTS } from "./protocol.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -330,7 +330,7 @@ export class ModelRunner {
       [IO.pastSeqlens]: new ort.Tensor("int32", s.pastSeqlens, [B]),
       [IO.blockTable]: new ort.Tensor("int32", s.blockTable, [B, s.maxBlocks]),
       // Host-side bounds spare PagedAttention a metadata readback in every layer.
-      [IO.attnMeta]: new ort.Tensor("int32", Int32Array.of(Math.max(maxQ, ATTENTION_Q_BOUND), maxKv), [2]),
+      [IO.attnMeta]: new ort.Tensor("int32", Int32Array.of(maxQ, maxKv), [2]),
       [IO.sampleRows]: new ort.Tensor("int32", s.sampleRows, [S]),
     };
     const sampling = s.sampleU.some((u) => u >= 0);
@@ -495,7 +495,7 @@ async function download(ids: Staging, logits: ort.Tensor | null): Promise<StepRe
  * bit-exact reuse there; llvmpipe and f32 showed no difference. 16 keeps a margin; the padding rows
  * cost little next to a step's fixed cost.
  */
-export const MIN_STEP_ROWS = Math.max(16, ATTENTION_Q_BOUND);
+export const MIN_STEP_ROWS = 16;
 
 /** Repeats sampled row 0 up to `min` sampled rows (their ids are never read). */
 function padSampleRows(s: StepInputs, min: number): StepInputs {

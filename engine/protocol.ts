@@ -208,10 +208,7 @@ export interface EngineClient {
  * PagedAttention writes all of a step's new K/V before it attends, so each item sees the ones before
  * it, bit for bit as if they had run in earlier steps (bench/gpu/kv_probe.ts).
  */
-export const ATTENTION_Q_BOUND = Number(Deno.env.get("RAGTIME_ATTN_Q_BOUND") ?? 0);
-export const BATCH_INVARIANT_ITEM_TOKENS = ATTENTION_Q_BOUND >= 32
-  ? Number(Deno.env.get("RAGTIME_ITEM_TOKENS") ?? 1024)
-  : 31;
+export const BATCH_INVARIANT_ITEM_TOKENS = 31;
 
 /**
  * The engine settings a user chooses (flags, or a test's options); every field may be left out.

@@ -28,7 +28,7 @@ import * as ort from "onnxruntime-web/webgpu";
 import { createEngine } from "../../engine/local_engine.ts";
 import type { ModelRunner, StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
-import { ATTENTION_Q_BOUND, BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS } from "../../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, ENGINE_DEFAULTS } from "../../engine/protocol.ts";
 import { STORY_TEXT } from "../../tests/helpers/engine.ts";
 import { STORIES260K } from "../../tests/helpers/fixtures.ts";
 import { readBufferU16 } from "../../tests/helpers/gpu_read.ts";
@@ -107,16 +107,6 @@ const schemes: [string, Scheme][] = [
   [`16, ${C}s, all in 1 step`, { bounds: chunks(C, [16]), perStep: Infinity }],
   [`all 8-chunks in 1 step`, { bounds: chunks(8), perStep: Infinity }],
 ];
-if (ATTENTION_Q_BOUND >= 32) {
-  // Every step on the prefill kernel (RAGTIME_ATTN_Q_BOUND): items of any length must agree too.
-  schemes.push(
-    ["chunks of 64", { bounds: chunks(64) }],
-    ["chunks of 100", { bounds: chunks(100) }],
-    ["the whole prompt, one item", { bounds: [0, L] }],
-    ["all 64-chunks in 1 step", { bounds: chunks(64), perStep: Infinity }],
-    ["3 x 64-chunks + 4 companions of 50", { bounds: chunks(64), perStep: 3, companion: 50, companions: 4 }],
-  );
-}
 if (args.sweep) {
   for (
     const [m, c] of [[1, 8], [1, 9], [1, 10], [1, 11], [1, 15], [1, 20], [7, 2], [7, 3], [7, 5], [7, 9], [
