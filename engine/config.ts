@@ -3,7 +3,7 @@
 
 import type { LoadedModel } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
-import { ENGINE_DEFAULTS, type EngineSettings, MAX_MATMUL_SPLIT_K } from "./protocol.ts";
+import { ENGINE_DEFAULTS, type EngineSettings, MAX_MATMUL_SPLIT_K, MIN_STEP_ROWS } from "./protocol.ts";
 import type { SchedulerPolicy } from "./scheduler.ts";
 
 export interface EngineConfig {
@@ -103,11 +103,14 @@ function resolveSplitK(s: number): number {
   return s;
 }
 
-/** Batch sizes 1, 2, 4, ... below maxSeqs, then maxSeqs itself, at most MAX_CAPTURED_BATCH. */
+/**
+ * Batch sizes MIN_STEP_ROWS, twice that, ... below maxSeqs, then maxSeqs itself, at most
+ * MAX_CAPTURED_BATCH: every step computes MIN_STEP_ROWS rows at least, so smaller ones would be the same.
+ */
 function captureBatchSizes(maxSeqs: number): number[] {
-  const top = Math.min(maxSeqs, MAX_CAPTURED_BATCH);
+  const top = Math.max(MIN_STEP_ROWS, Math.min(maxSeqs, MAX_CAPTURED_BATCH));
   const sizes: number[] = [];
-  for (let b = 1; b < top; b *= 2) sizes.push(b);
+  for (let b = MIN_STEP_ROWS; b < top; b *= 2) sizes.push(b);
   sizes.push(top);
   return sizes;
 }

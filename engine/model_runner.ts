@@ -18,7 +18,7 @@ import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } fro
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
-import { ENGINE_DEFAULTS } from "./protocol.ts";
+import { ENGINE_DEFAULTS, MIN_STEP_ROWS } from "./protocol.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -487,15 +487,6 @@ async function download(ids: Staging, logits: ort.Tensor | null): Promise<StepRe
   const [nextIds, l] = await Promise.all([readIds(), logits?.getData() ?? null]);
   return { nextIds, logits: l as Float32Array | null };
 }
-
-/**
- * Fewest token rows, and fewest sampled rows, a step computes. On the H200 in f16, onnxruntime's
- * WebGPU matmuls gave a token different bits in steps of 8 rows or fewer than in steps of 9 to 31
- * (bench/gpu/kv_probe.ts --sweep, 2026-12-02), which broke batch invariance and prefix caching's
- * bit-exact reuse there; llvmpipe and f32 showed no difference. 16 keeps a margin; the padding rows
- * cost little next to a step's fixed cost.
- */
-export const MIN_STEP_ROWS = 16;
 
 /** Repeats sampled row 0 up to `min` sampled rows (their ids are never read). */
 function padSampleRows(s: StepInputs, min: number): StepInputs {

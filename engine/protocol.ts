@@ -200,6 +200,15 @@ export interface EngineClient {
 }
 
 /**
+ * Fewest token rows, and fewest sampled rows, a step computes. On the H200 in f16, onnxruntime's
+ * WebGPU matmuls gave a token different bits in steps of 8 rows or fewer than in steps of 9 to 31
+ * (bench/gpu/kv_probe.ts --sweep, 2026-12-02), which broke batch invariance and prefix caching's
+ * bit-exact reuse there; llvmpipe and f32 showed no difference. 16 keeps a margin; the padding rows
+ * cost little next to a step's fixed cost.
+ */
+export const MIN_STEP_ROWS = 16;
+
+/**
  * Longest attention item (one row of cu_seqlens) of a step, which keeps outputs independent of what
  * shares a step. onnxruntime's PagedAttention on WebGPU picks its kernel from a step's longest query
  * (1 token, 2-31, 32 and more) and the kernels round differently; items of at most 31 tokens, and a

@@ -379,8 +379,9 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     policy: "continuous",
     debugSteps: false,
     graphCache: null,
-    // Decode batches 1, 2, 4, ... up to --max-seqs, captured at startup; one context bound (the limit).
-    graphCapture: { batchSizes: [1, 2, 4, 8, 16, 32, 64, 128, 256], kvCaps: [], eager: true },
+    // Decode batches 16, 32, ... up to --max-seqs (a step computes 16 rows at least), captured at startup;
+    // one context bound (the limit).
+    graphCapture: { batchSizes: [16, 32, 64, 128, 256], kvCaps: [], eager: true },
     prefixCaching: true,
     matmulSplitK: 8,
   });
@@ -392,8 +393,10 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
   assertEquals(
     resolveEngineConfig({ maxSeqs: 48, maxModelLen: 128, graphCaptureKv: [64, 32, 64, 128, 500] }, model)
       .graphCapture,
-    { batchSizes: [1, 2, 4, 8, 16, 32, 48], kvCaps: [32, 64], eager: true },
+    { batchSizes: [16, 32, 48], kvCaps: [32, 64], eager: true },
   );
+  // Fewer sequences than a step's rows: the one captured batch is the row floor.
+  assertEquals(resolveEngineConfig({ maxSeqs: 4 }, model).graphCapture?.batchSizes, [16]);
   assertEquals(
     resolveEngineConfig({ maxSeqs: 4096, maxBatchTokens: 8192 }, model).graphCapture?.batchSizes.at(-1),
     512,
