@@ -3,7 +3,10 @@
 // QUICK=1: only the 256-row cases. TRACE=1: counts and times every WebGPU API call made during
 // the timed dispatches, to split a step's CPU cost between WebGPU calls and the rest (ORT's wasm).
 // RAGTIME_ORT_EP (JSON): ORT WebGPU EP options for this process (see engine/sessions.ts).
+// MODEL=PATH: a GGUF file or HF folder instead of the random SmolLM2 shape. CASES="B:q:past,...": the
+// steps to time instead of the default list (B items of q tokens over past cached ones).
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
+import { loadModel } from "../../engine/model/load.ts";
 import { smollm2ShapedModel } from "./probe_model.ts";
 
 const dtype = (Deno.args[0] ?? "f16") as "f16" | "f32";
@@ -42,7 +45,9 @@ if (Deno.env.get("TRACE")) {
   }
 }
 
-const model = smollm2ShapedModel();
+const modelPath = Deno.env.get("MODEL");
+const model = modelPath ? await loadModel(modelPath) : smollm2ShapedModel();
+const vocab = model.config.vocabSize;
 const t0 = performance.now();
 const runner = await ModelRunner.create(model, {
   dtype,
@@ -68,7 +73,7 @@ function inputs(B: number, q: number, past: number, sample = false): StepInputs 
   for (let b = 0; b < B; b++) cu[b + 1] = cu[b] + q;
   const rows = Int32Array.from({ length: B }, (_, b) => cu[b + 1] - 1);
   return {
-    inputIds: Int32Array.from({ length: T }, (_, i) => (i * 31) % 49152),
+    inputIds: Int32Array.from({ length: T }, (_, i) => (i * 31) % vocab),
     idSrc: new Int32Array(T).fill(-1),
     cuSeqlens: cu,
     pastSeqlens: new Int32Array(B).fill(past),
@@ -81,14 +86,19 @@ function inputs(B: number, q: number, past: number, sample = false): StepInputs 
   };
 }
 
-const all: [number, number, number, boolean][] = [
-  [1, 1, 100, false],
-  [64, 1, 300, false],
-  [256, 1, 300, false],
-  [256, 1, 300, true],
-  [64, 31, 0, false],
-  [256, 31, 0, false],
-];
+const all: [number, number, number, boolean][] = Deno.env.get("CASES")
+  ? Deno.env.get("CASES")!.split(",").map((c) => {
+    const [B, q, past] = c.split(":").map(Number);
+    return [B, q, past ?? 0, false];
+  })
+  : [
+    [1, 1, 100, false],
+    [64, 1, 300, false],
+    [256, 1, 300, false],
+    [256, 1, 300, true],
+    [64, 31, 0, false],
+    [256, 31, 0, false],
+  ];
 // QUICK=1: the cases that decide the reference workload's step time.
 const only = Deno.env.get("ONLY_B");
 const cases = all.filter(([B]) => only ? B === Number(only) : !Deno.env.get("QUICK") || B === 256);
