@@ -171,6 +171,13 @@ export async function createEngineClient(
     return Object.assign(client, { ready });
   } catch (e) {
     worker.terminate();
+    // The Worker's thread tears its WebGPU objects down after terminate() returns, and a process that
+    // exits meanwhile (a refused start) crashed with SIGSEGV: 7 of 32 starts on Deno's OpenGL fallback
+    // on a quiet machine (Deno 2.9.6, 2026-12-02), none of 140 with a wait of 100-500 ms (40 of them under load).
+    await new Promise((r) => setTimeout(r, WORKER_TEARDOWN_MS));
     throw e;
   }
 }
+
+/** How long a failed start waits for the terminated Worker's thread to release the GPU. */
+const WORKER_TEARDOWN_MS = 500;
