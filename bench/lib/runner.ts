@@ -101,6 +101,53 @@ interface Phase {
   peak: number;
 }
 
+/**
+ * Sends one request at a time for a phase: per-request timeout, the semaphore slot (acquired by the
+ * caller) released when it ends, and the in-flight / done / failed counters the progress line shows.
+ */
+class PhaseSender {
+  readonly sem: Semaphore;
+  readonly state: { total: number; done: number; failed: number; inFlight: number; outputTokens: number };
+  peak = 0;
+  private url: string;
+
+  constructor(private opts: Omit<RunOptions, "measured" | "warmup">, total: number, label: string) {
+    this.url = new URL(opts.endpoint, opts.baseUrl).href;
+    this.sem = new Semaphore(
+      opts.maxConcurrency === Infinity ? Number.MAX_SAFE_INTEGER : opts.maxConcurrency,
+    );
+    this.state = { total, done: 0, failed: 0, inFlight: 0, outputTokens: 0 };
+    opts.progress.start(label, total);
+  }
+
+  async send(item: WorkloadItem, overall: AbortSignal): Promise<RequestRecord> {
+    const { opts, state } = this;
+    const perRequest = new AbortController();
+    const timer = setTimeout(
+      () => perRequest.abort(new Error(`request timeout after ${opts.requestTimeoutS}s`)),
+      opts.requestTimeoutS * 1000,
+    );
+    state.inFlight++;
+    this.peak = Math.max(this.peak, state.inFlight);
+    opts.progress.update(state);
+    const rec = await sendRequest(item, {
+      url: this.url,
+      headers: opts.headers,
+      bodyBase: opts.bodyBase,
+      signal: AbortSignal.any([overall, perRequest.signal]),
+    });
+    clearTimeout(timer);
+    this.sem.release();
+    state.inFlight--;
+    if (rec.ok) {
+      state.done++;
+      state.outputTokens += rec.outputTokens;
+    } else state.failed++;
+    opts.progress.update(state);
+    return rec;
+  }
+}
+
 async function runPhase(
   items: WorkloadItem[],
   offsets: number[],
@@ -108,12 +155,8 @@ async function runPhase(
   overall: AbortSignal,
   label: string,
 ): Promise<Phase> {
-  const url = new URL(opts.endpoint, opts.baseUrl).href;
-  const sem = new Semaphore(opts.maxConcurrency === Infinity ? Number.MAX_SAFE_INTEGER : opts.maxConcurrency);
+  const sender = new PhaseSender(opts, items.length, label);
   const records: RequestRecord[] = new Array(items.length);
-  const state = { total: items.length, done: 0, failed: 0, inFlight: 0, outputTokens: 0 };
-  let peak = 0;
-  opts.progress.start(label, items.length);
   const pending: Promise<void>[] = [];
   const t0 = performance.now();
   let i = 0;
@@ -121,32 +164,11 @@ async function runPhase(
     for (; i < items.length; i++) {
       overall.throwIfAborted();
       await sleepUntil(t0 + offsets[i], overall);
-      await sem.acquire(overall);
-      const item = items[i], slot = i;
-      const perRequest = new AbortController();
-      const timer = setTimeout(
-        () => perRequest.abort(new Error(`request timeout after ${opts.requestTimeoutS}s`)),
-        opts.requestTimeoutS * 1000,
-      );
-      state.inFlight++;
-      peak = Math.max(peak, state.inFlight);
-      opts.progress.update(state);
+      await sender.sem.acquire(overall);
+      const slot = i;
       pending.push(
-        sendRequest(item, {
-          url,
-          headers: opts.headers,
-          bodyBase: opts.bodyBase,
-          signal: AbortSignal.any([overall, perRequest.signal]),
-        }).then((rec) => {
-          clearTimeout(timer);
-          sem.release();
+        sender.send(items[i], overall).then((rec) => {
           records[slot] = rec;
-          state.inFlight--;
-          if (rec.ok) {
-            state.done++;
-            state.outputTokens += rec.outputTokens;
-          } else state.failed++;
-          opts.progress.update(state);
         }),
       );
     }
@@ -157,7 +179,20 @@ async function runPhase(
   const why = overall.aborted && overall.reason instanceof Error ? overall.reason.message : "aborted";
   for (let j = i; j < items.length; j++) records[j] = unsent(items[j], why);
   opts.progress.finish();
-  return { records, peak };
+  return { records, peak: sender.peak };
+}
+
+/** A run's result from its warmup and measured phases; timed out if the overall deadline fired. */
+function runResult(label: string, warm: Phase, run: Phase, overall: AbortSignal): RunResult {
+  const wm = computeMetrics(warm.records);
+  return {
+    label,
+    metrics: computeMetrics(run.records),
+    warmup: { requests: wm.requests, completed: wm.completed, failed: wm.failed, errors: wm.errors },
+    timedOut: overall.aborted,
+    peakConcurrency: run.peak,
+    records: run.records,
+  };
 }
 
 export async function runBenchmark(opts: RunOptions): Promise<RunResult> {
@@ -171,17 +206,9 @@ export async function runBenchmark(opts: RunOptions): Promise<RunResult> {
     const warm = opts.warmup.length > 0
       ? await runPhase(opts.warmup, opts.warmup.map(() => 0), opts, overall.signal, `${opts.label} warmup`)
       : { records: [], peak: 0 };
-    const wm = computeMetrics(warm.records);
     const offsets = arrivalOffsets(opts.measured.length, opts.rate, arrivalRng(opts.seed));
     const run = await runPhase(opts.measured, offsets, opts, overall.signal, opts.label);
-    return {
-      label: opts.label,
-      metrics: computeMetrics(run.records),
-      warmup: { requests: wm.requests, completed: wm.completed, failed: wm.failed, errors: wm.errors },
-      timedOut: overall.signal.aborted,
-      peakConcurrency: run.peak,
-      records: run.records,
-    };
+    return runResult(opts.label, warm, run, overall.signal);
   } finally {
     clearTimeout(deadline);
   }
@@ -215,18 +242,9 @@ export async function runChatBenchmark(opts: ChatRunOptions): Promise<RunResult>
         `${opts.label} warmup`,
       )
       : { records: [], peak: 0 };
-    const wm = computeMetrics(warm.records);
     const offsets = arrivalOffsets(opts.measured.users.length, opts.rate, arrivalRng(opts.seed));
     const run = await runConversations(opts.measured, offsets, opts, overall.signal, opts.label);
-    return {
-      label: opts.label,
-      metrics: computeMetrics(run.records),
-      warmup: { requests: wm.requests, completed: wm.completed, failed: wm.failed, errors: wm.errors },
-      timedOut: overall.signal.aborted,
-      peakConcurrency: run.peak,
-      records: run.records,
-      chat: chatMetrics(run.records),
-    };
+    return { ...runResult(opts.label, warm, run, overall.signal), chat: chatMetrics(run.records) };
   } finally {
     clearTimeout(deadline);
   }
@@ -239,13 +257,9 @@ async function runConversations(
   overall: AbortSignal,
   label: string,
 ): Promise<Phase> {
-  const url = new URL(opts.endpoint, opts.baseUrl).href;
-  const sem = new Semaphore(opts.maxConcurrency === Infinity ? Number.MAX_SAFE_INTEGER : opts.maxConcurrency);
   const turns = Math.max(0, ...w.users.map((u) => u.messages.length));
+  const sender = new PhaseSender(opts, w.users.length * turns, label);
   const records: RequestRecord[] = [];
-  const state = { total: w.users.length * turns, done: 0, failed: 0, inFlight: 0, outputTokens: 0 };
-  let peak = 0;
-  opts.progress.start(label, state.total);
   const t0 = performance.now();
   const item = (user: number, turn: number, prompt: ChatMessage[]): WorkloadItem => ({
     index: user * turns + turn - 1,
@@ -270,42 +284,19 @@ async function runConversations(
       }
       try {
         if (t === 0) await sleepUntil(t0 + offsets[k], overall);
-        await sem.acquire(overall);
+        await sender.sem.acquire(overall);
       } catch {
         stopped = overall.reason instanceof Error ? overall.reason.message : "aborted";
         records.push(unsent(it, stopped));
         continue;
       }
-      const perRequest = new AbortController();
-      const timer = setTimeout(
-        () => perRequest.abort(new Error(`request timeout after ${opts.requestTimeoutS}s`)),
-        opts.requestTimeoutS * 1000,
-      );
-      state.inFlight++;
-      peak = Math.max(peak, state.inFlight);
-      opts.progress.update(state);
-      const rec = await sendRequest(it, {
-        url,
-        headers: opts.headers,
-        bodyBase: opts.bodyBase,
-        signal: AbortSignal.any([overall, perRequest.signal]),
-      });
-      clearTimeout(timer);
-      sem.release();
-      state.inFlight--;
+      const rec = await sender.send(it, overall);
       records.push(rec);
-      if (rec.ok) {
-        state.done++;
-        state.outputTokens += rec.outputTokens;
-        messages.push({ role: "assistant", content: rec.answer ?? "" });
-      } else {
-        state.failed++;
-        stopped = `an earlier turn failed: ${rec.error}`;
-      }
-      opts.progress.update(state);
+      if (rec.ok) messages.push({ role: "assistant", content: rec.answer ?? "" });
+      else stopped = `an earlier turn failed: ${rec.error}`;
     }
   }));
   opts.progress.finish();
   records.sort((a, b) => a.index - b.index);
-  return { records, peak };
+  return { records, peak: sender.peak };
 }
