@@ -1,7 +1,8 @@
 // Times single engine steps of a SmolLM2-135M-shaped random model: dispatch (CPU) and readback.
 // deno run -A bench/gpu/step_probe.ts [dtype]
-// QUICK=1: only the 256-row cases. TRACE=1: counts and times every WebGPU API call made during
-// the timed dispatches, to split a step's CPU cost between WebGPU calls and the rest (ORT's wasm).
+// QUICK=1: only the 256-row cases. STEPS=N timed steps a case; DEPTHS=2,3 pipelined timings ("" for none). TRACE=1: counts and times every WebGPU API call made during
+// the timed dispatches, to split a step's CPU cost between WebGPU calls and the rest (ORT's wasm), and
+// the GPU memory held after each case.
 // RAGTIME_ORT_EP (JSON): ORT WebGPU EP options for this process (see engine/sessions.ts).
 // MODEL=PATH: a GGUF file or HF folder instead of the random SmolLM2 shape. CASES="B:q:past,...": the
 // steps to time instead of the default list (B items of q tokens over past cached ones).
@@ -12,6 +13,22 @@ import { smollm2ShapedModel } from "./probe_model.ts";
 const dtype = (Deno.args[0] ?? "f16") as "f16" | "f32";
 const trace = new Map<string, { n: number; ms: number }>();
 let tracing = false;
+// GPU memory the process holds (what it created and has not destroyed: ORT's WebGPU EP allocates through
+// this device), tracked under TRACE to see what ORT's buffer cache keeps between steps.
+const sizes = new WeakMap<GPUBuffer, number>();
+const mem = { live: 0, peak: 0, created: 0 };
+function track(b: GPUBuffer): GPUBuffer {
+  sizes.set(b, b.size);
+  mem.live += b.size;
+  mem.created++;
+  mem.peak = Math.max(mem.peak, mem.live);
+  return b;
+}
+function untrack(b: GPUBuffer) {
+  mem.live -= sizes.get(b) ?? 0;
+  sizes.delete(b);
+}
+const gib = (n: number) => (n / 2 ** 30).toFixed(2);
 if (Deno.env.get("TRACE")) {
   const protos: [string, object][] = [
     ["device", GPUDevice.prototype],
@@ -29,6 +46,8 @@ if (Deno.env.get("TRACE")) {
       Object.defineProperty(proto, name, {
         ...desc,
         value: function (this: unknown, ...args: unknown[]) {
+          if (key === "device.createBuffer") return track(orig.apply(this, args) as GPUBuffer);
+          if (key === "buffer.destroy") untrack(this as GPUBuffer);
           if (!tracing) return orig.apply(this, args);
           const t = performance.now();
           try {
@@ -103,6 +122,8 @@ const all: [number, number, number, boolean][] = Deno.env.get("CASES")
 const only = Deno.env.get("ONLY_B");
 const cases = all.filter(([B]) => only ? B === Number(only) : !Deno.env.get("QUICK") || B === 256);
 const N = Number(Deno.env.get("STEPS") ?? 10);
+// DEPTHS="": serial steps only (large steps, where the pipelined timing adds nothing but time).
+const depths = (Deno.env.get("DEPTHS") ?? "2,3").split(",").filter(Boolean).map(Number);
 const pct = (v: number[], p: number) =>
   [...v].sort((a, b) => a - b)[Math.min(v.length - 1, Math.floor(p * v.length))];
 console.log(`ORT EP options: ${Deno.env.get("RAGTIME_ORT_EP") ?? "{}"}`);
@@ -126,7 +147,7 @@ for (const [B, q, past, sample] of cases) {
   // Pipelined as the engine runs: two steps in flight (dispatch i+1, then read i), or three (read
   // of i requested after dispatching i+1, awaited after dispatching i+2).
   const piped: Record<number, number> = {};
-  for (const depth of [2, 3]) {
+  for (const depth of depths) {
     const tB = performance.now();
     const flight = [];
     for (let i = 0; i < N + depth - 1; i++) {
@@ -142,10 +163,14 @@ for (const [B, q, past, sample] of cases) {
     `B=${B} q=${q} past=${past}${sample ? " sampled" : ""}: dispatch mean ${mean.toFixed(2)} p50 ${
       pct(dispatch, 0.5).toFixed(2)
     } max ${Math.max(...dispatch).toFixed(2)} ms, serial step ${serial.toFixed(2)} ms, ` +
-      `pipelined step: 2 in flight ${piped[2].toFixed(2)} ms, 3 in flight ${piped[3].toFixed(2)} ms ` +
-      `(${((B * 1000) / piped[3]).toFixed(0)} rows/s)`,
+      depths.map((d) => `${d} in flight ${piped[d].toFixed(2)} ms`).join(", "),
   );
   if (trace.size) {
+    console.log(
+      `  GPU memory held: ${gib(mem.live)} GiB (peak ${
+        gib(mem.peak)
+      } GiB), ${mem.created} buffers created so far`,
+    );
     let total = 0;
     const rows = [...trace].sort((a, b) => b[1].ms - a[1].ms);
     for (const [, e] of rows) total += e.ms;
