@@ -80,10 +80,6 @@ function sessionOptions(outputsOnGpu: string[]): SessionOptions {
 const DEFAULT_EP_OPTIONS: Record<string, string> = {
   // ORT's own checks on every dispatch cost CPU, the bound of a step; the graph is fixed and tested.
   validationMode: "disabled",
-  // Released buffers are kept by exact size and reused; the default size classes cache nothing over
-  // 160 MB, so long prefill steps created (and zero-filled) their largest buffers every time. The
-  // runner keeps the number of distinct sizes small (step_buckets.ts).
-  storageBufferCacheMode: "simple",
 };
 
 function envEpOptions(): Record<string, string> {
