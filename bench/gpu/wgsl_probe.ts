@@ -3,7 +3,7 @@
 // split-K on the same shapes, same card).
 //
 //   deno run -A bench/gpu/wgsl_probe.ts [--shapes KxN,...] [--rows 1,16,256,2048] [--target-mb 256]
-//     [--chain 1000] [--json FILE]
+//     [--chain 1000] [--slices S] [--json FILE]
 //
 // Kernels (f16 weights [K, N] row-major and activations, f32 accumulation, f16 output):
 //   rowdot  decode-shaped: each thread owns 4 columns and one of S contiguous slices of K (S from K, so a
@@ -30,6 +30,7 @@ const { values: a } = parseArgs({
     rows: { type: "string" },
     "target-mb": { type: "string" },
     chain: { type: "string" },
+    slices: { type: "string" },
     json: { type: "string" },
     quick: { type: "boolean", default: false },
   },
@@ -148,8 +149,13 @@ function pipeline(key: string, code: string): GPUComputePipeline {
   return p;
 }
 
-/** Slices of K: ~128 k per thread, at least 8, a power of two that divides K (and 16 | K/S for tiled). */
+/**
+ * Slices of K: --slices S where S divides K, else ~128 k per thread, at least 8, a power of two that
+ * divides K. Fewer k per thread means more threads and shorter serial loops (decode is latency-bound).
+ */
 function slices(K: number): number {
+  const forced = Number(a.slices ?? 0);
+  if (forced && K % forced === 0) return forced;
   let S = 8;
   while (S < 64 && K / (S * 2) >= 128 && K % (S * 2) === 0) S *= 2;
   if (K % S) throw new Error(`K=${K} does not split into ${S}`);
