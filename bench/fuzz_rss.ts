@@ -8,7 +8,7 @@
 //        [--model GGUF] [--server-args="--max-model-len 512"] | [--url URL --pid PID]
 import { parseArgs } from "node:util";
 import { fuzzCase } from "../tests/helpers/fuzz_cases.ts";
-import { rssMb, type SpawnedServer, startServer, untilIdle } from "./soak.ts";
+import { rssMb, SERVER_OPTIONS, serverTarget, untilIdle } from "./soak.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -72,26 +72,14 @@ if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
     options: {
-      url: { type: "string" },
-      pid: { type: "string" },
-      model: { type: "string", default: "../shared/models/stories260K/stories260K.gguf" },
-      "server-args": { type: "string", default: "--max-model-len 512" },
+      ...SERVER_OPTIONS,
       rounds: { type: "string", default: "3" },
       count: { type: "string", default: "1200" },
       seed: { type: "string", default: "7" },
       settle: { type: "string", default: "10" },
     },
   });
-  let server: SpawnedServer | null = null;
-  let origin = values.url?.replace(/\/+$/, "");
-  let pid = values.pid ? Number(values.pid) : undefined;
-  if (!origin) {
-    const args = values["server-args"]!.split(/\s+/).filter(Boolean);
-    console.error(`[fuzz_rss] starting ${values.model} ${args.join(" ")}`);
-    server = await startServer(values.model!, args);
-    origin = server.origin;
-    pid = server.pid;
-  }
+  const { server, origin, pid } = await serverTarget(values, values.url?.replace(/\/+$/, ""), "fuzz_rss");
   const count = Number(values.count), seed = Number(values.seed), settleS = Number(values.settle);
   const fmt = (v: number | null) => v === null ? "n/a" : v.toFixed(1);
   const rounds: Round[] = [];

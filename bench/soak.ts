@@ -660,16 +660,44 @@ export async function startServer(
   throw new Error(`server did not become healthy within ${readyTimeoutS} s\n${out.slice(-4000)}`);
 }
 
+/** The options by which a bench picks its server: a running one (--url, --pid) or one it starts. */
+export const SERVER_OPTIONS = {
+  url: { type: "string" },
+  pid: { type: "string" },
+  model: { type: "string", default: "../shared/models/stories260K/stories260K.gguf" },
+  "server-args": { type: "string", default: "--max-model-len 512" },
+} as const;
+
+export interface ServerTarget {
+  /** The server this process started, to be stopped by the caller; null when given --url. */
+  server: SpawnedServer | null;
+  origin: string;
+  pid: number | undefined;
+}
+
+/**
+ * The running server at `origin` (already normalised by the caller) with --pid, or, when `origin` is
+ * undefined, one started from --model and --server-args. `tag` prefixes the log line.
+ */
+export async function serverTarget(
+  values: { pid?: string; model?: string; "server-args"?: string },
+  origin: string | undefined,
+  tag: string,
+): Promise<ServerTarget> {
+  if (origin) return { server: null, origin, pid: values.pid ? Number(values.pid) : undefined };
+  const args = values["server-args"]!.split(/\s+/).filter(Boolean);
+  console.error(`[${tag}] starting ${values.model} ${args.join(" ")}`);
+  const server = await startServer(values.model!, args);
+  return { server, origin: server.origin, pid: server.pid };
+}
+
 const fmtMb = (v: number | null) => v === null ? "n/a" : `${v.toFixed(1)} MiB`;
 
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
     options: {
-      url: { type: "string" },
-      pid: { type: "string" },
-      model: { type: "string", default: "../shared/models/stories260K/stories260K.gguf" },
-      "server-args": { type: "string", default: "--max-model-len 512" },
+      ...SERVER_OPTIONS,
       requests: { type: "string", default: "800" },
       concurrency: { type: "string", default: "32" },
       seed: { type: "string", default: "1" },
@@ -680,16 +708,12 @@ if (import.meta.main) {
       "stalled-end": { type: "string", default: "timeout" },
     },
   });
-  let server: SpawnedServer | null = null;
-  let origin = values.url?.replace(/\/+$/, "").replace(/\/v1$/, "");
-  let pid = values.pid ? Number(values.pid) : undefined;
-  if (!origin) {
-    const args = values["server-args"]!.split(/\s+/).filter(Boolean);
-    console.error(`[soak] starting ${values.model} ${args.join(" ")}`);
-    server = await startServer(values.model!, args);
-    origin = server.origin;
-    pid = server.pid;
-  } else if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])(:\d+)?$/.test(origin)) {
+  const { server, origin, pid } = await serverTarget(
+    values,
+    values.url?.replace(/\/+$/, "").replace(/\/v1$/, ""),
+    "soak",
+  );
+  if (!server && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])(:\d+)?$/.test(origin)) {
     console.error("soak: loopback servers only (http://127.0.0.1:PORT)");
     Deno.exit(2);
   }

@@ -81,6 +81,15 @@ function scalar(name: string, type: "gauge" | "counter", help: string, value: nu
   return `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${fmt(value)}`;
 }
 
+/** One counter split by `label`: a series per entry of `values`, in their order. */
+function labelledCounter(name: string, help: string, label: string, values: [string, number][]): string {
+  return [
+    `# HELP ${name} ${help}`,
+    `# TYPE ${name} counter`,
+    ...values.map(([k, v]) => `${name}{${label}="${k}"} ${v}`),
+  ].join("\n");
+}
+
 /** The connection front's counters (server/front.ts), when it runs. */
 export interface ConnectionCounts {
   open: number;
@@ -118,8 +127,6 @@ export class Metrics {
     // While loading there is no engine: report the last snapshot (or zeros) so series stay continuous.
     const s = engine ? (this.#last = engine.stats()) : this.#last;
     const kvRatio = s && s.kvBlocksTotal > 0 ? s.kvBlocksUsed / s.kvBlocksTotal : 0;
-    const success = "ragtime_request_success_total";
-    const steps = "ragtime_engine_steps_total";
     return [
       scalar("ragtime_requests_running", "gauge", "Requests in the running batch.", s?.running ?? 0),
       scalar("ragtime_requests_waiting", "gauge", "Requests waiting to be scheduled.", s?.waiting ?? 0),
@@ -155,20 +162,18 @@ export class Metrics {
         "KV cache blocks holding cached prefix content (held or evictable).",
         s?.kvBlocksCached ?? 0,
       ),
-      [
-        `# HELP ${steps} Engine steps by how they ran: replayed from a captured graph, or dispatched kernel ` +
-        `by kernel.`,
-        `# TYPE ${steps} counter`,
-        `${steps}{path="captured"} ${s?.stepsByPath?.captured ?? 0}`,
-        `${steps}{path="uncaptured"} ${s?.stepsByPath?.uncaptured ?? 0}`,
-      ].join("\n"),
-      [
-        `# HELP ${success} Finished requests by finish reason.`,
-        `# TYPE ${success} counter`,
-        ...(Object.keys(this.#finished) as FinishReason[]).map((r) =>
-          `${success}{finished_reason="${r}"} ${this.#finished[r]}`
-        ),
-      ].join("\n"),
+      labelledCounter(
+        "ragtime_engine_steps_total",
+        "Engine steps by how they ran: replayed from a captured graph, or dispatched kernel by kernel.",
+        "path",
+        [["captured", s?.stepsByPath?.captured ?? 0], ["uncaptured", s?.stepsByPath?.uncaptured ?? 0]],
+      ),
+      labelledCounter(
+        "ragtime_request_success_total",
+        "Finished requests by finish reason.",
+        "finished_reason",
+        Object.entries(this.#finished),
+      ),
       this.ttft.render(),
       this.itl.render(),
       this.e2e.render(),
@@ -185,7 +190,6 @@ export class Metrics {
 
 function connectionSeries(c: ConnectionCounts | null): string[] {
   if (!c) return [];
-  const closed = "ragtime_connections_timed_out_total";
   return [
     scalar("ragtime_connections_open", "gauge", "Client connections open.", c.open),
     scalar("ragtime_connections_accepted_total", "counter", "Client connections accepted.", c.accepted),
@@ -195,12 +199,11 @@ function connectionSeries(c: ConnectionCounts | null): string[] {
       "Client connections refused with 503 over --max-connections.",
       c.refused,
     ),
-    [
-      `# HELP ${closed} Client connections closed by a timeout, by which.`,
-      `# TYPE ${closed} counter`,
-      ...(["header", "body", "idle", "send"] as const).map((k) =>
-        `${closed}{timeout="${k}"} ${c.timedOut[k]}`
-      ),
-    ].join("\n"),
+    labelledCounter(
+      "ragtime_connections_timed_out_total",
+      "Client connections closed by a timeout, by which.",
+      "timeout",
+      (["header", "body", "idle", "send"] as const).map((k) => [k, c.timedOut[k]]),
+    ),
   ];
 }

@@ -195,23 +195,30 @@ function runResult(label: string, warm: Phase, run: Phase, overall: AbortSignal)
   };
 }
 
-export async function runBenchmark(opts: RunOptions): Promise<RunResult> {
+/** Runs `run` with a signal that aborts after `timeoutS` seconds (the whole run's deadline). */
+async function withDeadline<T>(timeoutS: number, run: (overall: AbortSignal) => Promise<T>): Promise<T> {
   const overall = new AbortController();
   const deadline = setTimeout(
-    () => overall.abort(new Error(`overall timeout after ${opts.timeoutS}s`)),
-    opts.timeoutS * 1000,
+    () => overall.abort(new Error(`overall timeout after ${timeoutS}s`)),
+    timeoutS * 1000,
   );
   try {
-    // Warmup ignores the rate: its only job is to get kernels compiled and caches allocated.
-    const warm = opts.warmup.length > 0
-      ? await runPhase(opts.warmup, opts.warmup.map(() => 0), opts, overall.signal, `${opts.label} warmup`)
-      : { records: [], peak: 0 };
-    const offsets = arrivalOffsets(opts.measured.length, opts.rate, arrivalRng(opts.seed));
-    const run = await runPhase(opts.measured, offsets, opts, overall.signal, opts.label);
-    return runResult(opts.label, warm, run, overall.signal);
+    return await run(overall.signal);
   } finally {
     clearTimeout(deadline);
   }
+}
+
+export function runBenchmark(opts: RunOptions): Promise<RunResult> {
+  return withDeadline(opts.timeoutS, async (overall) => {
+    // Warmup ignores the rate: its only job is to get kernels compiled and caches allocated.
+    const warm = opts.warmup.length > 0
+      ? await runPhase(opts.warmup, opts.warmup.map(() => 0), opts, overall, `${opts.label} warmup`)
+      : { records: [], peak: 0 };
+    const offsets = arrivalOffsets(opts.measured.length, opts.rate, arrivalRng(opts.seed));
+    const run = await runPhase(opts.measured, offsets, opts, overall, opts.label);
+    return runResult(opts.label, warm, run, overall);
+  });
 }
 
 export interface ChatRunOptions extends Omit<RunOptions, "measured" | "warmup"> {
@@ -226,28 +233,21 @@ export interface ChatRunOptions extends Omit<RunOptions, "measured" | "warmup"> 
  * turn after turn, each request resending the system prompt and every earlier turn with the answers
  * the server gave. A failed turn ends that user's conversation (later turns are recorded as unsent).
  */
-export async function runChatBenchmark(opts: ChatRunOptions): Promise<RunResult> {
-  const overall = new AbortController();
-  const deadline = setTimeout(
-    () => overall.abort(new Error(`overall timeout after ${opts.timeoutS}s`)),
-    opts.timeoutS * 1000,
-  );
-  try {
+export function runChatBenchmark(opts: ChatRunOptions): Promise<RunResult> {
+  return withDeadline(opts.timeoutS, async (overall) => {
     const warm = opts.warmup.users.length > 0
       ? await runConversations(
         opts.warmup,
         opts.warmup.users.map(() => 0),
         opts,
-        overall.signal,
+        overall,
         `${opts.label} warmup`,
       )
       : { records: [], peak: 0 };
     const offsets = arrivalOffsets(opts.measured.users.length, opts.rate, arrivalRng(opts.seed));
-    const run = await runConversations(opts.measured, offsets, opts, overall.signal, opts.label);
-    return { ...runResult(opts.label, warm, run, overall.signal), chat: chatMetrics(run.records) };
-  } finally {
-    clearTimeout(deadline);
-  }
+    const run = await runConversations(opts.measured, offsets, opts, overall, opts.label);
+    return { ...runResult(opts.label, warm, run, overall), chat: chatMetrics(run.records) };
+  });
 }
 
 async function runConversations(

@@ -13,15 +13,20 @@ export function assertEquals<T>(actual: T, expected: T, msg?: string) {
   if (a !== e) throw new AssertionError(`${msg ? msg + ": " : ""}expected ${e}, got ${a}`);
 }
 
+/** The caught error, after checking its message against `pattern` when there is one. */
+function matching(e: unknown, pattern: RegExp | undefined): Error {
+  const err = e as Error;
+  if (pattern && !pattern.test(err.message)) {
+    throw new AssertionError(`error "${err.message}" does not match ${pattern}`);
+  }
+  return err;
+}
+
 export async function assertRejects(fn: () => Promise<unknown>, pattern?: RegExp): Promise<Error> {
   try {
     await fn();
   } catch (e) {
-    const err = e as Error;
-    if (pattern && !pattern.test(err.message)) {
-      throw new AssertionError(`error "${err.message}" does not match ${pattern}`);
-    }
-    return err;
+    return matching(e, pattern);
   }
   throw new AssertionError("expected a rejection");
 }
@@ -30,11 +35,7 @@ export function assertThrows(fn: () => unknown, pattern?: RegExp): Error {
   try {
     fn();
   } catch (e) {
-    const err = e as Error;
-    if (pattern && !pattern.test(err.message)) {
-      throw new AssertionError(`error "${err.message}" does not match ${pattern}`);
-    }
-    return err;
+    return matching(e, pattern);
   }
   throw new AssertionError("expected an exception");
 }
