@@ -25,7 +25,7 @@ import {
   type TokenLogprob,
 } from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
-import { isGreedy, sampleToken } from "./sampler.ts";
+import { isGreedy, type SampledLogprob, sampleToken } from "./sampler.ts";
 import { type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { attentionItems } from "./step_inputs.ts";
@@ -361,58 +361,85 @@ export class LLMEngine {
       const seq = it.seq;
       const r = this.requests.get(seq.id);
       if (!r || r.seq !== seq || seq.status === "finished") continue; // ended meanwhile: wasted token
-      let token = result.nextIds[row];
-      let logprobs: TokenLogprob[] | undefined;
-      let logits = result.logits?.subarray(row * V, (row + 1) * V);
-      let forced: number | null = null;
-      let mask: Int32Array | null = null;
-      if (r.matcher) {
-        mask = await r.matcher.mask();
-        if (r.matcher.finishing) forced = r.matcher.forcedToken(mask);
-        else logits = maskLogits(logits!, mask);
+      const logits = result.logits?.subarray(row * V, (row + 1) * V);
+      // The matcher's awaits stay in this loop, under the same conditions as always, so that rows
+      // without a grammar are processed without yielding to the event loop.
+      if (!r.matcher) {
+        const { token, logprobs } = this.chooseToken(r, result.nextIds[row], logits);
+        this.acceptToken(r, token, logprobs);
+        continue;
       }
-      if (forced !== null) token = forced;
-      else if (seq.needsCpuLogits) {
-        const s = sampleToken(logits!, seq.params, {
-          promptIds: seq.promptIds,
-          outputIds: seq.outputIds,
-          seed: r.seed,
-        });
-        token = s.tokenId;
-        if (s.logprob !== null) {
-          const tk = this.model.tokenizer;
-          logprobs = [{
-            tokenId: token,
-            token: tk.tokenText(token),
-            logprob: s.logprob,
-            top: s.top.map((x) => ({
-              tokenId: x.tokenId,
-              token: tk.tokenText(x.tokenId),
-              logprob: x.logprob,
-            })),
-          }];
-        }
+      const mask = await r.matcher.mask();
+      if (r.matcher.finishing) {
+        this.acceptToken(r, r.matcher.forcedToken(mask), undefined);
+        continue;
       }
-      if (r.matcher && forced === null) {
-        // A sampled token after which the shortest end of the document no longer fits is replaced
-        // by the forced finish, so the document ends (and parses) within max_tokens.
-        const left = Math.min(
-          seq.params.maxTokens - seq.outputIds.length,
-          this.scheduler.config.maxContext - seq.knownLen,
-        );
-        if (left <= FORCE_HORIZON && !await r.matcher.leavesRoom(token, left)) {
-          r.matcher.finishing = true;
-          token = r.matcher.forcedToken(mask!);
-          logprobs = undefined;
-        }
+      let { token, logprobs } = this.chooseToken(r, result.nextIds[row], maskLogits(logits!, mask));
+      // A sampled token after which the shortest end of the document no longer fits is replaced
+      // by the forced finish, so the document ends (and parses) within max_tokens.
+      const left = this.tokensLeft(seq);
+      if (left <= FORCE_HORIZON && !await r.matcher.leavesRoom(token, left)) {
+        r.matcher.finishing = true;
+        token = r.matcher.forcedToken(mask);
+        logprobs = undefined;
       }
-      r.matcher?.accept(token);
-      this.scheduler.onTokenResolved(seq, token);
-      this.counters.generation++;
-      this.onToken(r, token, logprobs);
+      this.acceptToken(r, token, logprobs);
     }
     this.counters.steps++;
-    const stats: StepStats = {
+    this.recordStep(this.stepStats(f, readMs, processStart));
+  }
+
+  /** The row's token: sampled here from `logits` when the sequence needs that, else the GPU's. */
+  private chooseToken(
+    r: Request,
+    gpuToken: number,
+    logits: Float32Array | undefined,
+  ): { token: number; logprobs: TokenLogprob[] | undefined } {
+    const seq = r.seq;
+    if (!seq.needsCpuLogits) return { token: gpuToken, logprobs: undefined };
+    const s = sampleToken(logits!, seq.params, {
+      promptIds: seq.promptIds,
+      outputIds: seq.outputIds,
+      seed: r.seed,
+    });
+    const logprobs = s.logprob === null ? undefined : this.tokenLogprobs(s.tokenId, s.logprob, s.top);
+    return { token: s.tokenId, logprobs };
+  }
+
+  /** The sampler's logprobs with each token's text, as the client sees them. */
+  private tokenLogprobs(token: number, logprob: number, top: SampledLogprob[]): TokenLogprob[] {
+    const tk = this.model.tokenizer;
+    return [{
+      tokenId: token,
+      token: tk.tokenText(token),
+      logprob,
+      top: top.map((x) => ({
+        tokenId: x.tokenId,
+        token: tk.tokenText(x.tokenId),
+        logprob: x.logprob,
+      })),
+    }];
+  }
+
+  /** Tokens the sequence may still generate: up to max_tokens, and within the context. */
+  private tokensLeft(seq: Sequence): number {
+    return Math.min(
+      seq.params.maxTokens - seq.outputIds.length,
+      this.scheduler.config.maxContext - seq.knownLen,
+    );
+  }
+
+  /** Commits the row's final token: grammar, scheduler, counters, then the client's events. */
+  private acceptToken(r: Request, token: number, logprobs: TokenLogprob[] | undefined): void {
+    r.matcher?.accept(token);
+    this.scheduler.onTokenResolved(r.seq, token);
+    this.counters.generation++;
+    this.onToken(r, token, logprobs);
+  }
+
+  /** What the step did and where its time went; `processStart` is when its readback arrived. */
+  private stepStats(f: InFlight, readMs: number, processStart: number): StepStats {
+    return {
       step: this.counters.steps,
       tokens: f.plan.numPrefillTokens + f.plan.numDecodeTokens,
       seqs: f.plan.items.length,
@@ -426,6 +453,10 @@ export class LLMEngine {
       preemptions: f.plan.preempted.length,
       path: f.handle.path,
     };
+  }
+
+  /** Step counters and the token histogram for stats(), then the debug log and onStep. */
+  private recordStep(stats: StepStats): void {
     this.stepsByPath[stats.path]++;
     this.lastStep = stats;
     const bucket = STEP_TOKEN_BUCKETS.findIndex((b) => stats.tokens <= b);

@@ -271,78 +271,106 @@ function sampleTemperature(row: Float32Array, params: SamplingParams, u: number)
   const topP = params.topP;
   const minP = params.minP;
 
-  if (topK === 0 && topP >= 1) {
-    // Whole vocab: weights in id order, min_p zeroes what it drops.
-    let max = -Infinity;
-    for (let i = 0; i < vocab; i++) if (row[i] > max) max = row[i];
-    if (!Number.isFinite(max)) return argmax(row);
-    let sum = 0;
-    for (let i = 0; i < vocab; i++) {
-      // The max token has weight exp(0) = 1, so min_p * max_prob is min_p in weight units.
-      let w = Math.exp((row[i] - max) * invTemp);
-      if (w < minP) w = 0;
-      weights[i] = w;
-      sum += w;
-    }
-    const threshold = u * sum;
-    let cum = 0;
-    let last = 0;
-    for (let i = 0; i < vocab; i++) {
-      const w = weights[i];
-      if (w === 0) continue;
-      cum += w;
-      last = i;
-      if (cum > threshold) return i;
-    }
-    return last;
-  }
+  if (topK === 0 && topP >= 1) return sampleWholeVocab(row, invTemp, minP, u);
 
   // Candidates best first in order[0..m), their weights in weights[id].
-  let m: number;
-  let max: number;
+  let m = topK > 0 ? topKCandidates(row, topK, topP, invTemp) : nucleusCandidates(row, topP, invTemp);
+  if (m === null) return argmax(row);
+  if (minP > 0) m = trimMinP(m, minP);
+  return pickCandidate(m, u);
+}
+
+function rowMax(row: Float32Array): number {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) if (row[i] > max) max = row[i];
+  return max;
+}
+
+/**
+ * No top_k or top_p: weights in id order, min_p zeroes what it drops, so no candidate list (and
+ * no sort) is needed. Falls back to argmax when the row has no finite maximum.
+ */
+function sampleWholeVocab(row: Float32Array, invTemp: number, minP: number, u: number): number {
+  const vocab = row.length;
+  const max = rowMax(row);
+  if (!Number.isFinite(max)) return argmax(row);
+  let sum = 0;
+  for (let i = 0; i < vocab; i++) {
+    // The max token has weight exp(0) = 1, so min_p * max_prob is min_p in weight units.
+    let w = Math.exp((row[i] - max) * invTemp);
+    if (w < minP) w = 0;
+    weights[i] = w;
+    sum += w;
+  }
+  const threshold = u * sum;
+  let cum = 0;
+  let last = 0;
+  for (let i = 0; i < vocab; i++) {
+    const w = weights[i];
+    if (w === 0) continue;
+    cum += w;
+    last = i;
+    if (cum > threshold) return i;
+  }
+  return last;
+}
+
+/**
+ * top_k (then top_p over what it kept): the candidates into order[0..m), best first, their weights
+ * into weights[id]. Returns m, or null when the best logit is not finite (the caller takes argmax).
+ */
+function topKCandidates(row: Float32Array, topK: number, topP: number, invTemp: number): number | null {
+  const m = selectTopK(row, topK, order);
+  const max = row[order[0]];
+  if (!Number.isFinite(max)) return null;
   let total = 0;
-  if (topK > 0) {
-    m = selectTopK(row, topK, order);
-    max = row[order[0]];
-    if (!Number.isFinite(max)) return argmax(row);
-    for (let j = 0; j < m; j++) {
-      const id = order[j];
-      const w = Math.exp((row[id] - max) * invTemp);
-      weights[id] = w;
-      total += w;
-    }
-    if (topP < 1) {
-      const target = topP * total;
-      let cum = 0;
-      let keep = m;
-      for (let j = 0; j < m; j++) {
-        cum += weights[order[j]];
-        if (cum >= target) {
-          keep = j + 1;
-          break;
-        }
-      }
-      m = keep;
-    }
-  } else {
-    max = -Infinity;
-    for (let i = 0; i < vocab; i++) if (row[i] > max) max = row[i];
-    if (!Number.isFinite(max)) return argmax(row);
-    bucketMass.fill(0);
-    for (let i = 0; i < vocab; i++) {
-      const w = Math.exp((row[i] - max) * invTemp);
-      weights[i] = w;
-      total += w;
-      bucketMass[bucketOf(row[i], max, invTemp)] += w;
-    }
-    m = nucleus(row, max, invTemp, topP, total);
+  for (let j = 0; j < m; j++) {
+    const id = order[j];
+    const w = Math.exp((row[id] - max) * invTemp);
+    weights[id] = w;
+    total += w;
   }
+  return topP < 1 ? trimTopP(m, topP * total) : m;
+}
 
-  if (minP > 0) {
-    // Candidates are best first, so min_p trims a suffix; the best has weight 1.
-    while (m > 1 && weights[order[m - 1]] < minP) m--;
+/** The shortest prefix of order[0..m) whose weight reaches `target` (all m if none does). */
+function trimTopP(m: number, target: number): number {
+  let cum = 0;
+  for (let j = 0; j < m; j++) {
+    cum += weights[order[j]];
+    if (cum >= target) return j + 1;
   }
+  return m;
+}
 
+/**
+ * top_p without top_k: weights for the whole vocab (and their bucket masses, which let nucleus()
+ * skip the light tail), then the nucleus into order[0..m). Returns m, or null when the row has no
+ * finite maximum (the caller takes argmax).
+ */
+function nucleusCandidates(row: Float32Array, topP: number, invTemp: number): number | null {
+  const vocab = row.length;
+  const max = rowMax(row);
+  if (!Number.isFinite(max)) return null;
+  let total = 0;
+  bucketMass.fill(0);
+  for (let i = 0; i < vocab; i++) {
+    const w = Math.exp((row[i] - max) * invTemp);
+    weights[i] = w;
+    total += w;
+    bucketMass[bucketOf(row[i], max, invTemp)] += w;
+  }
+  return nucleus(row, max, invTemp, topP, total);
+}
+
+/** Candidates are best first, so min_p trims a suffix; the best has weight 1 and always stays. */
+function trimMinP(m: number, minP: number): number {
+  while (m > 1 && weights[order[m - 1]] < minP) m--;
+  return m;
+}
+
+/** Inverse CDF over order[0..m) re-sorted into ascending ids, the order the GPU kernel uses. */
+function pickCandidate(m: number, u: number): number {
   const kept = order.subarray(0, m);
   kept.sort();
   let sum = 0;

@@ -39,71 +39,17 @@ export function hfTokenizerFrom(
   opts: HfTokenizerOptions = {},
 ): HfTokenizer {
   const file = opts.file ?? "tokenizer.json";
-  // The JS library reads some string fields directly; pass plain strings for AddedToken-like values.
-  const cfg: Json = { ...tokenizerConfig };
-  for (const k of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
-    if (k in cfg) cfg[k] = specialTokenContent(cfg[k]);
-  }
-  // transformers no longer cleans up spaces unless asked; the JS library defaults to doing it.
-  cfg.clean_up_tokenization_spaces = tokenizerConfig.clean_up_tokenization_spaces === true;
-  if (Array.isArray(cfg.additional_special_tokens)) {
-    cfg.additional_special_tokens = (cfg.additional_special_tokens as unknown[])
-      .map(specialTokenContent)
-      .filter((s): s is string => s !== null);
-  }
-  let tok: JsTokenizer;
-  try {
-    const tj = tokenizerJson as Json;
-    if (!tj || typeof tj !== "object" || !tj.model) throw new Error('no "model" section');
-    tok = new JsTokenizer({ added_tokens: [], ...tj }, cfg);
-  } catch (e) {
-    throw new ModelLoadError(`${file}: unsupported or invalid tokenizer (${(e as Error).message})`, file);
-  }
-
-  let vocabSize = 0;
-  for (const id of tok.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1);
-  const specialIds = new Set(
-    Array.from(tok.get_added_tokens_decoder().values()).filter((t) => t.special).map((t) => t.id),
+  const tok = buildJsTokenizer(tokenizerJson, jsLibraryConfig(tokenizerConfig), file);
+  const vocabSize = vocabSizeOf(tok);
+  const decodeRaw = rawDecoder(tok, vocabSize);
+  const { bosToken, eosToken, bosTokenId, eosTokenIds } = specialTokens(tok, tokenizerConfig, opts);
+  const { wantBos, wantEos, usePostProcessor } = specialTokenPolicy(
+    tok,
+    tokenizerConfig,
+    bosTokenId,
+    eosTokenIds,
   );
-
-  const idOf = (s: string | null) => (s === null ? undefined : tok.token_to_id(s));
-  const bosToken = specialTokenContent(tokenizerConfig.bos_token);
-  const eosToken = specialTokenContent(tokenizerConfig.eos_token);
-  const bosTokenId = idOf(bosToken) ?? opts.bosTokenId ?? null;
-  const eosTokenIds: number[] = [];
-  for (const id of [...(opts.eosTokenIds ?? []), idOf(eosToken)]) {
-    if (id !== undefined && id !== null && !eosTokenIds.includes(id)) eosTokenIds.push(id);
-  }
-
-  const valid = (id: number) =>
-    Number.isInteger(id) && id >= 0 && id < vocabSize && tok.id_to_token(id) !== undefined;
-  const decodeRaw = (ids: number[], skipSpecial: boolean): string => {
-    // Models often have more embedding rows than tokenizer entries; such ids decode to nothing.
-    const kept = ids.filter((id) => valid(id) && !(skipSpecial && specialIds.has(id)));
-    if (kept.length === 0) return "";
-    return tok.decode(kept, { skip_special_tokens: skipSpecial, clean_up_tokenization_spaces: false });
-  };
-
-  // What the post-processor does on its own; tokenizer_config's add_bos_token / add_eos_token override it
-  // (transformers rebuilds the post-processor from those flags).
-  const probePlain = tok.encode("a", { add_special_tokens: false }).ids;
-  const probeSpecial = tok.encode("a", { add_special_tokens: true }).ids;
-  let k = 0;
-  while (
-    k <= probeSpecial.length - probePlain.length && !probePlain.every((id, i) => probeSpecial[k + i] === id)
-  ) k++;
-  const ppPrefix = probeSpecial.slice(0, Math.min(k, probeSpecial.length));
-  const ppSuffix = probeSpecial.slice(k + probePlain.length);
-  const ppAddsBos = bosTokenId !== null && ppPrefix.includes(bosTokenId);
-  const ppAddsEos = ppSuffix.some((id) => eosTokenIds.includes(id));
-  const wantBos = typeof tokenizerConfig.add_bos_token === "boolean"
-    ? tokenizerConfig.add_bos_token
-    : ppAddsBos;
-  const wantEos = typeof tokenizerConfig.add_eos_token === "boolean"
-    ? tokenizerConfig.add_eos_token
-    : ppAddsEos;
-  const eosForAppend = idOf(eosToken) ?? eosTokenIds[0];
-  const usePostProcessor = wantBos === ppAddsBos && wantEos === ppAddsEos;
+  const eosForAppend = tokenId(tok, eosToken) ?? eosTokenIds[0];
 
   return {
     vocabSize,
@@ -129,6 +75,109 @@ export function hfTokenizerFrom(
     tokenToId(token: string): number | undefined {
       return tok.token_to_id(token);
     },
+  };
+}
+
+/** tokenizer_config.json as the JS library should see it. */
+function jsLibraryConfig(tokenizerConfig: Json): Json {
+  // The JS library reads some string fields directly; pass plain strings for AddedToken-like values.
+  const cfg: Json = { ...tokenizerConfig };
+  for (const k of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
+    if (k in cfg) cfg[k] = specialTokenContent(cfg[k]);
+  }
+  // transformers no longer cleans up spaces unless asked; the JS library defaults to doing it.
+  cfg.clean_up_tokenization_spaces = tokenizerConfig.clean_up_tokenization_spaces === true;
+  if (Array.isArray(cfg.additional_special_tokens)) {
+    cfg.additional_special_tokens = (cfg.additional_special_tokens as unknown[])
+      .map(specialTokenContent)
+      .filter((s): s is string => s !== null);
+  }
+  return cfg;
+}
+
+/** Any failure to build the library's tokenizer becomes a ModelLoadError naming the file. */
+function buildJsTokenizer(tokenizerJson: unknown, cfg: Json, file: string): JsTokenizer {
+  try {
+    const tj = tokenizerJson as Json;
+    if (!tj || typeof tj !== "object" || !tj.model) throw new Error('no "model" section');
+    return new JsTokenizer({ added_tokens: [], ...tj }, cfg);
+  } catch (e) {
+    throw new ModelLoadError(`${file}: unsupported or invalid tokenizer (${(e as Error).message})`, file);
+  }
+}
+
+/** One past the largest id, added tokens included (ids may have gaps). */
+function vocabSizeOf(tok: JsTokenizer): number {
+  let vocabSize = 0;
+  for (const id of tok.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1);
+  return vocabSize;
+}
+
+/** decode() over the ids the tokenizer knows, optionally without special tokens. */
+function rawDecoder(tok: JsTokenizer, vocabSize: number): (ids: number[], skipSpecial: boolean) => string {
+  const specialIds = new Set(
+    Array.from(tok.get_added_tokens_decoder().values()).filter((t) => t.special).map((t) => t.id),
+  );
+  const valid = (id: number) =>
+    Number.isInteger(id) && id >= 0 && id < vocabSize && tok.id_to_token(id) !== undefined;
+  return (ids: number[], skipSpecial: boolean): string => {
+    // Models often have more embedding rows than tokenizer entries; such ids decode to nothing.
+    const kept = ids.filter((id) => valid(id) && !(skipSpecial && specialIds.has(id)));
+    if (kept.length === 0) return "";
+    return tok.decode(kept, { skip_special_tokens: skipSpecial, clean_up_tokenization_spaces: false });
+  };
+}
+
+function tokenId(tok: JsTokenizer, s: string | null): number | undefined {
+  return s === null ? undefined : tok.token_to_id(s);
+}
+
+/** BOS/EOS strings from tokenizer_config, and their ids merged with the model config's. */
+function specialTokens(tok: JsTokenizer, tokenizerConfig: Json, opts: HfTokenizerOptions) {
+  const bosToken = specialTokenContent(tokenizerConfig.bos_token);
+  const eosToken = specialTokenContent(tokenizerConfig.eos_token);
+  const bosTokenId = tokenId(tok, bosToken) ?? opts.bosTokenId ?? null;
+  const eosTokenIds: number[] = [];
+  for (const id of [...(opts.eosTokenIds ?? []), tokenId(tok, eosToken)]) {
+    if (id !== undefined && id !== null && !eosTokenIds.includes(id)) eosTokenIds.push(id);
+  }
+  return { bosToken, eosToken, bosTokenId, eosTokenIds };
+}
+
+/**
+ * Whether encode(text, true) adds BOS / EOS, and whether the post-processor already does exactly
+ * that. It is probed for what it does on its own; tokenizer_config's add_bos_token / add_eos_token
+ * override it (transformers rebuilds the post-processor from those flags).
+ */
+function specialTokenPolicy(
+  tok: JsTokenizer,
+  tokenizerConfig: Json,
+  bosTokenId: number | null,
+  eosTokenIds: number[],
+): { wantBos: boolean; wantEos: boolean; usePostProcessor: boolean } {
+  const { prefix, suffix } = postProcessorAdditions(tok);
+  const ppAddsBos = bosTokenId !== null && prefix.includes(bosTokenId);
+  const ppAddsEos = suffix.some((id) => eosTokenIds.includes(id));
+  const wantBos = typeof tokenizerConfig.add_bos_token === "boolean"
+    ? tokenizerConfig.add_bos_token
+    : ppAddsBos;
+  const wantEos = typeof tokenizerConfig.add_eos_token === "boolean"
+    ? tokenizerConfig.add_eos_token
+    : ppAddsEos;
+  return { wantBos, wantEos, usePostProcessor: wantBos === ppAddsBos && wantEos === ppAddsEos };
+}
+
+/** The ids the post-processor puts before and after a probe text's own ids. */
+function postProcessorAdditions(tok: JsTokenizer): { prefix: number[]; suffix: number[] } {
+  const probePlain = tok.encode("a", { add_special_tokens: false }).ids;
+  const probeSpecial = tok.encode("a", { add_special_tokens: true }).ids;
+  let k = 0;
+  while (
+    k <= probeSpecial.length - probePlain.length && !probePlain.every((id, i) => probeSpecial[k + i] === id)
+  ) k++;
+  return {
+    prefix: probeSpecial.slice(0, Math.min(k, probeSpecial.length)),
+    suffix: probeSpecial.slice(k + probePlain.length),
   };
 }
 
