@@ -233,8 +233,8 @@ async function writeAtomically(path: string, bytes: Uint8Array): Promise<void> {
 /** The key of a graph whose weights are inputs: everything its bytes depend on, no weight values. */
 async function graphKey(model: LoadedModel, opts: GraphOptions): Promise<string> {
   // Bump GRAPH_VERSION whenever buildGraph's output changes for the same inputs.
-  // 7: weights no longer in the entry, and no longer in the key.
-  const GRAPH_VERSION = 7;
+  // 7: weights no longer in the entry, and no longer in the key. 8: two-stage greedy argmax.
+  const GRAPH_VERSION = 8;
   const text = JSON.stringify({
     v: GRAPH_VERSION,
     dtype: opts.dtype,
