@@ -72,103 +72,128 @@ export class Framing {
 
   /** Feeds the next bytes of the stream. */
   push(bytes: Uint8Array): void {
+    // Each step consumes what its phase can from `i` on and returns where it stopped; one that turns
+    // the stream opaque stops here on the next turn.
     let i = 0;
-    const n = bytes.byteLength;
-    while (i < n) {
+    while (i < bytes.byteLength) {
       switch (this.phase) {
         case "opaque":
         case "eof":
           return;
-        case "start": {
-          const b = bytes[i];
-          if (b === CR || b === LF) {
-            i++;
-            break;
-          }
-          this.phase = "head";
-          this.#head = [];
-          this.#headBytes = 0;
-          this.#lineStart = false;
+        case "start":
+          i = this.#skipBetweenMessages(bytes, i);
           break;
-        }
-        case "head": {
-          const from = i;
-          let done = false;
-          for (; i < n; i++) {
-            const b = bytes[i];
-            if (b === LF) {
-              if (this.#lineStart) {
-                done = true;
-                i++;
-                break;
-              }
-              this.#lineStart = true;
-            } else if (b !== CR) this.#lineStart = false;
-          }
-          this.#headBytes += i - from;
-          if (this.#headBytes > MAX_HEAD) {
-            this.phase = "opaque";
-            return;
-          }
-          this.#head.push(bytes.slice(from, i));
-          if (done) this.#onHead();
+        case "head":
+          i = this.#readHead(bytes, i);
           break;
-        }
-        case "length": {
-          const take = Math.min(this.#remaining, n - i);
-          this.#remaining -= take;
-          i += take;
-          if (this.#remaining === 0) this.#end();
+        case "length":
+          i = this.#readLengthBody(bytes, i);
           break;
-        }
         case "chunk-size":
-        case "trailer": {
-          const b = bytes[i++];
-          if (++this.#line > MAX_LINE) {
-            this.phase = "opaque";
-            return;
-          }
-          if (b !== LF) {
-            if (b !== CR) this.#lineText += String.fromCharCode(b);
-            break;
-          }
-          const line = this.#lineText;
-          this.#lineText = "";
-          this.#line = 0;
-          if (this.phase === "trailer") {
-            if (line === "") this.#end();
-            break;
-          }
-          const m = /^([0-9a-fA-F]{1,15})[ \t]*(;.*)?$/.exec(line);
-          if (!m) {
-            this.phase = "opaque";
-            return;
-          }
-          this.#remaining = parseInt(m[1], 16);
-          this.phase = this.#remaining === 0 ? "trailer" : "chunk-data";
+        case "trailer":
+          i = this.#readLine(bytes, i);
           break;
-        }
-        case "chunk-data": {
-          const take = Math.min(this.#remaining, n - i);
-          this.#remaining -= take;
-          i += take;
-          if (this.#remaining === 0) {
-            this.phase = "chunk-crlf";
-            this.#line = 0;
-          }
+        case "chunk-data":
+          i = this.#readChunkData(bytes, i);
           break;
-        }
-        case "chunk-crlf": {
-          const b = bytes[i++];
-          if (b === LF) this.phase = "chunk-size";
-          else if (b !== CR || ++this.#line > 1) {
-            this.phase = "opaque";
-            return;
-          }
+        case "chunk-crlf":
+          i = this.#readChunkEnd(bytes, i);
           break;
-        }
       }
     }
+  }
+
+  /** Skips the stray CRLFs clients may send between messages; any other byte starts a head. */
+  #skipBetweenMessages(bytes: Uint8Array, i: number): number {
+    const b = bytes[i];
+    if (b === CR || b === LF) return i + 1;
+    this.phase = "head";
+    this.#head = [];
+    this.#headBytes = 0;
+    this.#lineStart = false;
+    return i;
+  }
+
+  /** Keeps head bytes up to the blank line that ends it (a head may span many pushes). */
+  #readHead(bytes: Uint8Array, i: number): number {
+    const from = i;
+    let done = false;
+    for (; i < bytes.byteLength; i++) {
+      const b = bytes[i];
+      if (b === LF) {
+        if (this.#lineStart) {
+          done = true;
+          i++;
+          break;
+        }
+        this.#lineStart = true;
+      } else if (b !== CR) this.#lineStart = false;
+    }
+    this.#headBytes += i - from;
+    if (this.#headBytes > MAX_HEAD) {
+      this.phase = "opaque";
+      return i;
+    }
+    this.#head.push(bytes.slice(from, i));
+    if (done) this.#onHead();
+    return i;
+  }
+
+  #readLengthBody(bytes: Uint8Array, i: number): number {
+    const take = Math.min(this.#remaining, bytes.byteLength - i);
+    this.#remaining -= take;
+    if (this.#remaining === 0) this.#end();
+    return i + take;
+  }
+
+  /** A chunk-size or trailer line, a byte at a time (it may span pushes); acted on at its LF. */
+  #readLine(bytes: Uint8Array, i: number): number {
+    const b = bytes[i++];
+    if (++this.#line > MAX_LINE) {
+      this.phase = "opaque";
+      return i;
+    }
+    if (b !== LF) {
+      if (b !== CR) this.#lineText += String.fromCharCode(b);
+      return i;
+    }
+    const line = this.#lineText;
+    this.#lineText = "";
+    this.#line = 0;
+    if (this.phase === "trailer") {
+      // Trailer fields are skipped; the blank line ends the message.
+      if (line === "") this.#end();
+    } else this.#onChunkSize(line);
+    return i;
+  }
+
+  /** Chunk extensions are ignored; a size it cannot read leaves the judgement to the server. */
+  #onChunkSize(line: string): void {
+    const m = /^([0-9a-fA-F]{1,15})[ \t]*(;.*)?$/.exec(line);
+    if (!m) {
+      this.phase = "opaque";
+      return;
+    }
+    this.#remaining = parseInt(m[1], 16);
+    this.phase = this.#remaining === 0 ? "trailer" : "chunk-data";
+  }
+
+  #readChunkData(bytes: Uint8Array, i: number): number {
+    const take = Math.min(this.#remaining, bytes.byteLength - i);
+    this.#remaining -= take;
+    if (this.#remaining === 0) {
+      this.phase = "chunk-crlf";
+      this.#line = 0;
+    }
+    return i + take;
+  }
+
+  /** The CRLF after a chunk's data: a bare LF is accepted, anything else turns the stream opaque. */
+  #readChunkEnd(bytes: Uint8Array, i: number): number {
+    const b = bytes[i++];
+    if (b === LF) this.phase = "chunk-size";
+    else if (b !== CR || ++this.#line > 1) this.phase = "opaque";
+    return i;
   }
 
   #end(): void {
