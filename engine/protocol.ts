@@ -260,6 +260,8 @@ export interface EngineSettings {
    * MatMul everywhere.
    */
   matmulSplitK?: number;
+  /** WebGPU implementation (engine/webgpu_backend.ts); absent: "auto". */
+  webgpu?: "auto" | "dawn" | "deno";
 }
 
 /** Largest matmul split (EngineSettings.matmulSplitK): more partial products than this only add traffic. */
@@ -274,4 +276,5 @@ export const ENGINE_DEFAULTS = {
   graphCapture: true,
   prefixCaching: true,
   matmulSplitK: 8,
+  webgpu: "deno",
 } as const satisfies EngineSettings;

@@ -10,6 +10,7 @@ import type { ModelRunner } from "./model_runner.ts";
 import type { GenerateEvent } from "./protocol.ts";
 import type { ToClient, ToWorker, WorkerInit } from "./worker_protocol.ts";
 import { checkWebGpu } from "./webgpu_check.ts";
+import { selectWebGpu } from "./webgpu_backend.ts";
 
 let engine: LLMEngine | null = null;
 let runner: ModelRunner | null = null;
@@ -31,6 +32,8 @@ const emitEvent = (id: string, ev: GenerateEvent) => {
 async function init(o: WorkerInit) {
   const t0 = performance.now();
   // Before the model is read (minutes for a large one) and before onnxruntime, whose errors name no fix.
+  const webgpu = await selectWebGpu(o.settings.webgpu ?? "auto");
+  if (webgpu.note) log(webgpu.note);
   await checkWebGpu();
   // Imported only now: Deno evaluates npm modules ahead of worker_env.ts in a static import graph.
   const { loadModel } = await import("./model/load.ts");
@@ -55,7 +58,7 @@ async function init(o: WorkerInit) {
     type: "ready",
     seconds: (performance.now() - t0) / 1000,
     dtype: created.config.dtype,
-    adapter: runner.adapterName,
+    adapter: `${runner.adapterName} (${webgpu.backend === "dawn" ? "Dawn" : "Deno's WebGPU"})`,
     nodesPerLayer: runner.nodesPerLayer,
     kvBlocks: runner.numBlocks,
     blockSize: runner.blockSize,

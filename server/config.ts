@@ -368,6 +368,16 @@ const OPTIONS = {
       "few rows); a layer whose slices would be under 32 long stays whole; 1: no split.",
     schema: positiveInt(1, MAX_MATMUL_SPLIT_K).default(ENGINE_DEFAULTS.matmulSplitK),
   }),
+  webgpu: opt({
+    flag: "--webgpu",
+    env: "RAGTIME_WEBGPU",
+    kind: "value",
+    metavar: "auto|dawn|deno",
+    expect: 'one of "auto", "dawn", "deno"',
+    help: "WebGPU implementation: Dawn (npm webgpu, faster kernels on NVIDIA) or Deno's own; auto: Dawn " +
+      "on an NVIDIA host when it finds an f16 adapter, else Deno's.",
+    schema: z.enum(["auto", "dawn", "deno"]).default(ENGINE_DEFAULTS.webgpu),
+  }),
 };
 
 type Options = typeof OPTIONS;
@@ -485,6 +495,7 @@ export function engineSettings(c: Config): EngineSettings {
     graphCaptureKv: c.graphCaptureKv,
     prefixCaching: c.prefixCaching,
     matmulSplitK: c.matmulSplitK,
+    webgpu: c.webgpu,
   };
 }
 

@@ -9,10 +9,14 @@ DENO_BIN=$(command -v deno || true)
 [ -n "$DENO_BIN" ] || { echo "deno not found on PATH" >&2; exit 1; }
 [ -f .gpu/deno.xz ] || xz -T0 -6 -c "$(readlink -f "$DENO_BIN")" > .gpu/deno.xz
 deno install >/dev/null
-# Only the WebGPU bundle and its wasm of onnxruntime-web are used; openai's sources are for tests.
+# Only the WebGPU bundle and its wasm of onnxruntime-web are used; openai's sources are for tests; Dawn
+# (npm webgpu) for linux-x64 only.
 tar -C . -cf - \
   --exclude='node_modules/.deno/onnxruntime-web@*/node_modules/onnxruntime-web/dist/*' \
   --exclude='node_modules/.deno/openai@*/node_modules/openai/src' \
+  --exclude='node_modules/.deno/webgpu@*/node_modules/webgpu/dist/darwin-*' \
+  --exclude='node_modules/.deno/webgpu@*/node_modules/webgpu/dist/win32-*' \
+  --exclude='node_modules/.deno/webgpu@*/node_modules/webgpu/dist/linux-arm64' \
   --exclude='*.map' --exclude='*.d.ts' --exclude='*.d.mts' --exclude='*.d.cts' \
   node_modules | xz -T0 -6 > .gpu/node_modules.tar.xz
 ORT=$(ls -d node_modules/.deno/onnxruntime-web@*/node_modules/onnxruntime-web/dist)
