@@ -51,9 +51,13 @@ RUN --mount=type=secret,id=ca_bundle,required=false \
 # The server loads only onnxruntime-web's WebGPU bundle and its wasm (engine/model_runner.ts imports
 # "onnxruntime-web/webgpu"); the other builds and source maps are dropped (about 120 MB). Packages that
 # only tests use (playwright-core) stay: `deno run --cached-only` wants every package of deno.lock present.
+# Of Dawn (npm webgpu, --webgpu dawn) only this architecture's native addon stays (about 110 MB less).
 RUN find node_modules/ -name '*.map' -type f -delete \
  && find node_modules/.deno/onnxruntime-web@*/node_modules/onnxruntime-web/dist -type f \
-      ! -name 'ort.webgpu.bundle.min.mjs' ! -name 'ort-wasm-simd-threaded.asyncify.*' -delete
+      ! -name 'ort.webgpu.bundle.min.mjs' ! -name 'ort-wasm-simd-threaded.asyncify.*' -delete \
+ && case "$(uname -m)" in x86_64) keep=linux-x64 ;; aarch64) keep=linux-arm64 ;; *) keep=none ;; esac \
+ && find node_modules/.deno/webgpu@*/node_modules/webgpu/dist -mindepth 1 -maxdepth 1 ! -name "$keep" \
+      -exec rm -rf {} +
 
 # --- Runtime ---
 FROM debian:bookworm-slim

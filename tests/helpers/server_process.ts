@@ -25,6 +25,8 @@ export interface SpawnOptions {
   args?: string[];
   /** How long to wait for /health to say 200. */
   readyTimeoutMs?: number;
+  /** Environment variables added to the server's. */
+  env?: Record<string, string>;
 }
 
 /** A port that was free a moment ago (listen on port 0, note it, close). */
@@ -47,7 +49,7 @@ export async function within<T>(p: Promise<T>, ms: number): Promise<T | null> {
   }
 }
 
-function spawn(port: number, args: string[]): ServerProcess {
+function spawn(port: number, args: string[], env: Record<string, string> = {}): ServerProcess {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -64,6 +66,7 @@ function spawn(port: number, args: string[]): ServerProcess {
       ...args,
     ],
     cwd: REPO_ROOT,
+    env,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -130,7 +133,7 @@ function spawn(port: number, args: string[]): ServerProcess {
 export async function startServerProcess(opts: SpawnOptions = {}): Promise<ServerProcess> {
   const deadlineMs = opts.readyTimeoutMs ?? 90_000;
   for (let attempt = 1;; attempt++) {
-    const proc = spawn(freePort(), opts.args ?? []);
+    const proc = spawn(freePort(), opts.args ?? [], opts.env);
     const t0 = performance.now();
     let lastError = "";
     while (!proc.exited && performance.now() - t0 < deadlineMs) {
