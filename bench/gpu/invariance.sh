@@ -3,7 +3,8 @@
 # on the device machine after `bash bench/gpu/pack.sh` here): bench/gpu/kv_probe.ts's sweep (a token's
 # KV and logits under every way of cutting its prompt into steps and every step size) and the engine's
 # isolation and prefix-cache tests. Extra arguments go to kv_probe (e.g. --min-rows 1 shows why
-# MIN_STEP_ROWS exists). Results in $OUT (or bench/results/gpu).
+# MIN_STEP_ROWS exists). Results in $OUT (or bench/results/gpu). WEBGPU=dawn runs all of it on Dawn
+# (--preload bench/gpu/dawn.ts).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source bench/gpu/setup.sh
@@ -13,11 +14,13 @@ mkdir -p "$OUT"
 if [ ! -f ../shared/models/stories260K/stories260K.gguf ] && [ -d .gpu/stories260K ]; then
   mkdir -p ../shared/models && ln -sfn "$PWD/.gpu/stories260K" ../shared/models/stories260K
 fi
+P=()
+[ "${WEBGPU:-deno}" = dawn ] && P=(--preload bench/gpu/dawn.ts)
 rc=0
-deno run -A bench/gpu/kv_probe.ts --dtype f16 --sweep --tokens "${TOKENS:-160}" "$@" 2>&1 |
+deno run -A "${P[@]}" bench/gpu/kv_probe.ts --dtype f16 --sweep --tokens "${TOKENS:-160}" "$@" 2>&1 |
   grep -v XDG_RUNTIME_DIR | tee "$OUT/kv_probe_f16.txt" || rc=1
 if [ -z "${PROBE_ONLY:-}" ]; then
-  RAGTIME_TEST_DTYPE=f16 deno test -A --no-check tests/engine/engine_isolation_test.ts \
+  RAGTIME_TEST_DTYPE=f16 deno test -A --no-check "${P[@]}" tests/engine/engine_isolation_test.ts \
     tests/engine/prefix_cache_test.ts >"$OUT/invariance_tests_f16.txt" 2>&1 || rc=1
   grep -E "^(ok|FAILED)|\.\.\. " "$OUT/invariance_tests_f16.txt" | tail -20
 fi
