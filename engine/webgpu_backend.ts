@@ -47,16 +47,58 @@ async function useDawn(): Promise<void> {
   const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new Error("Dawn found no Vulkan adapter (Mesa's lavapipe needs version 25 or later)");
   if (!adapter.features.has("shader-f16")) throw new Error("Dawn's adapter lacks shader-f16");
-  Object.assign(globalThis, mod.globals);
-  copySharedWrites((mod.globals as { GPUQueue: { prototype: GPUQueue } }).GPUQueue);
+  const globals = mod.globals as DawnClasses;
+  Object.assign(globalThis, globals);
+  copySharedWrites(globals.GPUQueue);
+  pumpWhileWaiting(globals);
   Object.defineProperty(navigator, "gpu", { value: gpu, configurable: true });
+}
+
+interface DawnClasses {
+  GPUAdapter: { prototype: GPUAdapter };
+  GPUBuffer: { prototype: GPUBuffer };
+  GPUQueue: { prototype: GPUQueue };
+}
+
+/**
+ * dawn.node settles its promises from a chain of setImmediate callbacks that process Dawn's events; under
+ * Deno that chain sometimes stalls, and a readback then waits seconds (3 s on llvmpipe, 24-33 s on the
+ * H200, measured) or never ends. While a mapAsync or onSubmittedWorkDone is pending, a 1 ms timer asks
+ * every device's queue for onSubmittedWorkDone, which has Dawn process its events again.
+ */
+function pumpWhileWaiting(classes: DawnClasses) {
+  const devices: GPUDevice[] = [];
+  const requestDevice = classes.GPUAdapter.prototype.requestDevice;
+  classes.GPUAdapter.prototype.requestDevice = async function (this: GPUAdapter, ...a: unknown[]) {
+    const device = await (requestDevice as (...a: unknown[]) => Promise<GPUDevice>).apply(this, a);
+    devices.push(device);
+    device.lost.then(() => devices.splice(devices.indexOf(device), 1));
+    return device;
+  };
+  const workDone = classes.GPUQueue.prototype.onSubmittedWorkDone;
+  let waiting = 0;
+  let timer: ReturnType<typeof setInterval> | undefined;
+  const poke = () => {
+    for (const d of devices) workDone.call(d.queue).catch(() => {});
+  };
+  const pumped = <A extends unknown[]>(f: (...a: A) => Promise<undefined>) =>
+    async function (this: unknown, ...a: A): Promise<undefined> {
+      if (waiting++ === 0) timer = setInterval(poke, 1);
+      try {
+        return await f.apply(this, a);
+      } finally {
+        if (--waiting === 0) clearInterval(timer);
+      }
+    };
+  classes.GPUBuffer.prototype.mapAsync = pumped(classes.GPUBuffer.prototype.mapAsync);
+  classes.GPUQueue.prototype.onSubmittedWorkDone = pumped(workDone);
 }
 
 /**
  * dawn.node reads a garbage pointer when writeBuffer's data is a view on a SharedArrayBuffer (Node-API
  * gives no access to shared memory), and onnxruntime-web's wasm heap is one: such data is copied first.
  */
-function copySharedWrites(queueClass: { prototype: GPUQueue }) {
+function copySharedWrites(queueClass: DawnClasses["GPUQueue"]) {
   const write = queueClass.prototype.writeBuffer;
   queueClass.prototype.writeBuffer = function (
     this: GPUQueue,
