@@ -60,6 +60,7 @@ Deno.test("config: defaults", () => {
     graphCaptureKv: undefined,
     prefixCaching: true,
     matmulSplitK: 8,
+    webgpu: "deno",
   });
 });
 
@@ -104,6 +105,8 @@ Deno.test("config: every flag, both spellings", () => {
     "llama",
     "--graph-cache",
     "/tmp/g",
+    "--webgpu",
+    "dawn",
   ], env());
   assertEquals(c.model, "/models/x");
   assertEquals(c.host, "0.0.0.0");
@@ -125,6 +128,7 @@ Deno.test("config: every flag, both spellings", () => {
   assertEquals(c.debugSteps, false);
   assertEquals(c.servedModelName, "llama");
   assertEquals(c.graphCache, "/tmp/g");
+  assertEquals(c.webgpu, "dawn");
 });
 
 Deno.test("config: environment twins, and flags win", () => {
@@ -137,6 +141,7 @@ Deno.test("config: environment twins, and flags win", () => {
     RAGTIME_LOG_PROMPTS: "1",
     RAGTIME_DTYPE: "f32",
     RAGTIME_SHUTDOWN_TIMEOUT: "0",
+    RAGTIME_WEBGPU: "auto",
   };
   const c = parseConfig([], env(vars));
   assertEquals(c.model, "/env/model");
@@ -147,6 +152,7 @@ Deno.test("config: environment twins, and flags win", () => {
   assertEquals(c.logPrompts, true);
   assertEquals(c.dtype, "f32");
   assertEquals(c.shutdownTimeoutS, 0);
+  assertEquals(c.webgpu, "auto");
 
   const f = parseConfig(["--port", "7001", "--api-key", "flag", "--dtype", "auto"], env(vars));
   assertEquals(f.port, 7001);
@@ -167,6 +173,11 @@ const bad: Array<[string[], Record<string, string>, string]> = [
   [["--model", "m"], { PORT: "x" }, '--port (from PORT): expected an integer in [1, 65535], got "x"'],
   [["--model", "m", "--dtype", "bf16"], {}, '--dtype: expected one of "auto", "f16", "f32", got "bf16"'],
   [["--model", "m", "--device", "cuda"], {}, '--device: expected one of "webgpu", got "cuda"'],
+  [
+    ["--model", "m", "--webgpu", "vulkan"],
+    {},
+    '--webgpu: expected one of "auto", "dawn", "deno", got "vulkan"',
+  ],
   [["--model", "m", "--batching", "fast"], {}, "--batching: expected one of"],
   [["--model", "m", "--max-seqs", "0"], {}, "--max-seqs: expected an integer"],
   [["--model", "m", "--max-batch-tokens", "1.5"], {}, "--max-batch-tokens: expected an integer"],
