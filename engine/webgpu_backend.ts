@@ -50,48 +50,29 @@ async function useDawn(): Promise<void> {
   const globals = mod.globals as DawnClasses;
   Object.assign(globalThis, globals);
   copySharedWrites(globals.GPUQueue);
-  pumpWhileWaiting(globals);
+  immediatesOnTimers();
   Object.defineProperty(navigator, "gpu", { value: gpu, configurable: true });
 }
 
 interface DawnClasses {
-  GPUAdapter: { prototype: GPUAdapter };
-  GPUBuffer: { prototype: GPUBuffer };
   GPUQueue: { prototype: GPUQueue };
 }
 
 /**
- * dawn.node settles its promises from a chain of setImmediate callbacks that process Dawn's events; under
- * Deno that chain sometimes stalls, and a readback then waits seconds (3 s on llvmpipe, 24-33 s on the
- * H200, measured) or never ends. While a mapAsync or onSubmittedWorkDone is pending, a 1 ms timer asks
- * every device's queue for onSubmittedWorkDone, which has Dawn process its events again.
+ * dawn.node settles its promises (mapAsync, onSubmittedWorkDone, pipeline creation) from a chain of
+ * `setImmediate` callbacks that process Dawn's events, and under Deno those callbacks sometimes run
+ * seconds late: a readback then waits as long (measured: up to 4 s on llvmpipe, 9-34 s on the H200;
+ * docs/BENCHMARKS.md, session 8). A MessageChannel task, or a timer racing the late immediate, stalls
+ * the same way; a chain of 0 ms timers does not. dawn.node looks `setImmediate` up on the global each
+ * time it schedules, so this process's immediates become 0 ms timers (nothing else here uses them).
  */
-function pumpWhileWaiting(classes: DawnClasses) {
-  const devices: GPUDevice[] = [];
-  const requestDevice = classes.GPUAdapter.prototype.requestDevice;
-  classes.GPUAdapter.prototype.requestDevice = async function (this: GPUAdapter, ...a: unknown[]) {
-    const device = await (requestDevice as (...a: unknown[]) => Promise<GPUDevice>).apply(this, a);
-    devices.push(device);
-    device.lost.then(() => devices.splice(devices.indexOf(device), 1));
-    return device;
+function immediatesOnTimers() {
+  const g = globalThis as unknown as {
+    setImmediate: (f: (...a: unknown[]) => void, ...a: unknown[]) => ReturnType<typeof setTimeout>;
+    clearImmediate: (id: ReturnType<typeof setTimeout>) => void;
   };
-  const workDone = classes.GPUQueue.prototype.onSubmittedWorkDone;
-  let waiting = 0;
-  let timer: ReturnType<typeof setInterval> | undefined;
-  const poke = () => {
-    for (const d of devices) workDone.call(d.queue).catch(() => {});
-  };
-  const pumped = <A extends unknown[]>(f: (...a: A) => Promise<undefined>) =>
-    async function (this: unknown, ...a: A): Promise<undefined> {
-      if (waiting++ === 0) timer = setInterval(poke, 1);
-      try {
-        return await f.apply(this, a);
-      } finally {
-        if (--waiting === 0) clearInterval(timer);
-      }
-    };
-  classes.GPUBuffer.prototype.mapAsync = pumped(classes.GPUBuffer.prototype.mapAsync);
-  classes.GPUQueue.prototype.onSubmittedWorkDone = pumped(workDone);
+  g.setImmediate = (f, ...a) => setTimeout(f, 0, ...a);
+  g.clearImmediate = (id) => clearTimeout(id);
 }
 
 /**
