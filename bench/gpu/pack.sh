@@ -9,11 +9,13 @@ DENO_BIN=$(command -v deno || true)
 [ -n "$DENO_BIN" ] || { echo "deno not found on PATH" >&2; exit 1; }
 [ -f .gpu/deno.xz ] || xz -T0 -6 -c "$(readlink -f "$DENO_BIN")" > .gpu/deno.xz
 deno install >/dev/null
-# Only the WebGPU bundle and its wasm of onnxruntime-web are used; openai's sources are for tests; Dawn
+# Only the WebGPU bundle and its wasm of onnxruntime-web are used; openai's sources and playwright are for
+# tests the GPU host does not run (their folders stay, so Deno sees the packages installed); Dawn
 # (npm webgpu) for linux-x64 only.
 tar -C . -cf - \
   --exclude='node_modules/.deno/onnxruntime-web@*/node_modules/onnxruntime-web/dist/*' \
   --exclude='node_modules/.deno/openai@*/node_modules/openai/src' \
+  --exclude='node_modules/.deno/playwright-core@*/node_modules/playwright-core/lib' --exclude='CHANGELOG.md' \
   --exclude='node_modules/.deno/webgpu@*/node_modules/webgpu/dist/darwin-*' \
   --exclude='node_modules/.deno/webgpu@*/node_modules/webgpu/dist/win32-*' \
   --exclude='node_modules/.deno/webgpu@*/node_modules/webgpu/dist/linux-arm64' \
