@@ -2,10 +2,11 @@
 // captured decode sessions (captured_steps.ts).
 //
 // run() only dispatches: its outputs stay on the GPU, so the next step can be dispatched before
-// this one's tokens are read back (a readback costs ~11 ms in Deno whatever its size). Each step's
-// sampled ids are copied, right after its dispatch, into prev_ids (a fixed buffer every session
-// reads the previous step's ids from) and into a staging buffer of its own that read() maps: a
-// captured session's bound outputs are overwritten by its next replay, maybe before the read.
+// this one's tokens are read back (a readback costs ~11 ms on Deno's WebGPU whatever its size, ~0.1
+// ms on Dawn). Each step's sampled ids are copied, right after its dispatch, into prev_ids (a fixed
+// buffer every session reads the previous step's ids from) and into a staging buffer of its own that
+// read() maps: a captured session's bound outputs are overwritten by its next replay, maybe before the
+// read.
 
 import * as ort from "onnxruntime-web/webgpu";
 import { type BuiltGraph, type GraphOptions, stepWeightTensors } from "./model/graph.ts";
@@ -19,6 +20,7 @@ import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
 import { ENGINE_DEFAULTS, MIN_STEP_ROWS } from "./protocol.ts";
+import { bucketStep, padItems, padSampled, stepBucketsOn } from "./step_buckets.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -102,6 +104,8 @@ export class ModelRunner {
   useCaptured = true;
   /** Fewest rows of an uncaptured step (MIN_STEP_ROWS; probes lower it to show why). */
   minRows = MIN_STEP_ROWS;
+  /** Uncaptured steps padded to bucketed shapes, for ORT's exact-size buffer cache (step_buckets.ts). */
+  bucketShapes = stepBucketsOn();
   /** Off: a captured step submits as onnxruntime does, ~35 times (for probes; see submit_batch.ts). */
   batchSubmits = true;
   /** On: a captured replay is passed every input again (for probes; see sessions.ts runBound). */
@@ -256,7 +260,16 @@ export class ModelRunner {
 
   private async dispatch(s: StepInputs, cap: CapturedDecode | null): Promise<StepHandle> {
     const S = s.sampleRows.length;
-    if (!cap) s = padSampleRows(s, this.minRows);
+    let meta: [number, number] | null = null;
+    if (!cap && this.bucketShapes) {
+      ({ s, attnMeta: meta } = bucketStep(
+        s,
+        this.numBlocks,
+        this.blockSize,
+        this.maxPositions,
+        this.minRows,
+      ));
+    } else if (!cap) s = padSampled(s, this.minRows);
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
     let rows = S;
@@ -268,7 +281,7 @@ export class ModelRunner {
       rows = cap.shape.batch;
     } else {
       rows = s.sampleRows.length;
-      ({ nextIds, logits } = await this.runUncaptured(s));
+      ({ nextIds, logits } = await this.runUncaptured(s, meta));
       scratch.push(nextIds);
       if (logits && !s.wantLogits) scratch.push(logits);
     }
@@ -306,20 +319,27 @@ export class ModelRunner {
     };
   }
 
-  private async runUncaptured(s: StepInputs): Promise<{ nextIds: ort.Tensor; logits: ort.Tensor | null }> {
+  /** An uncaptured step; `meta`: its attention bounds when bucketStep padded it, else exact ones. */
+  private async runUncaptured(
+    s: StepInputs,
+    meta: [number, number] | null,
+  ): Promise<{ nextIds: ort.Tensor; logits: ort.Tensor | null }> {
     let B = s.pastSeqlens.length;
-    let maxQ = 0, maxKv = 0;
-    for (let b = 0; b < B; b++) {
-      const q = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
-      maxQ = Math.max(maxQ, q);
-      maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
-    }
-    const pad = Math.max(maxQ < 2 ? 2 : 0, this.minRows - s.inputIds.length);
-    if (pad > 0) {
-      s = padStep(s, this.numBlocks, pad);
-      B++;
-      maxQ = Math.max(maxQ, pad);
-      maxKv = Math.max(maxKv, pad);
+    if (!meta) {
+      let maxQ = 0, maxKv = 0;
+      for (let b = 0; b < B; b++) {
+        const q = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
+        maxQ = Math.max(maxQ, q);
+        maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
+      }
+      const pad = Math.max(maxQ < 2 ? 2 : 0, this.minRows - s.inputIds.length);
+      if (pad > 0) {
+        s = padItems(s, this.numBlocks, pad, 1);
+        B++;
+        maxQ = Math.max(maxQ, pad);
+        maxKv = Math.max(maxKv, pad);
+      }
+      meta = [maxQ, maxKv];
     }
     const T = s.inputIds.length, S = s.sampleRows.length;
     const feeds: Record<string, ort.Tensor> = {
@@ -330,7 +350,7 @@ export class ModelRunner {
       [IO.pastSeqlens]: new ort.Tensor("int32", s.pastSeqlens, [B]),
       [IO.blockTable]: new ort.Tensor("int32", s.blockTable, [B, s.maxBlocks]),
       // Host-side bounds spare PagedAttention a metadata readback in every layer.
-      [IO.attnMeta]: new ort.Tensor("int32", Int32Array.of(maxQ, maxKv), [2]),
+      [IO.attnMeta]: new ort.Tensor("int32", Int32Array.from(meta), [2]),
       [IO.sampleRows]: new ort.Tensor("int32", s.sampleRows, [S]),
     };
     const sampling = s.sampleU.some((u) => u >= 0);
@@ -486,37 +506,4 @@ async function download(ids: Staging, logits: ort.Tensor | null): Promise<StepRe
   };
   const [nextIds, l] = await Promise.all([readIds(), logits?.getData() ?? null]);
   return { nextIds, logits: l as Float32Array | null };
-}
-
-/** Repeats sampled row 0 up to `min` sampled rows (their ids are never read). */
-function padSampleRows(s: StepInputs, min: number): StepInputs {
-  const S = s.sampleRows.length;
-  if (S >= min) return s;
-  const rows = new Int32Array(min).fill(s.sampleRows[0]);
-  rows.set(s.sampleRows);
-  const u = new Float32Array(min).fill(-1);
-  u.set(s.sampleU);
-  const t = new Float32Array(min).fill(1);
-  t.set(s.invTemp);
-  return { ...s, sampleRows: rows, sampleU: u, invTemp: t };
-}
-
-/**
- * Appends an item of `n` <= blockSize tokens (past 0) whose KV lands in the reserved block `block`:
- * it gives a decode-only step a 2-token query, and a short step its fewest rows.
- */
-function padStep(s: StepInputs, block: number, n: number): StepInputs {
-  const T = s.inputIds.length, B = s.pastSeqlens.length, M = s.maxBlocks;
-  const bt = new Int32Array((B + 1) * M);
-  bt.set(s.blockTable);
-  bt[B * M] = block;
-  const grow = (a: Int32Array, ...v: number[]) => Int32Array.from([...a, ...v]);
-  return {
-    ...s,
-    inputIds: grow(s.inputIds, ...new Array(n).fill(0)),
-    idSrc: grow(s.idSrc, ...new Array(n).fill(-1)),
-    cuSeqlens: grow(s.cuSeqlens, T + n),
-    pastSeqlens: grow(s.pastSeqlens, 0),
-    blockTable: bt,
-  };
 }

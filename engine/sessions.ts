@@ -9,6 +9,7 @@ import { buildSamplerGraph } from "./model/sampler_graph.ts";
 import type { Initializer } from "./model/step_weights.ts";
 import { EXTERNAL_DATA_NAME, TensorType } from "./onnx/builder.ts";
 import { WeightUploader } from "./weight_upload.ts";
+import { stepBucketsOn } from "./step_buckets.ts";
 
 export type Session = ort.InferenceSession;
 export type SessionOptions = ort.InferenceSession.SessionOptions;
@@ -65,7 +66,7 @@ function configureOrt() {
 
 function sessionOptions(outputsOnGpu: string[]): SessionOptions {
   return {
-    executionProviders: [{ name: "webgpu", ...DEFAULT_EP_OPTIONS, ...envEpOptions() }],
+    executionProviders: [{ name: "webgpu", ...defaultEpOptions(), ...envEpOptions() }],
     // RAGTIME_ORT_LOG=1 logs every WebGPU program ORT starts (what a step dispatches).
     logSeverityLevel: Number(Deno.env.get("RAGTIME_ORT_LOG") ?? 3) as 0 | 1 | 2 | 3 | 4,
     preferredOutputLocation: Object.fromEntries(outputsOnGpu.map((o) => [o, "gpu-buffer"])),
@@ -77,10 +78,16 @@ function sessionOptions(outputsOnGpu: string[]): SessionOptions {
  * `extra` entries to ORT only after the EP (and its process-wide WebGPU context) exists.
  * RAGTIME_ORT_EP (JSON) overrides them for experiments.
  */
-const DEFAULT_EP_OPTIONS: Record<string, string> = {
-  // ORT's own checks on every dispatch cost CPU, the bound of a step; the graph is fixed and tested.
-  validationMode: "disabled",
-};
+function defaultEpOptions(): Record<string, string> {
+  return {
+    // ORT's own checks on every dispatch cost CPU, the bound of a step; the graph is fixed and tested.
+    validationMode: "disabled",
+    // Released buffers kept by exact size and reused: the default size classes cache nothing over
+    // 160 MB, so long prefill steps create (and zero-fill) their largest buffers every time. Only
+    // with bucketed steps, which keep the number of distinct sizes small (step_buckets.ts).
+    ...(stepBucketsOn() ? { storageBufferCacheMode: "simple" } : {}),
+  };
+}
 
 function envEpOptions(): Record<string, string> {
   const raw = Deno.env.get("RAGTIME_ORT_EP");

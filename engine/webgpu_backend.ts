@@ -16,6 +16,11 @@ const DAWN_OPTIONS = ["backend=vulkan", "enable-dawn-features=vulkan_enable_f16_
 
 let installed: WebGpuBackend | null = null;
 
+/** The WebGPU this process selected, or null before selectWebGpu (tests and probes: Deno's). */
+export function webGpuInUse(): WebGpuBackend | null {
+  return installed;
+}
+
 /**
  * Makes `choice` this process's WebGPU; returns what is in use and, when "auto" fell back to Deno's,
  * why. Throws when "dawn" was asked for and cannot be had. Call before onnxruntime creates its device.

@@ -1,0 +1,128 @@
+// Uncaptured steps padded to bucketed shapes (engine/step_buckets.ts): the set of shapes stays small,
+// the real rows are untouched, and the padding stays where nothing reads it.
+
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { bucketStep, bucketUp, KV_BOUND_STEP } from "../../engine/step_buckets.ts";
+import type { StepInputs } from "../../engine/step_inputs.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, MIN_STEP_ROWS } from "../../engine/protocol.ts";
+
+const RESERVED = 999, BLOCK = 16, MAX_POS = 1024;
+
+/** A step of items with these query lengths and pasts, each sequence's blocks numbered apart. */
+function step(qs: number[], pasts: number[], sampled = qs.length): StepInputs {
+  const B = qs.length, M = Math.max(1, ...qs.map((q, b) => Math.ceil((q + pasts[b]) / BLOCK)));
+  const cu = new Int32Array(B + 1);
+  qs.forEach((q, b) => cu[b + 1] = cu[b] + q);
+  const T = cu[B];
+  const table = new Int32Array(B * M);
+  for (let b = 0; b < B; b++) for (let j = 0; j < M; j++) table[b * M + j] = b * 100 + j + 1;
+  return {
+    inputIds: Int32Array.from({ length: T }, (_, i) => 7 + i),
+    idSrc: Int32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? i : -1)),
+    cuSeqlens: cu,
+    pastSeqlens: Int32Array.from(pasts),
+    blockTable: table,
+    maxBlocks: M,
+    sampleRows: Int32Array.from({ length: sampled }, (_, i) => cu[i + 1] - 1),
+    sampleU: new Float32Array(sampled).fill(0.25),
+    invTemp: new Float32Array(sampled).fill(2),
+    wantLogits: false,
+  };
+}
+
+Deno.test("bucketUp gives four sizes per octave and never less than asked", () => {
+  assertEquals([1, 16, 17, 20, 21, 33, 64, 65, 100, 4097, 8192].map((n) => bucketUp(n, 16)), [
+    16,
+    16,
+    20,
+    20,
+    24,
+    40,
+    64,
+    80,
+    112,
+    5120,
+    8192,
+  ]);
+  const sizes = new Set<number>();
+  for (let n = 1; n <= 8192; n++) {
+    const b = bucketUp(n, 16);
+    assert(b >= n && b <= Math.max(16, n * 1.25), `bucketUp(${n}) = ${b}`);
+    sizes.add(b);
+  }
+  // Every token count of an 8192-token budget lands on one of ~40 shapes.
+  assert(sizes.size <= 42, `${sizes.size} sizes`);
+});
+
+Deno.test("a bucketed step keeps its real rows and pads only with reserved-block items", () => {
+  const cases: [number[], number[], number?][] = [
+    [[1, 1, 1], [40, 7, 300]], // decode-only: needs a 2-token item
+    [[31, 31, 5, 1], [0, 31, 62, 500]],
+    [Array(264).fill(31), Array(264).fill(0), 1],
+    [[17], [0]],
+    [Array(70).fill(1), Array(70).fill(90)],
+  ];
+  for (const [qs, pasts, sampled] of cases) {
+    const s = step(qs, pasts, sampled);
+    const { s: p, attnMeta } = bucketStep(s, RESERVED, BLOCK, MAX_POS, MIN_STEP_ROWS);
+    const T = s.inputIds.length, B = qs.length, Tp = p.inputIds.length, Bp = p.pastSeqlens.length;
+    const what = `items ${qs.length}, ${T} rows`;
+    assert(Tp >= T && Bp >= B, what);
+    assertEquals(Bp, bucketUp(Bp, 1), `${what}: items bucketed`);
+    assertEquals(Tp, bucketUp(Tp, MIN_STEP_ROWS), `${what}: rows bucketed`);
+    assertEquals(p.sampleRows.length, bucketUp(s.sampleRows.length, MIN_STEP_ROWS), `${what}: sampled rows`);
+    assertEquals(p.maxBlocks, bucketUp(s.maxBlocks, 1), `${what}: table width`);
+    // Real rows, items and sampled rows unchanged.
+    assertEquals([...p.inputIds.subarray(0, T)], [...s.inputIds], what);
+    assertEquals([...p.idSrc.subarray(0, T)], [...s.idSrc], what);
+    assertEquals([...p.cuSeqlens.subarray(0, B + 1)], [...s.cuSeqlens], what);
+    assertEquals([...p.pastSeqlens.subarray(0, B)], [...s.pastSeqlens], what);
+    for (let b = 0; b < B; b++) {
+      const M = s.maxBlocks, W = p.maxBlocks;
+      assertEquals([...p.blockTable.subarray(b * W, b * W + M)], [
+        ...s.blockTable.subarray(b * M, b * M + M),
+      ]);
+    }
+    const S = s.sampleRows.length;
+    assertEquals([...p.sampleRows.subarray(0, S)], [...s.sampleRows], what);
+    assertEquals([...p.sampleU.subarray(0, S)], [...s.sampleU], what);
+    assert(p.sampleU.subarray(S).every((u) => u < 0), `${what}: padded sampled rows are greedy`);
+    // Padding items: past 0, 1..BLOCK tokens each, in the reserved block, ids from the CPU.
+    let maxPadQ = 0;
+    for (let b = B; b < Bp; b++) {
+      const q = p.cuSeqlens[b + 1] - p.cuSeqlens[b];
+      assert(q >= 1 && q <= BLOCK, `${what}: padding item of ${q} tokens`);
+      assertEquals(p.pastSeqlens[b], 0);
+      assertEquals(p.blockTable[b * p.maxBlocks], RESERVED);
+      maxPadQ = Math.max(maxPadQ, q);
+    }
+    assertEquals(p.cuSeqlens[Bp], Tp, what);
+    assert(p.idSrc.subarray(T).every((v) => v === -1), `${what}: padded ids come from the CPU`);
+    if (Math.max(...qs) < 2) assert(maxPadQ >= 2, `${what}: a decode-only step gets a 2-token item`);
+    // Bounds: above every item, the kernel of items under 32 tokens, within the rotary tables.
+    const maxKv = Math.max(...qs.map((q, b) => q + pasts[b]));
+    assertEquals(attnMeta[0], BATCH_INVARIANT_ITEM_TOKENS, what);
+    assert(attnMeta[1] >= maxKv && attnMeta[1] <= MAX_POS, `${what}: kv bound ${attnMeta[1]}`);
+    assert(attnMeta[1] % KV_BOUND_STEP === 0 || attnMeta[1] === MAX_POS, what);
+  }
+});
+
+Deno.test("over many random steps each bucketed dimension takes few values", () => {
+  let seed = 12345;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const dims = ["rows", "items", "width", "sampled", "kv bound"];
+  const seen = dims.map(() => new Set<number>());
+  for (let i = 0; i < 3000; i++) {
+    const B = 1 + rnd(300);
+    const qs = Array.from({ length: B }, () => (rnd(4) === 0 ? 1 + rnd(31) : 1));
+    const pasts = qs.map(() => rnd(900));
+    const { s, attnMeta } = bucketStep(step(qs, pasts), RESERVED, BLOCK, MAX_POS, MIN_STEP_ROWS);
+    [s.inputIds.length, s.pastSeqlens.length, s.maxBlocks, s.sampleRows.length, attnMeta[1]]
+      .forEach((v, d) => seen[d].add(v));
+  }
+  // A buffer's size follows one or two of these: exact sizes would give hundreds of each.
+  seen.forEach((set, d) => assert(set.size <= 40, `${dims[d]}: ${set.size} sizes`));
+});
