@@ -276,5 +276,5 @@ export const ENGINE_DEFAULTS = {
   graphCapture: true,
   prefixCaching: true,
   matmulSplitK: 8,
-  webgpu: "deno",
+  webgpu: "auto",
 } as const satisfies EngineSettings;

@@ -60,7 +60,7 @@ Deno.test("config: defaults", () => {
     graphCaptureKv: undefined,
     prefixCaching: true,
     matmulSplitK: 8,
-    webgpu: "deno",
+    webgpu: "auto",
   });
 });
 
