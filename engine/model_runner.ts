@@ -20,7 +20,7 @@ import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
 import { ENGINE_DEFAULTS, MIN_STEP_ROWS } from "./protocol.ts";
-import { bucketStep, padItems, padSampled, stepBucketsOn } from "./step_buckets.ts";
+import { bucketStep, exactStep, stepBucketsOn } from "./step_buckets.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -260,16 +260,12 @@ export class ModelRunner {
 
   private async dispatch(s: StepInputs, cap: CapturedDecode | null): Promise<StepHandle> {
     const S = s.sampleRows.length;
-    let meta: [number, number] | null = null;
-    if (!cap && this.bucketShapes) {
-      ({ s, attnMeta: meta } = bucketStep(
-        s,
-        this.numBlocks,
-        this.blockSize,
-        this.maxPositions,
-        this.minRows,
-      ));
-    } else if (!cap) s = padSampled(s, this.minRows);
+    let meta: [number, number] = [0, 0];
+    if (!cap) {
+      ({ s, attnMeta: meta } = this.bucketShapes
+        ? bucketStep(s, this.numBlocks, this.blockSize, this.maxPositions, this.minRows)
+        : exactStep(s, this.numBlocks, this.minRows));
+    }
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
     let rows = S;
@@ -319,29 +315,12 @@ export class ModelRunner {
     };
   }
 
-  /** An uncaptured step; `meta`: its attention bounds when bucketStep padded it, else exact ones. */
+  /** An uncaptured step, shaped by bucketStep or exactStep; `meta`: PagedAttention's bounds for it. */
   private async runUncaptured(
     s: StepInputs,
-    meta: [number, number] | null,
+    meta: [number, number],
   ): Promise<{ nextIds: ort.Tensor; logits: ort.Tensor | null }> {
-    let B = s.pastSeqlens.length;
-    if (!meta) {
-      let maxQ = 0, maxKv = 0;
-      for (let b = 0; b < B; b++) {
-        const q = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
-        maxQ = Math.max(maxQ, q);
-        maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
-      }
-      const pad = Math.max(maxQ < 2 ? 2 : 0, this.minRows - s.inputIds.length);
-      if (pad > 0) {
-        s = padItems(s, this.numBlocks, pad, 1);
-        B++;
-        maxQ = Math.max(maxQ, pad);
-        maxKv = Math.max(maxKv, pad);
-      }
-      meta = [maxQ, maxKv];
-    }
-    const T = s.inputIds.length, S = s.sampleRows.length;
+    const T = s.inputIds.length, B = s.pastSeqlens.length, S = s.sampleRows.length;
     const feeds: Record<string, ort.Tensor> = {
       ...this.shared,
       [IO.inputIds]: new ort.Tensor("int32", s.inputIds, [T]),

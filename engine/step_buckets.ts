@@ -60,12 +60,7 @@ export function bucketStep(
   minRows: number,
 ): BucketedStep {
   const T = s.inputIds.length, B = s.pastSeqlens.length;
-  let maxQ = 0, maxKv = 0;
-  for (let b = 0; b < B; b++) {
-    const q = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
-    maxQ = Math.max(maxQ, q);
-    maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
-  }
+  const [maxQ, maxKv] = attentionBounds(s);
   // A step of one-token queries gets a 2-token item, as ModelRunner.run explains; padding items hold
   // 1..cap tokens (a block, and fewer than 32 so that the kernel stays the same).
   const two = maxQ < 2 ? 1 : 0, cap = Math.min(blockSize, BATCH_INVARIANT_ITEM_TOKENS);
@@ -91,10 +86,36 @@ export function bucketStep(
 }
 
 /**
+ * The step at its own shape, padded only as every uncaptured step must be: at least `minRows` token and
+ * sampled rows, and a 2-token item when all queries are one token (one item in `reservedBlock`).
+ */
+export function exactStep(s: StepInputs, reservedBlock: number, minRows: number): BucketedStep {
+  let [maxQ, maxKv] = attentionBounds(s);
+  const pad = Math.max(maxQ < 2 ? 2 : 0, minRows - s.inputIds.length);
+  if (pad > 0) {
+    s = padItems(s, reservedBlock, pad, 1);
+    maxQ = Math.max(maxQ, pad);
+    maxKv = Math.max(maxKv, pad);
+  }
+  return { s: padSampled(s, minRows), attnMeta: [maxQ, maxKv] };
+}
+
+/** PagedAttention's [longest query, longest context] over the step's items. */
+function attentionBounds(s: StepInputs): [number, number] {
+  let maxQ = 0, maxKv = 0;
+  for (let b = 0; b < s.pastSeqlens.length; b++) {
+    const q = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
+    maxQ = Math.max(maxQ, q);
+    maxKv = Math.max(maxKv, s.pastSeqlens[b] + q);
+  }
+  return [maxQ, maxKv];
+}
+
+/**
  * Appends `n` items holding `tokens` tokens in all (spread evenly), each at past 0 in `block`, whose
  * KV lands there: padding rows, and the 2-token item a step of one-token queries needs.
  */
-export function padItems(s: StepInputs, block: number, tokens: number, n: number): StepInputs {
+function padItems(s: StepInputs, block: number, tokens: number, n: number): StepInputs {
   if (n === 0) return s;
   const T = s.inputIds.length, B = s.pastSeqlens.length, M = s.maxBlocks;
   const cu = new Int32Array(B + n + 1);
@@ -127,7 +148,7 @@ function widenTable(s: StepInputs, width: number): StepInputs {
 }
 
 /** Repeats sampled row 0 up to `min` sampled rows (their ids are never read). */
-export function padSampled(s: StepInputs, min: number): StepInputs {
+function padSampled(s: StepInputs, min: number): StepInputs {
   const S = s.sampleRows.length;
   if (S >= min) return s;
   const rows = new Int32Array(min).fill(s.sampleRows[0]);

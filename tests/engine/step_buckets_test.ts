@@ -2,7 +2,7 @@
 // the real rows are untouched, and the padding stays where nothing reads it.
 
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { bucketStep, bucketUp, KV_BOUND_STEP } from "../../engine/step_buckets.ts";
+import { bucketStep, bucketUp, exactStep, KV_BOUND_STEP, stepBucketsOn } from "../../engine/step_buckets.ts";
 import type { StepInputs } from "../../engine/step_inputs.ts";
 import { BATCH_INVARIANT_ITEM_TOKENS, MIN_STEP_ROWS } from "../../engine/protocol.ts";
 
@@ -125,4 +125,40 @@ Deno.test("over many random steps each bucketed dimension takes few values", () 
   }
   // A buffer's size follows one or two of these: exact sizes would give hundreds of each.
   seen.forEach((set, d) => assert(set.size <= 40, `${dims[d]}: ${set.size} sizes`));
+});
+
+Deno.test("an exact step pads only to the row floor and a decode-only step's 2-token item", () => {
+  // Decode-only, 3 rows: one padding item of 13 tokens gives 16 rows and a query bound of 13.
+  const d = exactStep(step([1, 1, 1], [40, 7, 300]), RESERVED, MIN_STEP_ROWS);
+  assertEquals(d.s.inputIds.length, MIN_STEP_ROWS);
+  assertEquals([...d.s.cuSeqlens], [0, 1, 2, 3, MIN_STEP_ROWS]);
+  assertEquals(d.s.blockTable[3 * d.s.maxBlocks], RESERVED);
+  assertEquals(d.attnMeta, [MIN_STEP_ROWS - 3, 301]);
+  assertEquals(d.s.sampleRows.length, MIN_STEP_ROWS);
+  // Enough rows and a longer query: nothing padded but the sampled rows, exact bounds.
+  const s = step([31, 5], [0, 62], 1);
+  const e = exactStep(s, RESERVED, MIN_STEP_ROWS);
+  assertEquals(e.s.inputIds, s.inputIds);
+  assertEquals(e.s.cuSeqlens, s.cuSeqlens);
+  assertEquals(e.attnMeta, [31, 67]);
+  assertEquals(e.s.sampleRows.length, MIN_STEP_ROWS);
+  // Decode-only with enough rows still gets a 2-token item.
+  const w = exactStep(step(Array(20).fill(1), Array(20).fill(9)), RESERVED, MIN_STEP_ROWS);
+  assertEquals(w.s.inputIds.length, 22);
+  assertEquals(w.attnMeta, [2, 10]);
+});
+
+Deno.test("bucketing follows RAGTIME_STEP_BUCKETS, else is off until Dawn is selected", () => {
+  const saved = Deno.env.get("RAGTIME_STEP_BUCKETS");
+  try {
+    Deno.env.delete("RAGTIME_STEP_BUCKETS");
+    assertEquals(stepBucketsOn(), false); // no selectWebGpu in this process: Deno's WebGPU
+    Deno.env.set("RAGTIME_STEP_BUCKETS", "on");
+    assertEquals(stepBucketsOn(), true);
+    Deno.env.set("RAGTIME_STEP_BUCKETS", "off");
+    assertEquals(stepBucketsOn(), false);
+  } finally {
+    if (saved === undefined) Deno.env.delete("RAGTIME_STEP_BUCKETS");
+    else Deno.env.set("RAGTIME_STEP_BUCKETS", saved);
+  }
 });
