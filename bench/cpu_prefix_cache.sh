@@ -10,10 +10,11 @@ OUT=${OUT:-bench/results/cpu-2026-12-02-prefix}
 mkdir -p "$OUT"
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/ragtime-xdg}
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
-# MODEL, SYSTEM_LEN (words), ORDER (the caching settings' order, e.g. "on off off on") and RANDOM_TOO=0 (chat
-# only) override the defaults; results are named chat-SETTING[-N].json in run order.
+# MODEL, SYSTEM_LEN (words), ORDER (the caching settings' order, e.g. "on off off on"), RANDOM_TOO=0 (chat
+# only) and SERVER_ARGS (more server flags) override the defaults; results are named chat-SETTING[-N].json
+# in run order.
 MODEL=${MODEL:-../shared/models/stories260K/stories260K.gguf}
-S="--max-model-len 512 --max-seqs 16"
+S="--max-model-len 512 --max-seqs 16 ${SERVER_ARGS:-}"
 CHAT="--workload chat --users 2 --turns 3 --system-len ${SYSTEM_LEN:-110} --user-len 2:3 --answer-len 8 --warmup 2 --seed 0 --no-progress"
 RAND="--num-prompts 24 --warmup 2 --input-len 16:128 --output-len 16:64 --vocab 512 --seed 0 --no-progress"
 for pc in ${ORDER:-on off}; do

@@ -27,6 +27,8 @@ export interface EngineConfig {
   prefixCaching: boolean;
   /** Split factor of the matmuls' K (EngineSettings.matmulSplitK). */
   matmulSplitK: number;
+  /** Steps in flight at most, or "auto" (EngineSettings.pipelineDepth). */
+  pipelineDepth: "auto" | 1 | 2 | 3;
 }
 
 /** A setting that cannot work with this model; the message names the setting and the limit. */
@@ -93,6 +95,7 @@ export function resolveEngineConfig(
       : null,
     prefixCaching: s.prefixCaching ?? ENGINE_DEFAULTS.prefixCaching,
     matmulSplitK: resolveSplitK(s.matmulSplitK ?? ENGINE_DEFAULTS.matmulSplitK),
+    pipelineDepth: s.pipelineDepth ?? ENGINE_DEFAULTS.pipelineDepth,
   };
 }
 

@@ -3,7 +3,9 @@
 // Up to three steps are in flight: step N+1 and N+2 are dispatched before step N's tokens are
 // used. A readback in Deno settles on a ~10 ms poll and dispatching a step costs tens of ms of
 // CPU, so N's readback is requested right after N+1 is dispatched and awaited after N+2 is: the
-// wait hides behind a dispatch instead of stalling the loop. A decoding sequence's input in a step
+// wait hides behind a dispatch instead of stalling the loop. Once steps take long on the device
+// (a big model's prefill, any step on a software adapter) two in flight keep it as busy, and the
+// third would only be one more step that a newly arrived prompt waits behind. A decoding sequence's input in a step
 // is the token the step before sampled for it, fed on the GPU (see IO.prevIds). A sequence that
 // ends in step N may already sit in N+1 and N+2: wasted compute, never sent to its client.
 // Sequences sampled on the CPU (their next input must come back first) keep the pipeline at two.
@@ -50,8 +52,19 @@ interface Request {
  */
 const FORCE_HORIZON = 64;
 
-/** Steps in flight at most (see the header). */
+/** Steps in flight at most while steps are short (see the header). */
 const PIPELINE_DEPTH = 3;
+
+/**
+ * Time per step (results to results, the next step already queued) beyond which "auto" keeps two
+ * steps in flight instead of three: a step this long covers a readback's latency by itself. On the
+ * CPU machine (llvmpipe, one decode step ~240 ms) a cached chat turn's TTFT fell from ~1.15 s with
+ * three to ~0.8 s with two (docs/BENCHMARKS.md, session 10); an H200 decode step of 256 rows is
+ * ~65 ms, of 16 rows ~6 ms.
+ */
+const LONG_STEP_MS = 40;
+/** Weight of the newest step in the running mean of the time per step. */
+const STEP_TIME_ALPHA = 0.25;
 
 interface InFlight {
   plan: StepPlan;
@@ -81,6 +94,8 @@ export interface StepStats {
   preemptions: number;
   /** Replayed from a captured session, or run uncaptured (see engine/captured_steps.ts). */
   path: StepPath;
+  /** Steps in flight at most when this one completed (see LLMEngine.depth). */
+  depth: number;
 }
 
 export class LLMEngine {
@@ -96,6 +111,9 @@ export class LLMEngine {
   private stepTokens: HistogramCounts = { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 };
   /** Row of each sequence in the last dispatched step's sampled ids. */
   private lastRows = new Map<Sequence, number>();
+  /** Running mean of the time between two steps' results while the pipeline is busy (ms). */
+  private stepEveryMs = 0;
+  private lastDoneAt: number | null = null;
   lastStep: StepStats | null = null;
   onStep: ((s: StepStats) => void) | null = null;
 
@@ -243,7 +261,7 @@ export class LLMEngine {
     this.wake?.();
   }
 
-  /** Runs until stop(); each iteration dispatches at most one step and reads back at most one. */
+  /** Runs until stop(); each iteration dispatches at most one step and reads back what the depth asks. */
   async run(): Promise<void> {
     const inFlight: InFlight[] = [];
     while (!this.stopped) {
@@ -252,15 +270,38 @@ export class LLMEngine {
         inFlight.push(await this.dispatch(plan));
         if (inFlight.length >= 2) this.runner.startRead(inFlight[inFlight.length - 2].handle);
       }
-      // A CPU-sampled sequence cannot decode again before its token is back: read at depth two.
-      const depth = inFlight[0]?.handle.logits ? 2 : PIPELINE_DEPTH;
-      if (inFlight.length > 0 && (!plan || inFlight.length >= depth)) await this.complete(inFlight.shift()!);
+      if (!plan && inFlight.length > 0) await this.complete(inFlight.shift()!);
+      // Down to one below the depth, which may have just dropped: a step is dispatched next.
+      while (plan && inFlight.length > 0 && inFlight.length >= this.depth(inFlight[0])) {
+        await this.complete(inFlight.shift()!);
+      }
       if (!plan && inFlight.length === 0 && !this.stopped && this.scheduler.isIdle) {
         await new Promise<void>((resolve) => (this.wake = resolve));
         this.wake = null;
       }
     }
     while (inFlight.length > 0) await this.complete(inFlight.shift()!);
+  }
+
+  /** Steps in flight at most, given the oldest one (see the header and LONG_STEP_MS). */
+  private depth(oldest: InFlight | undefined): number {
+    const d = this.config.pipelineDepth;
+    const want = d !== "auto" ? d : this.stepEveryMs > LONG_STEP_MS ? 2 : PIPELINE_DEPTH;
+    // A CPU-sampled sequence cannot decode again before its token is back: read at depth two.
+    return oldest?.handle.logits ? Math.min(want, 2) : want;
+  }
+
+  /** Updates the time per step with a step whose results just arrived. */
+  private timeStep(f: InFlight, doneAt: number): void {
+    // Dispatched before the previous step's results: the device had it queued, so the interval is
+    // the device's (or the loop's) time for it, not time the engine sat idle.
+    if (this.lastDoneAt !== null && f.startedAt < this.lastDoneAt) {
+      const ms = doneAt - this.lastDoneAt;
+      this.stepEveryMs = this.stepEveryMs === 0
+        ? ms
+        : this.stepEveryMs + STEP_TIME_ALPHA * (ms - this.stepEveryMs);
+    }
+    this.lastDoneAt = doneAt;
   }
 
   private async dispatch(plan: StepPlan): Promise<InFlight> {
@@ -354,8 +395,9 @@ export class LLMEngine {
   private async complete(f: InFlight): Promise<void> {
     const readStart = performance.now();
     const result = await this.runner.read(f.handle);
-    const readMs = performance.now() - readStart;
     const processStart = performance.now();
+    const readMs = processStart - readStart;
+    this.timeStep(f, processStart);
     const V = this.model.config.vocabSize;
     for (const [row, it] of f.sampled.entries()) {
       const seq = it.seq;
@@ -452,6 +494,7 @@ export class LLMEngine {
       blocksUsed: this.scheduler.stats().blocksUsed,
       preemptions: f.plan.preempted.length,
       path: f.handle.path,
+      depth: this.depth(f),
     };
   }
 

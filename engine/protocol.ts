@@ -262,6 +262,11 @@ export interface EngineSettings {
   matmulSplitK?: number;
   /** WebGPU implementation (engine/webgpu_backend.ts); absent: "auto". */
   webgpu?: "auto" | "dawn" | "deno";
+  /**
+   * Engine steps in flight at most (engine/llm_engine.ts); "auto": three while steps are short, two
+   * once they take longer than a readback hides behind.
+   */
+  pipelineDepth?: "auto" | 1 | 2 | 3;
 }
 
 /** Largest matmul split (EngineSettings.matmulSplitK): more partial products than this only add traffic. */
@@ -277,4 +282,5 @@ export const ENGINE_DEFAULTS = {
   prefixCaching: true,
   matmulSplitK: 8,
   webgpu: "auto",
+  pipelineDepth: "auto",
 } as const satisfies EngineSettings;

@@ -378,6 +378,17 @@ const OPTIONS = {
       "on an NVIDIA host when it finds an f16 adapter, else Deno's.",
     schema: z.enum(["auto", "dawn", "deno"]).default(ENGINE_DEFAULTS.webgpu),
   }),
+  pipelineDepth: opt({
+    flag: "--pipeline-depth",
+    env: "RAGTIME_PIPELINE_DEPTH",
+    kind: "value",
+    metavar: "auto|1|2|3",
+    expect: 'one of "auto", "1", "2", "3"',
+    help: "Engine steps in flight at most: more hides readback latency, fewer lets a new prompt start " +
+      "sooner; auto: three while steps are short, two once a step outlasts a readback.",
+    schema: z.enum(["auto", "1", "2", "3"]).default(ENGINE_DEFAULTS.pipelineDepth)
+      .transform((v) => v === "auto" ? v : Number(v) as 1 | 2 | 3),
+  }),
 };
 
 type Options = typeof OPTIONS;
@@ -496,6 +507,7 @@ export function engineSettings(c: Config): EngineSettings {
     prefixCaching: c.prefixCaching,
     matmulSplitK: c.matmulSplitK,
     webgpu: c.webgpu,
+    pipelineDepth: c.pipelineDepth,
   };
 }
 

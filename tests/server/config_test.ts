@@ -61,6 +61,7 @@ Deno.test("config: defaults", () => {
     prefixCaching: true,
     matmulSplitK: 8,
     webgpu: "auto",
+    pipelineDepth: "auto",
   });
 });
 
@@ -107,6 +108,8 @@ Deno.test("config: every flag, both spellings", () => {
     "/tmp/g",
     "--webgpu",
     "dawn",
+    "--pipeline-depth",
+    "2",
   ], env());
   assertEquals(c.model, "/models/x");
   assertEquals(c.host, "0.0.0.0");
@@ -129,6 +132,7 @@ Deno.test("config: every flag, both spellings", () => {
   assertEquals(c.servedModelName, "llama");
   assertEquals(c.graphCache, "/tmp/g");
   assertEquals(c.webgpu, "dawn");
+  assertEquals(c.pipelineDepth, 2);
 });
 
 Deno.test("config: environment twins, and flags win", () => {
@@ -142,6 +146,7 @@ Deno.test("config: environment twins, and flags win", () => {
     RAGTIME_DTYPE: "f32",
     RAGTIME_SHUTDOWN_TIMEOUT: "0",
     RAGTIME_WEBGPU: "auto",
+    RAGTIME_PIPELINE_DEPTH: "1",
   };
   const c = parseConfig([], env(vars));
   assertEquals(c.model, "/env/model");
@@ -153,6 +158,7 @@ Deno.test("config: environment twins, and flags win", () => {
   assertEquals(c.dtype, "f32");
   assertEquals(c.shutdownTimeoutS, 0);
   assertEquals(c.webgpu, "auto");
+  assertEquals(c.pipelineDepth, 1);
 
   const f = parseConfig(["--port", "7001", "--api-key", "flag", "--dtype", "auto"], env(vars));
   assertEquals(f.port, 7001);
@@ -177,6 +183,11 @@ const bad: Array<[string[], Record<string, string>, string]> = [
     ["--model", "m", "--webgpu", "vulkan"],
     {},
     '--webgpu: expected one of "auto", "dawn", "deno", got "vulkan"',
+  ],
+  [
+    ["--model", "m", "--pipeline-depth", "4"],
+    {},
+    '--pipeline-depth: expected one of "auto", "1", "2", "3", got "4"',
   ],
   [["--model", "m", "--batching", "fast"], {}, "--batching: expected one of"],
   [["--model", "m", "--max-seqs", "0"], {}, "--max-seqs: expected an integer"],
@@ -395,6 +406,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     graphCapture: { batchSizes: [16, 32, 64, 128, 256], kvCaps: [], eager: true },
     prefixCaching: true,
     matmulSplitK: 8,
+    pipelineDepth: "auto",
   });
   // Default context bounds 256 and 1024, those under the limit; a bound over it leaves the limit only.
   const long = randomModel("llama", 1, { maxContext: 2048 });
@@ -424,6 +436,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     graphCache: "/tmp/g",
     prefixCaching: false,
     matmulSplitK: 2,
+    pipelineDepth: 1,
   } as const;
   const { blockSize: _, graphCapture, ...c } = resolveEngineConfig({ ...set, graphCapture: false }, model);
   const { maxModelLen, ...rest } = set;
