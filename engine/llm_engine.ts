@@ -92,7 +92,7 @@ export interface StepStats {
   processMs: number;
   blocksUsed: number;
   preemptions: number;
-  /** Replayed from a captured session, or run uncaptured (see engine/captured_steps.ts). */
+  /** Replayed from a captured session, run uncaptured, or both (see ModelRunner.run). */
   path: StepPath;
   /** Steps in flight at most when this one completed (see LLMEngine.depth). */
   depth: number;
@@ -107,7 +107,7 @@ export class LLMEngine {
   private wake: (() => void) | null = null;
   private stopped = false;
   private counters = { prompt: 0, generation: 0, steps: 0 };
-  private stepsByPath: Record<StepPath, number> = { captured: 0, uncaptured: 0 };
+  private stepsByPath: Record<StepPath, number> = { captured: 0, uncaptured: 0, split: 0 };
   private stepTokens: HistogramCounts = { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 };
   /** Row of each sequence in the last dispatched step's sampled ids. */
   private lastRows = new Map<Sequence, number>();

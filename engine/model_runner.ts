@@ -13,14 +13,14 @@ import { type BuiltGraph, type GraphOptions, stepWeightTensors } from "./model/g
 import { IO } from "./model/graph_io.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
-import type { StepInputs } from "./step_inputs.ts";
+import { splitDecodes, type StepInputs } from "./step_inputs.ts";
 export type { StepInputs };
 import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } from "./captured_steps.ts";
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
 import { ENGINE_DEFAULTS, MIN_STEP_ROWS } from "./protocol.ts";
-import { bucketStep, exactStep, stepBucketsOn } from "./step_buckets.ts";
+import { bucketStep, exactStep, splitDecodesOn, stepBucketsOn } from "./step_buckets.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -65,8 +65,27 @@ export interface CaptureSettings {
   eager: boolean;
 }
 
-/** Which session ran a step. */
-export type StepPath = "captured" | "uncaptured";
+/**
+ * Which session ran a step: a captured replay, an uncaptured run, or both (a mixed step's leading
+ * decodes replayed, the rest run uncaptured; see ModelRunner.run).
+ */
+export type StepPath = "captured" | "uncaptured" | "split";
+
+/**
+ * Fewest leading decodes for which a mixed step is split (see ModelRunner.run). On the H200 a decode
+ * row in a mixed step costs ~1.2 ms more attention at a 300-token context than replayed (SmolLM2-135M
+ * shape), and a replay of 16 rows ~6 ms.
+ */
+const SPLIT_MIN_DECODES = 8;
+
+/** One session's run within a step. */
+interface StepPart {
+  nextIds: ort.Tensor;
+  logits: ort.Tensor | null;
+  /** Sampled rows of the part (its ids' rows in the step come after the earlier parts'). */
+  rows: number;
+  scratch: ort.Tensor[];
+}
 
 export interface StepHandle {
   /** The step's sampled ids, copied out of the session's outputs (see ModelRunner.run). */
@@ -106,6 +125,8 @@ export class ModelRunner {
   minRows = MIN_STEP_ROWS;
   /** Uncaptured steps padded to bucketed shapes, for ORT's exact-size buffer cache (step_buckets.ts). */
   bucketShapes = stepBucketsOn();
+  /** A mixed step's leading decodes replayed from a captured session, apart from the rest (see run). */
+  splitDecodes = splitDecodesOn();
   /** Off: a captured step submits as onnxruntime does, ~35 times (for probes; see submit_batch.ts). */
   batchSubmits = true;
   /** On: a captured replay is passed every input again (for probes; see sessions.ts runBound). */
@@ -250,15 +271,35 @@ export class ModelRunner {
    */
   async run(s: StepInputs): Promise<StepHandle> {
     const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth) : -1;
-    if (c < 0) return await this.dispatch(s, null);
-    const cap = this.captured[c] ?? await this.captureSession(c);
-    // A captured step's ~35 submits (the replay's, then the copies below) go to the queue as one.
-    return this.batchSubmits
-      ? await this.batch.run(() => this.dispatch(s, cap))
-      : await this.dispatch(s, cap);
+    if (c >= 0) {
+      const cap = this.captured[c] ?? await this.captureSession(c);
+      return await this.batched(async () =>
+        this.finish([await this.runPart(s, cap)], s.wantLogits, "captured")
+      );
+    }
+    // A mixed step's decodes in PagedAttention's padded layout cost as many query rows as its
+    // longest item (31), each over its whole context: replayed apart, they cost one row.
+    const split = this.useCaptured && this.splitDecodes ? splitDecodes(s, SPLIT_MIN_DECODES) : null;
+    const dc = split ? pickCaptured(this.shapes, split.decode, this.tableWidth) : -1;
+    if (split && dc >= 0) {
+      const cap = this.captured[dc] ?? await this.captureSession(dc);
+      return await this.batched(async () => {
+        // Both parts read prev_ids before finish() overwrites it with this step's ids.
+        const decode = await this.runPart(split.decode, cap);
+        const rest = await this.runPart(split.rest, null);
+        return this.finish([decode, rest], false, "split");
+      });
+    }
+    return this.finish([await this.runPart(s, null)], s.wantLogits, "uncaptured");
   }
 
-  private async dispatch(s: StepInputs, cap: CapturedDecode | null): Promise<StepHandle> {
+  /** A captured step's ~35 submits (the replay's, then the copies after it) go to the queue as one. */
+  private batched(f: () => Promise<StepHandle>): Promise<StepHandle> {
+    return this.batchSubmits ? this.batch.run(f) : f();
+  }
+
+  /** Runs one session over `s`; its sampled ids stay on the GPU until finish() copies them. */
+  private async runPart(s: StepInputs, cap: CapturedDecode | null): Promise<StepPart> {
     const S = s.sampleRows.length;
     let meta: [number, number] = [0, 0];
     if (!cap) {
@@ -299,19 +340,30 @@ export class ModelRunner {
       nextIds = sampled[IO.sampledIds];
       scratch.push(nextIds);
     }
+    return { nextIds, logits, rows: S, scratch };
+  }
+
+  /** The step's ids, its parts' in order, into prev_ids (the next step's inputs) and a staging buffer. */
+  private finish(parts: StepPart[], wantLogits: boolean, path: StepPath): StepHandle {
+    const S = parts.reduce((n, p) => n + p.rows, 0);
     const ids = this.takeStaging(S);
     const enc = this.device.createCommandEncoder();
-    const fed = Math.min(S, this.prev.size / 4);
-    enc.copyBufferToBuffer(nextIds.gpuBuffer, 0, this.prev, 0, 4 * fed);
-    enc.copyBufferToBuffer(nextIds.gpuBuffer, 0, ids.buffer, 0, 4 * S);
+    const prevRows = this.prev.size / 4;
+    let at = 0;
+    for (const p of parts) {
+      const fed = Math.min(p.rows, prevRows - at);
+      if (fed > 0) enc.copyBufferToBuffer(p.nextIds.gpuBuffer, 0, this.prev, 4 * at, 4 * fed);
+      enc.copyBufferToBuffer(p.nextIds.gpuBuffer, 0, ids.buffer, 4 * at, 4 * p.rows);
+      at += p.rows;
+    }
     this.device.queue.submit([enc.finish()]);
     return {
       ids,
-      logits: s.wantLogits ? logits : null,
+      logits: wantLogits ? parts[0].logits : null,
       numRows: S,
-      path: cap ? "captured" : "uncaptured",
+      path,
       pending: null,
-      scratch,
+      scratch: parts.flatMap((p) => p.scratch),
     };
   }
 

@@ -152,7 +152,7 @@ export interface EngineStats {
   preemptionsTotal: number;
   stepsTotal: number;
   /** Steps by the session that ran them (see engine/captured_steps.ts); absent where not counted. */
-  stepsByPath?: { captured: number; uncaptured: number };
+  stepsByPath?: { captured: number; uncaptured: number; split: number };
   /**
    * Prefix cache, as vLLM counts it: prompt tokens looked up at admission and found cached, and
    * blocks holding cached content (held or evictable). Absent where the engine has no prefix cache.

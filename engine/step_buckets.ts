@@ -26,7 +26,20 @@ import { webGpuInUse } from "./webgpu_backend.ts";
 
 /** Bucketed steps and the exact-size buffer cache: on with Dawn; RAGTIME_STEP_BUCKETS=on|off overrides. */
 export function stepBucketsOn(): boolean {
-  const v = Deno.env.get("RAGTIME_STEP_BUCKETS");
+  return onWithDawn("RAGTIME_STEP_BUCKETS");
+}
+
+/**
+ * Mixed steps split into a captured replay of their decodes and an uncaptured rest (ModelRunner.run):
+ * on with Dawn, where the padded decodes' attention is the larger cost; on a software adapter the
+ * second step costs more than it saves. RAGTIME_SPLIT_DECODES=on|off overrides.
+ */
+export function splitDecodesOn(): boolean {
+  return onWithDawn("RAGTIME_SPLIT_DECODES");
+}
+
+function onWithDawn(env: string): boolean {
+  const v = Deno.env.get(env);
   if (v === "on" || v === "off") return v === "on";
   return webGpuInUse() === "dawn";
 }

@@ -35,3 +35,43 @@ export function attentionItems(start: number, n: number, itemTokens: number): [n
   for (let p = start; p < start + n; p += itemTokens) out.push([p, Math.min(itemTokens, start + n - p)]);
   return out;
 }
+
+/**
+ * A step cut after its leading decodes (one-token items whose token is sampled, as the scheduler
+ * puts first) into two steps, the decodes and the rest, when there are at least `min` decodes and
+ * something after them; null otherwise. Sampled rows keep their order: the decodes' are rows
+ * 0..D-1 of the whole step, the rest's follow (a rest that samples nothing gets one unused row, as
+ * every step needs one).
+ */
+export function splitDecodes(s: StepInputs, min: number): { decode: StepInputs; rest: StepInputs } | null {
+  const B = s.pastSeqlens.length, M = s.maxBlocks;
+  let D = 0;
+  while (D < B && s.cuSeqlens[D + 1] - s.cuSeqlens[D] === 1 && s.sampleRows[D] === D) D++;
+  if (s.wantLogits || D < Math.max(1, min) || D === B) return null;
+  const decode: StepInputs = {
+    inputIds: s.inputIds.slice(0, D),
+    idSrc: s.idSrc.slice(0, D),
+    cuSeqlens: s.cuSeqlens.slice(0, D + 1),
+    pastSeqlens: s.pastSeqlens.slice(0, D),
+    blockTable: s.blockTable.slice(0, D * M),
+    maxBlocks: M,
+    sampleRows: s.sampleRows.slice(0, D),
+    sampleU: s.sampleU.slice(0, D),
+    invTemp: s.invTemp.slice(0, D),
+    wantLogits: false,
+  };
+  const sampled = s.sampleRows.length > D;
+  const rest: StepInputs = {
+    inputIds: s.inputIds.slice(D),
+    idSrc: s.idSrc.slice(D),
+    cuSeqlens: s.cuSeqlens.slice(D).map((c) => c - D),
+    pastSeqlens: s.pastSeqlens.slice(D),
+    blockTable: s.blockTable.slice(D * M),
+    maxBlocks: M,
+    sampleRows: sampled ? s.sampleRows.slice(D).map((r) => r - D) : Int32Array.of(0),
+    sampleU: sampled ? s.sampleU.slice(D) : Float32Array.of(-1),
+    invTemp: sampled ? s.invTemp.slice(D) : Float32Array.of(1),
+    wantLogits: false,
+  };
+  return { decode, rest };
+}

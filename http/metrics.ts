@@ -164,9 +164,14 @@ export class Metrics {
       ),
       labelledCounter(
         "ragtime_engine_steps_total",
-        "Engine steps by how they ran: replayed from a captured graph, or dispatched kernel by kernel.",
+        "Engine steps by how they ran: replayed from a captured graph, dispatched kernel by kernel, or " +
+          "split (a mixed step's decodes replayed, the rest dispatched).",
         "path",
-        [["captured", s?.stepsByPath?.captured ?? 0], ["uncaptured", s?.stepsByPath?.uncaptured ?? 0]],
+        [
+          ["captured", s?.stepsByPath?.captured ?? 0],
+          ["uncaptured", s?.stepsByPath?.uncaptured ?? 0],
+          ["split", s?.stepsByPath?.split ?? 0],
+        ],
       ),
       labelledCounter(
         "ragtime_request_success_total",

@@ -76,8 +76,9 @@ async function compare(kvCacheMb: number | undefined, n: number) {
   assertEquals(on.stats.stepsByPath, {
     captured: captured.length,
     uncaptured: on.steps.length - captured.length,
+    split: 0,
   });
-  assertEquals(off.stats.stepsByPath, { captured: 0, uncaptured: off.steps.length });
+  assertEquals(off.stats.stepsByPath, { captured: 0, uncaptured: off.steps.length, split: 0 });
   assert(
     on.lines.some((l) => l.startsWith("step ") && l.includes('"path":"captured"')),
     "no captured step line",
@@ -105,4 +106,45 @@ Deno.test("graph capture on and off give identical tokens when a tiny KV pool fo
   const { on, off } = await compare((13 * 2048 * 10) / 2 ** 20, 8);
   assert(on.stats.preemptionsTotal > 0, "no preemption");
   assertEquals(on.stats.preemptionsTotal, off.stats.preemptionsTotal);
+});
+
+Deno.test("a mixed step split into a replay of its decodes gives the tokens of the unsplit step", async () => {
+  // Greedy and seeded GPU sampling (CPU-sampled steps are never split): ten at once, then six more
+  // while the ten decode, so that steps carry prefill chunks behind ten decodes.
+  const reqs = (await requests(8)).filter((r) => r.params.topP === 1);
+  assert(reqs.length >= 12);
+  const [first, later] = [reqs.slice(0, 10), reqs.slice(10)];
+  const runs = [];
+  for (const split of [true, false]) {
+    const h = await startEngine({});
+    h.runner.splitDecodes = split;
+    try {
+      const steps: StepStats[] = [];
+      const pending: Promise<[string, Outcome]>[] = [];
+      const submit = (rs: Submission[]) => {
+        for (const r of rs) {
+          pending.push(h.generate(r.id, r.promptIds, r.params).then((ev) => [r.id, outcomeOf(ev)]));
+        }
+      };
+      h.engine.onStep = (s) => {
+        steps.push(s);
+        if (s.step === 3) submit(later);
+      };
+      submit(first);
+      while (pending.length < reqs.length) await new Promise((r) => setTimeout(r, 10));
+      runs.push({ out: new Map(await Promise.all(pending)), steps, stats: h.engine.stats() });
+    } finally {
+      await h.close();
+    }
+  }
+  const [on, off] = runs;
+  for (const r of reqs) assertEquals(on.out.get(r.id), off.out.get(r.id), r.id);
+  const split = on.steps.filter((s) => s.path === "split");
+  assert(
+    split.length > 0,
+    `no step split: ${JSON.stringify(on.steps.map((s) => [s.prefillTokens, s.decodeTokens]))}`,
+  );
+  for (const s of split) assert(s.prefillTokens > 0 && s.decodeTokens >= 8, `split step ${s.step}`);
+  assertEquals(on.stats.stepsByPath?.split, split.length);
+  assert(off.steps.every((s) => s.path !== "split"));
 });
