@@ -3,7 +3,7 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { bucketStep, bucketUp, exactStep, KV_BOUND_STEP, stepBucketsOn } from "../../engine/step_buckets.ts";
-import type { StepInputs } from "../../engine/step_inputs.ts";
+import { splitDecodes, type StepInputs } from "../../engine/step_inputs.ts";
 import { BATCH_INVARIANT_ITEM_TOKENS, MIN_STEP_ROWS } from "../../engine/protocol.ts";
 
 const RESERVED = 999, BLOCK = 16, MAX_POS = 1024;
@@ -161,4 +161,35 @@ Deno.test("bucketing follows RAGTIME_STEP_BUCKETS, else is off until Dawn is sel
     if (saved === undefined) Deno.env.delete("RAGTIME_STEP_BUCKETS");
     else Deno.env.set("RAGTIME_STEP_BUCKETS", saved);
   }
+});
+
+Deno.test("splitDecodes: the leading sampled one-token items apart from the rest, sampled rows in order", () => {
+  const s = step([1, 1, 1, 31, 5], [40, 7, 300, 0, 20]);
+  const { decode, rest } = splitDecodes(s, 2)!;
+  const M = s.maxBlocks;
+  assertEquals([...decode.cuSeqlens], [0, 1, 2, 3]);
+  assertEquals([...decode.pastSeqlens], [40, 7, 300]);
+  assertEquals([...decode.inputIds], [...s.inputIds.subarray(0, 3)]);
+  assertEquals([...decode.idSrc], [...s.idSrc.subarray(0, 3)]);
+  assertEquals([...decode.blockTable], [...s.blockTable.subarray(0, 3 * M)]);
+  assertEquals([...decode.sampleRows], [0, 1, 2]);
+  assertEquals([...rest.cuSeqlens], [0, 31, 36]);
+  assertEquals([...rest.pastSeqlens], [0, 20]);
+  assertEquals([...rest.inputIds], [...s.inputIds.subarray(3)]);
+  assertEquals([...rest.idSrc], [...s.idSrc.subarray(3)]);
+  assertEquals([...rest.blockTable], [...s.blockTable.subarray(3 * M)]);
+  assertEquals([...rest.sampleU, ...rest.invTemp], [0.25, 0.25, 2, 2]);
+  // The decodes' ids, then the rest's, are the whole step's sampled rows in order.
+  assertEquals([...decode.sampleRows, ...[...rest.sampleRows].map((r) => r + 3)], [...s.sampleRows]);
+});
+
+Deno.test("splitDecodes: no split for too few decodes, decodes alone or CPU logits; a rest sampling nothing gets a row", () => {
+  assertEquals(splitDecodes(step([1, 31], [5, 0]), 2), null);
+  assertEquals(splitDecodes(step([1, 1], [5, 6]), 1), null);
+  assertEquals(splitDecodes({ ...step([1, 1, 9], [5, 6, 0]), wantLogits: true }, 1), null);
+  // Only the first item is sampled: the next one-token item is a prompt chunk, which ends the decodes.
+  const { decode, rest } = splitDecodes(step([1, 1, 4], [5, 6, 0], 1), 1)!;
+  assertEquals([...decode.pastSeqlens], [5]);
+  assertEquals([...rest.cuSeqlens], [0, 1, 5]);
+  assertEquals([...rest.sampleRows, ...rest.sampleU], [0, -1]);
 });
