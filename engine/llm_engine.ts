@@ -5,8 +5,8 @@
 // CPU, so N's readback is requested right after N+1 is dispatched and awaited after N+2 is: the
 // wait hides behind a dispatch instead of stalling the loop. Once steps take long on the device
 // (a big model's prefill, any step on a software adapter) two in flight keep it as busy, and the
-// third would only be one more step that a newly arrived prompt waits behind. A decoding sequence's input in a step
-// is the token the step before sampled for it, fed on the GPU (see IO.prevIds). A sequence that
+// third would only be one more step that a newly arrived prompt waits behind. A decoding sequence's
+// input in a step is the token the step before sampled for it, fed on the GPU (see IO.prevIds). A sequence that
 // ends in step N may already sit in N+1 and N+2: wasted compute, never sent to its client.
 // Sequences sampled on the CPU (their next input must come back first) keep the pipeline at two.
 
@@ -59,8 +59,8 @@ const PIPELINE_DEPTH = 3;
  * Time per step (results to results, the next step already queued) beyond which "auto" keeps two
  * steps in flight instead of three: a step this long covers a readback's latency by itself. On the
  * CPU machine (llvmpipe, one decode step ~240 ms) a cached chat turn's TTFT fell from ~1.15 s with
- * three to ~0.8 s with two (docs/BENCHMARKS.md, session 10); an H200 decode step of 256 rows is
- * ~65 ms, of 16 rows ~6 ms.
+ * three to ~0.8 s with two (docs/BENCHMARKS.md, session 10); on the H200 a decode step of 256 rows
+ * takes ~16-42 ms of GPU time (by context), of 16 rows ~6 ms.
  */
 const LONG_STEP_MS = 40;
 /** Weight of the newest step in the running mean of the time per step. */

@@ -272,7 +272,7 @@ export class ModelRunner {
   async run(s: StepInputs): Promise<StepHandle> {
     const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth) : -1;
     if (c >= 0) {
-      const cap = this.captured[c] ?? await this.captureSession(c);
+      const cap = await this.capturedSession(c);
       return await this.batched(async () =>
         this.finish([await this.runPart(s, cap)], s.wantLogits, "captured")
       );
@@ -282,7 +282,7 @@ export class ModelRunner {
     const split = this.useCaptured && this.splitDecodes ? splitDecodes(s, SPLIT_MIN_DECODES) : null;
     const dc = split ? pickCaptured(this.shapes, split.decode, this.tableWidth) : -1;
     if (split && dc >= 0) {
-      const cap = this.captured[dc] ?? await this.captureSession(dc);
+      const cap = await this.capturedSession(dc);
       return await this.batched(async () => {
         // Both parts read prev_ids before finish() overwrites it with this step's ids.
         const decode = await this.runPart(split.decode, cap);
@@ -291,6 +291,11 @@ export class ModelRunner {
       });
     }
     return this.finish([await this.runPart(s, null)], s.wantLogits, "uncaptured");
+  }
+
+  /** The session of shapes[i], captured now if this is its first use. */
+  private async capturedSession(i: number): Promise<CapturedDecode> {
+    return this.captured[i] ?? await this.captureSession(i);
   }
 
   /** A captured step's ~35 submits (the replay's, then the copies after it) go to the queue as one. */
