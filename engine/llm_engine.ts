@@ -4,8 +4,9 @@
 // used. A readback in Deno settles on a ~10 ms poll and dispatching a step costs tens of ms of
 // CPU, so N's readback is requested right after N+1 is dispatched and awaited after N+2 is: the
 // wait hides behind a dispatch instead of stalling the loop. Once steps take long on the device
-// (a big model's prefill, any step on a software adapter) two in flight keep it as busy, and the
-// third would only be one more step that a newly arrived prompt waits behind. A decoding sequence's
+// (a big model's prefill) two in flight keep it as busy, and the third would only be one more step
+// that a newly arrived prompt waits behind. On a software adapter the device is the CPU itself: a
+// queued step overlaps nothing but the loop's few ms, so one is in flight. A decoding sequence's
 // input in a step is the token the step before sampled for it, fed on the GPU (see IO.prevIds). A sequence that
 // ends in step N may already sit in N+1 and N+2: wasted compute, never sent to its client.
 // Sequences sampled on the CPU (their next input must come back first) keep the pipeline at two.
@@ -57,10 +58,9 @@ const PIPELINE_DEPTH = 3;
 
 /**
  * Time per step (results to results, the next step already queued) beyond which "auto" keeps two
- * steps in flight instead of three: a step this long covers a readback's latency by itself. On the
- * CPU machine (llvmpipe, one decode step ~240 ms) a cached chat turn's TTFT fell from ~1.15 s with
- * three to ~0.8 s with two (docs/BENCHMARKS.md, session 10); on the H200 a decode step of 256 rows
- * takes ~16-42 ms of GPU time (by context), of 16 rows ~6 ms.
+ * steps in flight instead of three: a step this long covers a readback's latency by itself, and a
+ * new prompt waits behind one step fewer. On the H200 a decode step of 256 rows takes ~16-42 ms of GPU
+ * time (by context), of 16 rows ~6 ms; a 1B model's 8192-token prefill step over a second.
  */
 const LONG_STEP_MS = 40;
 /** Weight of the newest step in the running mean of the time per step. */
@@ -283,10 +283,21 @@ export class LLMEngine {
     while (inFlight.length > 0) await this.complete(inFlight.shift()!);
   }
 
-  /** Steps in flight at most, given the oldest one (see the header and LONG_STEP_MS). */
+  /**
+   * Steps in flight at most, given the oldest one (see the header and LONG_STEP_MS). On a software
+   * adapter "auto" is one: on the CPU machine (2 cores, llvmpipe, ragtime-mini) a cached chat turn's TTFT
+   * was 653-687 ms at one against 833-860 ms at two (no queued ~240 ms decode step ahead of it), for ~4%
+   * of saturated throughput (docs/BENCHMARKS.md, session 11).
+   */
   private depth(oldest: InFlight | undefined): number {
     const d = this.config.pipelineDepth;
-    const want = d !== "auto" ? d : this.stepEveryMs > LONG_STEP_MS ? 2 : PIPELINE_DEPTH;
+    const want = d !== "auto"
+      ? d
+      : this.runner.softwareAdapter
+      ? 1
+      : this.stepEveryMs > LONG_STEP_MS
+      ? 2
+      : PIPELINE_DEPTH;
     // A CPU-sampled sequence cannot decode again before its token is back: read at depth two.
     return oldest?.handle.logits ? Math.min(want, 2) : want;
   }

@@ -117,6 +117,11 @@ export class ModelRunner {
   readonly nodesPerLayer: number;
   readonly totalNodes: number;
   readonly adapterName: string;
+  /**
+   * A software adapter (llvmpipe): the device's work runs on the same cores as the engine, so a step
+   * queued behind another overlaps nothing (LLMEngine.depth). Tests set it to exercise the GPU's rule.
+   */
+  softwareAdapter: boolean;
   /** Block table width of captured steps: blocks per sequence at the context limit. */
   readonly tableWidth: number;
   /** Off: every step runs uncaptured (probes compare both paths on one runner). */
@@ -163,6 +168,7 @@ export class ModelRunner {
       nodesPerLayer: number;
       totalNodes: number;
       adapterName: string;
+      softwareAdapter: boolean;
     },
   ) {
     this.numBlocks = info.numBlocks;
@@ -171,6 +177,7 @@ export class ModelRunner {
     this.nodesPerLayer = info.nodesPerLayer;
     this.totalNodes = info.totalNodes;
     this.adapterName = info.adapterName;
+    this.softwareAdapter = info.softwareAdapter;
     this.tableWidth = Math.ceil(info.maxPositions / info.blockSize);
     this.graph = graph;
     this.shapes = capture ? captureShapes(capture, this.tableWidth * info.blockSize) : [];
@@ -199,7 +206,7 @@ export class ModelRunner {
     });
     opts.progress?.({ phase: "session" });
     const { step, sampler } = await createSessions(graph, cfg.vocabSize);
-    const { device, adapterName } = await sessionDevice();
+    const { device, adapterName, software } = await sessionDevice();
     opts.progress?.({ phase: "upload" });
     const t0 = performance.now();
     const weights = await uploadWeights(
@@ -253,6 +260,7 @@ export class ModelRunner {
         nodesPerLayer: graph.nodesPerLayer,
         totalNodes: graph.totalNodes,
         adapterName,
+        softwareAdapter: software,
       },
     );
   }

@@ -45,8 +45,13 @@ export function createStepSession(
   });
 }
 
-/** The device the sessions run on (ORT creates it with the first WebGPU session) and its adapter's name. */
-export async function sessionDevice(): Promise<{ device: GPUDevice; adapterName: string }> {
+/**
+ * The device the sessions run on (ORT creates it with the first WebGPU session), its adapter's name and
+ * whether that adapter is a software one (llvmpipe: the device's work runs on the CPU's own cores).
+ */
+export async function sessionDevice(): Promise<
+  { device: GPUDevice; adapterName: string; software: boolean }
+> {
   const device = await ort.env.webgpu.device;
   const adapterInfo = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo ??
     (ort.env.webgpu.adapter as GPUAdapter | undefined)?.info;
@@ -55,7 +60,7 @@ export async function sessionDevice(): Promise<{ device: GPUDevice; adapterName:
       adapterInfo.isFallbackAdapter ? " (software fallback)" : ""
     }`
     : "unknown";
-  return { device, adapterName };
+  return { device, adapterName, software: adapterInfo?.isFallbackAdapter === true };
 }
 
 /** Process-wide settings, read when the first session starts the wasm runtime. */

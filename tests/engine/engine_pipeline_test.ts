@@ -62,9 +62,10 @@ async function generateAll(h: Harness): Promise<Map<string, Outcome>> {
   return new Map(await Promise.all(runs));
 }
 
-async function runWith(settings: EngineSettings, readDelayMs = 0, settle = 0) {
+async function runWith(settings: EngineSettings, readDelayMs = 0, settle = 0, software?: boolean) {
   const h = await startEngine(settings);
   try {
+    if (software !== undefined) h.runner.softwareAdapter = software;
     const flight = watch(h, readDelayMs, settle);
     const outcomes = await generateAll(h);
     return { flight, outcomes };
@@ -88,7 +89,8 @@ Deno.test("engine: a fixed pipeline depth bounds the steps in flight and never c
 
 Deno.test("engine: pipeline depth auto keeps two steps in flight once steps are slow", async () => {
   // Every readback 80 ms late: each step then takes longer than LONG_STEP_MS (40 ms) results to results.
-  const slow = await runWith({ pipelineDepth: "auto" }, 80, 8);
+  // The rule for a GPU: the tests' llvmpipe is a software adapter, which keeps one (next test).
+  const slow = await runWith({ pipelineDepth: "auto" }, 80, 8, false);
   assertEquals(slow.flight.maxSettled, 2);
   const later = slow.flight.steps.slice(8);
   assert(later.length > 10 && later.every((s) => s.depth <= 2), "auto kept more than two in flight");
@@ -96,4 +98,14 @@ Deno.test("engine: pipeline depth auto keeps two steps in flight once steps are 
   for (const [id, o] of slow.outcomes) {
     assertEquals(o, fixed.outcomes.get(id), `${id}: auto (slow) vs depth 3`);
   }
+});
+
+Deno.test("engine: pipeline depth auto keeps one step in flight on a software adapter", async () => {
+  const cpu = await runWith({ pipelineDepth: "auto" }, 0, 0, true);
+  assertEquals(cpu.flight.max, 1);
+  assert(cpu.flight.steps.length > 20 && cpu.flight.steps.every((s) => s.depth === 1));
+  // Without the software flag the same load (fast readbacks, short steps) runs three deep.
+  const gpu = await runWith({ pipelineDepth: "auto" }, 0, 0, false);
+  assertEquals(gpu.flight.max, 3);
+  for (const [id, o] of cpu.outcomes) assertEquals(o, gpu.outcomes.get(id), `${id}: software vs GPU rule`);
 });
