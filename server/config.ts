@@ -385,7 +385,8 @@ const OPTIONS = {
     metavar: "auto|1|2|3",
     expect: 'one of "auto", "1", "2", "3"',
     help: "Engine steps in flight at most: more hides readback latency, fewer lets a new prompt start " +
-      "sooner; auto: three while steps are short, two once a step outlasts a readback.",
+      "sooner; auto: three while steps are short, two once a step outlasts a readback, one on a " +
+      "software adapter.",
     schema: z.enum(["auto", "1", "2", "3"]).default(ENGINE_DEFAULTS.pipelineDepth)
       .transform((v) => v === "auto" ? v : Number(v) as 1 | 2 | 3),
   }),
