@@ -4,9 +4,9 @@
 // A captured session replays the dispatches of its first run: its shapes, its bound buffers and
 // every host-side value a kernel read are frozen. So each session serves one shape, the way vLLM
 // captures CUDA graphs: a decode step (every row one token) of up to `batch` rows, padded with
-// dummy rows, plus the 2-token padding item every uncaptured decode step carries (the same
-// PagedAttention kernel either way: see ModelRunner.run), over a block table of the context
-// limit's width; attn_meta is a constant [2, kvCap] (upper bounds; the exact lengths come from
+// dummy rows, plus the padding item every uncaptured decode step carries (2 tokens, or 32 in
+// long-query mode: the same PagedAttention kernel either way, see ModelRunner.run), over a block table
+// of the context limit's width; attn_meta is a constant [pad, kvCap] (upper bounds; the exact lengths come from
 // the GPU inputs). The inputs are GPU buffers bound on the first run and rewritten in place before
 // each replay; the weights, the KV pool and prev_ids are the runner's buffers, shared by every
 // session. Dummy rows and the padding item write their KV into the pool's reserved block.
@@ -34,6 +34,10 @@ export interface SharedFeeds {
   padBlock: number;
   /** Block table width: blocks per sequence at the context limit. */
   tableWidth: number;
+  /** Tokens of the padding item: 2, or LONG_QUERY_TOKENS in long-query mode (see ModelRunner.run). */
+  padTokens: number;
+  /** Positions of a KV block (a padding item longer than one maps each of its blocks to padBlock). */
+  blockSize: number;
 }
 
 type IntInput = "inputIds" | "idSrc" | "cuSeqlens" | "pastSeqlens" | "blockTable" | "sampleRows";
@@ -63,10 +67,10 @@ export class CapturedDecode {
     private readonly feeds: Feeds,
     private readonly fetches: Feeds,
   ) {
-    const B = shape.batch, M = shared.tableWidth;
+    const B = shape.batch, M = shared.tableWidth, P = shared.padTokens;
     this.host = {
-      inputIds: new Int32Array(B + 2),
-      idSrc: new Int32Array(B + 2),
+      inputIds: new Int32Array(B + P),
+      idSrc: new Int32Array(B + P),
       cuSeqlens: new Int32Array(B + 2),
       pastSeqlens: new Int32Array(B + 1),
       blockTable: new Int32Array((B + 1) * M),
@@ -77,13 +81,14 @@ export class CapturedDecode {
 
   /** A session for this shape with its buffers; not captured until its first run (see capture). */
   static async create(graph: BuiltGraph, shape: CaptureShape, shared: SharedFeeds): Promise<CapturedDecode> {
-    const session = await createStepSession(graph, [2, shape.kvCap], { enableGraphCapture: true });
+    const P = shared.padTokens;
+    const session = await createStepSession(graph, [P, shape.kvCap], { enableGraphCapture: true });
     const B = shape.batch, M = shared.tableWidth, dev = shared.device;
     const buffer = (elems: number) =>
       pinGpuBuffer(dev.createBuffer({ size: Math.max(16, 4 * elems), usage: IO_USAGE }));
     const dims: Record<IntInput, number[]> = {
-      inputIds: [B + 2],
-      idSrc: [B + 2],
+      inputIds: [B + P],
+      idSrc: [B + P],
       cuSeqlens: [B + 2],
       pastSeqlens: [B + 1],
       blockTable: [B + 1, M],
@@ -149,8 +154,10 @@ export class CapturedDecode {
     blockTable.fill(0);
     sampleRows.fill(0);
     for (let i = 0; i <= B; i++) cuSeqlens[i] = i;
-    cuSeqlens[B + 1] = B + 2;
-    for (let b = real; b <= B; b++) blockTable[b * M] = this.shared.padBlock;
+    cuSeqlens[B + 1] = B + this.shared.padTokens;
+    for (let b = real; b < B; b++) blockTable[b * M] = this.shared.padBlock;
+    const padColumns = Math.ceil(this.shared.padTokens / this.shared.blockSize);
+    blockTable.fill(this.shared.padBlock, B * M, B * M + padColumns);
     if (!s) return;
     inputIds.set(s.inputIds);
     idSrc.set(s.idSrc);

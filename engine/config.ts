@@ -29,6 +29,8 @@ export interface EngineConfig {
   matmulSplitK: number;
   /** Steps in flight at most, or "auto" (EngineSettings.pipelineDepth). */
   pipelineDepth: "auto" | 1 | 2 | 3;
+  /** Every step on PagedAttention's long-query kernel (EngineSettings.longQueries). */
+  longQueries: boolean;
 }
 
 /** A setting that cannot work with this model; the message names the setting and the limit. */
@@ -96,6 +98,7 @@ export function resolveEngineConfig(
     prefixCaching: s.prefixCaching ?? ENGINE_DEFAULTS.prefixCaching,
     matmulSplitK: resolveSplitK(s.matmulSplitK ?? ENGINE_DEFAULTS.matmulSplitK),
     pipelineDepth: s.pipelineDepth ?? ENGINE_DEFAULTS.pipelineDepth,
+    longQueries: s.longQueries ?? ENGINE_DEFAULTS.longQueries,
   };
 }
 

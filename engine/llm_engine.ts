@@ -18,7 +18,6 @@ import { GrammarError, GrammarHost, type Matcher } from "./grammar.ts";
 import type { LoadedModel } from "./model/types.ts";
 import type { ModelRunner, StepHandle, StepInputs, StepPath } from "./model_runner.ts";
 import {
-  BATCH_INVARIANT_ITEM_TOKENS,
   type EngineStats,
   type FinishReason,
   type GenerateEvent,
@@ -325,15 +324,15 @@ export class LLMEngine {
   }
 
   /**
-   * The step's flat inputs. Each plan item is one sequence's span; a span longer than
-   * BATCH_INVARIANT_ITEM_TOKENS goes as several attention items of the same sequence (so that the
-   * step's longest query keeps PagedAttention on one kernel), and only the last row of a span that
-   * reaches the sequence's end is sampled.
+   * The step's flat inputs. Each plan item is one sequence's span; a span longer than the runner's
+   * itemTokens (BATCH_INVARIANT_ITEM_TOKENS, or no limit in long-query mode) goes as several attention
+   * items of the same sequence (so that the step's longest query keeps PagedAttention on one kernel),
+   * and only the last row of a span that reaches the sequence's end is sampled.
    */
   private buildInputs(plan: StepPlan): { inputs: StepInputs; sampled: PlanItem[] } {
-    const C = BATCH_INVARIANT_ITEM_TOKENS;
+    const C = this.runner.itemTokens;
     const T = plan.items.reduce((n, it) => n + it.numTokens, 0);
-    const B = plan.items.reduce((n, it) => n + Math.ceil(it.numTokens / C), 0);
+    const B = plan.items.reduce((n, it) => n + Math.max(1, Math.ceil(it.numTokens / C)), 0);
     const inputIds = new Int32Array(T), idSrc = new Int32Array(T).fill(-1);
     const cu = new Int32Array(B + 1), past = new Int32Array(B);
     const maxBlocks = Math.max(1, ...plan.items.map((it) => it.seq.blockTable.length));

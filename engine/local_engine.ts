@@ -33,6 +33,7 @@ export async function createEngine(
     kvCacheMb: config.kvCacheMb,
     cacheDir: config.graphCache,
     splitK: config.matmulSplitK,
+    longQueries: config.longQueries,
     maxSeqs: config.maxSeqs,
     capture: config.graphCapture,
     progress: hooks.progress,

@@ -19,8 +19,13 @@ import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } fro
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
-import { ENGINE_DEFAULTS, MIN_STEP_ROWS } from "./protocol.ts";
-import { bucketStep, exactStep, splitDecodesOn, stepBucketsOn } from "./step_buckets.ts";
+import {
+  BATCH_INVARIANT_ITEM_TOKENS,
+  ENGINE_DEFAULTS,
+  LONG_QUERY_TOKENS,
+  MIN_STEP_ROWS,
+} from "./protocol.ts";
+import { bucketStep, exactStep, longQueriesOn, splitDecodesOn, stepBucketsOn } from "./step_buckets.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -39,6 +44,8 @@ export interface RunnerOptions {
   weightsAsInputs?: boolean;
   /** Split-K factor of the linear layers (GraphOptions.splitK); default ENGINE_DEFAULTS.matmulSplitK. */
   splitK?: number;
+  /** Long-query mode (ModelRunner.longQueries); default: RAGTIME_LONG_QUERIES=on (probes). */
+  longQueries?: boolean;
   /** Most sampled rows a step feeds the next (the engine's max-seqs); default 256. */
   maxSeqs?: number;
   /**
@@ -132,6 +139,11 @@ export class ModelRunner {
   bucketShapes = stepBucketsOn();
   /** A mixed step's leading decodes replayed from a captured session, apart from the rest (see run). */
   splitDecodes = splitDecodesOn();
+  /**
+   * Long-query mode (LONG_QUERY_TOKENS): a prompt chunk goes as one attention item, and every step's
+   * longest query is at least 32 tokens. Read once: captured sessions are built for it.
+   */
+  readonly longQueries: boolean;
   /** Off: a captured step submits as onnxruntime does, ~35 times (for probes; see submit_batch.ts). */
   batchSubmits = true;
   /** On: a captured replay is passed every input again (for probes; see sessions.ts runBound). */
@@ -169,6 +181,7 @@ export class ModelRunner {
       totalNodes: number;
       adapterName: string;
       softwareAdapter: boolean;
+      longQueries: boolean;
     },
   ) {
     this.numBlocks = info.numBlocks;
@@ -178,6 +191,7 @@ export class ModelRunner {
     this.totalNodes = info.totalNodes;
     this.adapterName = info.adapterName;
     this.softwareAdapter = info.softwareAdapter;
+    this.longQueries = info.longQueries;
     this.tableWidth = Math.ceil(info.maxPositions / info.blockSize);
     this.graph = graph;
     this.shapes = capture ? captureShapes(capture, this.tableWidth * info.blockSize) : [];
@@ -261,6 +275,7 @@ export class ModelRunner {
         totalNodes: graph.totalNodes,
         adapterName,
         softwareAdapter: software,
+        longQueries: opts.longQueries ?? longQueriesOn(),
       },
     );
   }
@@ -287,7 +302,10 @@ export class ModelRunner {
     }
     // A mixed step's decodes in PagedAttention's padded layout cost as many query rows as its
     // longest item (31), each over its whole context: replayed apart, they cost one row.
-    const split = this.useCaptured && this.splitDecodes ? splitDecodes(s, SPLIT_MIN_DECODES) : null;
+    // In long-query mode a decode padded to a prefill item's length costs that many rows: split any.
+    const split = this.useCaptured && this.splitDecodes
+      ? splitDecodes(s, this.longQueries ? 1 : SPLIT_MIN_DECODES)
+      : null;
     const dc = split ? pickCaptured(this.shapes, split.decode, this.tableWidth) : -1;
     if (split && dc >= 0) {
       const cap = await this.capturedSession(dc);
@@ -299,6 +317,16 @@ export class ModelRunner {
       });
     }
     return this.finish([await this.runPart(s, null)], s.wantLogits, "uncaptured");
+  }
+
+  /** Longest attention item the engine may send (LLMEngine.buildInputs cuts prompt chunks to it). */
+  get itemTokens(): number {
+    return this.longQueries ? Infinity : BATCH_INVARIANT_ITEM_TOKENS;
+  }
+
+  /** Tokens of the padding item of a step whose queries are all shorter (see run). */
+  private get padTokens(): number {
+    return this.longQueries ? LONG_QUERY_TOKENS : 2;
   }
 
   /** The session of shapes[i], captured now if this is its first use. */
@@ -316,9 +344,9 @@ export class ModelRunner {
     const S = s.sampleRows.length;
     let meta: [number, number] = [0, 0];
     if (!cap) {
-      ({ s, attnMeta: meta } = this.bucketShapes
+      ({ s, attnMeta: meta } = this.bucketShapes && !this.longQueries
         ? bucketStep(s, this.numBlocks, this.blockSize, this.maxPositions, this.minRows)
-        : exactStep(s, this.numBlocks, this.minRows));
+        : exactStep(s, this.numBlocks, this.minRows, this.padTokens, this.blockSize));
     }
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
@@ -468,6 +496,8 @@ export class ModelRunner {
       vocab: this.vocab,
       padBlock: this.numBlocks,
       tableWidth: this.tableWidth,
+      padTokens: this.padTokens,
+      blockSize: this.blockSize,
     };
     const c = await CapturedDecode.create(this.graph, this.shapes[i], shared);
     await c.capture();

@@ -220,6 +220,15 @@ export const MIN_STEP_ROWS = 16;
 export const BATCH_INVARIANT_ITEM_TOKENS = 31;
 
 /**
+ * Shortest longest-query of a step in long-query mode (step_buckets.ts longQueriesOn): onnxruntime's
+ * PagedAttention kernel for queries of 32 tokens and more gives a token the same bits whatever its item's
+ * length, its step's other items and bounds, one-token items beside a 32-token padding item included
+ * (bench/gpu/kv_probe.ts --long: H200 f16 on Dawn and Deno's WebGPU, llvmpipe), so every step can use it:
+ * prompts go as one item each, and a step whose items are all shorter gets a padding item this long.
+ */
+export const LONG_QUERY_TOKENS = 32;
+
+/**
  * The engine settings a user chooses (flags, or a test's options); every field may be left out.
  * engine/config.ts resolves them against the loaded model into the one EngineConfig the engine runs with.
  */
@@ -267,6 +276,11 @@ export interface EngineSettings {
    * once they take longer than a readback hides behind.
    */
   pipelineDepth?: "auto" | 1 | 2 | 3;
+  /**
+   * Long-query mode (LONG_QUERY_TOKENS): every step on PagedAttention's kernel for queries of 32
+   * tokens and more; prompts prefill several times faster, decode steps cost more.
+   */
+  longQueries?: boolean;
 }
 
 /** Largest matmul split (EngineSettings.matmulSplitK): more partial products than this only add traffic. */
@@ -283,4 +297,5 @@ export const ENGINE_DEFAULTS = {
   matmulSplitK: 8,
   webgpu: "auto",
   pipelineDepth: "auto",
+  longQueries: false,
 } as const satisfies EngineSettings;

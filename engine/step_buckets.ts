@@ -38,6 +38,14 @@ export function splitDecodesOn(): boolean {
   return onWithDawn("RAGTIME_SPLIT_DECODES");
 }
 
+/**
+ * Long-query mode (LONG_QUERY_TOKENS) for probes that build a runner without the engine's settings
+ * (the engine's comes from --long-queries, whose env twin is the same RAGTIME_LONG_QUERIES=on).
+ */
+export function longQueriesOn(): boolean {
+  return Deno.env.get("RAGTIME_LONG_QUERIES") === "on";
+}
+
 function onWithDawn(env: string): boolean {
   const v = Deno.env.get(env);
   if (v === "on" || v === "off") return v === "on";
@@ -100,13 +108,20 @@ export function bucketStep(
 
 /**
  * The step at its own shape, padded only as every uncaptured step must be: at least `minRows` token and
- * sampled rows, and a 2-token item when all queries are one token (one item in `reservedBlock`).
+ * sampled rows, and an item of `minQuery` tokens (2, or LONG_QUERY_TOKENS in long-query mode) when every
+ * query is shorter (one item in `reservedBlock`, `blockSize` positions, repeated in its table row).
  */
-export function exactStep(s: StepInputs, reservedBlock: number, minRows: number): BucketedStep {
+export function exactStep(
+  s: StepInputs,
+  reservedBlock: number,
+  minRows: number,
+  minQuery = 2,
+  blockSize = 16,
+): BucketedStep {
   let [maxQ, maxKv] = attentionBounds(s);
-  const pad = Math.max(maxQ < 2 ? 2 : 0, minRows - s.inputIds.length);
+  const pad = Math.max(maxQ < minQuery ? minQuery : 0, minRows - s.inputIds.length);
   if (pad > 0) {
-    s = padItems(s, reservedBlock, pad, 1);
+    s = padItems(s, reservedBlock, pad, 1, Math.ceil(pad / blockSize));
     maxQ = Math.max(maxQ, pad);
     maxKv = Math.max(maxKv, pad);
   }
@@ -128,15 +143,17 @@ function attentionBounds(s: StepInputs): [number, number] {
  * Appends `n` items holding `tokens` tokens in all (spread evenly), each at past 0 in `block`, whose
  * KV lands there: padding rows, and the 2-token item a step of one-token queries needs.
  */
-function padItems(s: StepInputs, block: number, tokens: number, n: number): StepInputs {
+function padItems(s: StepInputs, block: number, tokens: number, n: number, columns = 1): StepInputs {
   if (n === 0) return s;
+  if (columns > s.maxBlocks) s = widenTable(s, columns);
   const T = s.inputIds.length, B = s.pastSeqlens.length, M = s.maxBlocks;
   const cu = new Int32Array(B + n + 1);
   cu.set(s.cuSeqlens);
   for (let i = 0; i < n; i++) cu[B + i + 1] = cu[B + i] + Math.floor(tokens / n) + (i < tokens % n ? 1 : 0);
   const table = new Int32Array((B + n) * M);
   table.set(s.blockTable);
-  for (let i = 0; i < n; i++) table[(B + i) * M] = block;
+  // An item longer than a block maps each of its blocks to the reserved one: padding KV is never read.
+  for (let i = 0; i < n; i++) table.fill(block, (B + i) * M, (B + i) * M + columns);
   const ids = new Int32Array(T + tokens);
   ids.set(s.inputIds);
   const src = new Int32Array(T + tokens).fill(-1);

@@ -378,6 +378,16 @@ const OPTIONS = {
       "on an NVIDIA host when it finds an f16 adapter, else Deno's.",
     schema: z.enum(["auto", "dawn", "deno"]).default(ENGINE_DEFAULTS.webgpu),
   }),
+  longQueries: opt({
+    flag: "--long-queries",
+    env: "RAGTIME_LONG_QUERIES",
+    kind: "value",
+    metavar: "on|off",
+    expect: "on or off",
+    help: "Run every step on PagedAttention's kernel for queries of 32 tokens and more: prompts prefill " +
+      "several times faster (lower TTFT), decode steps cost more (lower throughput under load).",
+    schema: bool.default(ENGINE_DEFAULTS.longQueries),
+  }),
   pipelineDepth: opt({
     flag: "--pipeline-depth",
     env: "RAGTIME_PIPELINE_DEPTH",
@@ -509,6 +519,7 @@ export function engineSettings(c: Config): EngineSettings {
     matmulSplitK: c.matmulSplitK,
     webgpu: c.webgpu,
     pipelineDepth: c.pipelineDepth,
+    longQueries: c.longQueries,
   };
 }
 

@@ -5,8 +5,12 @@
 // blocks of its own, then compares every scheme's K and V and last logits with 31-token chunks from
 // position 0, bit for bit.
 //
-//   deno run -A bench/gpu/kv_probe.ts [--dtype f32|f16] [--tokens 480] [--sweep] [--min-rows N]
+//   deno run -A bench/gpu/kv_probe.ts [--dtype f32|f16] [--tokens 480] [--sweep] [--long] [--min-rows N]
 //     [--split N] [--model stories|smollm2|PATH] [--kv-cache-mb MB]
+//
+// --long: instead, schemes whose every step has a query of 32 or more tokens (the other kernel: the
+// prompt cut into long items, short chunks beside a 32-token companion), each against the whole prompt
+// as one item: is that kernel, alone, invariant to how a prompt is cut and what shares its step?
 //
 // Schemes "... in 1 step" / "... a step" put several chunks of the prompt into one step as items of
 // their own (how the engine prefills a long prompt in one step).
@@ -39,6 +43,7 @@ const { values: args } = parseArgs({
     dtype: { type: "string", default: "f32" },
     tokens: { type: "string", default: "480" },
     sweep: { type: "boolean", default: false },
+    long: { type: "boolean", default: false },
     "min-rows": { type: "string" },
     split: { type: "string", default: String(ENGINE_DEFAULTS.matmulSplitK) },
     model: { type: "string", default: "stories" },
@@ -107,6 +112,24 @@ const schemes: [string, Scheme][] = [
   [`16, ${C}s, all in 1 step`, { bounds: chunks(C, [16]), perStep: Infinity }],
   [`all 8-chunks in 1 step`, { bounds: chunks(8), perStep: Infinity }],
 ];
+if (args.long) {
+  // Every step keeps a query of at least 32 tokens: a chunk that long, or a 32-token companion.
+  schemes.length = 0;
+  schemes.push(
+    [`${L} in 1 item`, { bounds: [0, L] }],
+    ["chunks of 40", { bounds: chunks(40) }],
+    ["chunks of 64", { bounds: chunks(64) }],
+    ["chunks of 100 (+ companion 32)", { bounds: chunks(100), companion: 32 }],
+    ["chunks of 333 (+ companion 32)", { bounds: chunks(333), companion: 32 }],
+    ["32, then 64s", { bounds: chunks(64, [32]) }],
+    ["all 64-chunks in 1 step", { bounds: chunks(64), perStep: Infinity }],
+    ["4 40-chunks a step + companion 200", { bounds: chunks(40), perStep: 4, companion: 200 }],
+    ["chunks of 48 beside companion 300", { bounds: chunks(48), companion: 300 }],
+    ["chunks of 48 beside 8 x 33", { bounds: chunks(48), companion: 33, companions: 8 }],
+    ["chunks of 16 beside companion 32", { bounds: chunks(16), companion: 32 }],
+    ["chunks of 1 beside companion 32", { bounds: chunks(1), companion: 32 }],
+  );
+}
 if (args.sweep) {
   for (
     const [m, c] of [[1, 8], [1, 9], [1, 10], [1, 11], [1, 15], [1, 20], [7, 2], [7, 3], [7, 5], [7, 9], [

@@ -4,7 +4,7 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { bucketStep, bucketUp, exactStep, KV_BOUND_STEP, stepBucketsOn } from "../../engine/step_buckets.ts";
 import { splitDecodes, type StepInputs } from "../../engine/step_inputs.ts";
-import { BATCH_INVARIANT_ITEM_TOKENS, MIN_STEP_ROWS } from "../../engine/protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, LONG_QUERY_TOKENS, MIN_STEP_ROWS } from "../../engine/protocol.ts";
 
 const RESERVED = 999, BLOCK = 16, MAX_POS = 1024;
 
@@ -146,6 +146,28 @@ Deno.test("an exact step pads only to the row floor and a decode-only step's 2-t
   const w = exactStep(step(Array(20).fill(1), Array(20).fill(9)), RESERVED, MIN_STEP_ROWS);
   assertEquals(w.s.inputIds.length, 22);
   assertEquals(w.attnMeta, [2, 10]);
+});
+
+Deno.test("long-query mode: a step whose queries are all short gets a 32-token item in the reserved block", () => {
+  const L = LONG_QUERY_TOKENS;
+  // Decodes of one-block sequences: the table widens to the padding item's two blocks, both reserved.
+  const d = exactStep(step([1, 1, 1], [4, 7, 9]), RESERVED, MIN_STEP_ROWS, L, BLOCK);
+  assertEquals(d.s.maxBlocks, 2);
+  assertEquals(d.s.inputIds.length, 3 + L);
+  assertEquals([...d.s.cuSeqlens], [0, 1, 2, 3, 3 + L]);
+  assertEquals([...d.s.pastSeqlens], [4, 7, 9, 0]);
+  assertEquals([...d.s.blockTable.subarray(3 * 2, 4 * 2)], [RESERVED, RESERVED]);
+  // The real items keep their blocks; the new column past them is never read.
+  assertEquals([d.s.blockTable[0], d.s.blockTable[2], d.s.blockTable[4]], [1, 101, 201]);
+  assertEquals(d.attnMeta, [L, L]);
+  // A prompt chunk of 32 or more tokens needs no padding item; a shorter one beside decodes does.
+  const long = step([40, 1], [0, 300], 2);
+  const e = exactStep(long, RESERVED, MIN_STEP_ROWS, L, BLOCK);
+  assertEquals(e.s.cuSeqlens, long.cuSeqlens);
+  assertEquals(e.attnMeta, [40, 301]);
+  const short = exactStep(step([20, 1], [64, 300], 2), RESERVED, MIN_STEP_ROWS, L, BLOCK);
+  assertEquals([...short.s.cuSeqlens], [0, 20, 21, 21 + L]);
+  assertEquals(short.attnMeta, [L, 301]);
 });
 
 Deno.test("bucketing follows RAGTIME_STEP_BUCKETS, else is off until Dawn is selected", () => {

@@ -33,6 +33,8 @@ export type Harness = LocalEngine;
 const TEST_SETTINGS: LocalEngineOptions = {
   // f16 on a GPU host checks the guarantees where the kernels round most (RAGTIME_TEST_DTYPE=f16).
   dtype: Deno.env.get("RAGTIME_TEST_DTYPE") === "f16" ? "f16" : "f32",
+  // The guarantees in long-query mode too (RAGTIME_TEST_LONG_QUERIES=on; bench/gpu/invariance.sh).
+  longQueries: Deno.env.get("RAGTIME_TEST_LONG_QUERIES") === "on",
   kvCacheMb: 8,
   maxBatchTokens: 512,
   maxSeqs: 64,

@@ -62,6 +62,7 @@ Deno.test("config: defaults", () => {
     matmulSplitK: 8,
     webgpu: "auto",
     pipelineDepth: "auto",
+    longQueries: false,
   });
 });
 
@@ -110,6 +111,7 @@ Deno.test("config: every flag, both spellings", () => {
     "dawn",
     "--pipeline-depth",
     "2",
+    "--long-queries=on",
   ], env());
   assertEquals(c.model, "/models/x");
   assertEquals(c.host, "0.0.0.0");
@@ -133,6 +135,7 @@ Deno.test("config: every flag, both spellings", () => {
   assertEquals(c.graphCache, "/tmp/g");
   assertEquals(c.webgpu, "dawn");
   assertEquals(c.pipelineDepth, 2);
+  assertEquals(c.longQueries, true);
 });
 
 Deno.test("config: environment twins, and flags win", () => {
@@ -147,6 +150,7 @@ Deno.test("config: environment twins, and flags win", () => {
     RAGTIME_SHUTDOWN_TIMEOUT: "0",
     RAGTIME_WEBGPU: "auto",
     RAGTIME_PIPELINE_DEPTH: "1",
+    RAGTIME_LONG_QUERIES: "on",
   };
   const c = parseConfig([], env(vars));
   assertEquals(c.model, "/env/model");
@@ -159,6 +163,7 @@ Deno.test("config: environment twins, and flags win", () => {
   assertEquals(c.shutdownTimeoutS, 0);
   assertEquals(c.webgpu, "auto");
   assertEquals(c.pipelineDepth, 1);
+  assertEquals(c.longQueries, true);
 
   const f = parseConfig(["--port", "7001", "--api-key", "flag", "--dtype", "auto"], env(vars));
   assertEquals(f.port, 7001);
@@ -407,6 +412,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     prefixCaching: true,
     matmulSplitK: 8,
     pipelineDepth: "auto",
+    longQueries: false,
   });
   // Default context bounds 256 and 1024, those under the limit; a bound over it leaves the limit only.
   const long = randomModel("llama", 1, { maxContext: 2048 });
@@ -437,6 +443,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     prefixCaching: false,
     matmulSplitK: 2,
     pipelineDepth: 1,
+    longQueries: true,
   } as const;
   const { blockSize: _, graphCapture, ...c } = resolveEngineConfig({ ...set, graphCapture: false }, model);
   const { maxModelLen, ...rest } = set;
