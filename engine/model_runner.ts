@@ -302,8 +302,10 @@ export class ModelRunner {
     }
     // A mixed step's decodes in PagedAttention's padded layout cost as many query rows as its
     // longest item (31), each over its whole context: replayed apart, they cost one row.
-    // In long-query mode a decode padded to a prefill item's length costs that many rows: split any.
-    const split = this.useCaptured && this.splitDecodes
+    // In long-query mode a decode padded to a prefill item's length (up to a whole prompt) costs that
+    // many rows: split at any decode, on any GPU.
+    const longSplit = this.longQueries && !this.softwareAdapter;
+    const split = this.useCaptured && (this.splitDecodes || longSplit)
       ? splitDecodes(s, this.longQueries ? 1 : SPLIT_MIN_DECODES)
       : null;
     const dc = split ? pickCaptured(this.shapes, split.decode, this.tableWidth) : -1;
