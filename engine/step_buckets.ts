@@ -115,8 +115,8 @@ export function exactStep(
   s: StepInputs,
   reservedBlock: number,
   minRows: number,
-  minQuery = 2,
-  blockSize = 16,
+  minQuery: number,
+  blockSize: number,
 ): BucketedStep {
   let [maxQ, maxKv] = attentionBounds(s);
   const pad = Math.max(maxQ < minQuery ? minQuery : 0, minRows - s.inputIds.length);

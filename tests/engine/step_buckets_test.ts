@@ -129,7 +129,7 @@ Deno.test("over many random steps each bucketed dimension takes few values", () 
 
 Deno.test("an exact step pads only to the row floor and a decode-only step's 2-token item", () => {
   // Decode-only, 3 rows: one padding item of 13 tokens gives 16 rows and a query bound of 13.
-  const d = exactStep(step([1, 1, 1], [40, 7, 300]), RESERVED, MIN_STEP_ROWS);
+  const d = exactStep(step([1, 1, 1], [40, 7, 300]), RESERVED, MIN_STEP_ROWS, 2, BLOCK);
   assertEquals(d.s.inputIds.length, MIN_STEP_ROWS);
   assertEquals([...d.s.cuSeqlens], [0, 1, 2, 3, MIN_STEP_ROWS]);
   assertEquals(d.s.blockTable[3 * d.s.maxBlocks], RESERVED);
@@ -137,13 +137,13 @@ Deno.test("an exact step pads only to the row floor and a decode-only step's 2-t
   assertEquals(d.s.sampleRows.length, MIN_STEP_ROWS);
   // Enough rows and a longer query: nothing padded but the sampled rows, exact bounds.
   const s = step([31, 5], [0, 62], 1);
-  const e = exactStep(s, RESERVED, MIN_STEP_ROWS);
+  const e = exactStep(s, RESERVED, MIN_STEP_ROWS, 2, BLOCK);
   assertEquals(e.s.inputIds, s.inputIds);
   assertEquals(e.s.cuSeqlens, s.cuSeqlens);
   assertEquals(e.attnMeta, [31, 67]);
   assertEquals(e.s.sampleRows.length, MIN_STEP_ROWS);
   // Decode-only with enough rows still gets a 2-token item.
-  const w = exactStep(step(Array(20).fill(1), Array(20).fill(9)), RESERVED, MIN_STEP_ROWS);
+  const w = exactStep(step(Array(20).fill(1), Array(20).fill(9)), RESERVED, MIN_STEP_ROWS, 2, BLOCK);
   assertEquals(w.s.inputIds.length, 22);
   assertEquals(w.attnMeta, [2, 10]);
 });
