@@ -195,6 +195,7 @@ const bad: Array<[string[], Record<string, string>, string]> = [
     '--pipeline-depth: expected one of "auto", "1", "2", "3", got "4"',
   ],
   [["--model", "m", "--batching", "fast"], {}, "--batching: expected one of"],
+  [["--model", "m", "--long-queries", "maybe"], {}, "--long-queries: expected on or off"],
   [["--model", "m", "--max-seqs", "0"], {}, "--max-seqs: expected an integer"],
   [["--model", "m", "--max-batch-tokens", "1.5"], {}, "--max-batch-tokens: expected an integer"],
   [["--model", "m"], { RAGTIME_MAX_CHUNK_TOKENS: "0" }, "--max-chunk-tokens (from RAGTIME_MAX_CHUNK_TOKENS)"],
