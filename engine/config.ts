@@ -3,7 +3,13 @@
 
 import type { LoadedModel } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
-import { ENGINE_DEFAULTS, type EngineSettings, MAX_MATMUL_SPLIT_K, MIN_STEP_ROWS } from "./protocol.ts";
+import {
+  ENGINE_DEFAULTS,
+  type EngineSettings,
+  type LongQueries,
+  MAX_MATMUL_SPLIT_K,
+  MIN_STEP_ROWS,
+} from "./protocol.ts";
 import type { SchedulerPolicy } from "./scheduler.ts";
 
 export interface EngineConfig {
@@ -29,8 +35,8 @@ export interface EngineConfig {
   matmulSplitK: number;
   /** Steps in flight at most, or "auto" (EngineSettings.pipelineDepth). */
   pipelineDepth: "auto" | 1 | 2 | 3;
-  /** Every step on PagedAttention's long-query kernel (EngineSettings.longQueries). */
-  longQueries: boolean;
+  /** Which tokens run on PagedAttention's long-query kernel (EngineSettings.longQueries). */
+  longQueries: LongQueries;
 }
 
 /** A setting that cannot work with this model; the message names the setting and the limit. */

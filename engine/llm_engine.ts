@@ -144,6 +144,7 @@ export class LLMEngine {
       maxContext: config.maxContext,
       policy: config.policy,
       maxChunkTokens: config.maxChunkTokens,
+      splitAtPrompt: runner.longQueries === "prompts",
     });
   }
 
@@ -325,26 +326,37 @@ export class LLMEngine {
 
   /**
    * The step's flat inputs. Each plan item is one sequence's span; a span longer than the runner's
-   * itemTokens (BATCH_INVARIANT_ITEM_TOKENS, or no limit in long-query mode) goes as several attention
-   * items of the same sequence (so that the step's longest query keeps PagedAttention on one kernel),
-   * and only the last row of a span that reaches the sequence's end is sampled.
+   * itemTokens (BATCH_INVARIANT_ITEM_TOKENS, or no limit for prompt spans in long-query mode) goes as
+   * several attention items of the same sequence (so that the step's longest query keeps PagedAttention
+   * on one kernel), and only the last row of a span that reaches the sequence's end is sampled. In
+   * long-query mode "prompts", prompt spans go last, from inputs.longFrom (the scheduler never lets a
+   * span cross the prompt's end).
    */
   private buildInputs(plan: StepPlan): { inputs: StepInputs; sampled: PlanItem[] } {
-    const C = this.runner.itemTokens;
-    const T = plan.items.reduce((n, it) => n + it.numTokens, 0);
-    const B = plan.items.reduce((n, it) => n + Math.max(1, Math.ceil(it.numTokens / C)), 0);
+    const isPrompt = (it: PlanItem) => it.start < it.seq.promptIds.length;
+    const long = (it: PlanItem) => this.runner.longKernel(isPrompt(it));
+    const split = this.runner.longQueries === "prompts";
+    const items = split ? [...plan.items.filter((it) => !long(it)), ...plan.items.filter(long)] : plan.items;
+    const C = (it: PlanItem) => this.runner.itemTokens(isPrompt(it));
+    const T = items.reduce((n, it) => n + it.numTokens, 0);
+    const B = items.reduce((n, it) => n + Math.max(1, Math.ceil(it.numTokens / C(it))), 0);
     const inputIds = new Int32Array(T), idSrc = new Int32Array(T).fill(-1);
     const cu = new Int32Array(B + 1), past = new Int32Array(B);
-    const maxBlocks = Math.max(1, ...plan.items.map((it) => it.seq.blockTable.length));
+    const maxBlocks = Math.max(1, ...items.map((it) => it.seq.blockTable.length));
     const blockTable = new Int32Array(B * maxBlocks);
     const sampled: PlanItem[] = [];
     const rows: number[] = [], us: number[] = [], invT: number[] = [];
     let wantLogits = false;
     let t = 0, b = 0;
-    for (const it of plan.items) {
+    let longFrom: number | undefined;
+    for (const it of items) {
       const seq = it.seq;
       const known = seq.knownLen, prompt = seq.promptIds.length;
-      for (const [start, n] of attentionItems(it.start, it.numTokens, C)) {
+      if (split && long(it)) {
+        longFrom ??= b;
+        if (it.start + it.numTokens > prompt) throw new Error(`${seq.id}: a span crosses the prompt's end`);
+      }
+      for (const [start, n] of attentionItems(it.start, it.numTokens, C(it))) {
         for (let p = start; p < start + n; p++, t++) {
           if (p < known) {
             inputIds[t] = p < prompt ? seq.promptIds[p] : seq.outputIds[p - prompt];
@@ -397,6 +409,7 @@ export class LLMEngine {
         sampleU: Float32Array.from(us),
         invTemp: Float32Array.from(invT),
         wantLogits,
+        longFrom,
       },
       sampled,
     };

@@ -13,7 +13,7 @@ import { type BuiltGraph, type GraphOptions, stepWeightTensors } from "./model/g
 import { IO } from "./model/graph_io.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
-import { splitDecodes, type StepInputs } from "./step_inputs.ts";
+import { sliceItems, splitDecodes, type StepInputs } from "./step_inputs.ts";
 export type { StepInputs };
 import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } from "./captured_steps.ts";
 import { loadOrBuildGraph } from "./graph_cache.ts";
@@ -23,9 +23,10 @@ import {
   BATCH_INVARIANT_ITEM_TOKENS,
   ENGINE_DEFAULTS,
   LONG_QUERY_TOKENS,
+  type LongQueries,
   MIN_STEP_ROWS,
 } from "./protocol.ts";
-import { bucketStep, exactStep, longQueriesOn, splitDecodesOn, stepBucketsOn } from "./step_buckets.ts";
+import { bucketStep, exactStep, longQueriesEnv, splitDecodesOn, stepBucketsOn } from "./step_buckets.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
 
 export interface RunnerOptions {
@@ -44,8 +45,8 @@ export interface RunnerOptions {
   weightsAsInputs?: boolean;
   /** Split-K factor of the linear layers (GraphOptions.splitK); default ENGINE_DEFAULTS.matmulSplitK. */
   splitK?: number;
-  /** Long-query mode (ModelRunner.longQueries); default: RAGTIME_LONG_QUERIES=on (probes). */
-  longQueries?: boolean;
+  /** Long-query mode (ModelRunner.longQueries); default: RAGTIME_LONG_QUERIES (probes). */
+  longQueries?: LongQueries;
   /** Most sampled rows a step feeds the next (the engine's max-seqs); default 256. */
   maxSeqs?: number;
   /**
@@ -88,6 +89,7 @@ const SPLIT_MIN_DECODES = 8;
 /** One session's run within a step. */
 interface StepPart {
   nextIds: ort.Tensor;
+  /** [rows padded, vocab]: the part's sampled rows' logits come first. */
   logits: ort.Tensor | null;
   /** Sampled rows of the part (its ids' rows in the step come after the earlier parts'). */
   rows: number;
@@ -97,7 +99,8 @@ interface StepPart {
 export interface StepHandle {
   /** The step's sampled ids, copied out of the session's outputs (see ModelRunner.run). */
   ids: Staging;
-  logits: ort.Tensor | null;
+  /** Wanted logits, each part's first `rows` rows in the step's order (see finish). */
+  logits: { tensor: ort.Tensor; rows: number }[] | null;
   numRows: number;
   path: StepPath;
   /** The readback, once started (see ModelRunner.startRead). */
@@ -140,10 +143,11 @@ export class ModelRunner {
   /** A mixed step's leading decodes replayed from a captured session, apart from the rest (see run). */
   splitDecodes = splitDecodesOn();
   /**
-   * Long-query mode (LONG_QUERY_TOKENS): a prompt chunk goes as one attention item, and every step's
-   * longest query is at least 32 tokens. Read once: captured sessions are built for it.
+   * Long-query mode (LongQueries): a prompt chunk goes as one attention item, and a step's part on the
+   * long-query kernel has a query of at least 32 tokens ("on": every step). Read once: captured
+   * sessions are built for it.
    */
-  readonly longQueries: boolean;
+  readonly longQueries: LongQueries;
   /** Off: a captured step submits as onnxruntime does, ~35 times (for probes; see submit_batch.ts). */
   batchSubmits = true;
   /** On: a captured replay is passed every input again (for probes; see sessions.ts runBound). */
@@ -181,7 +185,7 @@ export class ModelRunner {
       totalNodes: number;
       adapterName: string;
       softwareAdapter: boolean;
-      longQueries: boolean;
+      longQueries: LongQueries;
     },
   ) {
     this.numBlocks = info.numBlocks;
@@ -275,7 +279,7 @@ export class ModelRunner {
         totalNodes: graph.totalNodes,
         adapterName,
         softwareAdapter: software,
-        longQueries: opts.longQueries ?? longQueriesOn(),
+        longQueries: opts.longQueries ?? longQueriesEnv(),
       },
     );
   }
@@ -287,12 +291,27 @@ export class ModelRunner {
    * and more, and the kernels round differently in fp16, so a sequence's logits would depend on
    * what shares its step. The engine cuts prefill chunks into items of at most 31 tokens
    * (BATCH_INVARIANT_ITEM_TOKENS) and a step of decodes alone gets a 2-token padding item in the
-   * reserved block: every step uses one kernel.
+   * reserved block: every step uses one kernel. Long-query mode (LongQueries) moves prompt chunks,
+   * or every item, to the 32+ kernel, padding a part whose queries are all shorter to 32 instead.
    *
    * The matmuls round differently on few rows too (see MIN_STEP_ROWS): every step computes at least
    * that many token rows and sampled rows, padded as above and with repeats of sampled row 0.
    */
   async run(s: StepInputs): Promise<StepHandle> {
+    const B = s.pastSeqlens.length;
+    if (s.longFrom !== undefined && s.longFrom < B) {
+      // Long-query mode "prompts": the short kernel's items (decodes first), then the prompt chunks on
+      // the long one. No sequence has items in both, so the order between the parts is free.
+      const short = s.longFrom > 0 ? sliceItems(s, 0, s.longFrom) : null;
+      const long = sliceItems(s, s.longFrom, B);
+      const c = short && this.useCaptured ? pickCaptured(this.shapes, short.part, this.tableWidth) : -1;
+      const cap = c >= 0 ? await this.capturedSession(c) : null;
+      return await this.batched(async () => {
+        const parts = short ? [await this.runPart(short.part, cap, false, short.sampled)] : [];
+        parts.push(await this.runPart(long.part, null, true, long.sampled));
+        return this.finish(parts, s.wantLogits, short ? "split" : "uncaptured");
+      });
+    }
     const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth) : -1;
     if (c >= 0) {
       const cap = await this.capturedSession(c);
@@ -304,9 +323,10 @@ export class ModelRunner {
     // longest item (31), each over its whole context: replayed apart, they cost one row.
     // In long-query mode a decode padded to a prefill item's length (up to a whole prompt) costs that
     // many rows: split at any decode, on any GPU.
-    const longSplit = this.longQueries && !this.softwareAdapter;
+    const allLong = this.longQueries === "on";
+    const longSplit = allLong && !this.softwareAdapter;
     const split = this.useCaptured && (this.splitDecodes || longSplit)
-      ? splitDecodes(s, this.longQueries ? 1 : SPLIT_MIN_DECODES)
+      ? splitDecodes(s, allLong ? 1 : SPLIT_MIN_DECODES)
       : null;
     const dc = split ? pickCaptured(this.shapes, split.decode, this.tableWidth) : -1;
     if (split && dc >= 0) {
@@ -321,14 +341,22 @@ export class ModelRunner {
     return this.finish([await this.runPart(s, null)], s.wantLogits, "uncaptured");
   }
 
-  /** Longest attention item the engine may send (LLMEngine.buildInputs cuts prompt chunks to it). */
-  get itemTokens(): number {
-    return this.longQueries ? Infinity : BATCH_INVARIANT_ITEM_TOKENS;
+  /**
+   * Longest attention item the engine may send for a span of prompt tokens or of others (decodes, a
+   * preempted sequence's recomputed outputs); LLMEngine.buildInputs cuts spans to it.
+   */
+  itemTokens(prompt: boolean): number {
+    return this.longKernel(prompt) ? Infinity : BATCH_INVARIANT_ITEM_TOKENS;
   }
 
-  /** Tokens of the padding item of a step whose queries are all shorter (see run). */
+  /** Whether such a span runs on the long-query kernel. */
+  longKernel(prompt: boolean): boolean {
+    return this.longQueries === "on" || (prompt && this.longQueries === "prompts");
+  }
+
+  /** Tokens of the padding item of a (captured) step whose queries are all shorter (see run). */
   private get padTokens(): number {
-    return this.longQueries ? LONG_QUERY_TOKENS : 2;
+    return this.longQueries === "on" ? LONG_QUERY_TOKENS : 2;
   }
 
   /** The session of shapes[i], captured now if this is its first use. */
@@ -341,18 +369,26 @@ export class ModelRunner {
     return this.batchSubmits ? this.batch.run(f) : f();
   }
 
-  /** Runs one session over `s`; its sampled ids stay on the GPU until finish() copies them. */
-  private async runPart(s: StepInputs, cap: CapturedDecode | null): Promise<StepPart> {
-    const S = s.sampleRows.length;
+  /**
+   * Runs one session over `s`, on the long-query kernel if `long` (or in mode "on"); its `sampled`
+   * rows' ids stay on the GPU until finish() copies them.
+   */
+  private async runPart(
+    s: StepInputs,
+    cap: CapturedDecode | null,
+    long = false,
+    sampled = s.sampleRows.length,
+  ): Promise<StepPart> {
     let meta: [number, number] = [0, 0];
     if (!cap) {
-      ({ s, attnMeta: meta } = this.bucketShapes && !this.longQueries
+      const longKernel = long || this.longQueries === "on";
+      ({ s, attnMeta: meta } = this.bucketShapes && !longKernel
         ? bucketStep(s, this.numBlocks, this.blockSize, this.maxPositions, this.minRows)
-        : exactStep(s, this.numBlocks, this.minRows, this.padTokens, this.blockSize));
+        : exactStep(s, this.numBlocks, this.minRows, longKernel ? LONG_QUERY_TOKENS : 2, this.blockSize));
     }
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
-    let rows = S;
+    let rows: number;
     if (cap) {
       await cap.run(s, this.refeedCaptured);
       // The bound outputs belong to the session: never disposed, overwritten by its next replay.
@@ -383,17 +419,18 @@ export class ModelRunner {
       nextIds = sampled[IO.sampledIds];
       scratch.push(nextIds);
     }
-    return { nextIds, logits, rows: S, scratch };
+    return { nextIds, logits, rows: sampled, scratch };
   }
 
   /** The step's ids, its parts' in order, into prev_ids (the next step's inputs) and a staging buffer. */
   private finish(parts: StepPart[], wantLogits: boolean, path: StepPath): StepHandle {
     const S = parts.reduce((n, p) => n + p.rows, 0);
-    const ids = this.takeStaging(S);
+    const ids = this.takeStaging(Math.max(1, S));
     const enc = this.device.createCommandEncoder();
     const prevRows = this.prev.size / 4;
     let at = 0;
     for (const p of parts) {
+      if (p.rows === 0) continue;
       const fed = Math.min(p.rows, prevRows - at);
       if (fed > 0) enc.copyBufferToBuffer(p.nextIds.gpuBuffer, 0, this.prev, 4 * at, 4 * fed);
       enc.copyBufferToBuffer(p.nextIds.gpuBuffer, 0, ids.buffer, 4 * at, 4 * p.rows);
@@ -402,7 +439,9 @@ export class ModelRunner {
     this.device.queue.submit([enc.finish()]);
     return {
       ids,
-      logits: wantLogits ? parts[0].logits : null,
+      logits: wantLogits
+        ? parts.flatMap((p) => (p.rows > 0 && p.logits ? [{ tensor: p.logits, rows: p.rows }] : []))
+        : null,
       numRows: S,
       path,
       pending: null,
@@ -532,7 +571,7 @@ export class ModelRunner {
     // A step's GPU outputs may still be read by the step dispatched after it, which has surely
     // finished once this (later) step's data is back: release the older tensors only now.
     this.releaseLater.forEach((t) => t.dispose());
-    this.releaseLater = [...(h.logits ? [h.logits] : []), ...h.scratch];
+    this.releaseLater = [...(h.logits ?? []).map((l) => l.tensor), ...h.scratch];
     return result;
   }
 
@@ -573,13 +612,27 @@ function kvTensors(pool: KvPool): ort.Tensor[] {
   return pool.buffers.map((b) => ort.Tensor.fromGpuBuffer(b, { dataType: "float16", dims: pool.dims }));
 }
 
-async function download(ids: Staging, logits: ort.Tensor | null): Promise<StepResult> {
+async function download(ids: Staging, logits: StepHandle["logits"]): Promise<StepResult> {
   const readIds = async () => {
     await ids.buffer.mapAsync(GPUMapMode.READ, 0, 4 * ids.rows);
     const out = new Int32Array(ids.buffer.getMappedRange(0, 4 * ids.rows).slice(0));
     ids.buffer.unmap();
     return out;
   };
-  const [nextIds, l] = await Promise.all([readIds(), logits?.getData() ?? null]);
-  return { nextIds, logits: l as Float32Array | null };
+  // A step's parts each have their logits: their sampled rows, concatenated in the step's order.
+  const readLogits = async () => {
+    if (!logits) return null;
+    const data = await Promise.all(logits.map((l) => l.tensor.getData() as Promise<Float32Array>));
+    if (data.length === 1) return data[0];
+    const V = data[0].length / logits[0].tensor.dims[0];
+    const out = new Float32Array(V * logits.reduce((n, l) => n + l.rows, 0));
+    let at = 0;
+    data.forEach((d, i) => {
+      out.set(d.subarray(0, logits[i].rows * V), at);
+      at += logits[i].rows * V;
+    });
+    return out;
+  };
+  const [nextIds, l] = await Promise.all([readIds(), readLogits()]);
+  return { nextIds, logits: l };
 }

@@ -229,6 +229,15 @@ export const BATCH_INVARIANT_ITEM_TOKENS = 31;
 export const LONG_QUERY_TOKENS = 32;
 
 /**
+ * Which tokens run on PagedAttention's long-query kernel (LONG_QUERY_TOKENS): none ("off", every item
+ * at most BATCH_INVARIANT_ITEM_TOKENS), all ("on", decodes padded to 32 query rows), or prompt tokens
+ * only ("prompts": a prompt chunk is one long item, decodes and a preempted sequence's recomputed
+ * outputs stay on the short kernel, and a step holding both runs them as two parts). A token's kernel
+ * then depends only on its own request (is it a prompt token?), never on its batch.
+ */
+export type LongQueries = "off" | "on" | "prompts";
+
+/**
  * The engine settings a user chooses (flags, or a test's options); every field may be left out.
  * engine/config.ts resolves them against the loaded model into the one EngineConfig the engine runs with.
  */
@@ -277,10 +286,10 @@ export interface EngineSettings {
    */
   pipelineDepth?: "auto" | 1 | 2 | 3;
   /**
-   * Long-query mode (LONG_QUERY_TOKENS): every step on PagedAttention's kernel for queries of 32
-   * tokens and more; prompts prefill several times faster, decode steps cost more.
+   * Long-query mode (LongQueries): prompts prefill several times faster on PagedAttention's kernel for
+   * queries of 32 tokens and more; "on" puts decodes there too (dearer), "prompts" keeps them short.
    */
-  longQueries?: boolean;
+  longQueries?: LongQueries;
 }
 
 /** Largest matmul split (EngineSettings.matmulSplitK): more partial products than this only add traffic. */
@@ -297,5 +306,5 @@ export const ENGINE_DEFAULTS = {
   matmulSplitK: 8,
   webgpu: "auto",
   pipelineDepth: "auto",
-  longQueries: false,
+  longQueries: "off",
 } as const satisfies EngineSettings;

@@ -57,6 +57,12 @@ export interface SchedulerConfig {
   maxChunkTokens?: number;
   /** Clock in milliseconds; tests pass a fake one. */
   now?: () => number;
+  /**
+   * Long-query mode "prompts" (LongQueries): a prompt token's KV comes from another attention kernel
+   * than an output token's, so a chunk never crosses the prompt's end, and a cached block's content
+   * says which of its tokens were outputs (a later prompt holding the same ids computes them anew).
+   */
+  splitAtPrompt?: boolean;
 }
 
 export interface PlanItem {
@@ -115,6 +121,7 @@ export class Scheduler {
   #now: () => number;
   #maxChunk: number;
   #blockSize: number;
+  #splitAtPrompt: boolean;
   /** Sorted by arrival order (FCFS priority). */
   #running: Sequence[] = [];
   #waiting: Sequence[] = [];
@@ -139,6 +146,7 @@ export class Scheduler {
     this.#now = config.now ?? (() => performance.now());
     this.#maxChunk = config.maxChunkTokens ?? Infinity;
     this.#blockSize = config.blockSize;
+    this.#splitAtPrompt = config.splitAtPrompt ?? false;
   }
 
   get running(): readonly Sequence[] {
@@ -306,7 +314,7 @@ export class Scheduler {
     for (const seq of [...this.#running]) {
       if (draft.budget === 0) break;
       if (seq.status !== "running" || draft.planned.has(seq) || !seq.isPrefilling) continue;
-      const wanted = Math.min(seq.totalLen - seq.numComputed, draft.budget, this.#maxChunk);
+      const wanted = Math.min(this.#chunkEnd(seq, seq.numComputed) - seq.numComputed, draft.budget, this.#maxChunk);
       // Short of blocks, a smaller chunk still makes progress.
       this.#makeRoom(seq, seq.numComputed + wanted, draft);
       const chunk = Math.min(wanted, this.#blocks.capacity(seq.blockTable) - seq.numComputed);
@@ -327,11 +335,11 @@ export class Scheduler {
       if (seq.pending > 0 || seq.remainingTokens <= 0) return;
       // The cached prefix it can reuse, short of its last token, whose logits the step must produce.
       const hit = this.#blocks.lookup(
-        (p) => seq.tokenAt(p),
+        (p) => this.#keyAt(seq, p),
         Math.floor((seq.totalLen - 1) / this.#blockSize),
       );
       const start = hit.length * this.#blockSize;
-      const chunk = Math.min(seq.totalLen - start, draft.budget, this.#maxChunk);
+      const chunk = Math.min(this.#chunkEnd(seq, start) - start, draft.budget, this.#maxChunk);
       if (!this.#blocks.canShareAndCover(hit, start + chunk)) return;
       this.#blocks.share(seq.blockTable, hit);
       this.#blocks.cover(seq.blockTable, start + chunk);
@@ -404,10 +412,22 @@ export class Scheduler {
     const full = Math.floor(Math.min(seq.numComputed, seq.knownLen) / bs);
     for (let i = seq.numCommittedBlocks; i < full; i++) {
       const tokens = new Array<number>(bs);
-      for (let j = 0; j < bs; j++) tokens[j] = seq.tokenAt(i * bs + j);
+      for (let j = 0; j < bs; j++) tokens[j] = this.#keyAt(seq, i * bs + j);
       this.#blocks.commit(seq.blockTable, i, tokens);
     }
     seq.numCommittedBlocks = Math.max(seq.numCommittedBlocks, full);
+  }
+
+  /** Where a chunk from `start` may end: the sequence's end, or its prompt's (splitAtPrompt). */
+  #chunkEnd(seq: Sequence, start: number): number {
+    const prompt = seq.promptIds.length;
+    return this.#splitAtPrompt && start < prompt ? prompt : seq.totalLen;
+  }
+
+  /** Position p's token as a cached block's content names it: an output's as ~id with splitAtPrompt. */
+  #keyAt(seq: Sequence, p: number): number {
+    const id = seq.tokenAt(p);
+    return this.#splitAtPrompt && p >= seq.promptIds.length ? ~id : id;
   }
 
   #plan(draft: Draft, seq: Sequence, numTokens: number, kind: "decode" | "prefill"): void {

@@ -21,7 +21,7 @@
 // (session 6), and on a software adapter padded rows are pure arithmetic: off there.
 
 import type { StepInputs } from "./step_inputs.ts";
-import { BATCH_INVARIANT_ITEM_TOKENS } from "./protocol.ts";
+import { BATCH_INVARIANT_ITEM_TOKENS, type LongQueries } from "./protocol.ts";
 import { webGpuInUse } from "./webgpu_backend.ts";
 
 /** Bucketed steps and the exact-size buffer cache: on with Dawn; RAGTIME_STEP_BUCKETS=on|off overrides. */
@@ -39,11 +39,12 @@ export function splitDecodesOn(): boolean {
 }
 
 /**
- * Long-query mode (LONG_QUERY_TOKENS) for probes that build a runner without the engine's settings
- * (the engine's comes from --long-queries, whose env twin is the same RAGTIME_LONG_QUERIES=on).
+ * Long-query mode (LongQueries) for probes that build a runner without the engine's settings (the
+ * engine's comes from --long-queries, whose env twin is the same RAGTIME_LONG_QUERIES).
  */
-export function longQueriesOn(): boolean {
-  return Deno.env.get("RAGTIME_LONG_QUERIES") === "on";
+export function longQueriesEnv(name = "RAGTIME_LONG_QUERIES"): LongQueries {
+  const v = Deno.env.get(name);
+  return v === "on" || v === "prompts" ? v : "off";
 }
 
 function onWithDawn(env: string): boolean {

@@ -22,6 +22,11 @@ export interface StepInputs {
   invTemp: Float32Array;
   /** Read back full logits (CPU sampling, logprobs). */
   wantLogits: boolean;
+  /**
+   * In long-query mode "prompts": the first of the items that run on the long-query kernel (prompt
+   * chunks, which the engine puts last); the items before it run on the short one. Absent: none.
+   */
+  longFrom?: number;
 }
 
 /**
@@ -39,39 +44,39 @@ export function attentionItems(start: number, n: number, itemTokens: number): [n
 /**
  * A step cut after its leading decodes (one-token items whose token is sampled, as the scheduler
  * puts first) into two steps, the decodes and the rest, when there are at least `min` decodes and
- * something after them; null otherwise. Sampled rows keep their order: the decodes' are rows
- * 0..D-1 of the whole step, the rest's follow (a rest that samples nothing gets one unused row, as
- * every step needs one).
+ * something after them; null otherwise. Sampled rows keep their order (see sliceItems).
  */
 export function splitDecodes(s: StepInputs, min: number): { decode: StepInputs; rest: StepInputs } | null {
-  const B = s.pastSeqlens.length, M = s.maxBlocks;
+  const B = s.pastSeqlens.length;
   let D = 0;
   while (D < B && s.cuSeqlens[D + 1] - s.cuSeqlens[D] === 1 && s.sampleRows[D] === D) D++;
   if (s.wantLogits || D < Math.max(1, min) || D === B) return null;
-  const decode: StepInputs = {
-    inputIds: s.inputIds.slice(0, D),
-    idSrc: s.idSrc.slice(0, D),
-    cuSeqlens: s.cuSeqlens.slice(0, D + 1),
-    pastSeqlens: s.pastSeqlens.slice(0, D),
-    blockTable: s.blockTable.slice(0, D * M),
+  return { decode: sliceItems(s, 0, D).part, rest: sliceItems(s, D, B).part };
+}
+
+/**
+ * Items [from, to) of a step as a step of their own. Its sampled rows are the whole step's that fall
+ * in those items, in order (`sampled` of them); a part that samples nothing gets one unused row, as
+ * every step needs one, which its caller does not count.
+ */
+export function sliceItems(s: StepInputs, from: number, to: number): { part: StepInputs; sampled: number } {
+  const M = s.maxBlocks, t0 = s.cuSeqlens[from], t1 = s.cuSeqlens[to];
+  let r0 = 0;
+  while (r0 < s.sampleRows.length && s.sampleRows[r0] < t0) r0++;
+  let r1 = r0;
+  while (r1 < s.sampleRows.length && s.sampleRows[r1] < t1) r1++;
+  const sampled = r1 - r0;
+  const part: StepInputs = {
+    inputIds: s.inputIds.slice(t0, t1),
+    idSrc: s.idSrc.slice(t0, t1),
+    cuSeqlens: s.cuSeqlens.slice(from, to + 1).map((c) => c - t0),
+    pastSeqlens: s.pastSeqlens.slice(from, to),
+    blockTable: s.blockTable.slice(from * M, to * M),
     maxBlocks: M,
-    sampleRows: s.sampleRows.slice(0, D),
-    sampleU: s.sampleU.slice(0, D),
-    invTemp: s.invTemp.slice(0, D),
-    wantLogits: false,
+    sampleRows: sampled ? s.sampleRows.slice(r0, r1).map((r) => r - t0) : Int32Array.of(0),
+    sampleU: sampled ? s.sampleU.slice(r0, r1) : Float32Array.of(-1),
+    invTemp: sampled ? s.invTemp.slice(r0, r1) : Float32Array.of(1),
+    wantLogits: s.wantLogits && sampled > 0,
   };
-  const sampled = s.sampleRows.length > D;
-  const rest: StepInputs = {
-    inputIds: s.inputIds.slice(D),
-    idSrc: s.idSrc.slice(D),
-    cuSeqlens: s.cuSeqlens.slice(D).map((c) => c - D),
-    pastSeqlens: s.pastSeqlens.slice(D),
-    blockTable: s.blockTable.slice(D * M),
-    maxBlocks: M,
-    sampleRows: sampled ? s.sampleRows.slice(D).map((r) => r - D) : Int32Array.of(0),
-    sampleU: sampled ? s.sampleU.slice(D) : Float32Array.of(-1),
-    invTemp: sampled ? s.invTemp.slice(D) : Float32Array.of(1),
-    wantLogits: false,
-  };
-  return { decode, rest };
+  return { part, sampled };
 }

@@ -382,11 +382,12 @@ const OPTIONS = {
     flag: "--long-queries",
     env: "RAGTIME_LONG_QUERIES",
     kind: "value",
-    metavar: "on|off",
-    expect: "on or off",
-    help: "Run every step on PagedAttention's kernel for queries of 32 tokens and more: prompts prefill " +
-      "several times faster (lower TTFT), decode steps cost more (lower throughput under load).",
-    schema: bool.default(ENGINE_DEFAULTS.longQueries),
+    metavar: "off|on|prompts",
+    expect: 'one of "off", "on", "prompts"',
+    help: "Prompt chunks on PagedAttention's kernel for queries of 32 tokens and more (prefill several " +
+      "times faster, lower TTFT): prompts: prompt tokens only; on: decodes too (padded to 32 query rows, " +
+      "lower throughput under load).",
+    schema: z.enum(["off", "on", "prompts"]).default(ENGINE_DEFAULTS.longQueries),
   }),
   pipelineDepth: opt({
     flag: "--pipeline-depth",

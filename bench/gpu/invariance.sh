@@ -4,8 +4,8 @@
 # KV and logits under every way of cutting its prompt into steps and every step size) and the engine's
 # isolation and prefix-cache tests. Extra arguments go to kv_probe (e.g. --min-rows 1 shows why
 # MIN_STEP_ROWS exists). Results in $OUT (or bench/results/gpu). WEBGPU=dawn runs all of it on Dawn
-# (--preload bench/gpu/dawn.ts). LONG=on checks long-query mode (--long-queries on): kv_probe's --long
-# schemes and the tests with the engine in that mode.
+# (--preload bench/gpu/dawn.ts). LONG=on or LONG=prompts checks that long-query mode (--long-queries):
+# kv_probe's --long schemes and the tests with the engine in that mode.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source bench/gpu/setup.sh
@@ -19,7 +19,9 @@ P=()
 [ "${WEBGPU:-deno}" = dawn ] && P=(--preload bench/gpu/dawn.ts)
 rc=0
 L=()
-if [ "${LONG:-off}" = on ]; then L=(--long); export RAGTIME_LONG_QUERIES=on RAGTIME_TEST_LONG_QUERIES=on; fi
+case "${LONG:-off}" in
+  on | prompts) L=(--long); export RAGTIME_LONG_QUERIES=$LONG RAGTIME_TEST_LONG_QUERIES=$LONG ;;
+esac
 deno run -A "${P[@]}" bench/gpu/kv_probe.ts --dtype f16 --sweep "${L[@]}" --tokens "${TOKENS:-160}" "$@" 2>&1 |
   grep -v XDG_RUNTIME_DIR | tee "$OUT/kv_probe_f16.txt" || rc=1
 if [ -z "${PROBE_ONLY:-}" ]; then

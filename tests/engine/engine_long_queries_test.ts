@@ -1,6 +1,8 @@
-// Long-query mode (--long-queries on): every step on PagedAttention's kernel for queries of 32 tokens
-// and more. A prompt chunk goes as one attention item, and the guarantees hold as in the default mode:
-// the published greedy text, and a request's tokens independent of its batch, preempted or not.
+// Long-query mode: PagedAttention's kernel for queries of 32 tokens and more, for every step
+// (--long-queries on) or for prompt chunks only (prompts: decodes and a preempted sequence's
+// recomputed outputs stay on the short kernel, a step holding both runs as two parts). A prompt chunk
+// goes as one attention item, and the guarantees hold as in the default mode: the published greedy
+// text, and a request's tokens independent of its batch, preempted or cached or not.
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
@@ -14,8 +16,47 @@ import {
   STORY_TEXT,
   type Submission,
   textOf,
+  tracePlans,
 } from "../helpers/engine.ts";
 import type { StepInputs } from "../../engine/step_inputs.ts";
+import type { LongQueries } from "../../engine/protocol.ts";
+
+const MODES: LongQueries[] = ["on", "prompts"];
+
+/**
+ * Mode prompts: checks that each step's long-kernel part holds exactly its plan's prompt spans (so a
+ * preempted sequence's recomputed outputs stay on the short kernel, like the decodes that made them).
+ * Returns how many spans recomputed outputs.
+ */
+function checkKernels(
+  h: Awaited<ReturnType<typeof startEngine>>,
+  promptLen: Map<string, number>,
+): () => number {
+  const plans = tracePlans(h.engine);
+  const longTokens: number[] = [];
+  const run = h.runner.run.bind(h.runner);
+  h.runner.run = (s: StepInputs) => {
+    const T = s.inputIds.length;
+    longTokens.push(s.longFrom === undefined ? 0 : T - s.cuSeqlens[s.longFrom]);
+    return run(s);
+  };
+  return () => {
+    assertEquals(longTokens.length, plans.length);
+    let recomputed = 0;
+    plans.forEach((plan, i) => {
+      let prompt = 0;
+      for (const it of plan.items) {
+        const P = promptLen.get(it.id)!;
+        if (it.start < P) {
+          assert(it.start + it.numTokens <= P, `step ${i + 1}: ${it.id} crosses its prompt's end`);
+          prompt += it.numTokens;
+        } else if (it.numTokens > 1) recomputed++;
+      }
+      assertEquals(longTokens[i], prompt, `step ${i + 1}: tokens on the long kernel`);
+    });
+    return recomputed;
+  };
+}
 
 /** Items of each step the runner was given (before padding), as [past, query length] pairs. */
 function recordItems(h: Awaited<ReturnType<typeof startEngine>>): [number, number][][] {
@@ -28,29 +69,32 @@ function recordItems(h: Awaited<ReturnType<typeof startEngine>>): [number, numbe
   return steps;
 }
 
-Deno.test("long-query mode: the published greedy text, and a 100-token prompt as one attention item", async () => {
-  const h = await startEngine({ longQueries: true });
-  try {
-    assert(h.runner.longQueries && h.runner.itemTokens === Infinity);
-    const steps = recordItems(h);
-    const model = await stories();
-    const ev = await h.generate(
-      "a",
-      model.tokenizer.encode("Once upon a time", true),
-      params({ maxTokens: 200 }),
-    );
-    const text = "Once upon a time" + textOf(ev);
-    const n = Math.min(text.length, PUBLISHED_GREEDY.length);
-    assert(n > 400, `only ${n} characters compared`);
-    assertEquals(text.slice(0, n), PUBLISHED_GREEDY.slice(0, n));
-    const long = [1, ...model.tokenizer.encode(STORY_TEXT, false).slice(0, 99)];
-    const before = steps.length;
-    await h.generate("b", long, params({ maxTokens: 3 }));
-    assertEquals(steps[before], [[0, 100]]);
-  } finally {
-    await h.close();
-  }
-});
+for (const mode of MODES) {
+  Deno.test(`long-query mode ${mode}: the published greedy text, and a 100-token prompt as one attention item`, async () => {
+    const h = await startEngine({ longQueries: mode });
+    try {
+      assert(h.runner.longQueries === mode && h.runner.itemTokens(true) === Infinity);
+      assertEquals(h.runner.itemTokens(false), mode === "on" ? Infinity : 31);
+      const steps = recordItems(h);
+      const model = await stories();
+      const ev = await h.generate(
+        "a",
+        model.tokenizer.encode("Once upon a time", true),
+        params({ maxTokens: 200 }),
+      );
+      const text = "Once upon a time" + textOf(ev);
+      const n = Math.min(text.length, PUBLISHED_GREEDY.length);
+      assert(n > 400, `only ${n} characters compared`);
+      assertEquals(text.slice(0, n), PUBLISHED_GREEDY.slice(0, n));
+      const long = [1, ...model.tokenizer.encode(STORY_TEXT, false).slice(0, 99)];
+      const before = steps.length;
+      await h.generate("b", long, params({ maxTokens: 3 }));
+      assertEquals(steps[before], [[0, 100]]);
+    } finally {
+      await h.close();
+    }
+  });
+}
 
 async function requests(): Promise<Submission[]> {
   const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
@@ -68,45 +112,85 @@ async function requests(): Promise<Submission[]> {
   });
 }
 
-Deno.test("long-query mode: batched, staggered and preempted requests equal their outputs alone", async () => {
-  const reqs = await requests();
-  const solo = await startEngine({ longQueries: true });
-  let alone: Map<string, Outcome>;
-  try {
-    alone = await runAlone(solo, reqs);
-  } finally {
-    await solo.close();
-  }
-  // A pool of 16 blocks: the longest request fits alone, all of them together do not. Then the GPU's
-  // rules on this adapter: mixed steps split at any decode, three steps in flight.
-  const runs = [
-    { kvCacheMb: 8, gpu: false },
-    { kvCacheMb: (17 * 2048 * 10) / 2 ** 20, gpu: false },
-    { kvCacheMb: 8, gpu: true },
-  ];
-  for (const { kvCacheMb, gpu } of runs) {
-    const h = await startEngine({ longQueries: true, kvCacheMb });
-    if (gpu) h.runner.softwareAdapter = false;
+for (const mode of MODES) {
+  Deno.test(`long-query mode ${mode}: batched, staggered and preempted requests equal their outputs alone`, async () => {
+    const reqs = await requests();
+    const solo = await startEngine({ longQueries: mode });
+    let alone: Map<string, Outcome>;
     try {
-      const steps = recordItems(h);
-      // A step with a CPU-sampled row is never split (its logits come back whole): leave those out there.
-      const batch = gpu ? reqs.filter((r) => r.params.topP === 1) : reqs;
-      const pending = batch.map(async (r, i) => {
-        await new Promise((res) => setTimeout(res, 15 * i));
-        return [r.id, outcomeOf(await h.generate(r.id, r.promptIds, r.params))] as const;
-      });
-      const batched = new Map(await Promise.all(pending));
-      for (const r of batch) {
-        assertEquals(batched.get(r.id), alone.get(r.id), `${r.id} (pool ${kvCacheMb} MiB)`);
-      }
-      assert(
-        steps.some((s) => s.length > 1 && s.some(([, q]) => q > 31)),
-        "no step mixed a long item with others",
-      );
-      if (kvCacheMb < 1) assert(h.engine.stats().preemptionsTotal > 0, "the small pool preempted nothing");
-      if (gpu) assert((h.engine.stats().stepsByPath?.split ?? 0) > 0, "no mixed step was split");
+      alone = await runAlone(solo, reqs);
     } finally {
-      await h.close();
+      await solo.close();
     }
+    // A pool of 16 blocks: the longest request fits alone, all of them together do not. Then the GPU's
+    // rules on this adapter: mixed steps split at any decode (mode on), three steps in flight.
+    const runs = [
+      { kvCacheMb: 8, gpu: false },
+      { kvCacheMb: (17 * 2048 * 10) / 2 ** 20, gpu: false },
+      { kvCacheMb: 8, gpu: true },
+    ];
+    for (const { kvCacheMb, gpu } of runs) {
+      const h = await startEngine({ longQueries: mode, kvCacheMb });
+      if (gpu) h.runner.softwareAdapter = false;
+      try {
+        const steps = recordItems(h);
+        const kernels = mode === "prompts"
+          ? checkKernels(h, new Map(reqs.map((r) => [r.id, r.promptIds.length])))
+          : null;
+        // Mode on: a step with a CPU-sampled row is never split (its logits come back whole), so
+        // leave those out there. Mode prompts splits such steps too: their logits come in two parts.
+        const batch = gpu && mode === "on" ? reqs.filter((r) => r.params.topP === 1) : reqs;
+        const pending = batch.map(async (r, i) => {
+          await new Promise((res) => setTimeout(res, 15 * i));
+          return [r.id, outcomeOf(await h.generate(r.id, r.promptIds, r.params))] as const;
+        });
+        const batched = new Map(await Promise.all(pending));
+        for (const r of batch) {
+          assertEquals(batched.get(r.id), alone.get(r.id), `${r.id} (pool ${kvCacheMb} MiB)`);
+        }
+        assert(
+          steps.some((s) => s.length > 1 && s.some(([, q]) => q > 31)),
+          "no step mixed a long item with others",
+        );
+        if (kvCacheMb < 1) assert(h.engine.stats().preemptionsTotal > 0, "the small pool preempted nothing");
+        const recomputed = kernels?.();
+        if (kernels && kvCacheMb < 1) assert(recomputed! > 0, "no preempted sequence recomputed its outputs");
+        if (gpu || mode === "prompts") {
+          assert((h.engine.stats().stepsByPath?.split ?? 0) > 0, "no mixed step was split");
+        }
+      } finally {
+        await h.close();
+      }
+    }
+  });
+}
+
+Deno.test("long-query mode prompts: a prompt holding an earlier answer reuses only the earlier prompt's blocks", async () => {
+  // An answer's KV came from the short kernel, the same tokens in a later prompt's from the long one:
+  // the cache must not hand the first to the second ("caching never changes a request's tokens").
+  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
+  const first = [1, ...story.slice(0, 70)];
+  const greedy = params({ maxTokens: 40, ignoreEos: true });
+  const h = await startEngine({ longQueries: "prompts" });
+  let answer: number[], cached: number, second: Outcome, next: number[];
+  try {
+    answer = (await h.generate("a", first, greedy)).flatMap((e) => (e.type === "delta" ? e.tokenIds : []));
+    assertEquals(answer.length, 40);
+    next = [...first, ...answer, ...story.slice(200, 240)];
+    const ev = await h.generate("b", next, greedy);
+    const done = ev[ev.length - 1];
+    assert(done.type === "done");
+    cached = done.cachedPromptTokens ?? -1;
+    second = outcomeOf(ev);
+  } finally {
+    await h.close();
+  }
+  // The first prompt's full blocks (64 of its 71 tokens), not the answer's.
+  assertEquals(cached, 64);
+  const fresh = await startEngine({ longQueries: "prompts", prefixCaching: false });
+  try {
+    assertEquals(outcomeOf(await fresh.generate("b", next, greedy)), second);
+  } finally {
+    await fresh.close();
   }
 });

@@ -7,6 +7,7 @@ import type { LocalEngine, LocalEngineOptions } from "../../engine/local_engine.
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
 import type { GenerateEvent, SamplingParams } from "../../engine/protocol.ts";
+import { longQueriesEnv } from "../../engine/step_buckets.ts";
 import { STORIES260K } from "./fixtures.ts";
 
 export const PUBLISHED_GREEDY =
@@ -33,8 +34,8 @@ export type Harness = LocalEngine;
 const TEST_SETTINGS: LocalEngineOptions = {
   // f16 on a GPU host checks the guarantees where the kernels round most (RAGTIME_TEST_DTYPE=f16).
   dtype: Deno.env.get("RAGTIME_TEST_DTYPE") === "f16" ? "f16" : "f32",
-  // The guarantees in long-query mode too (RAGTIME_TEST_LONG_QUERIES=on; bench/gpu/invariance.sh).
-  longQueries: Deno.env.get("RAGTIME_TEST_LONG_QUERIES") === "on",
+  // The guarantees in long-query mode too (RAGTIME_TEST_LONG_QUERIES=on|prompts; bench/gpu/invariance.sh).
+  longQueries: longQueriesEnv("RAGTIME_TEST_LONG_QUERIES"),
   kvCacheMb: 8,
   maxBatchTokens: 512,
   maxSeqs: 64,

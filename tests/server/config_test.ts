@@ -62,7 +62,7 @@ Deno.test("config: defaults", () => {
     matmulSplitK: 8,
     webgpu: "auto",
     pipelineDepth: "auto",
-    longQueries: false,
+    longQueries: "off",
   });
 });
 
@@ -111,7 +111,7 @@ Deno.test("config: every flag, both spellings", () => {
     "dawn",
     "--pipeline-depth",
     "2",
-    "--long-queries=on",
+    "--long-queries=prompts",
   ], env());
   assertEquals(c.model, "/models/x");
   assertEquals(c.host, "0.0.0.0");
@@ -135,7 +135,7 @@ Deno.test("config: every flag, both spellings", () => {
   assertEquals(c.graphCache, "/tmp/g");
   assertEquals(c.webgpu, "dawn");
   assertEquals(c.pipelineDepth, 2);
-  assertEquals(c.longQueries, true);
+  assertEquals(c.longQueries, "prompts");
 });
 
 Deno.test("config: environment twins, and flags win", () => {
@@ -163,7 +163,7 @@ Deno.test("config: environment twins, and flags win", () => {
   assertEquals(c.shutdownTimeoutS, 0);
   assertEquals(c.webgpu, "auto");
   assertEquals(c.pipelineDepth, 1);
-  assertEquals(c.longQueries, true);
+  assertEquals(c.longQueries, "on");
 
   const f = parseConfig(["--port", "7001", "--api-key", "flag", "--dtype", "auto"], env(vars));
   assertEquals(f.port, 7001);
@@ -195,7 +195,7 @@ const bad: Array<[string[], Record<string, string>, string]> = [
     '--pipeline-depth: expected one of "auto", "1", "2", "3", got "4"',
   ],
   [["--model", "m", "--batching", "fast"], {}, "--batching: expected one of"],
-  [["--model", "m", "--long-queries", "maybe"], {}, "--long-queries: expected on or off"],
+  [["--model", "m", "--long-queries", "maybe"], {}, '--long-queries: expected one of "off", "on", "prompts"'],
   [["--model", "m", "--max-seqs", "0"], {}, "--max-seqs: expected an integer"],
   [["--model", "m", "--max-batch-tokens", "1.5"], {}, "--max-batch-tokens: expected an integer"],
   [["--model", "m"], { RAGTIME_MAX_CHUNK_TOKENS: "0" }, "--max-chunk-tokens (from RAGTIME_MAX_CHUNK_TOKENS)"],
@@ -413,7 +413,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     prefixCaching: true,
     matmulSplitK: 8,
     pipelineDepth: "auto",
-    longQueries: false,
+    longQueries: "off",
   });
   // Default context bounds 256 and 1024, those under the limit; a bound over it leaves the limit only.
   const long = randomModel("llama", 1, { maxContext: 2048 });
@@ -444,7 +444,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     prefixCaching: false,
     matmulSplitK: 2,
     pipelineDepth: 1,
-    longQueries: true,
+    longQueries: "on",
   } as const;
   const { blockSize: _, graphCapture, ...c } = resolveEngineConfig({ ...set, graphCapture: false }, model);
   const { maxModelLen, ...rest } = set;
