@@ -314,7 +314,11 @@ export class Scheduler {
     for (const seq of [...this.#running]) {
       if (draft.budget === 0) break;
       if (seq.status !== "running" || draft.planned.has(seq) || !seq.isPrefilling) continue;
-      const wanted = Math.min(this.#chunkEnd(seq, seq.numComputed) - seq.numComputed, draft.budget, this.#maxChunk);
+      const wanted = Math.min(
+        this.#chunkEnd(seq, seq.numComputed) - seq.numComputed,
+        draft.budget,
+        this.#maxChunk,
+      );
       // Short of blocks, a smaller chunk still makes progress.
       this.#makeRoom(seq, seq.numComputed + wanted, draft);
       const chunk = Math.min(wanted, this.#blocks.capacity(seq.blockTable) - seq.numComputed);
