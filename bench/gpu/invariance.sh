@@ -19,8 +19,10 @@ P=()
 [ "${WEBGPU:-deno}" = dawn ] && P=(--preload bench/gpu/dawn.ts)
 rc=0
 L=()
+# kv_probe checks the long-query kernel itself (its runner in mode on pads every step to a long query);
+# the tests run the engine in the mode asked for.
 case "${LONG:-off}" in
-  on | prompts) L=(--long); export RAGTIME_LONG_QUERIES=$LONG RAGTIME_TEST_LONG_QUERIES=$LONG ;;
+  on | prompts) L=(--long); export RAGTIME_LONG_QUERIES=on RAGTIME_TEST_LONG_QUERIES=$LONG ;;
 esac
 deno run -A "${P[@]}" bench/gpu/kv_probe.ts --dtype f16 --sweep "${L[@]}" --tokens "${TOKENS:-160}" "$@" 2>&1 |
   grep -v XDG_RUNTIME_DIR | tee "$OUT/kv_probe_f16.txt" || rc=1

@@ -26,6 +26,9 @@ export const params = neutralSamplingParams;
 
 export type Harness = LocalEngine;
 
+/** The tests' long-query mode (RAGTIME_TEST_LONG_QUERIES; bench/gpu/invariance.sh sets it). */
+export const TEST_LONG_QUERIES = longQueriesEnv("RAGTIME_TEST_LONG_QUERIES");
+
 /**
  * Small and quick on a software adapter; the server's defaults are engine/config.ts's. Decode steps
  * replay captured sessions as the server's do, each captured on its first use rather than at start
@@ -35,7 +38,7 @@ const TEST_SETTINGS: LocalEngineOptions = {
   // f16 on a GPU host checks the guarantees where the kernels round most (RAGTIME_TEST_DTYPE=f16).
   dtype: Deno.env.get("RAGTIME_TEST_DTYPE") === "f16" ? "f16" : "f32",
   // The guarantees in long-query mode too (RAGTIME_TEST_LONG_QUERIES=on|prompts; bench/gpu/invariance.sh).
-  longQueries: longQueriesEnv("RAGTIME_TEST_LONG_QUERIES"),
+  longQueries: TEST_LONG_QUERIES,
   kvCacheMb: 8,
   maxBatchTokens: 512,
   maxSeqs: 64,
