@@ -108,7 +108,7 @@ try {
   log(
     `ragtime: model ${client.info.name} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s ` +
       `(dtype ${r.dtype}, ${r.nodesPerLayer} graph nodes per layer, ${r.kvBlocks} KV blocks of ${r.blockSize}, ` +
-      `context ${r.maxContext}, adapter: ${r.adapter}, batching ${config.batching})`,
+      `context ${r.maxContext}, adapter: ${r.adapter}, batching ${config.batching}, long queries ${r.longQueries})`,
   );
   const gen = Object.entries(client.info.generation ?? {});
   if (gen.length > 0) {

@@ -36,7 +36,7 @@ export interface EngineConfig {
   /** Steps in flight at most, or "auto" (EngineSettings.pipelineDepth). */
   pipelineDepth: "auto" | 1 | 2 | 3;
   /** Which tokens run on PagedAttention's long-query kernel (EngineSettings.longQueries). */
-  longQueries: LongQueries;
+  longQueries: LongQueries | "auto";
 }
 
 /** A setting that cannot work with this model; the message names the setting and the limit. */

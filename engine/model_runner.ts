@@ -25,6 +25,7 @@ import {
   LONG_QUERY_TOKENS,
   type LongQueries,
   MIN_STEP_ROWS,
+  resolveLongQueries,
 } from "./protocol.ts";
 import { bucketStep, exactStep, longQueriesEnv, splitDecodesOn, stepBucketsOn } from "./step_buckets.ts";
 import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
@@ -46,7 +47,7 @@ export interface RunnerOptions {
   /** Split-K factor of the linear layers (GraphOptions.splitK); default ENGINE_DEFAULTS.matmulSplitK. */
   splitK?: number;
   /** Long-query mode (ModelRunner.longQueries); default: RAGTIME_LONG_QUERIES (probes). */
-  longQueries?: LongQueries;
+  longQueries?: LongQueries | "auto";
   /** Most sampled rows a step feeds the next (the engine's max-seqs); default 256. */
   maxSeqs?: number;
   /**
@@ -279,7 +280,7 @@ export class ModelRunner {
         totalNodes: graph.totalNodes,
         adapterName,
         softwareAdapter: software,
-        longQueries: opts.longQueries ?? longQueriesEnv(),
+        longQueries: resolveLongQueries(opts.longQueries ?? longQueriesEnv(), software),
       },
     );
   }

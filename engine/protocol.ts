@@ -238,6 +238,15 @@ export const LONG_QUERY_TOKENS = 32;
 export type LongQueries = "off" | "on" | "prompts";
 
 /**
+ * The mode resolved against the adapter: "prompts" on a GPU (H200: 1.25x the output throughput and
+ * 0.6x the TTFT of "off" under load, docs/BENCHMARKS.md session 12), "off" on a software adapter, where
+ * the long kernel is slower and the second part of a split step costs more than it saves.
+ */
+export function resolveLongQueries(setting: LongQueries | "auto", softwareAdapter: boolean): LongQueries {
+  return setting !== "auto" ? setting : softwareAdapter ? "off" : "prompts";
+}
+
+/**
  * The engine settings a user chooses (flags, or a test's options); every field may be left out.
  * engine/config.ts resolves them against the loaded model into the one EngineConfig the engine runs with.
  */
@@ -287,9 +296,10 @@ export interface EngineSettings {
   pipelineDepth?: "auto" | 1 | 2 | 3;
   /**
    * Long-query mode (LongQueries): prompts prefill several times faster on PagedAttention's kernel for
-   * queries of 32 tokens and more; "on" puts decodes there too (dearer), "prompts" keeps them short.
+   * queries of 32 tokens and more; "on" puts decodes there too (dearer), "prompts" keeps them short;
+   * "auto": resolveLongQueries.
    */
-  longQueries?: LongQueries;
+  longQueries?: LongQueries | "auto";
 }
 
 /** Largest matmul split (EngineSettings.matmulSplitK): more partial products than this only add traffic. */
@@ -306,5 +316,5 @@ export const ENGINE_DEFAULTS = {
   matmulSplitK: 8,
   webgpu: "auto",
   pipelineDepth: "auto",
-  longQueries: "off",
+  longQueries: "auto",
 } as const satisfies EngineSettings;

@@ -63,6 +63,7 @@ async function init(o: WorkerInit) {
     kvBlocks: runner.numBlocks,
     blockSize: runner.blockSize,
     maxContext: created.config.maxContext,
+    longQueries: runner.longQueries,
   });
 }
 

@@ -21,6 +21,8 @@ export interface ReadyInfo {
   kvBlocks: number;
   blockSize: number;
   maxContext: number;
+  /** Long-query mode as resolved for the adapter (EngineSettings.longQueries). */
+  longQueries: string;
 }
 
 export type ToClient =

@@ -382,12 +382,12 @@ const OPTIONS = {
     flag: "--long-queries",
     env: "RAGTIME_LONG_QUERIES",
     kind: "value",
-    metavar: "off|on|prompts",
-    expect: 'one of "off", "on", "prompts"',
+    metavar: "auto|off|on|prompts",
+    expect: 'one of "auto", "off", "on", "prompts"',
     help: "Prompt chunks on PagedAttention's kernel for queries of 32 tokens and more (prefill several " +
       "times faster, lower TTFT): prompts: prompt tokens only; on: decodes too (padded to 32 query rows, " +
-      "lower throughput under load).",
-    schema: z.enum(["off", "on", "prompts"]).default(ENGINE_DEFAULTS.longQueries),
+      "lower throughput under load); auto: prompts on a GPU, off on a software adapter.",
+    schema: z.enum(["auto", "off", "on", "prompts"]).default(ENGINE_DEFAULTS.longQueries),
   }),
   pipelineDepth: opt({
     flag: "--pipeline-depth",

@@ -65,6 +65,8 @@ const { runner, config } = await createEngine(model, {
   maxModelLen: 512,
   graphCaptureEager: false,
   matmulSplitK: Number(args.split),
+  // --long: every step padded to a long query, so the --sweep schemes run on the long kernel too.
+  longQueries: args.long ? "on" : "off",
 });
 if (args["min-rows"] !== undefined) runner.minRows = Number(args["min-rows"]);
 // The story's tokens where the model has a tokenizer, else fixed ids below the vocab's specials.

@@ -19,7 +19,7 @@ import {
   tracePlans,
 } from "../helpers/engine.ts";
 import type { StepInputs } from "../../engine/step_inputs.ts";
-import type { LongQueries } from "../../engine/protocol.ts";
+import { type LongQueries, resolveLongQueries } from "../../engine/protocol.ts";
 
 const MODES: LongQueries[] = ["on", "prompts"];
 
@@ -192,5 +192,17 @@ Deno.test("long-query mode prompts: a prompt holding an earlier answer reuses on
     assertEquals(outcomeOf(await fresh.generate("b", next, greedy)), second);
   } finally {
     await fresh.close();
+  }
+});
+
+Deno.test("long-query mode auto: prompts on a GPU, off on a software adapter (this one)", async () => {
+  assertEquals(resolveLongQueries("auto", false), "prompts");
+  assertEquals(resolveLongQueries("auto", true), "off");
+  for (const m of MODES) assertEquals(resolveLongQueries(m, true), m);
+  const h = await startEngine({ longQueries: "auto" });
+  try {
+    assertEquals(h.runner.longQueries, h.runner.softwareAdapter ? "off" : "prompts");
+  } finally {
+    await h.close();
   }
 });

@@ -62,7 +62,7 @@ Deno.test("config: defaults", () => {
     matmulSplitK: 8,
     webgpu: "auto",
     pipelineDepth: "auto",
-    longQueries: "off",
+    longQueries: "auto",
   });
 });
 
@@ -195,7 +195,11 @@ const bad: Array<[string[], Record<string, string>, string]> = [
     '--pipeline-depth: expected one of "auto", "1", "2", "3", got "4"',
   ],
   [["--model", "m", "--batching", "fast"], {}, "--batching: expected one of"],
-  [["--model", "m", "--long-queries", "maybe"], {}, '--long-queries: expected one of "off", "on", "prompts"'],
+  [
+    ["--model", "m", "--long-queries", "maybe"],
+    {},
+    '--long-queries: expected one of "auto", "off", "on", "prompts"',
+  ],
   [["--model", "m", "--max-seqs", "0"], {}, "--max-seqs: expected an integer"],
   [["--model", "m", "--max-batch-tokens", "1.5"], {}, "--max-batch-tokens: expected an integer"],
   [["--model", "m"], { RAGTIME_MAX_CHUNK_TOKENS: "0" }, "--max-chunk-tokens (from RAGTIME_MAX_CHUNK_TOKENS)"],
@@ -413,7 +417,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     prefixCaching: true,
     matmulSplitK: 8,
     pipelineDepth: "auto",
-    longQueries: "off",
+    longQueries: "auto",
   });
   // Default context bounds 256 and 1024, those under the limit; a bound over it leaves the limit only.
   const long = randomModel("llama", 1, { maxContext: 2048 });
