@@ -382,10 +382,10 @@ export class ModelRunner {
   ): Promise<StepPart> {
     let meta: [number, number] = [0, 0];
     if (!cap) {
-      const longKernel = long || this.longQueries === "on";
-      ({ s, attnMeta: meta } = this.bucketShapes && !longKernel
-        ? bucketStep(s, this.numBlocks, this.blockSize, this.maxPositions, this.minRows)
-        : exactStep(s, this.numBlocks, this.minRows, longKernel ? LONG_QUERY_TOKENS : 2, this.blockSize));
+      const longQuery = long || this.longQueries === "on" ? LONG_QUERY_TOKENS : 0;
+      ({ s, attnMeta: meta } = this.bucketShapes
+        ? bucketStep(s, this.numBlocks, this.blockSize, this.maxPositions, this.minRows, longQuery)
+        : exactStep(s, this.numBlocks, this.minRows, longQuery || 2, this.blockSize));
     }
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];

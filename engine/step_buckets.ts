@@ -13,7 +13,7 @@
 // Padding never changes a real row: padded tokens are items of at most a block in the reserved block
 // (their KV lands there and nothing reads it), padded sampled rows repeat row 0, padded table columns
 // are never reached (each item reads only its own past), and the bounds are upper bounds that select the
-// same kernel (every item is under 32 tokens).
+// same kernel (every item is under 32 tokens, or on the long-query kernel one is 32 or more).
 //
 // Worth it where a long step's CPU dispatch outlasts its GPU work: on Dawn (H200, docs/BENCHMARKS.md
 // session 9: Llama-3.2-1B shape 1.5x the throughput, TTFT 11.3 -> 4.0 s). On Deno's WebGPU its kernels
@@ -73,6 +73,9 @@ export interface BucketedStep {
  * The step padded to bucketed shapes. `reservedBlock` is the KV block no sequence owns, `blockSize`
  * its capacity (the most tokens a padding item holds), `maxPositions` the rotary tables' length (the
  * context bound may not exceed it), `minRows` the fewest token and sampled rows of any step.
+ * `longQuery` (LONG_QUERY_TOKENS, for a step on the long-query kernel): a step whose queries are all
+ * shorter first gets a padding item that long, and the query bound is bucketed too; the kernel gives a
+ * token the same bits whatever the step's other items and bounds (kv_probe --long).
  */
 export function bucketStep(
   s: StepInputs,
@@ -80,9 +83,15 @@ export function bucketStep(
   blockSize: number,
   maxPositions: number,
   minRows: number,
+  longQuery = 0,
 ): BucketedStep {
+  let [maxQ, maxKv] = attentionBounds(s);
+  if (maxQ < longQuery) {
+    s = padItems(s, reservedBlock, longQuery, 1, Math.ceil(longQuery / blockSize));
+    maxQ = longQuery;
+    maxKv = Math.max(maxKv, longQuery);
+  }
   const T = s.inputIds.length, B = s.pastSeqlens.length;
-  const [maxQ, maxKv] = attentionBounds(s);
   // A step of one-token queries gets a 2-token item, as ModelRunner.run explains; padding items hold
   // 1..cap tokens (a block, and fewer than 32 so that the kernel stays the same).
   const two = maxQ < 2 ? 1 : 0, cap = Math.min(blockSize, BATCH_INVARIANT_ITEM_TOKENS);
@@ -101,7 +110,7 @@ export function bucketStep(
   return {
     s: padSampled(widenTable(padded, width), bucketUp(s.sampleRows.length, minRows)),
     attnMeta: [
-      Math.max(maxQ, BATCH_INVARIANT_ITEM_TOKENS),
+      longQuery ? bucketUp(maxQ, longQuery) : Math.max(maxQ, BATCH_INVARIANT_ITEM_TOKENS),
       Math.min(maxPositions, Math.ceil(Math.max(maxKv, cap) / KV_BOUND_STEP) * KV_BOUND_STEP),
     ],
   };

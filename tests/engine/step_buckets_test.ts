@@ -170,6 +170,39 @@ Deno.test("long-query mode: a step whose queries are all short gets a 32-token i
   assertEquals(short.attnMeta, [L, 301]);
 });
 
+Deno.test("a bucketed long-query step keeps its real rows, has a 32-token item and few shapes", () => {
+  const L = LONG_QUERY_TOKENS;
+  const seen = [new Set<number>(), new Set<number>(), new Set<number>()];
+  const cases: [number[], number[]][] = [[[1], [900]], [[5, 20], [0, 64]], [[100, 40, 7], [0, 16, 300]], [[
+    513,
+  ], [0]]];
+  for (let i = 0; i < 200; i++) cases.push([[33 + ((i * 37) % 700), 1 + (i % 31)], [(i * 16) % 400, 0]]);
+  for (const [qs, pasts] of cases) {
+    const s = step(qs, pasts);
+    const { s: p, attnMeta } = bucketStep(s, RESERVED, BLOCK, MAX_POS, MIN_STEP_ROWS, L);
+    const T = s.inputIds.length, B = qs.length, Bp = p.pastSeqlens.length;
+    const what = `queries ${qs}`;
+    assertEquals([...p.inputIds.subarray(0, T)], [...s.inputIds], what);
+    assertEquals([...p.cuSeqlens.subarray(0, B + 1)], [...s.cuSeqlens], what);
+    assertEquals([...p.pastSeqlens.subarray(0, B)], [...s.pastSeqlens], what);
+    const padQ = Array.from({ length: Bp - B }, (_, j) => p.cuSeqlens[B + j + 1] - p.cuSeqlens[B + j]);
+    // Some item has 32+ tokens: a real one, or the first padding item (its blocks all reserved).
+    if (Math.max(...qs) < L) {
+      assertEquals(padQ[0], L, what);
+      assertEquals([...p.blockTable.subarray(B * p.maxBlocks, B * p.maxBlocks + L / BLOCK)], [
+        RESERVED,
+        RESERVED,
+      ]);
+    }
+    assert(
+      attnMeta[0] >= Math.max(L, ...qs) && attnMeta[0] === bucketUp(attnMeta[0], L),
+      `${what}: ${attnMeta}`,
+    );
+    [p.inputIds.length, Bp, attnMeta[0]].forEach((v, d) => seen[d].add(v));
+  }
+  seen.forEach((set, d) => assert(set.size <= 24, `dimension ${d}: ${set.size} sizes`));
+});
+
 Deno.test("bucketing follows RAGTIME_STEP_BUCKETS, else is off until Dawn is selected", () => {
   const saved = Deno.env.get("RAGTIME_STEP_BUCKETS");
   try {
