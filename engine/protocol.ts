@@ -238,9 +238,11 @@ export const LONG_QUERY_TOKENS = 32;
 export type LongQueries = "off" | "on" | "prompts";
 
 /**
- * The mode resolved against the adapter: "prompts" on a GPU (H200: 1.25x the output throughput and
- * 0.6x the TTFT of "off" under load, docs/BENCHMARKS.md session 12), "off" on a software adapter, where
- * the long kernel is slower and the second part of a split step costs more than it saves.
+ * The mode resolved against the adapter: "prompts" on a GPU, where it wins everywhere measured (H200:
+ * 1.25x the output throughput and 0.6x the TTFT of "off" under load, and cheaper chat turns, cached or
+ * not); "off" on a software adapter, where it keeps a chat's earlier answers in the prefix cache: there
+ * "prompts" gave 1.16x the throughput on random prompts but cached chat turns 1.2-1.6x slower
+ * (docs/BENCHMARKS.md session 12).
  */
 export function resolveLongQueries(setting: LongQueries | "auto", softwareAdapter: boolean): LongQueries {
   return setting !== "auto" ? setting : softwareAdapter ? "off" : "prompts";
