@@ -322,8 +322,8 @@ export class ModelRunner {
     }
     // A mixed step's decodes in PagedAttention's padded layout cost as many query rows as its
     // longest item (31), each over its whole context: replayed apart, they cost one row.
-    // In long-query mode a decode padded to a prefill item's length (up to a whole prompt) costs that
-    // many rows: split at any decode, on any GPU.
+    // In long-query mode "on" a decode padded to a prefill item's length (up to a whole prompt) costs
+    // that many rows: split at any decode, on any GPU. (Mode "prompts" always splits, above.)
     const allLong = this.longQueries === "on";
     const longSplit = allLong && !this.softwareAdapter;
     const split = this.useCaptured && (this.splitDecodes || longSplit)

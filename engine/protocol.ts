@@ -220,7 +220,7 @@ export const MIN_STEP_ROWS = 16;
 export const BATCH_INVARIANT_ITEM_TOKENS = 31;
 
 /**
- * Shortest longest-query of a step in long-query mode (step_buckets.ts longQueriesOn): onnxruntime's
+ * Shortest longest-query of a step on the long-query kernel (LongQueries): onnxruntime's
  * PagedAttention kernel for queries of 32 tokens and more gives a token the same bits whatever its item's
  * length, its step's other items and bounds, one-token items beside a 32-token padding item included
  * (bench/gpu/kv_probe.ts --long: H200 f16 on Dawn and Deno's WebGPU, llvmpipe), so every step can use it:

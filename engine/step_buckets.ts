@@ -151,7 +151,8 @@ function attentionBounds(s: StepInputs): [number, number] {
 
 /**
  * Appends `n` items holding `tokens` tokens in all (spread evenly), each at past 0 in `block`, whose
- * KV lands there: padding rows, and the 2-token item a step of one-token queries needs.
+ * KV lands there: padding rows, and the 2- or 32-token item a step of shorter queries needs (`columns`
+ * table columns, all `block`).
  */
 function padItems(s: StepInputs, block: number, tokens: number, n: number, columns = 1): StepInputs {
   if (n === 0) return s;
