@@ -1,5 +1,6 @@
-// Decode steps replayed from captured sessions (onnxruntime-web graph capture), so that a step
-// costs one replay instead of hundreds of WebGPU dispatches recorded anew by the CPU.
+// Decode steps, and in long-query mode "prompts" short prompt parts, replayed from captured sessions
+// (onnxruntime-web graph capture), so that a step costs one replay instead of hundreds of WebGPU
+// dispatches recorded anew by the CPU.
 //
 // A captured session replays the dispatches of its first run: its shapes, its bound buffers and
 // every host-side value a kernel read are frozen. So each session serves one shape, the way vLLM
@@ -10,18 +11,39 @@
 // the GPU inputs). The inputs are GPU buffers bound on the first run and rewritten in place before
 // each replay; the weights, the KV pool and prev_ids are the runner's buffers, shared by every
 // session. Dummy rows and the padding item write their KV into the pool's reserved block.
+//
+// A prompt shape ("prompt") serves the long-query kernel's part of a step (LongQueries "prompts"):
+// `rows` token rows in `items` attention items of at most `query` tokens (attn_meta [query, kvCap]),
+// each chunk cut into items of that length (that kernel gives a token the same bits however its
+// prompt is cut: kv_probe --long), the rows left over spread over padding items in the reserved
+// block. An uncaptured long part costs ~50-100 ms of CPU dispatch on the H200 whatever its size
+// (SmolLM2-135M shape): a chat turn's few new tokens after a cached prefix paid that in full.
 
 import * as ort from "onnxruntime-web/webgpu";
 import type { BuiltGraph } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import type { StepInputs } from "./step_inputs.ts";
+import { MIN_STEP_ROWS } from "./protocol.ts";
 import { createStepSession, type Feeds, pinGpuBuffer, runBound, type Session } from "./sessions.ts";
 
 export interface CaptureShape {
-  /** Real rows at most (the padding item comes on top). */
+  kind: "decode" | "prompt";
+  /** decode: real rows at most (the padding item comes on top). prompt: attention items, padding included. */
   batch: number;
   /** attn_meta's bound on the longest context in a step, in tokens. */
   kvCap: number;
+  /** prompt: token rows, padding included. */
+  rows?: number;
+  /** prompt: the longest item (attn_meta's query bound). */
+  query?: number;
+}
+
+/** Token rows, items and sampled rows of a shape's step, and attn_meta's query bound. */
+function dimsOf(shape: CaptureShape, padTokens: number) {
+  if (shape.kind === "decode") {
+    return { T: shape.batch + padTokens, B: shape.batch + 1, S: shape.batch, query: padTokens };
+  }
+  return { T: shape.rows!, B: shape.batch, S: Math.max(MIN_STEP_ROWS, shape.batch), query: shape.query! };
 }
 
 /** What every captured session shares with the runner. */
@@ -53,7 +75,7 @@ const INPUT_NAMES: Record<IntInput, string> = {
 
 const IO_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
-export class CapturedDecode {
+export class CapturedStep {
   private readonly host: Record<IntInput, Int32Array>;
   private readonly buffers: GPUBuffer[] = [];
   /** Whether the first run bound the inputs (later runs need not pass them: see runBound). */
@@ -67,32 +89,32 @@ export class CapturedDecode {
     private readonly feeds: Feeds,
     private readonly fetches: Feeds,
   ) {
-    const B = shape.batch, M = shared.tableWidth, P = shared.padTokens;
+    const { T, B, S } = dimsOf(shape, shared.padTokens), M = shared.tableWidth;
     this.host = {
-      inputIds: new Int32Array(B + P),
-      idSrc: new Int32Array(B + P),
-      cuSeqlens: new Int32Array(B + 2),
-      pastSeqlens: new Int32Array(B + 1),
-      blockTable: new Int32Array((B + 1) * M),
-      sampleRows: new Int32Array(B),
+      inputIds: new Int32Array(T),
+      idSrc: new Int32Array(T),
+      cuSeqlens: new Int32Array(B + 1),
+      pastSeqlens: new Int32Array(B),
+      blockTable: new Int32Array(B * M),
+      sampleRows: new Int32Array(S),
     };
     this.buffers.push(...Object.values(inputs), fetches[IO.logits].gpuBuffer, fetches[IO.nextIds].gpuBuffer);
   }
 
   /** A session for this shape with its buffers; not captured until its first run (see capture). */
-  static async create(graph: BuiltGraph, shape: CaptureShape, shared: SharedFeeds): Promise<CapturedDecode> {
-    const P = shared.padTokens;
-    const session = await createStepSession(graph, [P, shape.kvCap], { enableGraphCapture: true });
-    const B = shape.batch, M = shared.tableWidth, dev = shared.device;
+  static async create(graph: BuiltGraph, shape: CaptureShape, shared: SharedFeeds): Promise<CapturedStep> {
+    const { T, B, S, query } = dimsOf(shape, shared.padTokens);
+    const session = await createStepSession(graph, [query, shape.kvCap], { enableGraphCapture: true });
+    const M = shared.tableWidth, dev = shared.device;
     const buffer = (elems: number) =>
       pinGpuBuffer(dev.createBuffer({ size: Math.max(16, 4 * elems), usage: IO_USAGE }));
     const dims: Record<IntInput, number[]> = {
-      inputIds: [B + P],
-      idSrc: [B + P],
-      cuSeqlens: [B + 2],
-      pastSeqlens: [B + 1],
-      blockTable: [B + 1, M],
-      sampleRows: [B],
+      inputIds: [T],
+      idSrc: [T],
+      cuSeqlens: [B + 1],
+      pastSeqlens: [B],
+      blockTable: [B, M],
+      sampleRows: [S],
     };
     const inputs = {} as Record<IntInput, GPUBuffer>;
     const feeds: Feeds = { ...shared.feeds };
@@ -101,21 +123,26 @@ export class CapturedDecode {
       feeds[INPUT_NAMES[k]] = ort.Tensor.fromGpuBuffer(inputs[k], { dataType: "int32", dims: dims[k] });
     }
     const fetches: Feeds = {
-      [IO.logits]: ort.Tensor.fromGpuBuffer(buffer(B * shared.vocab), {
+      [IO.logits]: ort.Tensor.fromGpuBuffer(buffer(S * shared.vocab), {
         dataType: "float32",
-        dims: [B, shared.vocab],
+        dims: [S, shared.vocab],
       }),
-      [IO.nextIds]: ort.Tensor.fromGpuBuffer(buffer(B), { dataType: "int32", dims: [B] }),
+      [IO.nextIds]: ort.Tensor.fromGpuBuffer(buffer(S), { dataType: "int32", dims: [S] }),
     };
-    return new CapturedDecode(shape, session, shared, inputs, feeds, fetches);
+    return new CapturedStep(shape, session, shared, inputs, feeds, fetches);
   }
 
-  /** [batch, vocab] logits of the last replay (rows past the step's sampled rows are dummies). */
+  /** Sampled rows of every replay (the step's own first, then dummies). */
+  get sampleRows(): number {
+    return this.host.sampleRows.length;
+  }
+
+  /** [sampleRows, vocab] logits of the last replay (rows past the step's sampled rows are dummies). */
   get logits(): ort.Tensor {
     return this.fetches[IO.logits];
   }
 
-  /** [batch] greedy ids of the last replay; the next replay overwrites them. */
+  /** [sampleRows] greedy ids of the last replay; the next replay overwrites them. */
   get nextIds(): ort.Tensor {
     return this.fetches[IO.nextIds];
   }
@@ -129,12 +156,13 @@ export class CapturedDecode {
   }
 
   /**
-   * Writes a decode step (each of its B <= batch rows one token, unpadded) into the bound inputs and
-   * replays. Row order is kept, so next_ids row r is the step's sampled row r. `refeed` passes every
-   * input again as the first run did (for probes measuring what that costs).
+   * Writes a step that fits the shape (pickCaptured, pickCapturedPrompt; unpadded) into the bound
+   * inputs and replays. Sampled row order is kept, so next_ids row r is the step's sampled row r.
+   * `refeed` passes every input again as the first run did (for probes measuring what that costs).
    */
   async run(s: StepInputs | null, refeed = false): Promise<void> {
-    this.fill(s);
+    if (this.shape.kind === "decode") this.fill(s);
+    else this.fillPrompt(s);
     const q = this.shared.device.queue;
     for (const k of Object.keys(this.host) as IntInput[]) q.writeBuffer(this.inputs[k], 0, this.host[k]);
     const replay = this.bound && !refeed ? runBound(this.session, this.fetches) : null;
@@ -168,10 +196,72 @@ export class CapturedDecode {
     sampleRows.set(s.sampleRows);
   }
 
+  /**
+   * A prompt part: its chunks cut into items of at most the shape's query bound, then padding items
+   * (each at least a token and at most that bound, in the reserved block through every table column).
+   */
+  private fillPrompt(s: StepInputs | null) {
+    const { inputIds, idSrc, cuSeqlens, pastSeqlens, blockTable, sampleRows } = this.host;
+    const T = inputIds.length, B = pastSeqlens.length, M = this.shared.tableWidth;
+    const items = s ? cutItems(s, this.shape.query!) : [];
+    const real = s ? s.inputIds.length : 0;
+    inputIds.fill(0);
+    idSrc.fill(-1);
+    sampleRows.fill(0);
+    blockTable.fill(this.shared.padBlock);
+    if (s) {
+      inputIds.set(s.inputIds);
+      idSrc.set(s.idSrc);
+      sampleRows.set(s.sampleRows);
+    }
+    cuSeqlens[0] = 0;
+    items.forEach(([b, past, n], i) => {
+      cuSeqlens[i + 1] = cuSeqlens[i] + n;
+      pastSeqlens[i] = past;
+      blockTable.set(s!.blockTable.subarray(b * s!.maxBlocks, (b + 1) * s!.maxBlocks), i * M);
+      blockTable.fill(0, i * M + s!.maxBlocks, (i + 1) * M);
+    });
+    const padItems = B - items.length, pad = T - real;
+    for (let i = 0; i < padItems; i++) {
+      const at = items.length + i;
+      cuSeqlens[at + 1] = cuSeqlens[at] + Math.floor(pad / padItems) + (i < pad % padItems ? 1 : 0);
+      pastSeqlens[at] = 0;
+    }
+  }
+
   async release(): Promise<void> {
     await this.session.release();
     for (const b of this.buffers) b.destroy();
   }
+}
+
+/** A step's items cut to at most `query` tokens each, as [item, past, tokens], in order. */
+function cutItems(s: StepInputs, query: number): [number, number, number][] {
+  const out: [number, number, number][] = [];
+  for (let b = 0; b < s.pastSeqlens.length; b++) {
+    const n = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
+    for (let d = 0; d < n; d += query) out.push([b, s.pastSeqlens[b] + d, Math.min(query, n - d)]);
+  }
+  return out;
+}
+
+/**
+ * Whether a long-query part of a step (LongQueries "prompts") can replay a captured prompt session:
+ * no CPU logits, its items cut to the shape's query bound plus at least one padding token per spare
+ * item within its items and rows, and its contexts within its bound. Returns its shape's index or -1.
+ */
+export function pickCapturedPrompt(shapes: CaptureShape[], s: StepInputs, tableWidth: number): number {
+  if (s.wantLogits || s.maxBlocks > tableWidth) return -1;
+  const T = s.inputIds.length, S = s.sampleRows.length;
+  let maxKv = 0;
+  for (let b = 0; b < s.pastSeqlens.length; b++) {
+    maxKv = Math.max(maxKv, s.pastSeqlens[b] + s.cuSeqlens[b + 1] - s.cuSeqlens[b]);
+  }
+  return shapes.findIndex((c) => {
+    if (c.kind !== "prompt" || c.kvCap < maxKv || S > Math.max(MIN_STEP_ROWS, c.batch)) return false;
+    const spare = c.batch - cutItems(s, c.query!).length, pad = c.rows! - T;
+    return spare >= 0 && pad >= spare && pad <= spare * c.query!;
+  });
 }
 
 /**
@@ -187,5 +277,5 @@ export function pickCaptured(shapes: CaptureShape[], s: StepInputs, tableWidth: 
     maxKv = Math.max(maxKv, s.pastSeqlens[b] + 1);
   }
   // Shapes are sorted by batch, then kvCap: the first that fits is the smallest.
-  return shapes.findIndex((c) => c.batch >= B && c.kvCap >= maxKv);
+  return shapes.findIndex((c) => c.kind === "decode" && c.batch >= B && c.kvCap >= maxKv);
 }

@@ -27,8 +27,8 @@ export interface EngineConfig {
   policy: SchedulerPolicy;
   debugSteps: boolean;
   graphCache: string | null;
-  /** Captured decode sessions (ModelRunner's CaptureSettings); null: every step runs uncaptured. */
-  graphCapture: { batchSizes: number[]; kvCaps: number[]; eager: boolean } | null;
+  /** Captured sessions (ModelRunner's CaptureSettings); null: every step runs uncaptured. */
+  graphCapture: { batchSizes: number[]; kvCaps: number[]; promptRows: number[]; eager: boolean } | null;
   /** Full KV blocks cached by content and reused by later prompts with the same prefix. */
   prefixCaching: boolean;
   /** Split factor of the matmuls' K (EngineSettings.matmulSplitK). */
@@ -58,6 +58,13 @@ const MAX_CAPTURED_BATCH = 512;
  * batch size, captured at startup (~0.2 s each there).
  */
 const DEFAULT_CAPTURE_KV = [256, 1024];
+/**
+ * Token rows of the captured prompt steps (long-query mode "prompts", ModelRunner's CaptureSettings):
+ * a chat turn after a cached prefix, or a short prompt, then costs a replay instead of ~50-100 ms of
+ * CPU dispatch (H200, SmolLM2-135M shape); longer prompt parts run uncaptured, their GPU time
+ * covering the dispatch.
+ */
+const DEFAULT_CAPTURE_PROMPT_ROWS = [128, 512];
 /** Default KV pool ceiling: a fraction of any real GPU, and enough for small models at full load. */
 const DEFAULT_KV_CAP_MB = 1024;
 
@@ -98,6 +105,7 @@ export function resolveEngineConfig(
         batchSizes: captureBatchSizes(Math.min(maxSeqs, maxBatchTokens)),
         kvCaps: [...new Set(s.graphCaptureKv ?? DEFAULT_CAPTURE_KV)].filter((k) => k < maxContext)
           .sort((a, b) => a - b),
+        promptRows: DEFAULT_CAPTURE_PROMPT_ROWS.filter((r) => r <= maxBatchTokens),
         eager: s.graphCaptureEager ?? true,
       }
       : null,

@@ -1,5 +1,5 @@
 // Runs one engine step on the GPU: owns the ORT sessions, the weights, the paged KV pool and the
-// captured decode sessions (captured_steps.ts).
+// captured sessions (captured_steps.ts).
 //
 // run() only dispatches: its outputs stay on the GPU, so the next step can be dispatched before
 // this one's tokens are read back (a readback costs ~11 ms on Deno's WebGPU whatever its size, ~0.1
@@ -15,7 +15,13 @@ import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
 import { sliceItems, splitDecodes, type StepInputs } from "./step_inputs.ts";
 export type { StepInputs };
-import { CapturedDecode, type CaptureShape, pickCaptured, type SharedFeeds } from "./captured_steps.ts";
+import {
+  CapturedStep,
+  type CaptureShape,
+  pickCaptured,
+  pickCapturedPrompt,
+  type SharedFeeds,
+} from "./captured_steps.ts";
 import { loadOrBuildGraph } from "./graph_cache.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
@@ -68,6 +74,11 @@ export interface CaptureSettings {
    */
   kvCaps: number[];
   /**
+   * Token rows of captured prompt steps (long-query mode "prompts": a step's part on the long-query
+   * kernel, up to that many rows, replayed); empty: those parts always run uncaptured.
+   */
+  promptRows: number[];
+  /**
    * Capture every session in warmup() (the server), or each on the first step that needs it: a
    * capture costs seconds on a software adapter, where tests start many engines.
    */
@@ -75,8 +86,9 @@ export interface CaptureSettings {
 }
 
 /**
- * Which session ran a step: a captured replay, an uncaptured run, or both (a mixed step's leading
- * decodes replayed, the rest run uncaptured; see ModelRunner.run).
+ * Which sessions ran a step: one captured replay, one uncaptured run, or two parts (a mixed step's
+ * leading decodes replayed and the rest run uncaptured, or in mode "prompts" the short kernel's items
+ * and the long one's, each replayed where a captured shape fits; see ModelRunner.run).
  */
 export type StepPath = "captured" | "uncaptured" | "split";
 
@@ -158,10 +170,13 @@ export class ModelRunner {
   /** Free staging buffers for step ids. */
   private staging: Staging[] = [];
   private allStaging: GPUBuffer[] = [];
-  /** Shapes of the captured decode sessions, by batch then context bound (see pickCaptured). */
+  /**
+   * Shapes of the captured sessions: decode ones by batch then context bound (see pickCaptured), then
+   * in mode "prompts" prompt ones by rows then context bound (pickCapturedPrompt).
+   */
   private readonly shapes: CaptureShape[];
   /** Each shape's session once captured. */
-  private captured: (CapturedDecode | null)[];
+  private captured: (CapturedStep | null)[];
   /** The graph (its weights are inputs: no weight bytes), for the captured sessions. */
   private readonly graph: BuiltGraph;
 
@@ -199,7 +214,9 @@ export class ModelRunner {
     this.longQueries = info.longQueries;
     this.tableWidth = Math.ceil(info.maxPositions / info.blockSize);
     this.graph = graph;
-    this.shapes = capture ? captureShapes(capture, this.tableWidth * info.blockSize) : [];
+    this.shapes = capture
+      ? captureShapes(capture, this.tableWidth * info.blockSize, info.longQueries === "prompts")
+      : [];
     this.batch = SubmitBatch.of(device.queue);
     this.captured = this.shapes.map(() => null);
   }
@@ -307,10 +324,12 @@ export class ModelRunner {
       const long = sliceItems(s, s.longFrom, B);
       const c = short && this.useCaptured ? pickCaptured(this.shapes, short.part, this.tableWidth) : -1;
       const cap = c >= 0 ? await this.capturedSession(c) : null;
+      const lc = this.useCaptured ? pickCapturedPrompt(this.shapes, long.part, this.tableWidth) : -1;
+      const longCap = lc >= 0 ? await this.capturedSession(lc) : null;
       return await this.batched(async () => {
         const parts = short ? [await this.runPart(short.part, cap, false, short.sampled)] : [];
-        parts.push(await this.runPart(long.part, null, true, long.sampled));
-        return this.finish(parts, s.wantLogits, short ? "split" : "uncaptured");
+        parts.push(await this.runPart(long.part, longCap, true, long.sampled));
+        return this.finish(parts, s.wantLogits, short ? "split" : longCap ? "captured" : "uncaptured");
       });
     }
     const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth) : -1;
@@ -361,7 +380,7 @@ export class ModelRunner {
   }
 
   /** The session of shapes[i], captured now if this is its first use. */
-  private async capturedSession(i: number): Promise<CapturedDecode> {
+  private async capturedSession(i: number): Promise<CapturedStep> {
     return this.captured[i] ?? await this.captureSession(i);
   }
 
@@ -376,7 +395,7 @@ export class ModelRunner {
    */
   private async runPart(
     s: StepInputs,
-    cap: CapturedDecode | null,
+    cap: CapturedStep | null,
     long = false,
     sampled = s.sampleRows.length,
   ): Promise<StepPart> {
@@ -395,7 +414,7 @@ export class ModelRunner {
       // The bound outputs belong to the session: never disposed, overwritten by its next replay.
       nextIds = cap.nextIds;
       logits = cap.logits;
-      rows = cap.shape.batch;
+      rows = cap.sampleRows;
     } else {
       rows = s.sampleRows.length;
       ({ nextIds, logits } = await this.runUncaptured(s, meta));
@@ -517,11 +536,17 @@ export class ModelRunner {
       for (let i = 0; i < this.shapes.length; i++) if (!this.captured[i]) await this.captureSession(i, false);
       // Wait for the captures so that the time logged is theirs.
       await this.device.queue.onSubmittedWorkDone();
-      const batches = [...new Set(this.shapes.map((x) => x.batch))];
+      const of = (kind: CaptureShape["kind"], k: "batch" | "rows") => [
+        ...new Set(this.shapes.filter((x) => x.kind === kind).map((x) => x[k])),
+      ];
       const caps = [...new Set(this.shapes.map((x) => x.kvCap))];
+      const prompts = of("prompt", "rows");
       this.log(
-        `graph capture: ${this.shapes.length} decode sessions (batch ${batches.join(",")} × context bound ` +
-          `${caps.join(",")}) captured in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
+        `graph capture: ${this.shapes.length} sessions (decode batch ${of("decode", "batch").join(",")}` +
+          `${prompts.length ? `, prompt rows ${prompts.join(",")}` : ""} × context bound ${
+            caps.join(",")
+          }) ` +
+          `captured in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
       );
     }
   }
@@ -530,7 +555,7 @@ export class ModelRunner {
    * Creates and captures the session of shapes[i]. Its capture run writes only the reserved block,
    * so it may run between steps in flight.
    */
-  private async captureSession(i: number, log = true): Promise<CapturedDecode> {
+  private async captureSession(i: number, log = true): Promise<CapturedStep> {
     const t0 = performance.now();
     const shared: SharedFeeds = {
       device: this.device,
@@ -541,12 +566,15 @@ export class ModelRunner {
       padTokens: this.padTokens,
       blockSize: this.blockSize,
     };
-    const c = await CapturedDecode.create(this.graph, this.shapes[i], shared);
+    const c = await CapturedStep.create(this.graph, this.shapes[i], shared);
     await c.capture();
     this.captured[i] = c;
     if (log) {
+      const what = c.shape.kind === "decode"
+        ? `decode session batch ${c.shape.batch}`
+        : `prompt session rows ${c.shape.rows}`;
       this.log(
-        `graph capture: decode session batch ${c.shape.batch} × context bound ${c.shape.kvCap} captured ` +
+        `graph capture: ${what} × context bound ${c.shape.kvCap} captured ` +
           `in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
       );
     }
@@ -585,7 +613,7 @@ export class ModelRunner {
     return out;
   }
 
-  /** Shapes of the decode sessions captured so far. */
+  /** Shapes of the sessions captured so far. */
   get capturedShapes(): CaptureShape[] {
     return this.captured.flatMap((c) => (c ? [c.shape] : []));
   }
@@ -600,13 +628,39 @@ export class ModelRunner {
   }
 }
 
-/** Every (batch, context bound) pair, by batch then bound; the context limit is always a bound. */
-function captureShapes(c: CaptureSettings, limit: number): CaptureShape[] {
+/**
+ * Every (batch, context bound) pair, by batch then bound; the context limit is always a bound. With
+ * `prompts` (long-query mode "prompts"), then every (prompt rows, bound) pair, by rows then bound.
+ */
+function captureShapes(c: CaptureSettings, limit: number, prompts: boolean): CaptureShape[] {
   const caps = [...new Set([...c.kvCaps.filter((k) => k > 0 && k < limit), limit])].sort((a, b) => a - b);
   // A captured step samples `batch` rows: at least MIN_STEP_ROWS, like every step.
   const batches = [...new Set(c.batchSizes.map((b) => Math.max(b, MIN_STEP_ROWS)))].sort((a, b) => a - b);
-  return batches.flatMap((batch) => caps.map((kvCap) => ({ batch, kvCap })));
+  const decode = batches.flatMap((batch) =>
+    caps.map((kvCap): CaptureShape => ({ kind: "decode", batch, kvCap }))
+  );
+  if (!prompts) return decode;
+  const rows = [...new Set(c.promptRows.filter((r) => r >= PROMPT_QUERY))].sort((a, b) => a - b);
+  // Items of at most PROMPT_QUERY tokens, twice as many as the rows need: room for padding items.
+  return [
+    ...decode,
+    ...rows.flatMap((r) =>
+      caps.map((kvCap): CaptureShape => ({
+        kind: "prompt",
+        rows: r,
+        query: PROMPT_QUERY,
+        batch: Math.max(2, (2 * r) / PROMPT_QUERY),
+        kvCap,
+      }))
+    ),
+  ];
 }
+
+/**
+ * Longest attention item of a captured prompt step: PagedAttention sizes its padded query buffers
+ * and dispatches by items x this bound, so a chunk is cut into items of this many tokens.
+ */
+const PROMPT_QUERY = 64;
 
 /** The pool's buffers as the step's cache inputs. */
 function kvTensors(pool: KvPool): ort.Tensor[] {

@@ -175,12 +175,15 @@ async function measure(B: number, cases: Case[]) {
 // All runners at once (the model's weights and a KV pool each), so that their steps interleave.
 const longs: [number, ModelRunner][] = [];
 for (const splitK of splits) {
-  longs.push([splitK, await runner({ splitK, capture: { batchSizes: batches, kvCaps: [], eager: true } })]);
+  longs.push([
+    splitK,
+    await runner({ splitK, capture: { batchSizes: batches, kvCaps: [], promptRows: [], eager: true } }),
+  ]);
 }
 const caps = shortCaps.filter((c) => c > past && c < context);
 if (!caps.length) console.log(`no --kv-caps bound in (${past}, ${context}): short bounds skipped`);
 const short = caps.length
-  ? await runner({ capture: { batchSizes: batches, kvCaps: caps, eager: true } })
+  ? await runner({ capture: { batchSizes: batches, kvCaps: caps, promptRows: [], eager: true } })
   : null;
 const inside = a["no-feed"] ? null : await runner({ capture: null, weightsAsInputs: false });
 const tag = (splitK: number) => (splits.length > 1 ? `split ${splitK}, ` : "");

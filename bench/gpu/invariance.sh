@@ -5,7 +5,8 @@
 # isolation and prefix-cache tests. Extra arguments go to kv_probe (e.g. --min-rows 1 shows why
 # MIN_STEP_ROWS exists). Results in $OUT (or bench/results/gpu). WEBGPU=dawn runs all of it on Dawn
 # (--preload bench/gpu/dawn.ts). LONG=on or LONG=prompts checks that long-query mode (--long-queries):
-# kv_probe's --long schemes and the tests with the engine in that mode.
+# kv_probe's --long schemes and the tests with the engine in that mode (prompts: also captured prompt
+# steps against uncaptured ones).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source bench/gpu/setup.sh
@@ -30,5 +31,11 @@ if [ -z "${PROBE_ONLY:-}" ]; then
   RAGTIME_TEST_DTYPE=f16 deno test -A --no-check "${P[@]}" tests/engine/engine_isolation_test.ts \
     tests/engine/prefix_cache_test.ts >"$OUT/invariance_tests_f16.txt" 2>&1 || rc=1
   grep -E "^(ok|FAILED)|\.\.\. " "$OUT/invariance_tests_f16.txt" | tail -20
+  # Mode prompts: prompt parts replayed from captured sessions against uncaptured ones.
+  if [ "${LONG:-off}" = prompts ]; then
+    RAGTIME_TEST_DTYPE=f16 deno test -A --no-check "${P[@]}" tests/engine/engine_long_queries_test.ts \
+      --filter "captured sessions" >"$OUT/invariance_captured_prompts_f16.txt" 2>&1 || rc=1
+    grep -E "^(ok|FAILED)|\.\.\. " "$OUT/invariance_captured_prompts_f16.txt" | tail -5
+  fi
 fi
 exit $rc

@@ -1,5 +1,5 @@
 // Where the CPU of one captured decode step goes (issue 11): the step's calling-thread CPU split
-// into CapturedDecode.run (its input writes, then onnxruntime-web's run(): JS glue plus the replay
+// into CapturedStep.run (its input writes, then onnxruntime-web's run(): JS glue plus the replay
 // it encodes and submits), submits outside it, and the rest (ragtime's own code), with the WebGPU
 // calls a step makes counted; as onnxruntime-web does it and with ModelRunner's two cuts.
 //
@@ -11,7 +11,7 @@
 // Thread CPU comes from /proc/thread-self/schedstat (Linux): on a software adapter the GPU's work
 // runs on other threads, so it is the dispatching thread's own cost. GRAPH_CACHE=DIR caches graphs.
 import { parseArgs } from "node:util";
-import { CapturedDecode } from "../../engine/captured_steps.ts";
+import { CapturedStep } from "../../engine/captured_steps.ts";
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
@@ -50,7 +50,7 @@ const meters: Record<string, { ms: number; calls: number }> = {};
 let on = false, inRun = 0, variant = "";
 function meter<T extends object>(proto: T, method: keyof T & string, label: string, timed: boolean) {
   const orig = proto[method] as unknown as (...args: unknown[]) => unknown;
-  const isRun = label === "CapturedDecode.run";
+  const isRun = label === "CapturedStep.run";
   let depth = 0;
   (proto as Record<string, unknown>)[method] = function (this: unknown, ...args: unknown[]) {
     if (!on) return orig.apply(this, args);
@@ -77,7 +77,7 @@ function meter<T extends object>(proto: T, method: keyof T & string, label: stri
     }
   };
 }
-meter(CapturedDecode.prototype, "run", "CapturedDecode.run", true);
+meter(CapturedStep.prototype, "run", "CapturedStep.run", true);
 meter(GPUQueue.prototype, "writeBuffer", "queue.writeBuffer", true);
 meter(GPUQueue.prototype, "submit", "queue.submit", true);
 meter(GPUCommandEncoder.prototype, "beginComputePass", "beginComputePass", false);
@@ -95,7 +95,7 @@ const runner = await ModelRunner.create(model, {
   kvCacheMb: Number(a["kv-cache-mb"]),
   cacheDir: Deno.env.get("GRAPH_CACHE") ?? null,
   maxSeqs: B,
-  capture: { batchSizes: [B], kvCaps: [], eager: true },
+  capture: { batchSizes: [B], kvCaps: [], promptRows: [], eager: true },
   log: console.log,
 });
 await runner.warmup();
@@ -148,7 +148,7 @@ variants.forEach((v, k) => {
     const ms = m.ms ? `${(m.ms / N).toFixed(2)} ms, ` : "";
     console.log(`  ${key.slice(2).padEnd(30)} ${ms}${(m.calls / N).toFixed(1)} calls per step`);
   }
-  const rest = total[k] - get("CapturedDecode.run").ms - get("queue.submit").ms;
+  const rest = total[k] - get("CapturedStep.run").ms - get("queue.submit").ms;
   console.log(`  rest (ragtime's own code)      ${(rest / N).toFixed(2)} ms`);
 });
 await runner.close();

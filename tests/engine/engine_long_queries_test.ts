@@ -195,6 +195,54 @@ Deno.test("long-query mode prompts: a prompt holding an earlier answer reuses on
   }
 });
 
+Deno.test("long-query mode prompts: prompt parts replayed from captured sessions give the tokens of uncaptured ones", async () => {
+  // Small prompt parts (a short prompt, a chat turn after its cached prefix) replay a captured prompt
+  // session, cut into items of its query bound and padded; larger ones run uncaptured. Every request
+  // must get the same tokens with capture on and off: alone, then all at once, then each followed by a
+  // turn that resends it with its answer (cached prefix, a few new tokens).
+  const reqs = await requests();
+  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
+  const long: Submission = {
+    id: "long",
+    // 505 tokens: 8 items of at most 64, short of the 512-row shape's padding (a token per spare item).
+    promptIds: [1, ...story, ...story].slice(0, 505),
+    params: params({ maxTokens: 4, ignoreEos: true }),
+  };
+  const runs = [];
+  for (const graphCapture of [true, false]) {
+    const h = await startEngine({ longQueries: "prompts", graphCapture });
+    const paths: { path: string; prefill: number; decode: number }[] = [];
+    h.engine.onStep = (st) =>
+      paths.push({ path: st.path, prefill: st.prefillTokens, decode: st.decodeTokens });
+    try {
+      const out = await runAlone(h, [...reqs, long]);
+      const all = await Promise.all([...reqs, long].map(async (r) => {
+        return [r.id + "-all", outcomeOf(await h.generate(r.id + "-all", r.promptIds, r.params))] as const;
+      }));
+      for (const [id, o] of all) out.set(id, o);
+      for (const r of reqs) {
+        const turn = [
+          ...r.promptIds,
+          ...out.get(r.id)!.ids,
+          ...story.slice(300, 307 + r.id.length),
+        ];
+        out.set(r.id + "-turn", outcomeOf(await h.generate(r.id + "-turn", turn, r.params)));
+      }
+      runs.push({ out, paths, shapes: h.runner.capturedShapes });
+    } finally {
+      await h.close();
+    }
+  }
+  const [on, off] = runs;
+  assertEquals([...on.out.keys()].sort(), [...off.out.keys()].sort());
+  for (const [id, o] of off.out) assertEquals(on.out.get(id), o, id);
+  assert(on.shapes.some((c) => c.kind === "prompt"), "no prompt session was captured");
+  const replayed = on.paths.filter((p) => p.path === "captured" && p.prefill > 0);
+  assert(replayed.length > reqs.length, `only ${replayed.length} prompt steps replayed`);
+  assert(on.paths.some((p) => p.path === "uncaptured" && p.prefill === 505), "the long prompt was replayed");
+  assert(off.paths.every((p) => p.path !== "captured"));
+});
+
 Deno.test("long-query mode auto: prompts on a GPU, off on a software adapter (this one)", async () => {
   assertEquals(resolveLongQueries("auto", false), "prompts");
   assertEquals(resolveLongQueries("auto", true), "off");

@@ -412,8 +412,8 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     debugSteps: false,
     graphCache: null,
     // Decode batches 16, 32, ... up to --max-seqs (a step computes 16 rows at least), captured at startup;
-    // one context bound (the limit).
-    graphCapture: { batchSizes: [16, 32, 64, 128, 256], kvCaps: [], eager: true },
+    // one context bound (the limit); prompt steps of up to 128 and 512 rows (long-query mode "prompts").
+    graphCapture: { batchSizes: [16, 32, 64, 128, 256], kvCaps: [], promptRows: [128, 512], eager: true },
     prefixCaching: true,
     matmulSplitK: 8,
     pipelineDepth: "auto",
@@ -427,8 +427,10 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
   assertEquals(
     resolveEngineConfig({ maxSeqs: 48, maxModelLen: 128, graphCaptureKv: [64, 32, 64, 128, 500] }, model)
       .graphCapture,
-    { batchSizes: [16, 32, 48], kvCaps: [32, 64], eager: true },
+    { batchSizes: [16, 32, 48], kvCaps: [32, 64], promptRows: [128, 512], eager: true },
   );
+  // Captured prompt steps no larger than a step's token budget.
+  assertEquals(resolveEngineConfig({ maxBatchTokens: 256 }, model).graphCapture?.promptRows, [128]);
   // Fewer sequences than a step's rows: the one captured batch is the row floor.
   assertEquals(resolveEngineConfig({ maxSeqs: 4 }, model).graphCapture?.batchSizes, [16]);
   assertEquals(
