@@ -530,6 +530,28 @@ export class ModelRunner {
         }),
       );
     }
+    if (this.longQueries !== "off" && !this.softwareAdapter) {
+      // A prompt of a few hundred tokens on the long-query kernel, into the reserved block: its shaders
+      // (and the matmuls' for many rows) compile here, not in the first long prompt's step, which took
+      // ~0.4 s longer on the H200 once small prompts replayed captured sessions (docs/BENCHMARKS.md).
+      // On a software adapter compiling costs little and the step itself seconds.
+      const n = Math.min(WARMUP_PROMPT_TOKENS, this.maxPositions), cols = Math.ceil(n / this.blockSize);
+      await this.read(
+        await this.run({
+          inputIds: new Int32Array(n),
+          idSrc: new Int32Array(n).fill(-1),
+          cuSeqlens: Int32Array.of(0, n),
+          pastSeqlens: Int32Array.of(0),
+          blockTable: new Int32Array(cols).fill(this.numBlocks),
+          maxBlocks: cols,
+          sampleRows: Int32Array.of(n - 1),
+          sampleU: Float32Array.of(-1),
+          invTemp: Float32Array.of(1),
+          wantLogits: false,
+          longFrom: 0,
+        }),
+      );
+    }
     this.useCaptured = useCaptured;
     if (this.capture?.eager) {
       const t0 = performance.now();
@@ -661,6 +683,9 @@ function captureShapes(c: CaptureSettings, limit: number, prompts: boolean): Cap
  * and dispatches by items x this bound, so a chunk is cut into items of this many tokens.
  */
 const PROMPT_QUERY = 64;
+
+/** Tokens of the uncaptured long-kernel step warmup() runs (more than a captured prompt step holds). */
+const WARMUP_PROMPT_TOKENS = 640;
 
 /** The pool's buffers as the step's cache inputs. */
 function kvTensors(pool: KvPool): ort.Tensor[] {
