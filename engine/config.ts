@@ -105,7 +105,8 @@ export function resolveEngineConfig(
         batchSizes: captureBatchSizes(Math.min(maxSeqs, maxBatchTokens)),
         kvCaps: [...new Set(s.graphCaptureKv ?? DEFAULT_CAPTURE_KV)].filter((k) => k < maxContext)
           .sort((a, b) => a - b),
-        promptRows: DEFAULT_CAPTURE_PROMPT_ROWS.filter((r) => r <= maxBatchTokens),
+        promptRows: [...new Set(s.graphCapturePromptRows ?? DEFAULT_CAPTURE_PROMPT_ROWS)]
+          .filter((r) => r <= maxBatchTokens).sort((a, b) => a - b),
         eager: s.graphCaptureEager ?? true,
       }
       : null,

@@ -671,7 +671,7 @@ function captureShapes(c: CaptureSettings, limit: number, prompts: boolean): Cap
         kind: "prompt",
         rows: r,
         query: PROMPT_QUERY,
-        batch: Math.max(2, (2 * r) / PROMPT_QUERY),
+        batch: Math.max(2, Math.ceil((2 * r) / PROMPT_QUERY)),
         kvCap,
       }))
     ),

@@ -279,6 +279,12 @@ export interface EngineSettings {
    * Absent: 256 and 1024 (engine/config.ts); bounds at or over the limit are dropped.
    */
   graphCaptureKv?: number[];
+  /**
+   * Token rows of the captured prompt steps (long-query mode "prompts": a step's part on the long-query
+   * kernel of up to that many rows replays one); [] captures none. Absent: 128 and 512 (engine/config.ts);
+   * sizes over the step budget are dropped.
+   */
+  graphCapturePromptRows?: number[];
   /** Capture every session at startup (default), or each on its first use (tests: cheaper starts). */
   graphCaptureEager?: boolean;
   /** Reuse the KV of cached full blocks of a prompt's prefix (see engine/block_manager.ts). */

@@ -348,6 +348,21 @@ const OPTIONS = {
     schema: z.array(z.string().trim().regex(/^[+]?\d+$/).transform(Number).pipe(z.int().min(1).max(1 << 24)))
       .optional(),
   }),
+  graphCapturePromptRows: opt({
+    flag: "--graph-capture-prompt-rows",
+    env: "RAGTIME_GRAPH_CAPTURE_PROMPT_ROWS",
+    kind: "list",
+    repeatable: true,
+    split: "both",
+    metavar: "LIST",
+    expect: "comma-separated token counts such as 128,512, or none",
+    help: "Token rows of captured prompt steps in long-query mode prompts, each with its own sessions per " +
+      "context bound (a step's prompt part of up to that many rows replays one; default: 128,512; none: " +
+      "none; sizes over --max-batch-tokens are dropped). Larger sizes cost startup and GPU memory.",
+    schema: z.array(z.string().trim()).transform((a) => a.filter((x) => x !== "none")).pipe(
+      z.array(z.string().regex(/^[+]?\d+$/).transform(Number).pipe(z.int().min(64).max(1 << 20))),
+    ).optional(),
+  }),
   prefixCaching: opt({
     flag: "--prefix-caching",
     env: "RAGTIME_PREFIX_CACHING",
@@ -516,6 +531,7 @@ export function engineSettings(c: Config): EngineSettings {
     graphCache: c.graphCache || null,
     graphCapture: c.graphCapture,
     graphCaptureKv: c.graphCaptureKv,
+    graphCapturePromptRows: c.graphCapturePromptRows,
     prefixCaching: c.prefixCaching,
     matmulSplitK: c.matmulSplitK,
     webgpu: c.webgpu,

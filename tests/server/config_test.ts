@@ -58,6 +58,7 @@ Deno.test("config: defaults", () => {
     graphCapture: true,
     // Absent: the engine's default bounds (256, 1024 below the limit).
     graphCaptureKv: undefined,
+    graphCapturePromptRows: undefined,
     prefixCaching: true,
     matmulSplitK: 8,
     webgpu: "auto",
@@ -278,6 +279,15 @@ Deno.test("config: --graph-capture on|off and --graph-capture-kv, flags over the
   assertThrows(() => parseConfig(["--model", "m", "--graph-capture", "maybe"], env()), ConfigError);
   assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "0"], env()), ConfigError);
   assertThrows(() => parseConfig(["--model", "m", "--graph-capture-kv", "1k"], env()), ConfigError);
+  // Captured prompt steps' sizes: a list, or none; flags over the environment twin.
+  const rows = (args: string[], e: Record<string, string> = {}) =>
+    parseConfig(["--model", "m", ...args], env(e)).graphCapturePromptRows;
+  assertEquals(rows([]), undefined);
+  assertEquals(rows(["--graph-capture-prompt-rows", "128, 2048"]), [128, 2048]);
+  assertEquals(rows(["--graph-capture-prompt-rows=none"], { RAGTIME_GRAPH_CAPTURE_PROMPT_ROWS: "512" }), []);
+  assertEquals(rows([], { RAGTIME_GRAPH_CAPTURE_PROMPT_ROWS: "512" }), [512]);
+  assertThrows(() => rows(["--graph-capture-prompt-rows", "32"]), ConfigError);
+  assertThrows(() => rows(["--graph-capture-prompt-rows", "big"]), ConfigError);
 });
 
 Deno.test("config: --prefix-caching on|off, the flag over its environment twin, reaches the engine", () => {
@@ -429,8 +439,13 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
       .graphCapture,
     { batchSizes: [16, 32, 48], kvCaps: [32, 64], promptRows: [128, 512], eager: true },
   );
-  // Captured prompt steps no larger than a step's token budget.
+  // Captured prompt steps no larger than a step's token budget, sorted, each once.
   assertEquals(resolveEngineConfig({ maxBatchTokens: 256 }, model).graphCapture?.promptRows, [128]);
+  assertEquals(
+    resolveEngineConfig({ graphCapturePromptRows: [2048, 100, 2048, 9000] }, model).graphCapture?.promptRows,
+    [100, 2048],
+  );
+  assertEquals(resolveEngineConfig({ graphCapturePromptRows: [] }, model).graphCapture?.promptRows, []);
   // Fewer sequences than a step's rows: the one captured batch is the row floor.
   assertEquals(resolveEngineConfig({ maxSeqs: 4 }, model).graphCapture?.batchSizes, [16]);
   assertEquals(
