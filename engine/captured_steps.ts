@@ -1,4 +1,4 @@
-// Decode steps, and in long-query mode "prompts" short prompt parts, replayed from captured sessions
+// Decode steps, and in long-query mode "prompts" small prompt parts, replayed from captured sessions
 // (onnxruntime-web graph capture), so that a step costs one replay instead of hundreds of WebGPU
 // dispatches recorded anew by the CPU.
 //
