@@ -24,6 +24,7 @@ import type { BuiltGraph } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import type { StepInputs } from "./step_inputs.ts";
 import { MIN_STEP_ROWS } from "./protocol.ts";
+import { attentionBounds } from "./step_buckets.ts";
 import { createStepSession, type Feeds, pinGpuBuffer, runBound, type Session } from "./sessions.ts";
 
 export interface CaptureShape {
@@ -252,14 +253,23 @@ function cutItems(s: StepInputs, query: number): [number, number, number][] {
  */
 export function pickCapturedPrompt(shapes: CaptureShape[], s: StepInputs, tableWidth: number): number {
   if (s.wantLogits || s.maxBlocks > tableWidth) return -1;
-  const T = s.inputIds.length, S = s.sampleRows.length;
-  let maxKv = 0;
-  for (let b = 0; b < s.pastSeqlens.length; b++) {
-    maxKv = Math.max(maxKv, s.pastSeqlens[b] + s.cuSeqlens[b + 1] - s.cuSeqlens[b]);
-  }
+  const T = s.inputIds.length, S = s.sampleRows.length, [, maxKv] = attentionBounds(s);
+  // Items once cut, by query bound (the shapes share one): counted, not built, on this per-step path.
+  const cut = new Map<number, number>();
+  const itemsAt = (q: number) => {
+    let n = cut.get(q);
+    if (n === undefined) {
+      n = 0;
+      for (let b = 0; b < s.pastSeqlens.length; b++) {
+        n += Math.ceil((s.cuSeqlens[b + 1] - s.cuSeqlens[b]) / q);
+      }
+      cut.set(q, n);
+    }
+    return n;
+  };
   return shapes.findIndex((c) => {
     if (c.kind !== "prompt" || c.kvCap < maxKv || S > Math.max(MIN_STEP_ROWS, c.batch)) return false;
-    const spare = c.batch - cutItems(s, c.query!).length, pad = c.rows! - T;
+    const spare = c.batch - itemsAt(c.query!), pad = c.rows! - T;
     return spare >= 0 && pad >= spare && pad <= spare * c.query!;
   });
 }

@@ -139,7 +139,7 @@ export function exactStep(
 }
 
 /** PagedAttention's [longest query, longest context] over the step's items. */
-function attentionBounds(s: StepInputs): [number, number] {
+export function attentionBounds(s: StepInputs): [number, number] {
   let maxQ = 0, maxKv = 0;
   for (let b = 0; b < s.pastSeqlens.length; b++) {
     const q = s.cuSeqlens[b + 1] - s.cuSeqlens[b];
