@@ -145,6 +145,7 @@ export class LLMEngine {
       policy: config.policy,
       maxChunkTokens: config.maxChunkTokens,
       splitAtPrompt: runner.longQueries === "prompts",
+      capturedPrefillTokens: runner.capturedPromptTokens,
     });
   }
 

@@ -635,6 +635,17 @@ export class ModelRunner {
     return out;
   }
 
+  /**
+   * Most tokens a step's long-query part may hold and replay a captured prompt session: the largest
+   * prompt shape's rows less one per item, as every item the part leaves spare needs a padding token
+   * (pickCapturedPrompt). 0: none, or a software adapter, where a replay's padding rows cost as much
+   * compute as real ones on the engine's own cores (bench/gpu/prompt_probe.ts).
+   */
+  get capturedPromptTokens(): number {
+    if (this.softwareAdapter) return 0;
+    return Math.max(0, ...this.shapes.map((c) => (c.kind === "prompt" ? c.rows! - c.batch : 0)));
+  }
+
   /** Shapes of the sessions captured so far. */
   get capturedShapes(): CaptureShape[] {
     return this.captured.flatMap((c) => (c ? [c.shape] : []));

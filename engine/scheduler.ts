@@ -63,7 +63,18 @@ export interface SchedulerConfig {
    * says which of its tokens were outputs (a later prompt holding the same ids computes them anew).
    */
   splitAtPrompt?: boolean;
+  /**
+   * Most prefill tokens a step can hold and still replay a captured session for them (the runner's
+   * largest captured prompt shape; 0 or absent: none). While all the prefill work left fits in
+   * PREFILL_BACKLOG_STEPS such steps, a step takes at most that many, so that a burst of small
+   * prompts (chat turns after a cached prefix) goes as a few replays of a few ms of dispatch each,
+   * not as one uncaptured step (~100 ms of dispatch on the H200 whatever its size).
+   */
+  capturedPrefillTokens?: number;
 }
+
+/** Steps of capturedPrefillTokens the prefill work left may fill for the cap to apply (see there). */
+export const PREFILL_BACKLOG_STEPS = 4;
 
 export interface PlanItem {
   seq: Sequence;
@@ -111,6 +122,8 @@ interface Draft {
   items: PlanItem[];
   planned: Set<Sequence>;
   budget: number;
+  /** Prefill tokens the step may still take (the budget, or less: capturedPrefillTokens). */
+  prefillBudget: number;
   numPrefillTokens: number;
   numDecodeTokens: number;
 }
@@ -226,6 +239,7 @@ export class Scheduler {
       items: [],
       planned: new Set(),
       budget: this.config.maxBatchTokens,
+      prefillBudget: this.#prefillCap(),
       numPrefillTokens: 0,
       numDecodeTokens: 0,
     };
@@ -312,11 +326,12 @@ export class Scheduler {
   // Step 2a: running sequences in the middle of a (chunked or recomputing) prefill continue.
   #continuePrefills(draft: Draft): void {
     for (const seq of [...this.#running]) {
-      if (draft.budget === 0) break;
+      if (draft.budget === 0 || draft.prefillBudget === 0) break;
       if (seq.status !== "running" || draft.planned.has(seq) || !seq.isPrefilling) continue;
       const wanted = Math.min(
         this.#chunkEnd(seq, seq.numComputed) - seq.numComputed,
         draft.budget,
+        draft.prefillBudget,
         this.#maxChunk,
       );
       // Short of blocks, a smaller chunk still makes progress.
@@ -331,19 +346,23 @@ export class Scheduler {
   // Step 2b: waiting sequences are admitted FCFS. Admission stops at the first one that cannot
   // start, so a large request is never starved by smaller ones behind it.
   #admitWaiting(draft: Draft): void {
-    while (this.#waiting.length > 0 && draft.budget > 0 && this.#running.length < this.config.maxSeqs) {
+    while (
+      this.#waiting.length > 0 && draft.budget > 0 && draft.prefillBudget > 0 &&
+      this.#running.length < this.config.maxSeqs
+    ) {
       if (!this.#policyAdmits()) return;
       const seq = this.#waiting[0];
       // A preempted sequence restarts only once all its tokens are known; one at its token limit
       // is about to be finished by the engine.
       if (seq.pending > 0 || seq.remainingTokens <= 0) return;
-      // The cached prefix it can reuse, short of its last token, whose logits the step must produce.
-      const hit = this.#blocks.lookup(
-        (p) => this.#keyAt(seq, p),
-        Math.floor((seq.totalLen - 1) / this.#blockSize),
-      );
+      const hit = this.#cachedPrefix(seq);
       const start = hit.length * this.#blockSize;
-      const chunk = Math.min(this.#chunkEnd(seq, start) - start, draft.budget, this.#maxChunk);
+      const chunk = Math.min(
+        this.#chunkEnd(seq, start) - start,
+        draft.budget,
+        draft.prefillBudget,
+        this.#maxChunk,
+      );
       if (!this.#blocks.canShareAndCover(hit, start + chunk)) return;
       this.#blocks.share(seq.blockTable, hit);
       this.#blocks.cover(seq.blockTable, start + chunk);
@@ -361,6 +380,32 @@ export class Scheduler {
       this.#insertRunning(seq);
       this.#plan(draft, seq, chunk, "prefill");
     }
+  }
+
+  /** The cached prefix a waiting sequence can reuse, short of its last token (the step must produce its logits). */
+  #cachedPrefix(seq: Sequence): number[] {
+    return this.#blocks.lookup((p) => this.#keyAt(seq, p), Math.floor((seq.totalLen - 1) / this.#blockSize));
+  }
+
+  /**
+   * The step's prefill budget: capturedPrefillTokens while all the prefill work left (running
+   * prefills, and waiting sequences past their cached prefixes) fits in PREFILL_BACKLOG_STEPS steps
+   * of it, else unlimited. A long backlog (a burst of fresh prompts) keeps whole steps: there the
+   * matmuls of many rows, not the dispatch, bound a step.
+   */
+  #prefillCap(): number {
+    const cap = this.config.capturedPrefillTokens ?? 0;
+    if (cap <= 0) return Infinity;
+    const limit = PREFILL_BACKLOG_STEPS * cap;
+    let left = 0;
+    for (const seq of this.#running) {
+      if (seq.isPrefilling) left += seq.totalLen - seq.numComputed;
+    }
+    for (const seq of this.#waiting) {
+      if (left > limit) break;
+      left += seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize;
+    }
+    return left > limit ? Infinity : cap;
   }
 
   #policyAdmits(): boolean {
@@ -440,7 +485,10 @@ export class Scheduler {
     draft.planned.add(seq);
     draft.budget -= numTokens;
     if (kind === "decode") draft.numDecodeTokens += numTokens;
-    else draft.numPrefillTokens += numTokens;
+    else {
+      draft.numPrefillTokens += numTokens;
+      draft.prefillBudget -= numTokens;
+    }
   }
 
   #insertRunning(seq: Sequence): void {

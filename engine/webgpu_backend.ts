@@ -11,8 +11,17 @@ import { nvidiaHost } from "./webgpu_check.ts";
 export type WebGpuChoice = "auto" | "dawn" | "deno";
 export type WebGpuBackend = "dawn" | "deno";
 
-/** Dawn's create() options: f16 on NVIDIA is behind a toggle in Dawn's Vulkan backend. */
-const DAWN_OPTIONS = ["backend=vulkan", "enable-dawn-features=vulkan_enable_f16_on_nvidia"];
+/**
+ * Dawn's create() options: f16 on NVIDIA is behind a toggle in Dawn's Vulkan backend. Probes may add
+ * toggles through RAGTIME_DAWN_FEATURES (comma-separated), e.g. allow_unsafe_apis, which exposes
+ * chromium-experimental-subgroup-matrix (on the H200 none of its configurations is one onnxruntime's
+ * kernels take: docs/dawn.md).
+ */
+const DAWN_FEATURES = [
+  "vulkan_enable_f16_on_nvidia",
+  ...(Deno.env.get("RAGTIME_DAWN_FEATURES") ?? "").split(","),
+];
+const DAWN_OPTIONS = ["backend=vulkan", `enable-dawn-features=${DAWN_FEATURES.filter(Boolean).join(",")}`];
 
 let installed: WebGpuBackend | null = null;
 

@@ -5,6 +5,7 @@ import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import { BlockManager } from "../../engine/block_manager.ts";
 import {
   type PlanItem,
+  PREFILL_BACKLOG_STEPS,
   Scheduler,
   SchedulerError,
   type SchedulerPolicy,
@@ -42,6 +43,7 @@ interface Setup {
   policy?: SchedulerPolicy;
   maxChunkTokens?: number;
   prefixCaching?: boolean;
+  capturedPrefillTokens?: number;
 }
 
 function setup(o: Setup = {}) {
@@ -56,6 +58,7 @@ function setup(o: Setup = {}) {
     maxContext: o.maxContext ?? 4096,
     policy: o.policy ?? "continuous",
     maxChunkTokens: o.maxChunkTokens,
+    capturedPrefillTokens: o.capturedPrefillTokens,
     now: () => ++clock,
   });
   return { bm, sched, sim: new Sim(sched, bm) };
@@ -264,6 +267,58 @@ Deno.test("maxChunkTokens caps each prefill chunk, so prompts behind a long one 
   const plan = sim.tick();
   assertEquals(shape(plan), [["s1", 40, 1, true], ["long", 256, 256, false], ["s2", 256, 44, true]]);
   assert(plan!.items.every((it) => it.numTokens <= 256));
+});
+
+Deno.test("a short prefill backlog goes in steps of capturedPrefillTokens; a long one keeps whole steps", () => {
+  const cap = 64;
+  const { sched, sim } = setup({
+    blockSize: 16,
+    numBlocks: 256,
+    maxBatchTokens: 1024,
+    capturedPrefillTokens: cap,
+  });
+  sched.add(seq("a", 10, 50));
+  assertEquals(shape(sim.tick()), [["a", 0, 10, true]]);
+  // Chat turns' worth of new tokens: 3 x 40 fits PREFILL_BACKLOG_STEPS steps of 64, so each step takes 64
+  // prefill tokens at most (decodes on top), the prompts in order, one cut where the cap falls.
+  for (const id of ["b", "c", "d"]) sched.add(seq(id, 40));
+  assertEquals(shape(sim.tick()), [["a", 10, 1, true], ["b", 0, 40, true], ["c", 0, 24, false]]);
+  assertEquals(shape(sim.tick()), [["a", 11, 1, true], ["b", 40, 1, true], ["c", 24, 16, true], [
+    "d",
+    0,
+    40,
+    true,
+  ]]);
+  sim.run();
+  // A backlog past PREFILL_BACKLOG_STEPS steps of the cap (fresh long prompts) fills the budget as before.
+  const long = Math.ceil((PREFILL_BACKLOG_STEPS * cap) / 2) + 1;
+  sched.add(seq("e", long));
+  sched.add(seq("f", long));
+  const plan = sim.tick();
+  assertEquals(shape(plan), [["e", 0, long, true], ["f", 0, long, true]]);
+  sim.run();
+  assertEquals(sched.stats().running + sched.stats().waiting, 0);
+});
+
+Deno.test("the prefill backlog counts a waiting prompt past its cached prefix", () => {
+  const cap = 16;
+  const { sched, sim } = setup({
+    blockSize: 4,
+    numBlocks: 256,
+    maxBatchTokens: 512,
+    capturedPrefillTokens: cap,
+  });
+  const turn1 = range(500, 100);
+  sched.add(seqOf("t1", turn1, 2));
+  sim.run();
+  // 100 cached tokens plus 20 new ones: a backlog of 20, within 4 x 16, so the new tokens go 16 then 4.
+  sched.add(seqOf("t2", [...turn1, ...range(900, 20)], 2));
+  assertEquals(shape(sim.tick()), [["t2", 100, 16, false]]);
+  assertEquals(shape(sim.tick()), [["t2", 116, 4, true]]);
+  sim.run();
+  // Without the cached prefix the same prompt is a long backlog: one step takes it whole.
+  sched.add(seqOf("u", range(3000, 120), 2));
+  assertEquals(shape(sim.tick()), [["u", 0, 120, true]]);
 });
 
 Deno.test("a finished sequence's blocks are free before the next plan is formed", () => {
