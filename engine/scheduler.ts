@@ -66,15 +66,27 @@ export interface SchedulerConfig {
   /**
    * Most prefill tokens a step can hold and still replay a captured session for them (the runner's
    * largest captured prompt shape; 0 or absent: none). While all the prefill work left fits in
-   * PREFILL_BACKLOG_STEPS such steps, a step takes at most that many, so that a burst of small
-   * prompts (chat turns after a cached prefix) goes as a few replays of a few ms of dispatch each,
-   * not as one uncaptured step (~100 ms of dispatch on the H200 whatever its size).
+   * PREFILL_BACKLOG_STEPS such steps and no sequence's in PREFILL_SEQUENCE_STEPS, a step takes at
+   * most that many, so that a burst of small prompts (chat turns after a cached prefix) goes as a
+   * few replays of a few ms of dispatch each, not as one uncaptured step (~100 ms of dispatch on the
+   * H200 whatever its size).
    */
   capturedPrefillTokens?: number;
 }
 
-/** Steps of capturedPrefillTokens the prefill work left may fill for the cap to apply (see there). */
+/**
+ * Steps of capturedPrefillTokens the prefill work left may fill for the cap to apply: past that, a
+ * burst of fresh prompts, the matmuls of many rows bound a step, not its dispatch.
+ */
 export const PREFILL_BACKLOG_STEPS = 4;
+
+/**
+ * Steps of capturedPrefillTokens one sequence's prefill left may fill for the cap to apply: each
+ * replay walks the context again, so a lone prompt cut in more replays finishes later than one
+ * uncaptured step would (H200, SmolLM2-135M shape: 1000 tokens 69 ms in two replays against 92 ms
+ * uncaptured, 1800 tokens 109 ms in four against 91; docs/BENCHMARKS.md, session 14).
+ */
+export const PREFILL_SEQUENCE_STEPS = 3;
 
 export interface PlanItem {
   seq: Sequence;
@@ -390,22 +402,24 @@ export class Scheduler {
   /**
    * The step's prefill budget: capturedPrefillTokens while all the prefill work left (running
    * prefills, and waiting sequences past their cached prefixes) fits in PREFILL_BACKLOG_STEPS steps
-   * of it, else unlimited. A long backlog (a burst of fresh prompts) keeps whole steps: there the
-   * matmuls of many rows, not the dispatch, bound a step.
+   * of it and each sequence's in PREFILL_SEQUENCE_STEPS, else unlimited.
    */
   #prefillCap(): number {
     const cap = this.config.capturedPrefillTokens ?? 0;
     if (cap <= 0) return Infinity;
-    const limit = PREFILL_BACKLOG_STEPS * cap;
+    const limit = PREFILL_BACKLOG_STEPS * cap, seqLimit = PREFILL_SEQUENCE_STEPS * cap;
     let left = 0;
+    const add = (n: number) => {
+      left += n;
+      return n <= seqLimit && left <= limit;
+    };
     for (const seq of this.#running) {
-      if (seq.isPrefilling) left += seq.totalLen - seq.numComputed;
+      if (seq.isPrefilling && !add(seq.totalLen - seq.numComputed)) return Infinity;
     }
     for (const seq of this.#waiting) {
-      if (left > limit) break;
-      left += seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize;
+      if (!add(seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize)) return Infinity;
     }
-    return left > limit ? Infinity : cap;
+    return cap;
   }
 
   #policyAdmits(): boolean {

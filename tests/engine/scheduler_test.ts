@@ -6,6 +6,7 @@ import { BlockManager } from "../../engine/block_manager.ts";
 import {
   type PlanItem,
   PREFILL_BACKLOG_STEPS,
+  PREFILL_SEQUENCE_STEPS,
   Scheduler,
   SchedulerError,
   type SchedulerPolicy,
@@ -296,6 +297,26 @@ Deno.test("a short prefill backlog goes in steps of capturedPrefillTokens; a lon
   sched.add(seq("f", long));
   const plan = sim.tick();
   assertEquals(shape(plan), [["e", 0, long, true], ["f", 0, long, true]]);
+  sim.run();
+  assertEquals(sched.stats().running + sched.stats().waiting, 0);
+});
+
+Deno.test("a lone prompt longer than PREFILL_SEQUENCE_STEPS steps of the cap keeps whole steps", () => {
+  const cap = 64;
+  const { sched, sim } = setup({
+    blockSize: 16,
+    numBlocks: 256,
+    maxBatchTokens: 1024,
+    capturedPrefillTokens: cap,
+  });
+  // Within the backlog's bound, but more replays for this one prompt than one uncaptured step costs.
+  const long = PREFILL_SEQUENCE_STEPS * cap + 1;
+  assert(long <= PREFILL_BACKLOG_STEPS * cap);
+  sched.add(seq("a", long));
+  assertEquals(shape(sim.tick()), [["a", 0, long, true]]);
+  // At the bound it is cut to the cap.
+  sched.add(seq("b", PREFILL_SEQUENCE_STEPS * cap));
+  assertEquals(shape(sim.tick()), [["a", long, 1, true], ["b", 0, cap, false]]);
   sim.run();
   assertEquals(sched.stats().running + sched.stats().waiting, 0);
 });
