@@ -9,6 +9,10 @@
 // A step's shape (which sequences, how many tokens) depends only on counts, never on token values,
 // so it can be formed while the previous step's samples are still on the GPU.
 //
+// Where the model runner replays captured sessions for prompt parts of up to capturedPrefillTokens, a
+// short prefill backlog (chat turns after their cached prefixes) is cut to that size per step, so that
+// it runs as a few replays instead of one uncaptured step (see #prefillCap).
+//
 // Every sequence holds blocks only for positions scheduled so far. When a decode needs a block and
 // the pool is empty, the newest running sequence is preempted (blocks freed, recomputed later as a
 // prefill). The oldest running sequence therefore always progresses, and `add` rejects any request
@@ -394,7 +398,7 @@ export class Scheduler {
     }
   }
 
-  /** The cached prefix a waiting sequence can reuse, short of its last token (the step must produce its logits). */
+  /** The cached prefix a waiting sequence can reuse, short of its last token (whose logits the step needs). */
   #cachedPrefix(seq: Sequence): number[] {
     return this.#blocks.lookup((p) => this.#keyAt(seq, p), Math.floor((seq.totalLen - 1) / this.#blockSize));
   }
