@@ -412,23 +412,29 @@ Deno.test("a tiny pool never deadlocks: every sequence finishes and no block lea
   assert(sched.stats().preemptionsTotal > 0);
 });
 
-Deno.test("random workloads under every policy: invariants hold, all finish, nothing leaks", () => {
+Deno.test("random workloads under every policy, with and without the captured-size cut: invariants hold, all finish, nothing leaks", () => {
   let state = 12345;
+  // The high bits: an LCG's low bits cycle, so `state % n` for small powers of two repeats with the
+  // call's position (every trial would get the same budget, or the same cut).
   const rand = (n: number) => {
     state = (state * 1103515245 + 12345) % 2147483648;
-    return state % n;
+    return Math.floor((state / 2147483648) * n);
   };
   let preemptions = 0;
   for (let trial = 0; trial < 100; trial++) {
     const policy = (["continuous", "static", "sequential"] as const)[trial % 3];
     const blockSize = 1 + rand(8);
     const numBlocks = 2 + rand(30);
+    const maxBatchTokens = 1 + rand(64);
+    // Half the trials cut prefill to a captured size (it changes the plans: 17951 against 17896 without).
+    const cap = rand(2) ? 4 + rand(40) : undefined;
     const { sched, sim } = setup({
       numBlocks,
       blockSize,
-      maxBatchTokens: 1 + rand(64),
+      maxBatchTokens,
       maxSeqs: 1 + rand(6),
       policy,
+      capturedPrefillTokens: cap,
     });
     const expected = new Map<Sequence, number>();
     let id = 0;
@@ -740,6 +746,7 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
       maxSeqs: 1 + rand(6),
       maxChunkTokens: rand(2) ? 1 + rand(16) : undefined,
       policy,
+      capturedPrefillTokens: rand(100) < 50 ? 4 + rand(40) : undefined,
     });
     // A few system prompts, each continued by a few user turns, so prompts share prefixes.
     const systems = [range(100, 3 + rand(20)), range(200, 3 + rand(20)), range(300, 1 + rand(5))];
