@@ -426,7 +426,7 @@ Deno.test("random workloads under every policy, with and without the captured-si
     const blockSize = 1 + rand(8);
     const numBlocks = 2 + rand(30);
     const maxBatchTokens = 1 + rand(64);
-    // Half the trials cut prefill to a captured size (it changes the plans: 17951 against 17896 without).
+    // Half the trials cut prefill to a captured size (which changes their plans: checked with it off).
     const cap = rand(2) ? 4 + rand(40) : undefined;
     const { sched, sim } = setup({
       numBlocks,
