@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { createEngine } from "../engine/local_engine.ts";
 import { loadModel } from "../engine/model/load.ts";
 import type { StepInputs } from "../engine/model_runner.ts";
+import { singleSequenceStep } from "../engine/step_inputs.ts";
 import { STORIES260K } from "../tests/helpers/fixtures.ts";
 
 const { values: args } = parseArgs({
@@ -28,19 +29,8 @@ const { runner } = await createEngine(model, {
 const V = model.config.vocabSize, bs = runner.blockSize;
 
 function inputs(T: number): StepInputs {
-  const table = Array.from({ length: Math.ceil(T / bs) }, (_, i) => 1 + i);
-  return {
-    inputIds: Int32Array.from({ length: T }, (_, i) => 3 + ((i * 7919) % (V - 3))),
-    idSrc: new Int32Array(T).fill(-1),
-    cuSeqlens: Int32Array.of(0, T),
-    pastSeqlens: Int32Array.of(0),
-    blockTable: Int32Array.from(table),
-    maxBlocks: table.length,
-    sampleRows: Int32Array.of(T - 1),
-    sampleU: Float32Array.of(-1),
-    invTemp: Float32Array.of(1),
-    wantLogits: false,
-  };
+  const table = Int32Array.from({ length: Math.ceil(T / bs) }, (_, i) => 1 + i);
+  return singleSequenceStep(Int32Array.from({ length: T }, (_, i) => 3 + ((i * 7919) % (V - 3))), 0, table);
 }
 
 console.log(`model ${args.model ?? "stories260K"}; ms per step: dispatch (run) / to readback`);

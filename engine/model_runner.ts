@@ -13,7 +13,7 @@ import { type BuiltGraph, type GraphOptions, stepWeightTensors } from "./model/g
 import { IO } from "./model/graph_io.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
-import { sliceItems, splitDecodes, type StepInputs } from "./step_inputs.ts";
+import { singleSequenceStep, sliceItems, splitDecodes, type StepInputs } from "./step_inputs.ts";
 export type { StepInputs };
 import {
   CapturedStep,
@@ -517,15 +517,8 @@ export class ModelRunner {
     for (const u of [-1, 0.5]) {
       await this.read(
         await this.run({
-          inputIds: Int32Array.of(0),
-          idSrc: Int32Array.of(-1),
-          cuSeqlens: Int32Array.of(0, 1),
-          pastSeqlens: Int32Array.of(0),
-          blockTable: Int32Array.of(this.numBlocks),
-          maxBlocks: 1,
-          sampleRows: Int32Array.of(0),
+          ...singleSequenceStep(Int32Array.of(0), 0, Int32Array.of(this.numBlocks)),
           sampleU: Float32Array.of(u),
-          invTemp: Float32Array.of(1),
           wantLogits: u >= 0,
         }),
       );
@@ -537,19 +530,9 @@ export class ModelRunner {
       // On a software adapter compiling costs little and the step itself seconds.
       const n = Math.min(WARMUP_PROMPT_TOKENS, this.maxPositions), cols = Math.ceil(n / this.blockSize);
       await this.read(
-        await this.run({
-          inputIds: new Int32Array(n),
-          idSrc: new Int32Array(n).fill(-1),
-          cuSeqlens: Int32Array.of(0, n),
-          pastSeqlens: Int32Array.of(0),
-          blockTable: new Int32Array(cols).fill(this.numBlocks),
-          maxBlocks: cols,
-          sampleRows: Int32Array.of(n - 1),
-          sampleU: Float32Array.of(-1),
-          invTemp: Float32Array.of(1),
-          wantLogits: false,
-          longFrom: 0,
-        }),
+        await this.run(
+          singleSequenceStep(new Int32Array(n), 0, new Int32Array(cols).fill(this.numBlocks), 0),
+        ),
       );
     }
     this.useCaptured = useCaptured;

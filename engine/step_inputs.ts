@@ -30,6 +30,32 @@ export interface StepInputs {
 }
 
 /**
+ * One sequence's `ids` as a step of its own, over `past` cached tokens in `blockTable`'s blocks, its
+ * last row sampled greedily (warm-ups and probes). `longFrom` 0: on the long-query kernel.
+ */
+export function singleSequenceStep(
+  ids: Int32Array,
+  past: number,
+  blockTable: Int32Array,
+  longFrom?: number,
+): StepInputs {
+  const n = ids.length;
+  return {
+    inputIds: ids,
+    idSrc: new Int32Array(n).fill(-1),
+    cuSeqlens: Int32Array.of(0, n),
+    pastSeqlens: Int32Array.of(past),
+    blockTable,
+    maxBlocks: blockTable.length,
+    sampleRows: Int32Array.of(n - 1),
+    sampleU: Float32Array.of(-1),
+    invTemp: Float32Array.of(1),
+    wantLogits: false,
+    ...(longFrom === undefined ? {} : { longFrom }),
+  };
+}
+
+/**
  * Cuts the span [start, start + n) of one sequence into attention items of at most `itemTokens`
  * tokens, as [start, length] pairs in order. Each becomes a row of cu_seqlens / past_seqlens /
  * block_table with the sequence's own block table: PagedAttention writes every new K/V of a step

@@ -12,6 +12,7 @@
 // Without --model: a SmolLM2-135M-shaped model with random weights (bench/gpu/probe_model.ts).
 import { parseArgs } from "node:util";
 import { ModelRunner, type RunnerOptions, type StepInputs } from "../../engine/model_runner.ts";
+import { singleSequenceStep } from "../../engine/step_inputs.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
 import { smollm2ShapedModel } from "./probe_model.ts";
@@ -61,22 +62,10 @@ for (const promptRows of variants) {
   runners.push(r);
 }
 
-/** One sequence's q prompt tokens over `past` cached ones, its last row sampled greedily. */
+/** One sequence's q prompt tokens over `past` cached ones, on the long-query kernel. */
 function prompt(r: ModelRunner, q: number, past: number): StepInputs {
-  const per = Math.ceil((past + q) / r.blockSize);
-  return {
-    inputIds: Int32Array.from({ length: q }, (_, i) => (i * 7919) % 1000),
-    idSrc: new Int32Array(q).fill(-1),
-    cuSeqlens: Int32Array.of(0, q),
-    pastSeqlens: Int32Array.of(past),
-    blockTable: Int32Array.from({ length: per }, (_, i) => 1 + i),
-    maxBlocks: per,
-    sampleRows: Int32Array.of(q - 1),
-    sampleU: Float32Array.of(-1),
-    invTemp: Float32Array.of(1),
-    wantLogits: false,
-    longFrom: 0,
-  };
+  const blocks = Int32Array.from({ length: Math.ceil((past + q) / r.blockSize) }, (_, i) => 1 + i);
+  return singleSequenceStep(Int32Array.from({ length: q }, (_, i) => (i * 7919) % 1000), past, blocks, 0);
 }
 
 const pct = (v: number[], p: number) =>
