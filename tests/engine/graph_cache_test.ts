@@ -15,6 +15,7 @@ import type { LoadedModel } from "../../engine/model/types.ts";
 import { randomModel } from "../helpers/random_model.ts";
 import { referenceLogits } from "../helpers/reference.ts";
 import { WRITER_MODEL } from "../helpers/graph_cache_writer.ts";
+import { stepInputs } from "../helpers/step_inputs.ts";
 
 // Weights are graph inputs (the runner's setting). Constants of 256 bytes and more go to the .data file,
 // so even this small model has one worth corrupting (the greedy ramp over its 96-token vocabulary).
@@ -86,18 +87,7 @@ async function runnerLogits(dir: string, m: LoadedModel): Promise<string[]> {
   try {
     const ids = [1, 17, 40, 5, 88, 23];
     const V = m.config.vocabSize;
-    const h = await runner.run({
-      inputIds: Int32Array.from(ids),
-      idSrc: new Int32Array(ids.length).fill(-1),
-      cuSeqlens: Int32Array.of(0, ids.length),
-      pastSeqlens: Int32Array.of(0),
-      blockTable: Int32Array.of(2),
-      maxBlocks: 1,
-      sampleRows: Int32Array.from(ids.keys()),
-      sampleU: new Float32Array(ids.length).fill(-1),
-      invTemp: new Float32Array(ids.length).fill(1),
-      wantLogits: true,
-    });
+    const h = await runner.run(stepInputs([{ ids, past: 0, blocks: [2] }], 1));
     const { logits } = await runner.read(h);
     const ref = referenceLogits(m, ids);
     for (let t = 0; t < ids.length; t++) {
