@@ -9,6 +9,7 @@ import {
   type LongQueries,
   MAX_MATMUL_SPLIT_K,
   MIN_STEP_ROWS,
+  type PrefillOrder,
 } from "./protocol.ts";
 import type { SchedulerPolicy } from "./scheduler.ts";
 
@@ -25,6 +26,7 @@ export interface EngineConfig {
   /** Positions a sequence may reach, prompt and output together; the step graph covers as many. */
   maxContext: number;
   policy: SchedulerPolicy;
+  prefillOrder: PrefillOrder;
   debugSteps: boolean;
   graphCache: string | null;
   /** Captured sessions (ModelRunner's CaptureSettings); null: every step runs uncaptured. */
@@ -98,6 +100,7 @@ export function resolveEngineConfig(
     maxChunkTokens: s.maxChunkTokens ?? maxBatchTokens,
     maxContext,
     policy: s.policy ?? ENGINE_DEFAULTS.policy,
+    prefillOrder: s.prefillOrder ?? ENGINE_DEFAULTS.prefillOrder,
     debugSteps: s.debugSteps ?? false,
     graphCache: s.graphCache ?? null,
     graphCapture: (s.graphCapture ?? ENGINE_DEFAULTS.graphCapture)

@@ -143,6 +143,7 @@ export class LLMEngine {
       maxSeqs: Math.min(config.maxSeqs, config.maxBatchTokens),
       maxContext: config.maxContext,
       policy: config.policy,
+      prefillOrder: config.prefillOrder,
       maxChunkTokens: config.maxChunkTokens,
       splitAtPrompt: runner.longQueries === "prompts",
       capturedPrefillTokens: runner.capturedPromptTokens,

@@ -267,6 +267,8 @@ export interface EngineSettings {
   /** Context limit; at most the model's own (more is refused), absent means the model's. */
   maxModelLen?: number;
   policy?: "continuous" | "static" | "sequential";
+  /** Which waiting request starts its prefill first (PrefillOrder). */
+  prefillOrder?: PrefillOrder;
   /** One log line per step. */
   debugSteps?: boolean;
   /** Folder for built step graphs; absent or null: no cache. */
@@ -310,6 +312,21 @@ export interface EngineSettings {
   longQueries?: LongQueries | "auto";
 }
 
+/**
+ * Which waiting request starts its prefill first. arrival: first come, first served. shortest: the
+ * fewest prompt tokens left to compute (after its cached prefix) first, so that a burst's short
+ * prompts and a chat's cached turns are not queued behind long prompts (the mean time to first token
+ * falls; the total prefill work does not change). Preempted sequences and any request that has
+ * waited SHORTEST_FIRST_MAX_WAIT_MS still go first, in arrival order.
+ */
+export type PrefillOrder = "arrival" | "shortest";
+
+/**
+ * The longest a request waits behind shorter ones (prefill order "shortest"): past it, it is served
+ * in arrival order again, so a stream of short prompts cannot starve a long one.
+ */
+export const SHORTEST_FIRST_MAX_WAIT_MS = 2000;
+
 /** Largest matmul split (EngineSettings.matmulSplitK): more partial products than this only add traffic. */
 export const MAX_MATMUL_SPLIT_K = 64;
 
@@ -319,6 +336,7 @@ export const ENGINE_DEFAULTS = {
   maxBatchTokens: 2048,
   maxSeqs: 256,
   policy: "continuous",
+  prefillOrder: "arrival",
   graphCapture: true,
   prefixCaching: true,
   matmulSplitK: 8,

@@ -37,7 +37,7 @@
 // KV; bench/gpu/kv_probe.ts).
 
 import type { BlockManager } from "./block_manager.ts";
-import type { FinishReason } from "./protocol.ts";
+import { type FinishReason, type PrefillOrder, SHORTEST_FIRST_MAX_WAIT_MS } from "./protocol.ts";
 import type { Sequence } from "./sequence.ts";
 
 export type SchedulerPolicy = "continuous" | "static" | "sequential";
@@ -57,6 +57,8 @@ export interface SchedulerConfig {
    * sequential: one sequence at a time.
    */
   policy: SchedulerPolicy;
+  /** Which waiting request is admitted first (PrefillOrder); default: arrival. */
+  prefillOrder?: PrefillOrder;
   /** Most tokens one sequence computes in a step (its prefill chunk); default: the budget. */
   maxChunkTokens?: number;
   /** Clock in milliseconds; tests pass a fake one. */
@@ -156,6 +158,8 @@ export class Scheduler {
   #waiting: Sequence[] = [];
   #byId = new Map<string, Sequence>();
   #arrivalOrder = new Map<Sequence, number>();
+  /** When each sequence was added, on this scheduler's clock. */
+  #addedAt = new Map<Sequence, number>();
   #nextArrival = 0;
   #preemptionsTotal = 0;
   #prefixCacheQueries = 0;
@@ -242,6 +246,7 @@ export class Scheduler {
     seq.status = "waiting";
     this.#byId.set(seq.id, seq);
     this.#arrivalOrder.set(seq, this.#nextArrival++);
+    this.#addedAt.set(seq, this.#now());
     this.#waiting.push(seq);
   }
 
@@ -313,6 +318,7 @@ export class Scheduler {
     remove(this.#waiting, seq);
     this.#byId.delete(seq.id);
     this.#arrivalOrder.delete(seq);
+    this.#addedAt.delete(seq);
     seq.status = "finished";
     seq.finishReason = reason;
   }
@@ -359,15 +365,14 @@ export class Scheduler {
     }
   }
 
-  // Step 2b: waiting sequences are admitted FCFS. Admission stops at the first one that cannot
-  // start, so a large request is never starved by smaller ones behind it.
+  // Step 2b: waiting sequences are admitted in prefill order (#admissionOrder). Admission stops at
+  // the first one that cannot start, so a large request is never starved by smaller ones behind it.
   #admitWaiting(draft: Draft): void {
-    while (
-      this.#waiting.length > 0 && draft.budget > 0 && draft.prefillBudget > 0 &&
-      this.#running.length < this.config.maxSeqs
-    ) {
+    for (const seq of this.#admissionOrder()) {
+      if (draft.budget <= 0 || draft.prefillBudget <= 0 || this.#running.length >= this.config.maxSeqs) {
+        return;
+      }
       if (!this.#policyAdmits()) return;
-      const seq = this.#waiting[0];
       // A preempted sequence restarts only once all its tokens are known; one at its token limit
       // is about to be finished by the engine.
       if (seq.pending > 0 || seq.remainingTokens <= 0) return;
@@ -392,10 +397,32 @@ export class Scheduler {
           this.#prefixCacheHits += start;
         }
       }
-      this.#waiting.shift();
+      remove(this.#waiting, seq);
       this.#insertRunning(seq);
       this.#plan(draft, seq, chunk, "prefill");
     }
+  }
+
+  /**
+   * The waiting list in the order admission tries it: as queued (preempted sequences at the front,
+   * then arrivals), or with prefill order "shortest" the sequences that never ran and have waited
+   * less than SHORTEST_FIRST_MAX_WAIT_MS moved behind the others and sorted by the prompt tokens
+   * they have left past their cached prefix (ties: arrival).
+   */
+  #admissionOrder(): Sequence[] {
+    if (this.config.prefillOrder !== "shortest" || this.#waiting.length < 2) return [...this.#waiting];
+    const now = this.#now();
+    const first: Sequence[] = [];
+    const left = new Map<Sequence, number>();
+    for (const seq of this.#waiting) {
+      if (seq.firstScheduledTime !== null || now - this.#addedAt.get(seq)! >= SHORTEST_FIRST_MAX_WAIT_MS) {
+        first.push(seq);
+      } else left.set(seq, seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize);
+    }
+    const rest = [...left.keys()].sort((a, b) =>
+      left.get(a)! - left.get(b)! || this.#arrivalOrder.get(a)! - this.#arrivalOrder.get(b)!
+    );
+    return [...first, ...rest];
   }
 
   /** The cached prefix a waiting sequence can reuse, short of its last token (whose logits the step needs). */

@@ -5,6 +5,7 @@ import {
   ENGINE_DEFAULTS,
   type EngineSettings,
   MAX_MATMUL_SPLIT_K,
+  SHORTEST_FIRST_MAX_WAIT_MS,
 } from "../engine/protocol.ts";
 
 /** A bad flag or environment value; the message is one line that names the flag. */
@@ -163,6 +164,19 @@ const OPTIONS = {
     expect: 'one of "continuous", "static", "sequential"',
     help: "Scheduling: continuous batching, static batches, or one request at a time.",
     schema: z.enum(["continuous", "static", "sequential"]).default(ENGINE_DEFAULTS.policy),
+  }),
+  prefillOrder: opt({
+    flag: "--prefill-order",
+    env: "RAGTIME_PREFILL_ORDER",
+    kind: "value",
+    metavar: "ORDER",
+    expect: 'one of "arrival", "shortest"',
+    help: "Which waiting request starts its prefill first: in arrival order, or the fewest prompt tokens " +
+      "left past its cached prefix first (a request that has waited " +
+      `${
+        SHORTEST_FIRST_MAX_WAIT_MS / 1000
+      } s goes in arrival order again). Never changes a request's tokens.`,
+    schema: z.enum(["arrival", "shortest"]).default(ENGINE_DEFAULTS.prefillOrder),
   }),
   maxQueue: opt({
     flag: "--max-queue",
@@ -527,6 +541,7 @@ export function engineSettings(c: Config): EngineSettings {
     maxChunkTokens: c.maxChunkTokens,
     maxModelLen: c.maxModelLen,
     policy: c.batching,
+    prefillOrder: c.prefillOrder,
     debugSteps: c.debugSteps,
     graphCache: c.graphCache || null,
     graphCapture: c.graphCapture,

@@ -1,6 +1,10 @@
 // The scheduler's algorithm, step by step, plus long simulated runs that play the pipelined engine.
 
-import { neutralSamplingParams } from "../../engine/protocol.ts";
+import {
+  neutralSamplingParams,
+  type PrefillOrder,
+  SHORTEST_FIRST_MAX_WAIT_MS,
+} from "../../engine/protocol.ts";
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import { BlockManager } from "../../engine/block_manager.ts";
 import {
@@ -45,6 +49,7 @@ interface Setup {
   maxChunkTokens?: number;
   prefixCaching?: boolean;
   capturedPrefillTokens?: number;
+  prefillOrder?: PrefillOrder;
 }
 
 function setup(o: Setup = {}) {
@@ -60,9 +65,11 @@ function setup(o: Setup = {}) {
     policy: o.policy ?? "continuous",
     maxChunkTokens: o.maxChunkTokens,
     capturedPrefillTokens: o.capturedPrefillTokens,
+    prefillOrder: o.prefillOrder,
     now: () => ++clock,
   });
-  return { bm, sched, sim: new Sim(sched, bm) };
+  const advance = (ms: number) => void (clock += ms);
+  return { bm, sched, sim: new Sim(sched, bm), advance };
 }
 
 /** [id, start, numTokens, sample] per item, for compact assertions. */
@@ -423,6 +430,7 @@ Deno.test("random workloads under every policy, with and without the captured-si
   let preemptions = 0;
   for (let trial = 0; trial < 100; trial++) {
     const policy = (["continuous", "static", "sequential"] as const)[trial % 3];
+    const prefillOrder = Math.floor(trial / 3) % 2 ? "shortest" : "arrival";
     const blockSize = 1 + rand(8);
     const numBlocks = 2 + rand(30);
     const maxBatchTokens = 1 + rand(64);
@@ -435,6 +443,7 @@ Deno.test("random workloads under every policy, with and without the captured-si
       maxSeqs: 1 + rand(6),
       policy,
       capturedPrefillTokens: cap,
+      prefillOrder,
     });
     const expected = new Map<Sequence, number>();
     let id = 0;
@@ -474,6 +483,78 @@ Deno.test("FCFS: a large request at the head is not starved by small ones behind
   sched.finish(a, "stop");
   assertEquals(shape(sim.tick()), [["big", 0, 24, true], ["small", 0, 4, true]]);
   sim.run();
+});
+
+Deno.test("prefill order shortest: waiting prompts start by the tokens they have left past their cached prefix", () => {
+  const { sched, sim } = setup({
+    blockSize: 4,
+    numBlocks: 256,
+    maxBatchTokens: 450,
+    prefillOrder: "shortest",
+  });
+  const system = range(500, 200);
+  sched.add(seqOf("warm", system, 1));
+  sim.run();
+  sched.add(seq("long", 700));
+  sched.add(seq("mid", 300));
+  sched.add(seq("short", 100));
+  // 208 tokens, 200 of them cached: 8 left, the fewest.
+  sched.add(seqOf("turn", [...system, ...range(900, 8)]));
+  assertEquals(shape(sim.tick()), [["turn", 200, 8, true], ["short", 0, 100, true], ["mid", 0, 300, true], [
+    "long",
+    0,
+    42,
+    false,
+  ]]);
+  sim.run();
+  // The same arrivals in arrival order: the long prompt takes the step.
+  const fcfs = setup({ blockSize: 4, numBlocks: 256, maxBatchTokens: 450 });
+  for (const [id, n] of [["long", 700], ["mid", 300], ["short", 100]] as const) fcfs.sched.add(seq(id, n));
+  assertEquals(shape(fcfs.sim.tick()), [["long", 0, 450, false]]);
+});
+
+Deno.test("prefill order shortest: a prompt that waited SHORTEST_FIRST_MAX_WAIT_MS goes first again", () => {
+  // A decoding sequence, a long prompt waiting, then a short one arriving `waited` ms later.
+  const firstPrefill = (waited: number) => {
+    const { sched, sim, advance } = setup({
+      blockSize: 4,
+      numBlocks: 256,
+      maxBatchTokens: 64,
+      prefillOrder: "shortest",
+    });
+    sched.add(seq("a", 8, 200));
+    sim.tick();
+    sched.add(seq("long", 100));
+    advance(waited);
+    sched.add(seq("short", 60));
+    const plan = shape(sim.tick());
+    sim.run();
+    return plan;
+  };
+  assertEquals(firstPrefill(0), [["a", 8, 1, true], ["short", 0, 60, true], ["long", 0, 3, false]]);
+  assertEquals(firstPrefill(SHORTEST_FIRST_MAX_WAIT_MS), [["a", 8, 1, true], ["long", 0, 63, false]]);
+});
+
+Deno.test("prefill order shortest: a preempted sequence restarts before shorter new prompts", () => {
+  const { sched, sim } = setup({
+    numBlocks: 6,
+    blockSize: 4,
+    maxBatchTokens: 64,
+    prefixCaching: false,
+    prefillOrder: "shortest",
+  });
+  const [a, b, c] = [seq("a", 8, 8), seq("b", 8, 8), seq("c", 8, 8)];
+  for (const s of [a, b, c]) sched.add(s);
+  sim.tick();
+  assertEquals(sim.tick()!.preempted.map((s) => s.id), ["c"]);
+  sched.add(seq("tiny", 1, 1));
+  // c (9 tokens to recompute) stays at the front of the queue, ahead of the 1-token prompt.
+  sim.tick();
+  assertEquals(sched.waiting.map((s) => s.id), ["c", "tiny"]);
+  sim.run();
+  const restarts = sim.plans.flatMap((p) => p.items).filter((i) => i.start === 0 && i.numTokens > 0)
+    .map((i) => i.seq.id);
+  assert(restarts.indexOf("c", 3) < restarts.indexOf("tiny"), `restarts ${restarts}`);
 });
 
 Deno.test("static policy: a batch runs until it drains before the next one is admitted", () => {
@@ -737,6 +818,7 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
   let hits = 0, preemptions = 0;
   for (let trial = 0; trial < 100; trial++) {
     const policy = (["continuous", "static", "sequential"] as const)[trial % 3];
+    const prefillOrder = Math.floor(trial / 3) % 2 ? "shortest" : "arrival";
     const blockSize = 1 + rand(6);
     const numBlocks = 4 + rand(40);
     const { sched, sim, bm } = setup({
@@ -747,6 +829,7 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
       maxChunkTokens: rand(2) ? 1 + rand(16) : undefined,
       policy,
       capturedPrefillTokens: rand(100) < 50 ? 4 + rand(40) : undefined,
+      prefillOrder,
     });
     // A few system prompts, each continued by a few user turns, so prompts share prefixes.
     const systems = [range(100, 3 + rand(20)), range(200, 3 + rand(20)), range(300, 1 + rand(5))];
