@@ -316,16 +316,17 @@ export interface EngineSettings {
  * Which waiting request starts its prefill first. arrival: first come, first served. shortest: the
  * fewest prompt tokens left to compute (after its cached prefix) first, so that a burst's short
  * prompts and a chat's cached turns are not queued behind long prompts (the mean time to first token
- * falls; the total prefill work does not change). Preempted sequences and any request that has
- * waited SHORTEST_FIRST_MAX_WAIT_MS still go first, in arrival order.
+ * falls; the total prefill work does not change). A request is passed only by requests that arrived
+ * less than SHORTEST_FIRST_WINDOW_MS after it, and preempted sequences go first, in queue order.
  */
 export type PrefillOrder = "arrival" | "shortest";
 
 /**
- * The longest a request waits behind shorter ones (prefill order "shortest"): past it, it is served
- * in arrival order again, so a stream of short prompts cannot starve a long one.
+ * Prefill order "shortest": a waiting request may be passed by shorter ones that arrived up to this
+ * long after it, never by later ones, so a stream of short prompts cannot starve a long one, and a
+ * burst (requests arriving together) goes shortest first however long its prefill takes.
  */
-export const SHORTEST_FIRST_MAX_WAIT_MS = 2000;
+export const SHORTEST_FIRST_WINDOW_MS = 2000;
 
 /** Largest matmul split (EngineSettings.matmulSplitK): more partial products than this only add traffic. */
 export const MAX_MATMUL_SPLIT_K = 64;
@@ -336,7 +337,7 @@ export const ENGINE_DEFAULTS = {
   maxBatchTokens: 2048,
   maxSeqs: 256,
   policy: "continuous",
-  prefillOrder: "arrival",
+  prefillOrder: "shortest",
   graphCapture: true,
   prefixCaching: true,
   matmulSplitK: 8,

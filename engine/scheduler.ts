@@ -37,7 +37,7 @@
 // KV; bench/gpu/kv_probe.ts).
 
 import type { BlockManager } from "./block_manager.ts";
-import { type FinishReason, type PrefillOrder, SHORTEST_FIRST_MAX_WAIT_MS } from "./protocol.ts";
+import { type FinishReason, type PrefillOrder, SHORTEST_FIRST_WINDOW_MS } from "./protocol.ts";
 import type { Sequence } from "./sequence.ts";
 
 export type SchedulerPolicy = "continuous" | "static" | "sequential";
@@ -405,24 +405,39 @@ export class Scheduler {
 
   /**
    * The waiting list in the order admission tries it: as queued (preempted sequences at the front,
-   * then arrivals), or with prefill order "shortest" the sequences that never ran and have waited
-   * less than SHORTEST_FIRST_MAX_WAIT_MS moved behind the others and sorted by the prompt tokens
-   * they have left past their cached prefix (ties: arrival).
+   * then arrivals), or with prefill order "shortest" the preempted ones, then the others each time
+   * the one with the fewest prompt tokens left past its cached prefix among those that arrived less
+   * than SHORTEST_FIRST_WINDOW_MS after the oldest one left (ties: arrival).
    */
-  #admissionOrder(): Sequence[] {
-    if (this.config.prefillOrder !== "shortest" || this.#waiting.length < 2) return [...this.#waiting];
-    const now = this.#now();
-    const first: Sequence[] = [];
-    const left = new Map<Sequence, number>();
-    for (const seq of this.#waiting) {
-      if (seq.firstScheduledTime !== null || now - this.#addedAt.get(seq)! >= SHORTEST_FIRST_MAX_WAIT_MS) {
-        first.push(seq);
-      } else left.set(seq, seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize);
+  *#admissionOrder(): Generator<Sequence> {
+    const queued = [...this.#waiting];
+    if (this.config.prefillOrder !== "shortest" || queued.length < 2) {
+      yield* queued;
+      return;
     }
-    const rest = [...left.keys()].sort((a, b) =>
-      left.get(a)! - left.get(b)! || this.#arrivalOrder.get(a)! - this.#arrivalOrder.get(b)!
-    );
-    return [...first, ...rest];
+    const fresh: Sequence[] = [];
+    for (const seq of queued) {
+      if (seq.firstScheduledTime !== null) yield seq;
+      else fresh.push(seq);
+    }
+    const at = (seq: Sequence) => this.#addedAt.get(seq)!;
+    const left = new Map<Sequence, number>();
+    const taken = new Set<Sequence>();
+    // In arrival order, as fresh is; a strict minimum below then breaks ties by arrival.
+    const window: Sequence[] = [];
+    for (let oldest = 0, next = 0; taken.size < fresh.length;) {
+      while (taken.has(fresh[oldest])) oldest++;
+      while (next < fresh.length && at(fresh[next]) - at(fresh[oldest]) < SHORTEST_FIRST_WINDOW_MS) {
+        const seq = fresh[next++];
+        left.set(seq, seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize);
+        window.push(seq);
+      }
+      let best = 0;
+      for (let i = 1; i < window.length; i++) if (left.get(window[i])! < left.get(window[best])!) best = i;
+      const seq = window.splice(best, 1)[0];
+      taken.add(seq);
+      yield seq;
+    }
   }
 
   /** The cached prefix a waiting sequence can reuse, short of its last token (whose logits the step needs). */

@@ -5,7 +5,7 @@ import {
   ENGINE_DEFAULTS,
   type EngineSettings,
   MAX_MATMUL_SPLIT_K,
-  SHORTEST_FIRST_MAX_WAIT_MS,
+  SHORTEST_FIRST_WINDOW_MS,
 } from "../engine/protocol.ts";
 
 /** A bad flag or environment value; the message is one line that names the flag. */
@@ -171,11 +171,9 @@ const OPTIONS = {
     kind: "value",
     metavar: "ORDER",
     expect: 'one of "arrival", "shortest"',
-    help: "Which waiting request starts its prefill first: in arrival order, or the fewest prompt tokens " +
-      "left past its cached prefix first (a request that has waited " +
-      `${
-        SHORTEST_FIRST_MAX_WAIT_MS / 1000
-      } s goes in arrival order again). Never changes a request's tokens.`,
+    help: "Which waiting request starts its prefill first: in arrival order, or the one with the fewest " +
+      "prompt tokens left past its cached prefix (a request is passed only by requests that arrived less " +
+      `than ${SHORTEST_FIRST_WINDOW_MS / 1000} s after it). Never changes a request's tokens.`,
     schema: z.enum(["arrival", "shortest"]).default(ENGINE_DEFAULTS.prefillOrder),
   }),
   maxQueue: opt({

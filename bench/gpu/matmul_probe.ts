@@ -15,6 +15,8 @@
 //   splitk8  split-K: x as [8, M, K/8] by weight [8, K/8, N] (a batched MatMul, 8x the workgroups),
 //            then ReduceSum over the 8 partial products
 //   splitk16, splitk32, splitk64  the same with 16/32/64 slices (only when named in --ops)
+//   conv16   a 1x1 Conv fp16 over x as an image of M pixels and K channels, weight [N,K,1,1] (only when
+//            named in --ops): onnxruntime's WebGPU EP runs Conv channels-last with its own tiled program
 // --shapes: KxN list (default the 1B's q/o, k/v, packed qkv, gate/up, packed gate+up, down, LM head);
 // --rows-m: row counts M (default 1,16,128,512).
 //
@@ -66,8 +68,8 @@ const { values: a } = parseArgs({
 
 const BLOCK = 32;
 const ALL_OPS = ["mm16", "mm32", "gemm16t", "nb4", "nb8", "nb4a4", "nb8a4", "mulsum16", "splitk8"];
-// Wider splits, measured on request only (--ops ...,splitk16,splitk32,splitk64).
-const EXTRA_OPS = ["splitk16", "splitk32", "splitk64"];
+// Wider splits and a 1x1 convolution, measured on request only (--ops ...,splitk16,conv16).
+const EXTRA_OPS = ["splitk16", "splitk32", "splitk64", "conv16"];
 const shapeList = (s: string) =>
   s.split(",").map((x) => {
     const [K, N] = x.trim().split("x").map(Number);
@@ -282,6 +284,19 @@ const OPS: Record<string, OpDef> = {
     tensors: (w) => [{ type: "float16", dims: [w.N, w.K], data: u8(w.nk16()) }],
     prelude: (g, x) => g.op1("Unsqueeze", [x, g.constI64([1])]), // [M, 1, K]
     node: (g, x, [w]) => g.op1("ReduceSum", [g.op1("Mul", [x, w]), g.constI64([-1])], { keepdims: 0 }),
+  },
+  conv16: {
+    act: "f16",
+    ref: "exact",
+    tensors: (w) => [{ type: "float16", dims: [w.N, w.K, 1, 1], data: u8(w.nk16()) }],
+    // x [M, K] as NCHW [1, K, M, 1] through a transpose the EP's channels-last layout cancels.
+    prelude: (g, x, K) =>
+      g.op1("Transpose", [g.op1("Reshape", [x, g.constI64([1, -1, 1, K])])], { perm: [0, 3, 1, 2] }),
+    node: (g, x, [w], _K, N) =>
+      g.op1("Reshape", [
+        g.op1("Transpose", [g.op1("Conv", [x, w], { kernel_shape: [1, 1] })], { perm: [0, 2, 3, 1] }),
+        g.constI64([-1, N]),
+      ]),
   },
   splitk8: splitK(8),
   splitk16: splitK(16),

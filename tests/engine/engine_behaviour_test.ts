@@ -262,7 +262,8 @@ Deno.test("prefill in one step as many items gives the tokens of a chunk per ste
 });
 
 Deno.test("abort in the queue, mid-prefill and mid-decode: done/abort, blocks freed, others undisturbed", async () => {
-  const h = await startEngine({ maxSeqs: 2, maxBatchTokens: 32 });
+  // In arrival order, so that C waits behind A and B.
+  const h = await startEngine({ maxSeqs: 2, maxBatchTokens: 32, prefillOrder: "arrival" });
   try {
     const tk = h.model.tokenizer;
     const story = tk.encode(STORY_TEXT, false);

@@ -1,10 +1,6 @@
 // The scheduler's algorithm, step by step, plus long simulated runs that play the pipelined engine.
 
-import {
-  neutralSamplingParams,
-  type PrefillOrder,
-  SHORTEST_FIRST_MAX_WAIT_MS,
-} from "../../engine/protocol.ts";
+import { neutralSamplingParams, type PrefillOrder, SHORTEST_FIRST_WINDOW_MS } from "../../engine/protocol.ts";
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import { BlockManager } from "../../engine/block_manager.ts";
 import {
@@ -513,9 +509,10 @@ Deno.test("prefill order shortest: waiting prompts start by the tokens they have
   assertEquals(shape(fcfs.sim.tick()), [["long", 0, 450, false]]);
 });
 
-Deno.test("prefill order shortest: a prompt that waited SHORTEST_FIRST_MAX_WAIT_MS goes first again", () => {
+Deno.test("prefill order shortest: only requests that arrived within SHORTEST_FIRST_WINDOW_MS pass a waiting one", () => {
   // A decoding sequence, a long prompt waiting, then a short one arriving `waited` ms later.
-  const firstPrefill = (waited: number) => {
+  // `queued`: how long both then wait before the step forms (a burst whose prefill takes a while).
+  const firstPrefill = (waited: number, queued = 0) => {
     const { sched, sim, advance } = setup({
       blockSize: 4,
       numBlocks: 256,
@@ -527,12 +524,20 @@ Deno.test("prefill order shortest: a prompt that waited SHORTEST_FIRST_MAX_WAIT_
     sched.add(seq("long", 100));
     advance(waited);
     sched.add(seq("short", 60));
+    advance(queued);
     const plan = shape(sim.tick());
     sim.run();
     return plan;
   };
   assertEquals(firstPrefill(0), [["a", 8, 1, true], ["short", 0, 60, true], ["long", 0, 3, false]]);
-  assertEquals(firstPrefill(SHORTEST_FIRST_MAX_WAIT_MS), [["a", 8, 1, true], ["long", 0, 63, false]]);
+  assertEquals(firstPrefill(0, 3 * SHORTEST_FIRST_WINDOW_MS), firstPrefill(0));
+  assertEquals(firstPrefill(SHORTEST_FIRST_WINDOW_MS - 10), [["a", 8, 1, true], ["short", 0, 60, true], [
+    "long",
+    0,
+    3,
+    false,
+  ]]);
+  assertEquals(firstPrefill(SHORTEST_FIRST_WINDOW_MS), [["a", 8, 1, true], ["long", 0, 63, false]]);
 });
 
 Deno.test("prefill order shortest: a preempted sequence restarts before shorter new prompts", () => {

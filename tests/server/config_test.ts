@@ -38,6 +38,7 @@ Deno.test("config: defaults", () => {
     maxChunkTokens: undefined,
     maxModelLen: undefined,
     batching: "continuous",
+    prefillOrder: "shortest",
     maxQueue: 1024,
     maxBodyKb: 1024,
     apiKeys: [],
@@ -89,6 +90,7 @@ Deno.test("config: every flag, both spellings", () => {
     "8192",
     "--batching",
     "static",
+    "--prefill-order=arrival",
     "--max-queue",
     "10",
     "--max-body-kb",
@@ -124,6 +126,7 @@ Deno.test("config: every flag, both spellings", () => {
   assertEquals(c.maxChunkTokens, 512);
   assertEquals(c.maxModelLen, 8192);
   assertEquals(c.batching, "static");
+  assertEquals(c.prefillOrder, "arrival");
   assertEquals(c.maxQueue, 10);
   assertEquals(c.maxBodyKb, 64);
   assertEquals(c.apiKeys, ["k1", "k2,with,commas"]);
@@ -196,6 +199,11 @@ const bad: Array<[string[], Record<string, string>, string]> = [
     '--pipeline-depth: expected one of "auto", "1", "2", "3", got "4"',
   ],
   [["--model", "m", "--batching", "fast"], {}, "--batching: expected one of"],
+  [
+    ["--model", "m", "--prefill-order", "longest"],
+    {},
+    '--prefill-order: expected one of "arrival", "shortest"',
+  ],
   [
     ["--model", "m", "--long-queries", "maybe"],
     {},
@@ -419,6 +427,8 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     maxChunkTokens: 2048,
     maxContext: 256,
     policy: "continuous",
+    // Waiting requests by the prompt tokens they have left, within arrival windows.
+    prefillOrder: "shortest",
     debugSteps: false,
     graphCache: null,
     // Decode batches 16, 32, ... up to --max-seqs (a step computes 16 rows at least), captured at startup;
@@ -460,6 +470,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     maxChunkTokens: 64,
     maxModelLen: 128,
     policy: "static",
+    prefillOrder: "arrival",
     debugSteps: true,
     graphCache: "/tmp/g",
     prefixCaching: false,
@@ -485,8 +496,13 @@ Deno.test("engine config: the flags' defaults are the engine's defaults", () => 
   const model = randomModel();
   const fromFlags = resolveEngineConfig(engineSettings(parseConfig(["--model", "m"], env())), model);
   assertEquals(fromFlags, { ...resolveEngineConfig({}, model), graphCache: ".cache/graphs" });
-  const s = engineSettings(parseConfig(["--max-model-len", "100", "--batching", "sequential"], env()));
-  assertEquals([s.maxModelLen, s.policy], [100, "sequential"]);
+  const s = engineSettings(
+    parseConfig(
+      ["--max-model-len", "100", "--batching", "sequential"],
+      env({ RAGTIME_PREFILL_ORDER: "arrival" }),
+    ),
+  );
+  assertEquals([s.maxModelLen, s.policy, s.prefillOrder], [100, "sequential", "arrival"]);
 });
 
 Deno.test("engine config: the in-process engine starts from the resolved config", async () => {
