@@ -6,6 +6,11 @@
 // runs a chunk as attention items of at most BATCH_INVARIANT_ITEM_TOKENS (see LLMEngine.buildInputs),
 // so a long prompt is prefilled in one step when the budget allows.
 //
+// Waiting requests start in arrival order, or (PrefillOrder "shortest", the engine's default) the one
+// with the fewest prompt tokens left past its cached prefix first, among those that arrived within
+// SHORTEST_FIRST_WINDOW_MS of the oldest: the order changes when a request's first token comes, never
+// its tokens.
+//
 // A step's shape (which sequences, how many tokens) depends only on counts, never on token values,
 // so it can be formed while the previous step's samples are still on the GPU.
 //
