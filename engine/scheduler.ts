@@ -373,11 +373,13 @@ export class Scheduler {
   // Step 2b: waiting sequences are admitted in prefill order (#admissionOrder). Admission stops at
   // the first one that cannot start, so a large request is never starved by smaller ones behind it.
   #admitWaiting(draft: Draft): void {
+    const room = () =>
+      draft.budget > 0 && draft.prefillBudget > 0 && this.#running.length < this.config.maxSeqs &&
+      this.#policyAdmits();
+    // Checked before the order is formed too: it looks up every candidate's cached prefix.
+    if (!room()) return;
     for (const seq of this.#admissionOrder()) {
-      if (draft.budget <= 0 || draft.prefillBudget <= 0 || this.#running.length >= this.config.maxSeqs) {
-        return;
-      }
-      if (!this.#policyAdmits()) return;
+      if (!room()) return;
       // A preempted sequence restarts only once all its tokens are known; one at its token limit
       // is about to be finished by the engine.
       if (seq.pending > 0 || seq.remainingTokens <= 0) return;
@@ -427,21 +429,19 @@ export class Scheduler {
     }
     const at = (seq: Sequence) => this.#addedAt.get(seq)!;
     const left = new Map<Sequence, number>();
-    const taken = new Set<Sequence>();
-    // In arrival order, as fresh is; a strict minimum below then breaks ties by arrival.
+    // The ones not yet yielded of fresh[0, next), in arrival order as fresh is: window[0] is the oldest
+    // left, and a strict minimum below breaks ties by arrival.
     const window: Sequence[] = [];
-    for (let oldest = 0, next = 0; taken.size < fresh.length;) {
-      while (taken.has(fresh[oldest])) oldest++;
-      while (next < fresh.length && at(fresh[next]) - at(fresh[oldest]) < SHORTEST_FIRST_WINDOW_MS) {
+    for (let next = 0; next < fresh.length || window.length > 0;) {
+      const oldest = window[0] ?? fresh[next];
+      while (next < fresh.length && at(fresh[next]) - at(oldest) < SHORTEST_FIRST_WINDOW_MS) {
         const seq = fresh[next++];
         left.set(seq, seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize);
         window.push(seq);
       }
       let best = 0;
       for (let i = 1; i < window.length; i++) if (left.get(window[i])! < left.get(window[best])!) best = i;
-      const seq = window.splice(best, 1)[0];
-      taken.add(seq);
-      yield seq;
+      yield window.splice(best, 1)[0];
     }
   }
 
