@@ -38,6 +38,8 @@ export class BlockManager {
   /** Content hash -> the committed block holding it. */
   #index = new Map<number, number>();
   #nextNode = ROOT + 1;
+  /** The last lookup under each memo key: the blocks found and their node ids then. */
+  #lookups = new WeakMap<object, { blocks: number[]; nodes: number[] }>();
   #seed: number;
 
   constructor(numBlocks: number, blockSize: number, opts: BlockManagerOptions = {}) {
@@ -123,20 +125,33 @@ export class BlockManager {
   /**
    * The longest run of committed blocks holding tokenAt(0 .. n * blockSize - 1), n <= maxBlocks,
    * as block ids in position order. Takes nothing: pass the result to share().
+   *
+   * With a `memo` key (a waiting sequence, looked up again every step), the run found for it last
+   * time is reused as far as each of its blocks still holds the content it held then (its node id is
+   * unchanged: node ids are never reused), and only the rest is hashed: the same answer for a few
+   * comparisons instead of hashing every block. tokenAt must give the same tokens for every
+   * position it gave before under that key.
    */
-  lookup(tokenAt: (p: number) => number, maxBlocks: number): number[] {
-    const found: number[] = [];
-    if (!this.prefixCaching) return found;
+  lookup(tokenAt: (p: number) => number, maxBlocks: number, memo?: object): number[] {
+    if (!this.prefixCaching) return [];
+    const last = memo && this.#lookups.get(memo);
+    let n = 0;
+    while (last && n < last.blocks.length && n < maxBlocks && this.#node[last.blocks[n]] === last.nodes[n]) {
+      n++;
+    }
+    const found = last ? last.blocks.slice(0, n) : [], nodes = last ? last.nodes.slice(0, n) : [];
     const bs = this.blockSize;
     const tokens = new Int32Array(bs);
-    let parent = ROOT;
-    for (let i = 0; i < maxBlocks; i++) {
+    let parent = n > 0 ? nodes[n - 1] : ROOT;
+    for (let i = n; i < maxBlocks; i++) {
       for (let j = 0; j < bs; j++) tokens[j] = tokenAt(i * bs + j);
       const block = this.#index.get(this.#hashOf(parent, tokens));
       if (block === undefined || !this.#holds(block, parent, tokens)) break;
       found.push(block);
       parent = this.#node[block];
+      nodes.push(parent);
     }
+    if (memo) this.#lookups.set(memo, { blocks: found.slice(), nodes });
     return found;
   }
 

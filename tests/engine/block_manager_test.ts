@@ -97,6 +97,39 @@ Deno.test("lookup finds the longest committed chain, block by block from positio
   assertEquals(new Set([...a, ...b]).size, 5);
 });
 
+Deno.test("a lookup under a memo key answers as a fresh one while blocks are evicted, recommitted and extended", () => {
+  let state = 7;
+  const rand = (n: number) => {
+    state = (state * 1103515245 + 12345) % 2147483648;
+    return Math.floor(state / 65536) % n; // the high bits: an LCG's low bits cycle fast
+  };
+  const bm = new BlockManager(12, 2);
+  // Prompts over a small alphabet, so that they share prefixes and their blocks churn through the pool.
+  const prompts = Array.from({ length: 6 }, () => Array.from({ length: 2 * (1 + rand(6)) }, () => rand(2)));
+  const keys = prompts.map(() => ({}));
+  const held: number[][] = [];
+  let reused = 0;
+  for (let round = 0; round < 400; round++) {
+    const k = rand(prompts.length), tokens = prompts[k], max = rand(tokens.length / 2 + 1);
+    const memoed = bm.lookup(at(tokens), max, keys[k]);
+    assertEquals(memoed, bm.lookup(at(tokens), max), `round ${round}, prompt ${k}`);
+    if (memoed.length > 0) reused++;
+    // Churn: commit a prompt (sharing what is cached, evicting what the pool needs), or free one.
+    if (held.length > 2 || (rand(2) === 0 && held.length > 0)) {
+      bm.free(held.splice(rand(held.length), 1)[0]);
+    } else {
+      const p = prompts[rand(prompts.length)], table: number[] = [];
+      const hit = bm.lookup(at(p), p.length / 2);
+      if (!bm.canShareAndCover(hit, p.length)) continue;
+      bm.share(table, hit);
+      bm.cover(table, p.length);
+      for (let i = hit.length; i < table.length; i++) bm.commit(table, i, p.slice(2 * i, 2 * i + 2));
+      held.push(table);
+    }
+  }
+  assert(reused > 50, `only ${reused} lookups found a cached prefix`);
+});
+
 Deno.test("shared blocks are counted once and stay held until their last holder frees them", () => {
   const bm = new BlockManager(6, 4);
   const a = committed(bm, [1, 2, 3, 4, 5, 6, 7, 8]);
