@@ -147,6 +147,7 @@ export class LLMEngine {
       maxChunkTokens: config.maxChunkTokens,
       splitAtPrompt: runner.longQueries === "prompts",
       capturedPrefillTokens: runner.capturedPromptTokens,
+      burstPrefillTokens: runner.burstPromptTokens,
     });
   }
 
@@ -267,7 +268,9 @@ export class LLMEngine {
   async run(): Promise<void> {
     const inFlight: InFlight[] = [];
     while (!this.stopped) {
-      const plan = this.scheduler.schedule();
+      const plan = this.scheduler.schedule({
+        prefillInFlight: inFlight.some((f) => f.plan.numPrefillTokens > 0),
+      });
       if (plan) {
         inFlight.push(await this.dispatch(plan));
         if (inFlight.length >= 2) this.runner.startRead(inFlight[inFlight.length - 2].handle);

@@ -619,14 +619,27 @@ export class ModelRunner {
   }
 
   /**
-   * Most tokens a step's long-query part may hold and replay a captured prompt session: the largest
-   * prompt shape's rows less one per item, as every item the part leaves spare needs a padding token
-   * (pickCapturedPrompt). 0: none, or a software adapter, where a replay's padding rows cost as much
-   * compute as real ones on the engine's own cores (bench/gpu/prompt_probe.ts).
+   * Most tokens a step's long-query part may hold and replay a captured prompt session of at most
+   * PROMPT_CUT_ROWS rows: that shape's rows less one per item, as every item the part leaves spare
+   * needs a padding token (pickCapturedPrompt). The scheduler cuts a short prefill backlog to this.
+   * 0: none, or a software adapter, where a replay's padding rows cost as much compute as real ones
+   * on the engine's own cores (bench/gpu/prompt_probe.ts).
    */
   get capturedPromptTokens(): number {
+    return this.promptTokens(PROMPT_CUT_ROWS);
+  }
+
+  /** The same for the largest captured prompt shape: the first prefill step of a burst (Scheduler). */
+  get burstPromptTokens(): number {
+    return this.promptTokens(Infinity);
+  }
+
+  private promptTokens(maxRows: number): number {
     if (this.softwareAdapter) return 0;
-    return Math.max(0, ...this.shapes.map((c) => (c.kind === "prompt" ? c.rows! - c.batch : 0)));
+    return Math.max(
+      0,
+      ...this.shapes.map((c) => (c.kind === "prompt" && c.rows! <= maxRows ? c.rows! - c.batch : 0)),
+    );
   }
 
   /** Shapes of the sessions captured so far. */
@@ -677,6 +690,13 @@ function captureShapes(c: CaptureSettings, limit: number, prompts: boolean): Cap
  * and dispatches by items x this bound, so a chunk is cut into items of this many tokens.
  */
 const PROMPT_QUERY = 64;
+
+/**
+ * Rows of the largest captured prompt shape a short prefill backlog is cut to: chat bursts cut to
+ * the 2048-row shape were slower than in 496-token steps (its replays compute their padding rows;
+ * docs/BENCHMARKS.md, session 15), so larger shapes serve only a burst's first step.
+ */
+const PROMPT_CUT_ROWS = 512;
 
 /** Tokens of the uncaptured long-kernel step warmup() runs (more than a captured prompt step holds). */
 const WARMUP_PROMPT_TOKENS = 640;

@@ -16,7 +16,9 @@
 //
 // Where the model runner replays captured sessions for prompt parts of up to capturedPrefillTokens, a
 // short prefill backlog (chat turns after their cached prefixes) is cut to that size per step, so that
-// it runs as a few replays instead of one uncaptured step (see #prefillCap).
+// it runs as a few replays instead of one uncaptured step (see #prefillCap). The first step with
+// prefill while none is in flight is cut to the largest captured prompt shape (burstPrefillTokens):
+// its dispatch is latency then, not hidden behind steps the device is still running.
 //
 // Every sequence holds blocks only for positions scheduled so far. When a decode needs a block and
 // the pool is empty, the newest running sequence is preempted (blocks freed, recomputed later as a
@@ -83,6 +85,20 @@ export interface SchedulerConfig {
    * H200 whatever its size).
    */
   capturedPrefillTokens?: number;
+  /**
+   * Most prefill tokens a step can hold and still replay the runner's largest captured prompt
+   * session, where that is more than capturedPrefillTokens (0 or absent: none). A step formed while no
+   * step in flight holds prefill tokens takes at most that many: the device has little or nothing
+   * queued then, so an uncaptured step's dispatch (~60-100 ms of CPU on the H200) would be time every
+   * request of a burst waits; a replay's takes ~12 ms, and the next steps dispatch while it runs.
+   */
+  burstPrefillTokens?: number;
+}
+
+/** What the engine tells the scheduler about the steps it has in flight. */
+export interface ScheduleContext {
+  /** Whether a step dispatched and not yet completed holds prefill tokens; default true. */
+  prefillInFlight?: boolean;
 }
 
 /**
@@ -259,13 +275,13 @@ export class Scheduler {
    * Forms the next step, or returns null when nothing can run now. Every plan returned must be
    * passed to onStepSubmitted before the next call.
    */
-  schedule(): StepPlan | null {
+  schedule(context: ScheduleContext = {}): StepPlan | null {
     if (this.#unsubmitted) throw new Error("schedule() called before the previous plan was submitted");
     const draft: Draft = {
       items: [],
       planned: new Set(),
       budget: this.config.maxBatchTokens,
-      prefillBudget: this.#prefillCap(),
+      prefillBudget: this.#prefillCap(context.prefillInFlight ?? true),
       numPrefillTokens: 0,
       numDecodeTokens: 0,
     };
@@ -447,16 +463,26 @@ export class Scheduler {
 
   /** The cached prefix a waiting sequence can reuse, short of its last token (whose logits the step needs). */
   #cachedPrefix(seq: Sequence): number[] {
-    return this.#blocks.lookup((p) => this.#keyAt(seq, p), Math.floor((seq.totalLen - 1) / this.#blockSize));
+    return this.#blocks.lookup(
+      (p) => this.#keyAt(seq, p),
+      Math.floor((seq.totalLen - 1) / this.#blockSize),
+      seq,
+    );
   }
 
   /**
    * The step's prefill budget: capturedPrefillTokens while all the prefill work left (running
    * prefills, and waiting sequences past their cached prefixes) fits in PREFILL_BACKLOG_STEPS steps
-   * of it and each sequence's in PREFILL_SEQUENCE_STEPS, else unlimited.
+   * of it and each sequence's in PREFILL_SEQUENCE_STEPS, else unlimited; at most burstPrefillTokens
+   * while no prefill is in flight.
    */
-  #prefillCap(): number {
-    const cap = this.config.capturedPrefillTokens ?? 0;
+  #prefillCap(prefillInFlight: boolean): number {
+    const cap = this.config.capturedPrefillTokens ?? 0, burst = this.config.burstPrefillTokens ?? 0;
+    const backlogCap = this.#backlogCap(cap);
+    return !prefillInFlight && burst > cap ? Math.min(backlogCap, burst) : backlogCap;
+  }
+
+  #backlogCap(cap: number): number {
     if (cap <= 0) return Infinity;
     const limit = PREFILL_BACKLOG_STEPS * cap, seqLimit = PREFILL_SEQUENCE_STEPS * cap;
     let left = 0;

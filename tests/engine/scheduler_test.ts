@@ -45,6 +45,7 @@ interface Setup {
   maxChunkTokens?: number;
   prefixCaching?: boolean;
   capturedPrefillTokens?: number;
+  burstPrefillTokens?: number;
   prefillOrder?: PrefillOrder;
 }
 
@@ -61,6 +62,7 @@ function setup(o: Setup = {}) {
     policy: o.policy ?? "continuous",
     maxChunkTokens: o.maxChunkTokens,
     capturedPrefillTokens: o.capturedPrefillTokens,
+    burstPrefillTokens: o.burstPrefillTokens,
     prefillOrder: o.prefillOrder,
     now: () => ++clock,
   });
@@ -108,7 +110,7 @@ class Sim {
   }
 
   tick(): StepPlan | null {
-    const plan = this.sched.schedule();
+    const plan = this.sched.schedule({ prefillInFlight: this.inFlight.some((p) => p.numPrefillTokens > 0) });
     if (plan) {
       this.#execute(plan);
       this.sched.onStepSubmitted(plan);
@@ -300,6 +302,43 @@ Deno.test("a short prefill backlog goes in steps of capturedPrefillTokens; a lon
   sched.add(seq("f", long));
   const plan = sim.tick();
   assertEquals(shape(plan), [["e", 0, long, true], ["f", 0, long, true]]);
+  sim.run();
+  assertEquals(sched.stats().running + sched.stats().waiting, 0);
+});
+
+Deno.test("the first prefill step while none is in flight takes at most burstPrefillTokens", () => {
+  const cap = 64, burst = 200;
+  const { sched, sim } = setup({
+    blockSize: 16,
+    numBlocks: 256,
+    maxBatchTokens: 1024,
+    maxSeqs: 16,
+    capturedPrefillTokens: cap,
+    burstPrefillTokens: burst,
+  });
+  // A long backlog (past PREFILL_BACKLOG_STEPS steps of the cap): the first step is cut to the burst
+  // size, the next (formed while that one is in flight) takes the whole budget left.
+  for (const id of ["a", "b", "c", "d"]) sched.add(seq(id, 150, 4));
+  assertEquals(shape(sim.tick()), [["a", 0, 150, true], ["b", 0, 50, false]]);
+  assertEquals(shape(sim.tick()), [["a", 150, 1, true], ["b", 50, 100, true], ["c", 0, 150, true], [
+    "d",
+    0,
+    150,
+    true,
+  ]]);
+  sim.run();
+  // Decodes alone in flight: a new long backlog's first step is cut again, decodes on top.
+  sched.add(seq("e", 10, 20));
+  sim.tick();
+  sim.tick();
+  for (const id of ["f", "g"]) sched.add(seq(id, 300, 2));
+  const plan = sim.tick();
+  assertEquals(plan!.numPrefillTokens, burst);
+  assertEquals(shape(plan), [["e", 11, 1, true], ["f", 0, 200, false]]);
+  // A short backlog keeps the smaller cut (the burst size applies only where it is larger).
+  sim.run();
+  sched.add(seq("h", 100, 2));
+  assertEquals(shape(sim.tick()), [["h", 0, cap, false]]);
   sim.run();
   assertEquals(sched.stats().running + sched.stats().waiting, 0);
 });
@@ -834,6 +873,7 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
       maxChunkTokens: rand(2) ? 1 + rand(16) : undefined,
       policy,
       capturedPrefillTokens: rand(100) < 50 ? 4 + rand(40) : undefined,
+      burstPrefillTokens: rand(2) ? 8 + rand(60) : undefined,
       prefillOrder,
     });
     // A few system prompts, each continued by a few user turns, so prompts share prefixes.
