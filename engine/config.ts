@@ -4,6 +4,7 @@
 import type { LoadedModel } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
 import {
+  type AnswerCache,
   ENGINE_DEFAULTS,
   type EngineSettings,
   type LongQueries,
@@ -27,6 +28,7 @@ export interface EngineConfig {
   maxContext: number;
   policy: SchedulerPolicy;
   prefillOrder: PrefillOrder;
+  answerCache: AnswerCache;
   debugSteps: boolean;
   graphCache: string | null;
   /** Captured sessions (ModelRunner's CaptureSettings); null: every step runs uncaptured. */
@@ -102,6 +104,7 @@ export function resolveEngineConfig(
     maxContext,
     policy: s.policy ?? ENGINE_DEFAULTS.policy,
     prefillOrder: s.prefillOrder ?? ENGINE_DEFAULTS.prefillOrder,
+    answerCache: s.answerCache ?? ENGINE_DEFAULTS.answerCache,
     debugSteps: s.debugSteps ?? false,
     graphCache: s.graphCache ?? null,
     graphCapture: (s.graphCapture ?? ENGINE_DEFAULTS.graphCapture)

@@ -156,6 +156,8 @@ export class LLMEngine {
     const p = req.params;
     if (p.grammar && !matcher) return void this.addConstrained(req, emit);
     const seq = new Sequence(req.id, req.promptIds, p);
+    const answers = this.config.answerCache;
+    seq.cacheAnswer = answers === "on" || (answers === "auto" && req.continues === true);
     try {
       for (const id of req.promptIds) {
         if (!Number.isInteger(id) || id < 0 || id >= this.model.config.vocabSize) {

@@ -86,6 +86,11 @@ export interface GenerateRequest {
   id: string;
   promptIds: number[];
   params: SamplingParams;
+  /**
+   * The caller expects this prompt and its answer to come back as the start of a later prompt (a chat
+   * request that resends an assistant turn: the conversation goes on). See AnswerCache.
+   */
+  continues?: boolean;
 }
 
 export interface TopLogprob {
@@ -269,6 +274,8 @@ export interface EngineSettings {
   policy?: "continuous" | "static" | "sequential";
   /** Which waiting request starts its prefill first (PrefillOrder). */
   prefillOrder?: PrefillOrder;
+  /** Whose answers are recomputed as prompt KV for a later turn to reuse (AnswerCache). */
+  answerCache?: AnswerCache;
   /** One log line per step. */
   debugSteps?: boolean;
   /** Folder for built step graphs; absent or null: no cache. */
@@ -322,6 +329,19 @@ export interface EngineSettings {
 export type PrefillOrder = "arrival" | "shortest";
 
 /**
+ * Long-query mode "prompts" with prefix caching: an answer's KV comes from the decode kernel, which a
+ * prompt holding the same tokens must not reuse ("caching never changes a request's tokens"), so a
+ * chat's next turn would prefill the previous answer again. For the requests this names, the engine
+ * computes the answer's full blocks once more the way a prompt's are, while the answer is generated
+ * (whenever a replay's worth has gathered, or in a step that has prompt work anyway), and caches them,
+ * so the next turn finds them. auto: requests that say they continue a conversation
+ * (GenerateRequest.continues); on: every request; off: none. The extra prefill costs about what the
+ * next turn would have spent on the answer; a request resending it before that work ran computes it
+ * itself instead. Default off until measured on a GPU.
+ */
+export type AnswerCache = "auto" | "on" | "off";
+
+/**
  * Prefill order "shortest": a waiting request may be passed by shorter ones that arrived up to this
  * long after it, never by later ones, so a stream of short prompts cannot starve a long one, and a
  * burst (requests arriving together) goes shortest first however long its prefill takes.
@@ -338,6 +358,8 @@ export const ENGINE_DEFAULTS = {
   maxSeqs: 256,
   policy: "continuous",
   prefillOrder: "shortest",
+  // Not yet measured on the GPU host, where long-query mode prompts (and so this) applies.
+  answerCache: "off",
   graphCapture: true,
   prefixCaching: true,
   matmulSplitK: 8,

@@ -37,6 +37,11 @@ export class Sequence {
   /** Its next decode must wait until its pending token is read back (no pipelining for it). */
   needsCpuLogits: boolean;
   numPreemptions = 0;
+  /**
+   * Its answer's full blocks are to be computed again as prompt KV and cached, for a later turn that
+   * resends them (AnswerCache; the scheduler does it only where an answer's KV differs from a prompt's).
+   */
+  cacheAnswer = false;
   // Milliseconds on the scheduler's clock, for queue time, TTFT and inter-token latency.
   readonly arrivalTime: number;
   firstScheduledTime: number | null = null;

@@ -38,6 +38,8 @@ export interface Job {
   stream: boolean;
   includeUsage: boolean;
   format: Format;
+  /** The conversation goes on: its answer will likely come back in a later prompt (GenerateRequest). */
+  continues?: boolean;
 }
 
 const usage = (d: Done) => ({
@@ -80,7 +82,12 @@ export async function generate(c: AppContext, s: Shared, job: Job): Promise<Resp
   const { engine, format } = job;
   const id = `${format.idPrefix}-${randomId()}`;
   s.admission.admit(id, engine.stats(), s.config);
-  const run = new Run(c, s, engine, { id, promptIds: job.promptIds, params: job.params });
+  const run = new Run(c, s, engine, {
+    id,
+    promptIds: job.promptIds,
+    params: job.params,
+    continues: job.continues,
+  });
   const base: Base = { id, created: Math.floor(Date.now() / 1000), model: servedName(s, engine) };
   return await (job.stream ? streamResponse(c, s, job, run, base) : jsonResponse(c, s, job, run, base));
 }

@@ -176,6 +176,17 @@ const OPTIONS = {
       `than ${SHORTEST_FIRST_WINDOW_MS / 1000} s after it). Never changes a request's tokens.`,
     schema: z.enum(["arrival", "shortest"]).default(ENGINE_DEFAULTS.prefillOrder),
   }),
+  answerCache: opt({
+    flag: "--answer-cache",
+    env: "RAGTIME_ANSWER_CACHE",
+    kind: "value",
+    metavar: "WHICH",
+    expect: 'one of "auto", "on", "off"',
+    help: "In long-query mode prompts with prefix caching: whose answers are computed again as prompt KV " +
+      "and cached, so that a chat's next turn does not prefill the previous answer (auto: chat requests " +
+      "that resend an assistant turn; on: every request; off: none). Never changes a request's tokens.",
+    schema: z.enum(["auto", "on", "off"]).default(ENGINE_DEFAULTS.answerCache),
+  }),
   maxQueue: opt({
     flag: "--max-queue",
     env: "RAGTIME_MAX_QUEUE",
@@ -540,6 +551,7 @@ export function engineSettings(c: Config): EngineSettings {
     maxModelLen: c.maxModelLen,
     policy: c.batching,
     prefillOrder: c.prefillOrder,
+    answerCache: c.answerCache,
     debugSteps: c.debugSteps,
     graphCache: c.graphCache || null,
     graphCapture: c.graphCapture,

@@ -136,6 +136,8 @@ export function chatRoutes(s: Shared): Hono<AppEnv> {
       promptIds,
       params,
       promptParam: "messages",
+      // A conversation that has come back once (it resends an assistant turn) likely will again.
+      continues: req.messages.some((m) => m.role === "assistant"),
       stream: req.stream ?? false,
       includeUsage: req.stream_options?.include_usage ?? false,
       format: tools ? toolChatFormat(new ToolCallParser(toolFormat)) : chatFormat(),

@@ -195,6 +195,39 @@ Deno.test("long-query mode prompts: a prompt holding an earlier answer reuses on
   }
 });
 
+Deno.test("long-query mode prompts: an answer cached as a prompt's (--answer-cache on) serves the next turn, same tokens", async () => {
+  // The answer's full blocks are computed again on the prompt kernel (beside another prompt), so the
+  // next turn reuses them, and its tokens equal those of a run that caches nothing.
+  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
+  const first = [1, ...story.slice(0, 70)];
+  const greedy = params({ maxTokens: 40, ignoreEos: true });
+  const h = await startEngine({ longQueries: "prompts", answerCache: "on" });
+  let cached: number, second: Outcome, next: number[];
+  try {
+    const answer = (await h.generate("a", first, greedy)).flatMap((
+      e,
+    ) => (e.type === "delta" ? e.tokenIds : []));
+    next = [...first, ...answer, ...story.slice(200, 240)];
+    // Another request's prompt part takes the answer's blocks along (as a prompt's).
+    await h.generate("c", [1, ...story.slice(100, 110)], params({ maxTokens: 1 }));
+    const ev = await h.generate("b", next, greedy);
+    const done = ev[ev.length - 1];
+    assert(done.type === "done");
+    cached = done.cachedPromptTokens ?? -1;
+    second = outcomeOf(ev);
+    // The first prompt's 4 full blocks and the answer's 2 (71 + 40 tokens: 6 full blocks).
+    assertEquals(cached, 96);
+  } finally {
+    await h.close();
+  }
+  const fresh = await startEngine({ longQueries: "prompts", prefixCaching: false });
+  try {
+    assertEquals(outcomeOf(await fresh.generate("b", next, greedy)), second);
+  } finally {
+    await fresh.close();
+  }
+});
+
 Deno.test("long-query mode prompts: prompt parts replayed from captured sessions give the tokens of uncaptured ones", async () => {
   // Small prompt parts (a short prompt, a chat turn after its cached prefix) replay a captured prompt
   // session, cut into items of its query bound and padded; larger ones run uncaptured (on a GPU a short

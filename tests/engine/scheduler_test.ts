@@ -4,6 +4,7 @@ import { neutralSamplingParams, type PrefillOrder, SHORTEST_FIRST_WINDOW_MS } fr
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import { BlockManager } from "../../engine/block_manager.ts";
 import {
+  ANSWER_BATCH_TOKENS,
   type PlanItem,
   PREFILL_BACKLOG_STEPS,
   PREFILL_SEQUENCE_STEPS,
@@ -47,6 +48,7 @@ interface Setup {
   capturedPrefillTokens?: number;
   burstPrefillTokens?: number;
   prefillOrder?: PrefillOrder;
+  splitAtPrompt?: boolean;
 }
 
 function setup(o: Setup = {}) {
@@ -64,6 +66,7 @@ function setup(o: Setup = {}) {
     capturedPrefillTokens: o.capturedPrefillTokens,
     burstPrefillTokens: o.burstPrefillTokens,
     prefillOrder: o.prefillOrder,
+    splitAtPrompt: o.splitAtPrompt,
     now: () => ++clock,
   });
   const advance = (ms: number) => void (clock += ms);
@@ -81,7 +84,9 @@ function shape(plan: StepPlan | null): [string, number, number, boolean][] {
  * it, so every step is formed while its predecessor's samples are still "on the GPU". A fake KV
  * cache records what each slot holds (a position and every token up to it), to prove a sequence
  * reads only KV of its own tokens, whoever wrote it, and that no write clobbers a block another
- * running sequence relies on.
+ * running sequence relies on. With splitAtPrompt a slot also records where the prompt kernel's
+ * positions ended when it was written (an answer's KV is not a prompt's), so a prompt that reads an
+ * answer's decode KV fails. Answer copies (the scheduler's, planned without sampling) take part.
  */
 class Sim {
   inFlight: StepPlan[] = [];
@@ -102,11 +107,9 @@ class Sim {
     return this.eosAt.get(seq.id) === p - prompt ? EOS : 1000 + p - prompt;
   }
 
-  /** What KV slot p of this sequence must hold. */
-  contentAt(seq: Sequence, p: number): string {
-    const tokens: number[] = [];
-    for (let i = 0; i <= p; i++) tokens.push(this.tokenAt(seq, i));
-    return tokens.join(",");
+  /** What a KV slot holds beside its tokens: with splitAtPrompt, where prompt-kernel positions end. */
+  kindAt(seq: Sequence, p: number): string {
+    return this.sched.config.splitAtPrompt ? `|${Math.min(seq.promptIds.length, p + 1)}` : "";
   }
 
   tick(): StepPlan | null {
@@ -159,13 +162,17 @@ class Sim {
     assertEquals(total, plan.numPrefillTokens + plan.numDecodeTokens);
     assert(plan.items.length <= maxSeqs);
     assert(plan.items.slice(0, plan.numDecodeTokens).every((i) => i.numTokens === 1), "decodes come first");
-    const held = new Set(this.sched.running.flatMap((s) => s.blockTable));
-    assertEquals(this.bm.numUsed, held.size, "blocks used = blocks held by running sequences");
+    const held = new Set(
+      [...this.sched.running, ...plan.items.map((i) => i.seq)].flatMap((s) => s.blockTable),
+    );
+    assertEquals(this.bm.numUsed, held.size, "blocks used = blocks held by running sequences and the plan");
     const prev = this.inFlight.at(-1);
     for (const { seq, start, numTokens, sample } of plan.items) {
       assertEquals(seq.status, "running");
       assertEquals(start, seq.numComputed, `${seq.id} start`);
-      assertEquals(sample, start + numTokens === seq.totalLen, `${seq.id} sample flag`);
+      const copy = !this.sched.running.includes(seq);
+      if (copy) assert(seq.id.endsWith("/answer") && start + numTokens === seq.totalLen, `${seq.id} copy`);
+      assertEquals(sample, !copy && start + numTokens === seq.totalLen, `${seq.id} sample flag`);
       assert(seq.blockTable.length * this.bm.blockSize >= start + numTokens, `${seq.id} lacks blocks`);
       if (start + numTokens > seq.knownLen) {
         // The runner's contract: an input not yet on the CPU is the token the previous step sampled.
@@ -178,8 +185,9 @@ class Sim {
       let content = "";
       for (let p = 0; p < start + numTokens; p++) {
         content += (p > 0 ? "," : "") + this.tokenAt(seq, p);
-        if (p < start) assertEquals(this.#kv[slot(p)], content, `${seq.id} attention reads position ${p}`);
-        else this.#kv[slot(p)] = content;
+        const kv = content + this.kindAt(seq, p);
+        if (p < start) assertEquals(this.#kv[slot(p)], kv, `${seq.id} attention reads position ${p}`);
+        else this.#kv[slot(p)] = kv;
       }
     }
   }
@@ -192,7 +200,7 @@ class Sim {
       for (let p = 0; p < seq.numComputed; p++) {
         content += (p > 0 ? "," : "") + this.tokenAt(seq, p);
         const got = this.#kv[seq.blockTable[Math.floor(p / bs)] * bs + (p % bs)];
-        assertEquals(got, content, `${seq.id} KV at position ${p}`);
+        assertEquals(got, content + this.kindAt(seq, p), `${seq.id} KV at position ${p}`);
       }
     }
   }
@@ -842,6 +850,74 @@ Deno.test("prefix cache: aborts in every state leave the pool consistent and the
   assertEquals([st.running, st.waiting, st.blocksUsed], [0, 0, 0]);
 });
 
+Deno.test("answers as prompts: an answer's full blocks ride a step with prompt work as a prompt's, and the next turn reuses them", () => {
+  const { sched, sim, bm } = setup({ blockSize: 4, numBlocks: 64, maxBatchTokens: 64, splitAtPrompt: true });
+  const turn = (id: string, cacheAnswer: boolean) => {
+    const s = seq(id, 6, 10);
+    s.cacheAnswer = cacheAnswer;
+    sched.add(s);
+    sim.run();
+    return s;
+  };
+  const a = turn("a", true);
+  // Neither decodes alone nor the finished answer take a step for 12 answer tokens (a client sending
+  // its next turn at once would find that step ahead of its own).
+  assert(sim.plans.every((p) => p.items.every((i) => !i.seq.id.endsWith("/answer"))));
+  assertEquals(sim.tick(), null);
+  // Another request's prompt part takes them: from the block holding the prompt's end (cached with
+  // answer tokens as an answer's) to the last full block.
+  sched.add(seq("c", 5, 1));
+  assertEquals(shape(sim.tick()), [["c", 0, 5, true], ["a/answer", 4, 12, false]]);
+  sim.run();
+  const next = (s: Sequence) => {
+    const n = seqOf(`${s.id}2`, [...s.promptIds, ...s.outputIds, 7, 7], 2);
+    sched.add(n);
+    sim.run();
+    return n.numCachedTokens;
+  };
+  assertEquals(next(a), 16);
+  // Without cacheAnswer only the prompt's full block is reused: the answer's KV is not a prompt's.
+  const b = turn("b", false);
+  sched.add(seq("d", 5, 1));
+  assertEquals(shape(sim.tick()), [["d", 0, 5, true]]);
+  sim.run();
+  assertEquals(next(b), 4);
+  assertEquals(bm.numUsed, 0);
+});
+
+Deno.test("answers as prompts: copies ride a step with prompt work, or a replay's worth; a turn resending the answer first computes it itself", () => {
+  const { sched, sim } = setup({ blockSize: 4, numBlocks: 256, maxBatchTokens: 512, splitAtPrompt: true });
+  const a = seq("a", 6, 40);
+  a.cacheAnswer = true;
+  sched.add(a);
+  while (a.outputIds.length < 12) sim.tick();
+  assert(sim.plans.every((p) => p.items.every((i) => !i.seq.id.endsWith("/answer"))));
+  // Another request's prompt makes a prompt part: the copy goes with it, after it.
+  sched.add(seq("c", 5, 2));
+  const plan = shape(sim.tick());
+  assertEquals(plan.slice(1, 2), [["c", 0, 5, true]]);
+  assertEquals(plan[2].slice(0, 2), ["a/answer", 4]);
+  assertEquals(plan[2][3], false);
+  // A turn resending the answer before its copy: no copy of those blocks, the turn computes them.
+  while (a.outputIds.length < 24) sim.tick();
+  const turn = seqOf("a2", [...a.promptIds, ...a.outputIds, 9], 2);
+  sched.add(turn);
+  const withTurn = sim.tick()!;
+  assert(withTurn.items.some((i) => i.seq === turn));
+  assert(withTurn.items.every((i) => !i.seq.id.endsWith("/answer")));
+  sim.run();
+
+  // Decodes alone take a copy once ANSWER_BATCH_TOKENS answer tokens have gathered.
+  const long = seq("long", 4, ANSWER_BATCH_TOKENS + 40);
+  long.cacheAnswer = true;
+  sched.add(long);
+  let first: [string, number, number, boolean] | undefined;
+  while (!first) first = shape(sim.tick()).find((i) => i[0] === "long/answer");
+  assertEquals(first, ["long/answer", 4, ANSWER_BATCH_TOKENS, false]);
+  assertEquals(long.status, "running");
+  sim.run();
+});
+
 Deno.test("prefix cache off: identical prompts share nothing and nothing is counted", () => {
   const { sched, sim, bm } = setup({ blockSize: 4, prefixCaching: false });
   sched.add(seqOf("a", range(500, 16), 2));
@@ -859,10 +935,13 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
     state = (state * 1103515245 + 12345) % 2147483648;
     return state % n;
   };
-  let hits = 0, preemptions = 0;
+  let hits = 0, preemptions = 0, answerHits = 0, copies = 0;
   for (let trial = 0; trial < 100; trial++) {
     const policy = (["continuous", "static", "sequential"] as const)[trial % 3];
     const prefillOrder = Math.floor(trial / 3) % 2 ? "shortest" : "arrival";
+    // Long-query mode prompts: answers' KV is not prompts' (the Sim checks), and cached as prompts'
+    // by copies for the sequences that ask.
+    const splitAtPrompt = Math.floor(trial / 6) % 2 === 1;
     const blockSize = 1 + rand(6);
     const numBlocks = 4 + rand(40);
     const { sched, sim, bm } = setup({
@@ -875,20 +954,32 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
       capturedPrefillTokens: rand(100) < 50 ? 4 + rand(40) : undefined,
       burstPrefillTokens: rand(2) ? 8 + rand(60) : undefined,
       prefillOrder,
+      splitAtPrompt,
     });
     // A few system prompts, each continued by a few user turns, so prompts share prefixes.
     const systems = [range(100, 3 + rand(20)), range(200, 3 + rand(20)), range(300, 1 + rand(5))];
     const expected = new Map<Sequence, number>();
+    const answerOf = new Map<Sequence, Sequence>();
     let id = 0;
     const addSome = (k: number) => {
       for (let i = 0; i < k; i++) {
         const capacity = numBlocks * blockSize;
         const sys = systems[rand(systems.length)];
-        const prompt = [...sys, ...range(1000 + 10 * rand(4), rand(12))].slice(0, Math.min(capacity, 40));
+        // Or a conversation's next turn: an earlier request's prompt and answer so far, then more.
+        const earlier = [...expected.keys()].filter((e) => e.outputIds.length > 0);
+        const head = earlier.length > 0 && rand(3) === 0
+          ? (({ promptIds, outputIds }) => [...promptIds, ...outputIds])(earlier[rand(earlier.length)])
+          : sys;
+        const prompt = [...head, ...range(1000 + 10 * rand(4), rand(12))].slice(0, Math.min(capacity, 40));
         const maxTokens = 1 + rand(Math.min(capacity - prompt.length + 1, 20));
         const s = seqOf(`t${trial}-${id++}`, prompt, maxTokens, rand(3) === 0 ? { logprobs: 0 } : {});
         if (rand(4) === 0) sim.eosAt.set(s.id, rand(maxTokens));
+        s.cacheAnswer = rand(2) === 0;
+        const from = earlier.find((e) =>
+          e.cacheAnswer && [...e.promptIds, ...e.outputIds].every((t, i) => prompt[i] === t)
+        );
         sched.add(s);
+        if (splitAtPrompt && from) answerOf.set(s, from);
         expected.set(s, sim.eosAt.has(s.id) ? sim.eosAt.get(s.id)! + 1 : maxTokens);
       }
     };
@@ -904,11 +995,20 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
     for (const [s, n] of expected) {
       if (s.finishReason !== "abort") assertEquals(s.outputIds.length, n, `${policy} ${s.id}`);
     }
+    // A turn that found its earlier answer's blocks cached as a prompt's (past that answer's prompt),
+    // and the copies that computed answers as prompts.
+    for (const [s, from] of answerOf) {
+      if (s.numCachedTokens > Math.floor(from.promptIds.length / blockSize) * blockSize) answerHits++;
+    }
+    copies += sim.plans.reduce((n, p) => n + p.items.filter((i) => i.seq.id.endsWith("/answer")).length, 0);
     const st = sched.stats();
     assertEquals([st.running, st.waiting, bm.numUsed, bm.numFree], [0, 0, 0, numBlocks]);
     assert(st.prefixCacheHits <= st.prefixCacheQueries && bm.numCached <= numBlocks);
     hits += st.prefixCacheHits;
     preemptions += st.preemptionsTotal;
   }
-  assert(hits > 0 && preemptions > 0, `hits ${hits}, preemptions ${preemptions}`);
+  assert(
+    hits > 0 && preemptions > 0 && answerHits > 0 && copies > 0,
+    `hits ${hits}, preemptions ${preemptions}, answer hits ${answerHits}, copies ${copies}`,
+  );
 });

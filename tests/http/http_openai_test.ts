@@ -97,6 +97,19 @@ Deno.test("openai client: completions, streaming", async () => {
   });
 });
 
+Deno.test("chat: a request resending an assistant turn tells the engine the conversation goes on", async () => {
+  await withFake({}, async (s, engine) => {
+    const turn = async (messages: { role: string; content: string }[]) =>
+      await (await post(`${s.baseURL}/chat/completions`, { messages, max_tokens: 1 })).body?.cancel();
+    await turn(user("Hi"));
+    await turn([{ role: "system", content: "Be brief." }, ...user("Hi")]);
+    await turn([...user("Hi"), { role: "assistant", content: "Hello" }, ...user("More")]);
+    await (await post(`${s.baseURL}/completions`, { prompt: "Hi Hello More", max_tokens: 1 })).body?.cancel();
+    await engine.arrivals(4);
+    assert.deepEqual(engine.requests.map((r) => r.continues ?? false), [false, false, true, false]);
+  });
+});
+
 Deno.test("wire: chat stream is role chunk, content chunks, finish chunk, [DONE]", async () => {
   await withFake({}, async (s) => {
     const res = await post(`${s.baseURL}/chat/completions`, {

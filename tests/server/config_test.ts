@@ -39,6 +39,7 @@ Deno.test("config: defaults", () => {
     maxModelLen: undefined,
     batching: "continuous",
     prefillOrder: "shortest",
+    answerCache: "off",
     maxQueue: 1024,
     maxBodyKb: 1024,
     apiKeys: [],
@@ -91,6 +92,8 @@ Deno.test("config: every flag, both spellings", () => {
     "--batching",
     "static",
     "--prefill-order=arrival",
+    "--answer-cache",
+    "auto",
     "--max-queue",
     "10",
     "--max-body-kb",
@@ -127,6 +130,7 @@ Deno.test("config: every flag, both spellings", () => {
   assertEquals(c.maxModelLen, 8192);
   assertEquals(c.batching, "static");
   assertEquals(c.prefillOrder, "arrival");
+  assertEquals(c.answerCache, "auto");
   assertEquals(c.maxQueue, 10);
   assertEquals(c.maxBodyKb, 64);
   assertEquals(c.apiKeys, ["k1", "k2,with,commas"]);
@@ -203,6 +207,11 @@ const bad: Array<[string[], Record<string, string>, string]> = [
     ["--model", "m", "--prefill-order", "longest"],
     {},
     '--prefill-order: expected one of "arrival", "shortest"',
+  ],
+  [
+    ["--model", "m", "--answer-cache", "always"],
+    {},
+    '--answer-cache: expected one of "auto", "on", "off"',
   ],
   [
     ["--model", "m", "--long-queries", "maybe"],
@@ -429,6 +438,8 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     policy: "continuous",
     // Waiting requests by the prompt tokens they have left, within arrival windows.
     prefillOrder: "shortest",
+    // Answers cached as prompts' (long-query mode prompts): off until measured on a GPU.
+    answerCache: "off",
     debugSteps: false,
     graphCache: null,
     // Decode batches 16, 32, ... up to --max-seqs (a step computes 16 rows at least), captured at startup;
@@ -471,6 +482,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     maxModelLen: 128,
     policy: "static",
     prefillOrder: "arrival",
+    answerCache: "on",
     debugSteps: true,
     graphCache: "/tmp/g",
     prefixCaching: false,
@@ -499,10 +511,15 @@ Deno.test("engine config: the flags' defaults are the engine's defaults", () => 
   const s = engineSettings(
     parseConfig(
       ["--max-model-len", "100", "--batching", "sequential"],
-      env({ RAGTIME_PREFILL_ORDER: "arrival" }),
+      env({ RAGTIME_PREFILL_ORDER: "arrival", RAGTIME_ANSWER_CACHE: "on" }),
     ),
   );
-  assertEquals([s.maxModelLen, s.policy, s.prefillOrder], [100, "sequential", "arrival"]);
+  assertEquals([s.maxModelLen, s.policy, s.prefillOrder, s.answerCache], [
+    100,
+    "sequential",
+    "arrival",
+    "on",
+  ]);
 });
 
 Deno.test("engine config: the in-process engine starts from the resolved config", async () => {
