@@ -322,8 +322,10 @@ export class Scheduler {
     this.#continuePrefills(draft);
     // A step that had to preempt is short of blocks: admitting now would only thrash. With nothing
     // planned, though, admitting is the only way forward.
-    if (this.#preemptionsTotal === preemptionsBefore || draft.items.length === 0) this.#admitWaiting(draft);
-    if (this.#answerWork.size > 0) this.#planAnswers(draft);
+    const preempted = this.#preemptionsTotal !== preemptionsBefore;
+    if (!preempted || draft.items.length === 0) this.#admitWaiting(draft);
+    // Copies never take blocks a step was short of.
+    if (!preempted && this.#answerWork.size > 0) this.#planAnswers(draft);
 
     if (draft.items.length === 0) return null;
     const plan: StepPlan = {
