@@ -4,12 +4,8 @@
 # off for the ratio, one server after the other in ORDER (docs/BENCHMARKS.md, session 17).
 # MODEL, ORDER (settings among auto, off, nocache; default "auto off off auto nocache"), CHAT (workload
 # flags) and SERVER_ARGS (more server flags) override the defaults; results are chat-SETTING[-N].json.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results/cpu-answer-cache}
-mkdir -p "$OUT"
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/ragtime-xdg}
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+OUT_DEFAULT=bench/results/cpu-answer-cache
+source "$(dirname "$0")/cpu_env.sh"
 MODEL=${MODEL:-models/ragtime-mini}
 S="--max-model-len 512 --max-seqs 16 --long-queries prompts ${SERVER_ARGS:-}"
 CHAT=${CHAT:-"--workload chat --users 2 --turns 4 --system-len 150 --user-len 2:3 --answer-len 40 --warmup 2 --seed 0 --no-progress"}

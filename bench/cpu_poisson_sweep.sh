@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
 # Poisson-arrival sweep on the CPU machine (software adapter, stories260K): TTFT and ITL per rate.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results/cpu}
-mkdir -p "$OUT"
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/ragtime-xdg}
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+OUT_DEFAULT=bench/results/cpu
+source "$(dirname "$0")/cpu_env.sh"
 PORT=${PORT:-18555}
 deno run -A main.ts --model ../shared/models/stories260K/stories260K.gguf --port "$PORT" --max-model-len 512 \
   --max-seqs 64 >"$OUT/sweep-server.log" 2>&1 &

@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
 # Prefill order side by side on the CPU machine (docs/BENCHMARKS.md, session 16): a burst of prompts at once
 # on the built-in model, one server per order in ORDERS (default "arrival shortest shortest arrival").
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results/cpu-prefill-order}
-mkdir -p "$OUT"
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/ragtime-xdg}
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+OUT_DEFAULT=bench/results/cpu-prefill-order
+source "$(dirname "$0")/cpu_env.sh"
 MODEL=${MODEL:-models/ragtime-mini}
 WL=${WL:-"--num-prompts 32 --warmup 2 --input-len 32:256 --output-len 16:48 --vocab 4096 --seed 0 --no-progress"}
 S=${S:-"--max-model-len 512 --max-batch-tokens 512"}

@@ -4,12 +4,8 @@
 # --prefix-caching on and one with it off, run one after the other in one go (docs/BENCHMARKS.md
 # also has a second round in the opposite order: off before on; --compare compares batching modes only,
 # so each setting is its own --compare continuous run).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results/cpu-2026-12-02-prefix}
-mkdir -p "$OUT"
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/ragtime-xdg}
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+OUT_DEFAULT=bench/results/cpu-2026-12-02-prefix
+source "$(dirname "$0")/cpu_env.sh"
 # MODEL, SYSTEM_LEN (words), ORDER (the caching settings' order, e.g. "on off off on"), RANDOM_TOO=0 (chat
 # only) and SERVER_ARGS (more server flags) override the defaults; results are named chat-SETTING[-N].json
 # in run order.

@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
 # The CPU machine's side-by-side run (software WebGPU adapter, stories260K), as in docs/BENCHMARKS.md.
 # Continuous with up to 64 sequences per step, static in groups of 16, sequential one at a time.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results/cpu}
-mkdir -p "$OUT"
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/ragtime-xdg}
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+OUT_DEFAULT=bench/results/cpu
+source "$(dirname "$0")/cpu_env.sh"
 MODEL=../shared/models/stories260K/stories260K.gguf
 WL="--num-prompts 64 --warmup 2 --input-len 16:128 --output-len 16:96 --vocab 512 --seed 0 --no-progress"
 S="--max-model-len 512 --max-batch-tokens 2048"
