@@ -28,7 +28,7 @@ import {
 } from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
 import { isGreedy, type SampledLogprob, sampleToken } from "./sampler.ts";
-import { type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
+import { ANSWER_IDLE_MS, type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { attentionItems } from "./step_inputs.ts";
 
@@ -269,10 +269,13 @@ export class LLMEngine {
   /** Runs until stop(); each iteration dispatches at most one step and reads back what the depth asks. */
   async run(): Promise<void> {
     const inFlight: InFlight[] = [];
+    let idleSince: number | null = null;
     while (!this.stopped) {
       const plan = this.scheduler.schedule({
         prefillInFlight: inFlight.some((f) => f.plan.numPrefillTokens > 0),
+        idleMs: idleSince === null ? 0 : performance.now() - idleSince,
       });
+      idleSince = null;
       if (plan) {
         inFlight.push(await this.dispatch(plan));
         if (inFlight.length >= 2) this.runner.startRead(inFlight[inFlight.length - 2].handle);
@@ -283,7 +286,14 @@ export class LLMEngine {
         await this.complete(inFlight.shift()!);
       }
       if (!plan && inFlight.length === 0 && !this.stopped && this.scheduler.isIdle) {
-        await new Promise<void>((resolve) => (this.wake = resolve));
+        idleSince = performance.now();
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          // Answers waiting to be cached as prompts' run once the engine has been idle a while.
+          if (this.scheduler.hasAnswerWork) timer = setTimeout(resolve, ANSWER_IDLE_MS);
+        });
+        clearTimeout(timer);
         this.wake = null;
       }
     }

@@ -332,9 +332,9 @@ export type PrefillOrder = "arrival" | "shortest";
  * Long-query mode "prompts" with prefix caching: an answer's KV comes from the decode kernel, which a
  * prompt holding the same tokens must not reuse ("caching never changes a request's tokens"), so a
  * chat's next turn would prefill the previous answer again. For the requests this names, the engine
- * computes the answer's full blocks once more the way a prompt's are, while the answer is generated
- * (whenever a replay's worth has gathered, or in a step that has prompt work anyway), and caches them,
- * so the next turn finds them. auto: requests that say they continue a conversation
+ * computes the answer's full blocks once more the way a prompt's are (whenever a replay's worth has
+ * gathered, in a step that has prompt work anyway, or once the engine has idled ANSWER_IDLE_MS) and
+ * caches them, so the next turn finds them. auto: requests that say they continue a conversation
  * (GenerateRequest.continues); on: every request; off: none. The extra prefill costs about what the
  * next turn would have spent on the answer; a request resending it before that work ran computes it
  * itself instead. Default off until measured on a GPU.

@@ -105,6 +105,8 @@ export interface SchedulerConfig {
 export interface ScheduleContext {
   /** Whether a step dispatched and not yet completed holds prefill tokens; default true. */
   prefillInFlight?: boolean;
+  /** How long the engine has had nothing in flight and nothing to run, in ms; default 0. */
+  idleMs?: number;
 }
 
 /**
@@ -168,6 +170,13 @@ export class SchedulerError extends Error {
  * to every step. Fewer wait for a step that has prompt work anyway.
  */
 export const ANSWER_BATCH_TOKENS = 256;
+
+/**
+ * Milliseconds the engine must have had nothing to run before answer copies take a step of their own
+ * (ScheduleContext.idleMs): a client that sends its next turn at once computes the answer itself,
+ * one whose user reads the answer first finds it cached.
+ */
+export const ANSWER_IDLE_MS = 250;
 
 /** An answer's blocks still to compute as a prompt's: positions [from, upTo), block-aligned. */
 interface AnswerWork {
@@ -248,6 +257,11 @@ export class Scheduler {
     return this.#running.length === 0 && this.#waiting.length === 0;
   }
 
+  /** Answers wait to be computed as prompts' (AnswerCache): an idle engine runs them after ANSWER_IDLE_MS. */
+  get hasAnswerWork(): boolean {
+    return this.#answerWork.size > 0;
+  }
+
   stats(): SchedulerStats {
     return {
       running: this.#running.length,
@@ -325,7 +339,7 @@ export class Scheduler {
     const preempted = this.#preemptionsTotal !== preemptionsBefore;
     if (!preempted || draft.items.length === 0) this.#admitWaiting(draft);
     // Copies never take blocks a step was short of.
-    if (!preempted && this.#answerWork.size > 0) this.#planAnswers(draft);
+    if (!preempted && this.#answerWork.size > 0) this.#planAnswers(draft, context.idleMs ?? 0);
 
     if (draft.items.length === 0) return null;
     const plan: StepPlan = {
@@ -482,17 +496,20 @@ export class Scheduler {
 
   // Step 3: answers' blocks as prompts' (AnswerCache), in the budget real work left, each from the
   // cached blocks before it, in whole blocks; never at the cost of a block another sequence holds.
-  #planAnswers(draft: Draft): void {
+  #planAnswers(draft: Draft, idleMs: number): void {
     let tokens = 0;
     for (const w of this.#answerWork.values()) tokens += w.upTo - w.from;
     // A step of decodes alone would run a second part for it: worth it for a replay's worth only. Not
-    // when an answer is done either: a client that sends its next turn at once would find that part
-    // ahead of its own on the device (CPU machine, one user: 1.5 s against 0.7 s), and one that waits
-    // has its turn arrive while the engine is idle, when nothing would run it.
-    if (draft.numPrefillTokens === 0 && tokens < ANSWER_BATCH_TOKENS) return;
+    // as soon as an answer is done either: a client that sends its next turn at once would find that
+    // step ahead of its own on the device (CPU machine, one user: 1.5 s against 0.7 s); but once the
+    // engine has been idle a while, its user is reading.
+    const idle = draft.items.length === 0 && idleMs >= ANSWER_IDLE_MS;
+    if (draft.numPrefillTokens === 0 && tokens < ANSWER_BATCH_TOKENS && !idle) return;
     const bs = this.#blockSize;
     for (const [owner, w] of this.#answerWork) {
       const room = Math.floor(Math.min(draft.budget, draft.prefillBudget) / bs) * bs;
+      // A step budget under one block leaves no room ever: drop the work rather than wait for it.
+      if (room === 0 && draft.items.length === 0) this.#answerWork.clear();
       if (room === 0 || draft.items.length >= this.config.maxSeqs) return;
       const ids = [...owner.promptIds, ...owner.outputIds.slice(0, w.upTo - owner.promptIds.length)];
       const hit = this.#blocks.lookup((p) => ids[p], w.upTo / bs);

@@ -196,7 +196,7 @@ Deno.test("long-query mode prompts: a prompt holding an earlier answer reuses on
 });
 
 Deno.test("long-query mode prompts: an answer cached as a prompt's (--answer-cache on) serves the next turn, same tokens", async () => {
-  // The answer's full blocks are computed again on the prompt kernel (beside another prompt), so the
+  // The answer's full blocks are computed again on the prompt kernel (once the engine idles), so the
   // next turn reuses them, and its tokens equal those of a run that caches nothing.
   const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
   const first = [1, ...story.slice(0, 70)];
@@ -208,8 +208,13 @@ Deno.test("long-query mode prompts: an answer cached as a prompt's (--answer-cac
       e,
     ) => (e.type === "delta" ? e.tokenIds : []));
     next = [...first, ...answer, ...story.slice(200, 240)];
-    // Another request's prompt part takes the answer's blocks along (as a prompt's).
-    await h.generate("c", [1, ...story.slice(100, 110)], params({ maxTokens: 1 }));
+    // Once the engine has been idle ANSWER_IDLE_MS (its user reads the answer), a step computes the
+    // answer's blocks as a prompt's and caches them: then they are cached twice over from the one
+    // holding the prompt's end on (the request's own, keyed as an answer's, and the copy's).
+    const full = Math.floor((first.length + answer.length) / 16), prompt = Math.floor(first.length / 16);
+    for (let i = 0; i < 500 && (h.engine.stats().kvBlocksCached ?? 0) < 2 * full - prompt; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
     const ev = await h.generate("b", next, greedy);
     const done = ev[ev.length - 1];
     assert(done.type === "done");

@@ -5,6 +5,7 @@ import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import { BlockManager } from "../../engine/block_manager.ts";
 import {
   ANSWER_BATCH_TOKENS,
+  ANSWER_IDLE_MS,
   type PlanItem,
   PREFILL_BACKLOG_STEPS,
   PREFILL_SEQUENCE_STEPS,
@@ -112,8 +113,9 @@ class Sim {
     return this.sched.config.splitAtPrompt ? `|${Math.min(seq.promptIds.length, p + 1)}` : "";
   }
 
-  tick(): StepPlan | null {
-    const plan = this.sched.schedule({ prefillInFlight: this.inFlight.some((p) => p.numPrefillTokens > 0) });
+  tick(idleMs = 0): StepPlan | null {
+    const prefillInFlight = this.inFlight.some((p) => p.numPrefillTokens > 0);
+    const plan = this.sched.schedule({ prefillInFlight, idleMs });
     if (plan) {
       this.#execute(plan);
       this.sched.onStepSubmitted(plan);
@@ -850,7 +852,7 @@ Deno.test("prefix cache: aborts in every state leave the pool consistent and the
   assertEquals([st.running, st.waiting, st.blocksUsed], [0, 0, 0]);
 });
 
-Deno.test("answers as prompts: an answer's full blocks ride a step with prompt work as a prompt's, and the next turn reuses them", () => {
+Deno.test("answers as prompts: an answer's full blocks are computed as a prompt's once the engine idles, and the next turn reuses them", () => {
   const { sched, sim, bm } = setup({ blockSize: 4, numBlocks: 64, maxBatchTokens: 64, splitAtPrompt: true });
   const turn = (id: string, cacheAnswer: boolean) => {
     const s = seq(id, 6, 10);
@@ -861,13 +863,12 @@ Deno.test("answers as prompts: an answer's full blocks ride a step with prompt w
   };
   const a = turn("a", true);
   // Neither decodes alone nor the finished answer take a step for 12 answer tokens (a client sending
-  // its next turn at once would find that step ahead of its own).
+  // its next turn at once would find that step ahead of its own), until the engine has idled a while:
+  // from the block holding the prompt's end (cached with answer tokens as an answer's) to the last
+  // full block.
   assert(sim.plans.every((p) => p.items.every((i) => !i.seq.id.endsWith("/answer"))));
-  assertEquals(sim.tick(), null);
-  // Another request's prompt part takes them: from the block holding the prompt's end (cached with
-  // answer tokens as an answer's) to the last full block.
-  sched.add(seq("c", 5, 1));
-  assertEquals(shape(sim.tick()), [["c", 0, 5, true], ["a/answer", 4, 12, false]]);
+  assertEquals(sim.tick(ANSWER_IDLE_MS - 1), null);
+  assertEquals(shape(sim.tick(ANSWER_IDLE_MS)), [["a/answer", 4, 12, false]]);
   sim.run();
   const next = (s: Sequence) => {
     const n = seqOf(`${s.id}2`, [...s.promptIds, ...s.outputIds, 7, 7], 2);
@@ -876,11 +877,15 @@ Deno.test("answers as prompts: an answer's full blocks ride a step with prompt w
     return n.numCachedTokens;
   };
   assertEquals(next(a), 16);
+  // Or another request's prompt part takes them along.
+  const e = turn("e", true);
+  sched.add(seq("c", 5, 1));
+  assertEquals(shape(sim.tick()), [["c", 0, 5, true], ["e/answer", 4, 12, false]]);
+  sim.run();
+  assertEquals(next(e), 16);
   // Without cacheAnswer only the prompt's full block is reused: the answer's KV is not a prompt's.
   const b = turn("b", false);
-  sched.add(seq("d", 5, 1));
-  assertEquals(shape(sim.tick()), [["d", 0, 5, true]]);
-  sim.run();
+  assertEquals(sim.tick(ANSWER_IDLE_MS), null);
   assertEquals(next(b), 4);
   assertEquals(bm.numUsed, 0);
 });
