@@ -464,10 +464,7 @@ export class Scheduler {
         this.#maxChunk,
       );
       if (!this.#blocks.canShareAndCover(hit, start + chunk)) return;
-      this.#blocks.share(seq.blockTable, hit);
-      this.#blocks.cover(seq.blockTable, start + chunk);
-      seq.numCommittedBlocks = hit.length;
-      seq.numComputed = start;
+      this.#startAfter(seq, hit, start + chunk);
       if (seq.firstScheduledTime === null) {
         seq.firstScheduledTime = this.#now();
         seq.numCachedTokens = start;
@@ -511,16 +508,13 @@ export class Scheduler {
       // A step budget under one block leaves no room ever: drop the work rather than wait for it.
       if (room === 0 && draft.items.length === 0) this.#answerWork.clear();
       if (room === 0 || draft.items.length >= this.config.maxSeqs) return;
-      const ids = [...owner.promptIds, ...owner.outputIds.slice(0, w.upTo - owner.promptIds.length)];
-      const hit = this.#blocks.lookup((p) => ids[p], w.upTo / bs);
+      const hit = this.#blocks.lookup((p) => owner.tokenAt(p), w.upTo / bs);
       const start = hit.length * bs, end = Math.min(w.upTo, start + room);
       if (start < end) {
         if (!this.#blocks.canShareAndCover(hit, end)) return;
-        const copy = new Sequence(`${owner.id}/answer`, ids.slice(0, end), owner.params, owner.arrivalTime);
-        this.#blocks.share(copy.blockTable, hit);
-        this.#blocks.cover(copy.blockTable, end);
-        copy.numCommittedBlocks = hit.length;
-        copy.numComputed = start;
+        const ids = [...owner.promptIds, ...owner.outputIds].slice(0, end);
+        const copy = new Sequence(`${owner.id}/answer`, ids, owner.params, owner.arrivalTime);
+        this.#startAfter(copy, hit, end);
         copy.status = "running";
         this.#answerCopies.add(copy);
         this.#plan(draft, copy, end - start, "prefill", false);
@@ -617,6 +611,14 @@ export class Scheduler {
       case "sequential":
         return this.#running.length === 0;
     }
+  }
+
+  /** Gives seq's empty table the cached blocks `hit`, then fresh ones up to `end`; it computes from the hit's end. */
+  #startAfter(seq: Sequence, hit: readonly number[], end: number): void {
+    this.#blocks.share(seq.blockTable, hit);
+    this.#blocks.cover(seq.blockTable, end);
+    seq.numCommittedBlocks = hit.length;
+    seq.numComputed = hit.length * this.#blockSize;
   }
 
   /**
