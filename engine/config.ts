@@ -13,6 +13,7 @@ import {
   type PrefillOrder,
 } from "./protocol.ts";
 import type { SchedulerPolicy } from "./scheduler.ts";
+import { kvPoolBlocks } from "./kv_pool.ts";
 
 export interface EngineConfig {
   dtype: ActDType;
@@ -77,8 +78,9 @@ const DEFAULT_KV_CAP_MB = 1024;
  * The one place engine defaults and limits are decided.
  *
  * Context: the model's own (`config.maxContext`: the trained context, or Mistral's sliding window,
- * beyond which full attention would be wrong). `maxModelLen` may lower it; above it is refused for
- * every model format, as vLLM does, since the model has not seen those positions.
+ * beyond which full attention would be wrong), lowered to what the KV pool holds unless `maxModelLen`
+ * is given. `maxModelLen` may lower it; above it is refused for every model format, as vLLM does,
+ * since the model has not seen those positions.
  */
 export function resolveEngineConfig(
   s: EngineSettings,
@@ -91,13 +93,17 @@ export function resolveEngineConfig(
         `(longer contexts are refused: the model was not trained for them)`,
     );
   }
-  const maxContext = s.maxModelLen ?? c.maxContext;
   const maxSeqs = s.maxSeqs ?? ENGINE_DEFAULTS.maxSeqs;
   const maxBatchTokens = s.maxBatchTokens ?? ENGINE_DEFAULTS.maxBatchTokens;
+  const kvCacheMb = s.kvCacheMb ?? defaultKvCacheMb(c, maxSeqs, s.maxModelLen ?? c.maxContext);
+  // Unasked, the context is what the pool holds: a sequence longer than the pool could never run,
+  // and captured steps bounded at a 131072-token context overflow onnxruntime's attention buffers.
+  const maxContext = s.maxModelLen ??
+    Math.min(c.maxContext, kvPoolBlocks(c, BLOCK_SIZE, kvCacheMb) * BLOCK_SIZE);
   return {
     dtype: resolveDtype(s.dtype ?? ENGINE_DEFAULTS.dtype, model),
     blockSize: BLOCK_SIZE,
-    kvCacheMb: s.kvCacheMb ?? defaultKvCacheMb(c, maxSeqs, maxContext),
+    kvCacheMb,
     maxBatchTokens,
     maxSeqs,
     maxChunkTokens: s.maxChunkTokens ?? maxBatchTokens,

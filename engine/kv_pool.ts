@@ -19,6 +19,21 @@ export interface KvPool {
 
 type KvShape = Pick<ModelConfig, "numLayers" | "numKvHeads" | "headDim">;
 
+/**
+ * Blocks the engine can hand out from `kvCacheMb` (one more is reserved), each buffer at most
+ * `bindLimit` bytes: what allocateKvPool allocates, known before the device is.
+ */
+export function kvPoolBlocks(
+  cfg: KvShape,
+  blockSize: number,
+  kvCacheMb: number,
+  bindLimit = Infinity,
+): number {
+  const bytesPerBlock = blockSize * cfg.numKvHeads * paddedHeadDim(cfg.headDim) * 2;
+  const perBuffer = Math.floor((kvCacheMb * 2 ** 20) / (2 * cfg.numLayers));
+  return Math.max(1, Math.floor(Math.min(perBuffer, bindLimit) / bytesPerBlock) - 1);
+}
+
 /** Allocates `kvCacheMb` of KV blocks, clamped to what the device can bind per buffer. */
 export function allocateKvPool(
   device: GPUDevice,
@@ -28,9 +43,8 @@ export function allocateKvPool(
 ): KvPool {
   const paddedHead = paddedHeadDim(cfg.headDim);
   const bytesPerBlock = blockSize * cfg.numKvHeads * paddedHead * 2;
-  const perBuffer = Math.floor((kvCacheMb * 2 ** 20) / (2 * cfg.numLayers));
   const bindLimit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
-  const numBlocks = Math.max(1, Math.floor(Math.min(perBuffer, bindLimit) / bytesPerBlock) - 1);
+  const numBlocks = kvPoolBlocks(cfg, blockSize, kvCacheMb, bindLimit);
   const buffers = Array.from({ length: 2 * cfg.numLayers }, () =>
     device.createBuffer({
       size: (numBlocks + 1) * bytesPerBlock,

@@ -40,7 +40,18 @@ export async function createEngine(
     log: hooks.log,
   });
   hooks.progress?.({ phase: "warmup" });
-  await runner.warmup();
+  try {
+    await runner.warmup();
+  } catch (e) {
+    // PagedAttention sizes its buffers by a step's context bound; past what onnxruntime can address it
+    // fails here with its own words (the 1B shape on an H100: 65536 loads, 131072 does not).
+    const msg = e instanceof Error ? e.message : String(e);
+    throw new Error(
+      `${msg} (warming up steps at context ${config.maxContext}; onnxruntime's attention buffers grow with ` +
+        `the context, so a lower --max-model-len may load)`,
+      { cause: e },
+    );
+  }
   // Only config and tokenizer stay: the weights (the whole file for GGUF) are on the GPU now.
   const engine = new LLMEngine(
     { config: modelConfig, tokenizer: model.tokenizer },

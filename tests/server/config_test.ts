@@ -504,6 +504,26 @@ Deno.test("engine config: the default KV pool follows sequences x context, up to
   assertEquals(resolveEngineConfig({}, { config: big, weights: weightsOf(["f16"]) }).kvCacheMb, 1024);
 });
 
+Deno.test("engine config: unasked, the context is what the KV pool holds, at most the model's", () => {
+  // Llama-3.2-1B's KV shape and trained context: the default 1 GiB pool holds 2047 blocks of 16 tokens
+  // beside the reserved one, and a context past the pool could never run.
+  const model = randomModel();
+  const l1b = { ...model.config, numLayers: 16, numKvHeads: 8, headDim: 64, maxContext: 131072 };
+  const m = { config: l1b, weights: weightsOf(["f16"]) };
+  const d = resolveEngineConfig({}, m);
+  assertEquals([d.kvCacheMb, d.maxContext], [1024, 2047 * 16]);
+  assertEquals(d.graphCapture?.kvCaps, [256, 1024]);
+  assertEquals(resolveEngineConfig({ kvCacheMb: 2048 }, m).maxContext, 4095 * 16);
+  assertEquals(
+    resolveEngineConfig({ kvCacheMb: 8192 }, m).maxContext,
+    131072,
+    "a larger pool: the model's own",
+  );
+  assertEquals(resolveEngineConfig({ maxModelLen: 65536 }, m).maxContext, 65536, "asked: as asked");
+  // A pool sized by the default for every sequence at full context leaves the model's context alone.
+  assertEquals(resolveEngineConfig({}, model).maxContext, model.config.maxContext);
+});
+
 Deno.test("engine config: the flags' defaults are the engine's defaults", () => {
   const model = randomModel();
   const fromFlags = resolveEngineConfig(engineSettings(parseConfig(["--model", "m"], env())), model);
