@@ -138,7 +138,8 @@ export function requestSamplingParams(
   if (prompt.length === 0) throw badRequest(`'${prompt.param}' must not be empty.`, prompt.param);
   if (prompt.length >= ctx) {
     throw badRequest(
-      `This model's maximum context length is ${ctx} tokens, and your ${prompt.param} have ` +
+      `This model's maximum context length is ${ctx} tokens, and your ${prompt.param} ` +
+        `${prompt.param === "messages" ? "have" : "has"} ` +
         `${prompt.length} tokens, leaving no room for the completion.`,
       prompt.param,
       "context_length_exceeded",

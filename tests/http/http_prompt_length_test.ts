@@ -36,7 +36,7 @@ Deno.test("prompt length: texts past context x longest token are refused without
     // Just under the bound it is tokenized and refused on its token count, as before.
     const res = await readError(await post(`${s.baseURL}/completions`, { prompt: "x".repeat(bound) }));
     assert.equal(res.error.code, "context_length_exceeded");
-    assert.match(String(res.error.message), /your prompt have 8193 tokens/);
+    assert.match(String(res.error.message), /your prompt has 8193 tokens/);
     assert.equal(encoded, 1);
   });
 });
