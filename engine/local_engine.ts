@@ -25,6 +25,12 @@ export async function createEngine(
   hooks: EngineHooks = {},
 ): Promise<CreatedEngine> {
   const config = resolveEngineConfig(settings, model);
+  if (config.maxContext < model.config.maxContext && settings.maxModelLen === undefined) {
+    hooks.log?.(
+      `context ${config.maxContext}: what the KV pool (${config.kvCacheMb} MiB) holds, below the model's ` +
+        `${model.config.maxContext} (--kv-cache-mb or --max-model-len set it)`,
+    );
+  }
   // The step graph covers the config's context (rotary tables; part of the graph cache key).
   const modelConfig = { ...model.config, maxContext: config.maxContext };
   const runner = await ModelRunner.create({ ...model, config: modelConfig }, {

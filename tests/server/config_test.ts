@@ -558,6 +558,28 @@ Deno.test("engine config: the in-process engine starts from the resolved config"
   }
 });
 
+Deno.test("engine config: a pool smaller than the model's context sets the context, and says so", async () => {
+  const model = await loadModel(STORIES260K);
+  const lines: string[] = [];
+  // 1 MiB holds 50 of stories260K's blocks of 16 tokens (and the reserved one): 800 of its 2048 positions.
+  const h = await startLocalEngine(model, { maxSeqs: 4, kvCacheMb: 1, log: (l) => lines.push(l) });
+  try {
+    assertEquals([h.config.maxContext, h.runner.maxPositions, h.runner.numBlocks], [800, 800, 50]);
+    assert.ok(
+      lines.some((l) => /^context 800: what the KV pool \(1 MiB\) holds, below the model's 2048/.test(l)),
+      lines.join("\n"),
+    );
+    const ev = await h.generate("r", [1, 403], neutralSamplingParams({ maxTokens: 8 }));
+    const last = ev[ev.length - 1];
+    assert.ok(last.type === "done", JSON.stringify(last));
+    const over = await h.generate("s", [1, 403], neutralSamplingParams({ maxTokens: 799 }));
+    const err = over[over.length - 1];
+    assert.ok(err.type === "error" && err.code === "context_length_exceeded", JSON.stringify(err));
+  } finally {
+    await h.close();
+  }
+});
+
 Deno.test("engine config: the server refuses --max-model-len above the model's context", async () => {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
