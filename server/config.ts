@@ -153,7 +153,8 @@ const OPTIONS = {
     kind: "value",
     metavar: "N",
     expect: "an integer in [1, 16777216]",
-    help: "Context length limit, at most the model's own (a larger value is refused; default: the model's).",
+    help: "Context length limit, at most the model's own (a larger value is refused; default: the model's, " +
+      "or what the KV pool holds if that is less).",
     schema: positiveInt(1, 1 << 24).optional(),
   }),
   batching: opt({
