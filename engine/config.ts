@@ -14,6 +14,7 @@ import {
 } from "./protocol.ts";
 import type { SchedulerPolicy } from "./scheduler.ts";
 import { kvPoolBlocks } from "./kv_pool.ts";
+import { paddedHeadDim } from "./model/step_weights.ts";
 
 export interface EngineConfig {
   dtype: ActDType;
@@ -157,8 +158,8 @@ function resolveDtype(d: "auto" | ActDType, model: Pick<LoadedModel, "weights">)
   return w.names().every((n) => w.get(n).dtype === "f32") ? "f32" : "f16";
 }
 
-/** Every sequence at full context, capped; K and V in fp16 with head rows padded as graph.ts does. */
+/** Every sequence at full context, capped; K and V in fp16 with head rows padded as the pool's. */
 function defaultKvCacheMb(c: LoadedModel["config"], maxSeqs: number, maxContext: number): number {
-  const bytesPerToken = 2 * c.numLayers * c.numKvHeads * Math.ceil(c.headDim / 16) * 16 * 2;
+  const bytesPerToken = 2 * c.numLayers * c.numKvHeads * paddedHeadDim(c.headDim) * 2;
   return Math.min(DEFAULT_KV_CAP_MB, Math.ceil((maxSeqs * maxContext * bytesPerToken) / 2 ** 20));
 }
