@@ -249,9 +249,15 @@ function cutItems(s: StepInputs, query: number): [number, number, number][] {
 /**
  * Whether a long-query part of a step (LongQueries "prompts") can replay a captured prompt session:
  * no CPU logits, its items cut to the shape's query bound plus at least one padding token per spare
- * item within its items and rows, and its contexts within its bound. Returns its shape's index or -1.
+ * item within its items and rows, and its contexts within its bound; among the `usable` shapes.
+ * Returns its shape's index or -1.
  */
-export function pickCapturedPrompt(shapes: CaptureShape[], s: StepInputs, tableWidth: number): number {
+export function pickCapturedPrompt(
+  shapes: CaptureShape[],
+  s: StepInputs,
+  tableWidth: number,
+  usable: (c: CaptureShape) => boolean = () => true,
+): number {
   if (s.wantLogits || s.maxBlocks > tableWidth) return -1;
   const T = s.inputIds.length, S = s.sampleRows.length, [, maxKv] = attentionBounds(s);
   // Items once cut, by query bound (the shapes share one): counted, not built, on this per-step path.
@@ -268,7 +274,9 @@ export function pickCapturedPrompt(shapes: CaptureShape[], s: StepInputs, tableW
     return n;
   };
   return shapes.findIndex((c) => {
-    if (c.kind !== "prompt" || c.kvCap < maxKv || S > Math.max(MIN_STEP_ROWS, c.batch)) return false;
+    if (c.kind !== "prompt" || c.kvCap < maxKv || S > Math.max(MIN_STEP_ROWS, c.batch) || !usable(c)) {
+      return false;
+    }
     const spare = c.batch - itemsAt(c.query!), pad = c.rows! - T;
     return spare >= 0 && pad >= spare && pad <= spare * c.query!;
   });
@@ -276,9 +284,15 @@ export function pickCapturedPrompt(shapes: CaptureShape[], s: StepInputs, tableW
 
 /**
  * Whether a step can replay a captured session: decode only (every row one token), no CPU logits,
- * rows within the largest batch, context within the largest cap. Returns its shape's index or -1.
+ * rows within the largest batch, context within the largest cap, among the `usable` shapes. Returns its
+ * shape's index or -1.
  */
-export function pickCaptured(shapes: CaptureShape[], s: StepInputs, tableWidth: number): number {
+export function pickCaptured(
+  shapes: CaptureShape[],
+  s: StepInputs,
+  tableWidth: number,
+  usable: (c: CaptureShape) => boolean = () => true,
+): number {
   if (shapes.length === 0 || s.wantLogits || s.maxBlocks > tableWidth) return -1;
   const B = s.pastSeqlens.length;
   let maxKv = 0;
@@ -287,5 +301,5 @@ export function pickCaptured(shapes: CaptureShape[], s: StepInputs, tableWidth: 
     maxKv = Math.max(maxKv, s.pastSeqlens[b] + 1);
   }
   // Shapes are sorted by batch, then kvCap: the first that fits is the smallest.
-  return shapes.findIndex((c) => c.kind === "decode" && c.batch >= B && c.kvCap >= maxKv);
+  return shapes.findIndex((c) => c.kind === "decode" && c.batch >= B && c.kvCap >= maxKv && usable(c));
 }

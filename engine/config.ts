@@ -98,8 +98,8 @@ export function resolveEngineConfig(
   const maxSeqs = s.maxSeqs ?? ENGINE_DEFAULTS.maxSeqs;
   const maxBatchTokens = s.maxBatchTokens ?? ENGINE_DEFAULTS.maxBatchTokens;
   const kvCacheMb = s.kvCacheMb ?? defaultKvCacheMb(c, maxSeqs, s.maxModelLen ?? c.maxContext);
-  // Unasked, the context is what the pool holds: a sequence longer than the pool could never run,
-  // and captured steps bounded at a 131072-token context overflow onnxruntime's attention buffers.
+  // Unasked, the context is what the pool holds: a sequence longer than the pool could never run, and
+  // steps captured for such contexts would cost startup time and GPU memory for nothing.
   const maxContext = s.maxModelLen ??
     Math.min(c.maxContext, kvPoolBlocks(c, BLOCK_SIZE, kvCacheMb) * BLOCK_SIZE);
   return {

@@ -45,12 +45,19 @@ export async function createEngine(
     progress: hooks.progress,
     log: hooks.log,
   });
+  const poolTokens = runner.numBlocks * runner.blockSize;
+  if (poolTokens < config.maxContext) {
+    hooks.log?.(
+      `context ${config.maxContext}: more than the KV pool holds (${poolTokens} tokens); a request that ` +
+        `needs more is refused (--kv-cache-mb sets the pool)`,
+    );
+  }
   hooks.progress?.({ phase: "warmup" });
   try {
     await runner.warmup();
   } catch (e) {
-    // PagedAttention sizes its buffers by a step's context bound; past what onnxruntime can address it
-    // fails here with its own words (the 1B shape on an H100: 65536 loads, 131072 does not).
+    // PagedAttention sizes its buffers by a step's items and context bound; the runner keeps its calls
+    // within the limits known (attention_limits.ts), and an unknown one fails here in onnxruntime's words.
     const msg = e instanceof Error ? e.message : String(e);
     throw new Error(
       `${msg} (warming up steps at context ${config.maxContext}; onnxruntime's attention buffers grow with ` +

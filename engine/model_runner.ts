@@ -23,6 +23,7 @@ import {
   type SharedFeeds,
 } from "./captured_steps.ts";
 import { loadOrBuildGraph } from "./graph_cache.ts";
+import { attentionFits, type AttentionLimits } from "./attention_limits.ts";
 import { allocateKvPool, type KvPool } from "./kv_pool.ts";
 import { SubmitBatch } from "./submit_batch.ts";
 import {
@@ -86,9 +87,10 @@ export interface CaptureSettings {
 }
 
 /**
- * Which sessions ran a step: one captured replay, one uncaptured run, or two parts (a mixed step's
+ * Which sessions ran a step: one captured replay, one uncaptured run, or several parts (a mixed step's
  * leading decodes replayed and the rest run uncaptured, or in mode "prompts" the short kernel's items
- * and the long one's, each replayed where a captured shape fits; see ModelRunner.run).
+ * and the long one's, each replayed where a captured shape fits, or a step past what one attention
+ * call holds; see ModelRunner.run).
  */
 export type StepPath = "captured" | "uncaptured" | "split";
 
@@ -98,6 +100,15 @@ export type StepPath = "captured" | "uncaptured" | "split";
  * shape), and a replay of 16 rows ~6 ms.
  */
 const SPLIT_MIN_DECODES = 8;
+
+/** A part of a step as planned: a replay of `cap`, or an uncaptured run shaped with bounds `meta`. */
+interface Piece {
+  s: StepInputs;
+  cap: CapturedStep | null;
+  meta: [number, number] | null;
+  /** Its real sampled rows (the rest are padding). */
+  sampled: number;
+}
 
 /** One session's run within a step. */
 interface StepPart {
@@ -161,6 +172,13 @@ export class ModelRunner {
    * sessions are built for it.
    */
   readonly longQueries: LongQueries;
+  /**
+   * What one PagedAttention call may hold (attention_limits.ts): steps past it run as several calls,
+   * shapes past it are never captured. Tests lower it.
+   */
+  attnLimits: AttentionLimits;
+  /** Parts of steps run as several calls because one would pass attnLimits (since start). */
+  attentionSplits = 0;
   /** Off: a captured step submits as onnxruntime does, ~35 times (for probes; see submit_batch.ts). */
   batchSubmits = true;
   /** On: a captured replay is passed every input again (for probes; see sessions.ts runBound). */
@@ -202,8 +220,10 @@ export class ModelRunner {
       adapterName: string;
       softwareAdapter: boolean;
       longQueries: LongQueries;
+      attnLimits: AttentionLimits;
     },
   ) {
+    this.attnLimits = info.attnLimits;
     this.numBlocks = info.numBlocks;
     this.blockSize = info.blockSize;
     this.maxPositions = info.maxPositions;
@@ -298,6 +318,13 @@ export class ModelRunner {
         adapterName,
         softwareAdapter: software,
         longQueries: resolveLongQueries(opts.longQueries ?? longQueriesEnv(), software),
+        attnLimits: {
+          numHeads: cfg.numHeads,
+          kvHeads: cfg.numKvHeads,
+          headSize: pool.dims[3],
+          bindLimit: Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize),
+          maxStorageBuffers: device.limits.maxStorageBuffersPerShaderStage,
+        },
       },
     );
   }
@@ -317,49 +344,91 @@ export class ModelRunner {
    */
   async run(s: StepInputs): Promise<StepHandle> {
     const B = s.pastSeqlens.length;
-    if (s.longFrom !== undefined && s.longFrom < B) {
+    const prompts = s.longFrom !== undefined && s.longFrom < B;
+    let pieces: Piece[];
+    if (prompts) {
       // Long-query mode "prompts": the short kernel's items (decodes first), then the prompt chunks on
       // the long one. No sequence has items in both, so the order between the parts is free.
-      const short = s.longFrom > 0 ? sliceItems(s, 0, s.longFrom) : null;
-      const long = sliceItems(s, s.longFrom, B);
-      const c = short && this.useCaptured ? pickCaptured(this.shapes, short.part, this.tableWidth) : -1;
-      const cap = c >= 0 ? await this.capturedSession(c) : null;
-      const lc = this.useCaptured ? pickCapturedPrompt(this.shapes, long.part, this.tableWidth) : -1;
-      const longCap = lc >= 0 ? await this.capturedSession(lc) : null;
-      return await this.batched(async () => {
-        const parts = short ? [await this.runPart(short.part, cap, false, short.sampled)] : [];
-        parts.push(await this.runPart(long.part, longCap, true, long.sampled));
-        return this.finish(parts, s.wantLogits, short ? "split" : longCap ? "captured" : "uncaptured");
-      });
+      const short = s.longFrom! > 0 ? sliceItems(s, 0, s.longFrom!) : null;
+      const long = sliceItems(s, s.longFrom!, B);
+      pieces = [
+        ...(short ? await this.plan(short.part, false, short.sampled) : []),
+        ...await this.plan(long.part, true, long.sampled),
+      ];
+    } else {
+      // A mixed step's decodes in PagedAttention's padded layout cost as many query rows as its
+      // longest item (31), each over its whole context: replayed apart, they cost one row.
+      // In long-query mode "on" a decode padded to a prefill item's length (up to a whole prompt) costs
+      // that many rows: split at any decode, on any GPU. (Mode "prompts" always splits, above.)
+      const allLong = this.longQueries === "on";
+      const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth, this.fits) : -1;
+      const split = c < 0 && this.useCaptured && (this.splitDecodes || (allLong && !this.softwareAdapter))
+        ? splitDecodes(s, allLong ? 1 : SPLIT_MIN_DECODES)
+        : null;
+      const dc = split ? pickCaptured(this.shapes, split.decode, this.tableWidth, this.fits) : -1;
+      if (c >= 0) {
+        pieces = [{ s, cap: await this.capturedSession(c), meta: null, sampled: s.sampleRows.length }];
+      } else if (split && dc >= 0) {
+        const decode = { s: split.decode, sampled: split.decode.sampleRows.length };
+        pieces = [
+          { ...decode, cap: await this.capturedSession(dc), meta: null },
+          ...await this.plan(split.rest, allLong, split.rest.sampleRows.length),
+        ];
+      } else {
+        pieces = await this.plan(s, allLong, s.sampleRows.length);
+      }
     }
-    const c = this.useCaptured ? pickCaptured(this.shapes, s, this.tableWidth) : -1;
-    if (c >= 0) {
-      const cap = await this.capturedSession(c);
-      return await this.batched(async () =>
-        this.finish([await this.runPart(s, cap)], s.wantLogits, "captured")
-      );
-    }
-    // A mixed step's decodes in PagedAttention's padded layout cost as many query rows as its
-    // longest item (31), each over its whole context: replayed apart, they cost one row.
-    // In long-query mode "on" a decode padded to a prefill item's length (up to a whole prompt) costs
-    // that many rows: split at any decode, on any GPU. (Mode "prompts" always splits, above.)
-    const allLong = this.longQueries === "on";
-    const longSplit = allLong && !this.softwareAdapter;
-    const split = this.useCaptured && (this.splitDecodes || longSplit)
-      ? splitDecodes(s, allLong ? 1 : SPLIT_MIN_DECODES)
-      : null;
-    const dc = split ? pickCaptured(this.shapes, split.decode, this.tableWidth) : -1;
-    if (split && dc >= 0) {
-      const cap = await this.capturedSession(dc);
-      return await this.batched(async () => {
-        // Both parts read prev_ids before finish() overwrites it with this step's ids.
-        const decode = await this.runPart(split.decode, cap);
-        const rest = await this.runPart(split.rest, null);
-        return this.finish([decode, rest], false, "split");
-      });
-    }
-    return this.finish([await this.runPart(s, null)], s.wantLogits, "uncaptured");
+    const path: StepPath = pieces.length > 1 ? "split" : pieces[0].cap ? "captured" : "uncaptured";
+    const dispatch = async () => {
+      // Every part reads prev_ids before finish() overwrites it with this step's ids.
+      const parts: StepPart[] = [];
+      for (const p of pieces) parts.push(await this.runPart(p));
+      return this.finish(parts, s.wantLogits, path);
+    };
+    return prompts || pieces.some((p) => p.cap) ? await this.batched(dispatch) : await dispatch();
   }
+
+  /**
+   * How a part of a step runs: one replay of a captured session that fits it, else one uncaptured
+   * run, or, past what one PagedAttention call holds (attention_limits.ts), several over its items
+   * in order, each planned the same way. `long`: on the long-query kernel (with mode "on", any part).
+   */
+  private async plan(s: StepInputs, long: boolean, sampled: number): Promise<Piece[]> {
+    const c = !this.useCaptured
+      ? -1
+      : long && this.longQueries === "prompts"
+      ? pickCapturedPrompt(this.shapes, s, this.tableWidth, this.fits)
+      : pickCaptured(this.shapes, s, this.tableWidth, this.fits);
+    if (c >= 0) return [{ s, cap: await this.capturedSession(c), meta: null, sampled }];
+    const longQuery = long || this.longQueries === "on" ? LONG_QUERY_TOKENS : 0;
+    const shaped = this.bucketShapes
+      ? bucketStep(s, this.numBlocks, this.blockSize, this.maxPositions, this.minRows, longQuery)
+      : exactStep(s, this.numBlocks, this.minRows, longQuery || 2, this.blockSize);
+    const B = s.pastSeqlens.length;
+    if (
+      B < 2 || attentionFits(this.attnLimits, shaped.s.pastSeqlens.length, shaped.attnMeta, longQuery > 0)
+    ) {
+      return [{ s: shaped.s, cap: null, meta: shaped.attnMeta, sampled }];
+    }
+    this.attentionSplits++;
+    // A part that samples nothing carries one dummy row (sliceItems), which stays a dummy.
+    const a = sliceItems(s, 0, B >> 1), b = sliceItems(s, B >> 1, B);
+    return [
+      ...await this.plan(a.part, long, sampled && a.sampled),
+      ...await this.plan(b.part, long, sampled && b.sampled),
+    ];
+  }
+
+  /** Whether a captured shape's calls stay within attention's limits (else it is never captured). */
+  private readonly fits = (c: CaptureShape): boolean => {
+    if (c.kind === "prompt") return attentionFits(this.attnLimits, c.batch, [c.query!, c.kvCap], true);
+    return attentionFits(
+      this.attnLimits,
+      c.batch + 1,
+      [this.padTokens, c.kvCap],
+      this.longQueries === "on",
+    );
+  };
 
   /**
    * Longest attention item the engine may send for a span of prompt tokens or of others (decodes, a
@@ -389,23 +458,8 @@ export class ModelRunner {
     return this.batchSubmits ? this.batch.run(f) : f();
   }
 
-  /**
-   * Runs one session over `s`, on the long-query kernel if `long` (or in mode "on"); its `sampled`
-   * rows' ids stay on the GPU until finish() copies them.
-   */
-  private async runPart(
-    s: StepInputs,
-    cap: CapturedStep | null,
-    long = false,
-    sampled = s.sampleRows.length,
-  ): Promise<StepPart> {
-    let meta: [number, number] = [0, 0];
-    if (!cap) {
-      const longQuery = long || this.longQueries === "on" ? LONG_QUERY_TOKENS : 0;
-      ({ s, attnMeta: meta } = this.bucketShapes
-        ? bucketStep(s, this.numBlocks, this.blockSize, this.maxPositions, this.minRows, longQuery)
-        : exactStep(s, this.numBlocks, this.minRows, longQuery || 2, this.blockSize));
-    }
+  /** Runs one planned piece; its `sampled` rows' ids stay on the GPU until finish() copies them. */
+  private async runPart({ s, cap, meta, sampled }: Piece): Promise<StepPart> {
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
     let rows: number;
@@ -417,7 +471,7 @@ export class ModelRunner {
       rows = cap.sampleRows;
     } else {
       rows = s.sampleRows.length;
-      ({ nextIds, logits } = await this.runUncaptured(s, meta));
+      ({ nextIds, logits } = await this.runUncaptured(s, meta!));
       scratch.push(nextIds);
       if (logits && !s.wantLogits) scratch.push(logits);
     }
@@ -430,13 +484,13 @@ export class ModelRunner {
         out.set(a);
         return out;
       };
-      const sampled = await this.sampler.run({
+      const out = await this.sampler.run({
         [IO.logits]: logits!,
         [IO.nextIds]: nextIds,
         [IO.sampleU]: new ort.Tensor("float32", pad(s.sampleU, -1), [rows]),
         [IO.invTemp]: new ort.Tensor("float32", pad(s.invTemp, 1), [rows]),
       });
-      nextIds = sampled[IO.sampledIds];
+      nextIds = out[IO.sampledIds];
       scratch.push(nextIds);
     }
     return { nextIds, logits, rows: sampled, scratch };
@@ -538,21 +592,32 @@ export class ModelRunner {
     this.useCaptured = useCaptured;
     if (this.capture?.eager) {
       const t0 = performance.now();
-      for (let i = 0; i < this.shapes.length; i++) if (!this.captured[i]) await this.captureSession(i, false);
+      const usable = this.shapes.filter(this.fits);
+      for (let i = 0; i < this.shapes.length; i++) {
+        if (!this.captured[i] && this.fits(this.shapes[i])) await this.captureSession(i, false);
+      }
       // Wait for the captures so that the time logged is theirs.
       await this.device.queue.onSubmittedWorkDone();
       const of = (kind: CaptureShape["kind"], k: "batch" | "rows") => [
-        ...new Set(this.shapes.filter((x) => x.kind === kind).map((x) => x[k])),
+        ...new Set(usable.filter((x) => x.kind === kind).map((x) => x[k])),
       ];
-      const caps = [...new Set(this.shapes.map((x) => x.kvCap))];
+      const caps = [...new Set(usable.map((x) => x.kvCap))];
       const prompts = of("prompt", "rows");
       this.log(
-        `graph capture: ${this.shapes.length} sessions (decode batch ${of("decode", "batch").join(",")}` +
+        `graph capture: ${usable.length} sessions (decode batch ${of("decode", "batch").join(",")}` +
           `${prompts.length ? `, prompt rows ${prompts.join(",")}` : ""} × context bound ${
             caps.join(",")
           }) ` +
           `captured in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
       );
+      const left = this.shapes.filter((x) => !this.fits(x));
+      if (left.length) {
+        this.log(
+          `graph capture: ${left.length} sessions past what one attention call holds left out (${
+            left.map((x) => `${x.kind} ${x.kind === "decode" ? x.batch : x.rows} × ${x.kvCap}`).join(", ")
+          }); steps of their size run uncaptured, in several calls where needed`,
+        );
+      }
     }
   }
 

@@ -11,6 +11,8 @@
 // load it. Same preset, seed and dtype give byte-identical files.
 //
 // --gguf FILE also writes the model as a GGUF F16 file (tools/hf_to_gguf.ts), e.g. for llama.cpp.
+// --set KEY=VALUE (repeatable) overrides a config.json field with a JSON value, for a variant of a preset's
+// shape, e.g. --set num_hidden_layers=1 --set max_position_embeddings=131072.
 
 import { f32ToBf16Bits } from "../engine/model/weights.ts";
 import { join } from "node:path";
@@ -725,6 +727,8 @@ export interface MakeModelOptions {
   std?: number;
   /** Also write the model as this GGUF F16 file (tools/hf_to_gguf.ts). */
   gguf?: string;
+  /** config.json fields over the preset's (a variant of its shape: layers, heads, context). */
+  set?: Record<string, unknown>;
 }
 
 function json(v: unknown): string {
@@ -741,7 +745,7 @@ export async function makeModel(opts: MakeModelOptions): Promise<void> {
   const tableWeights = preset.tableWeights ?? false;
   await Deno.mkdir(opts.out, { recursive: true });
 
-  const config = { ...preset.config, torch_dtype: TORCH_DTYPE[dtype] };
+  const config = { ...preset.config, ...opts.set, torch_dtype: TORCH_DTYPE[dtype] };
   const parsed = parseHfConfig(config);
   const bytesPer = dtype === "f32" ? 4 : 2;
   const planned: PlannedTensor[] = expectedTensors(parsed).map(({ name, shape }) => ({
@@ -756,7 +760,7 @@ export async function makeModel(opts: MakeModelOptions): Promise<void> {
   await Deno.writeTextFile(join(opts.out, "tokenizer_config.json"), json(tokenizerConfigJson(preset)));
   await Deno.writeTextFile(
     join(opts.out, "make_model.json"),
-    json({ preset: opts.preset, seed, dtype, std, shards }),
+    json({ preset: opts.preset, seed, dtype, std, shards, ...(opts.set ? { set: opts.set } : {}) }),
   );
 
   if (shards === 1) {
@@ -801,17 +805,30 @@ async function writeShards(
 function usage(): never {
   console.error(
     "usage: deno task make-model --preset " + Object.keys(PRESETS).join("|") +
-      " --out DIR [--seed N] [--dtype f16|f32|bf16] [--shards N] [--std X] [--gguf FILE]",
+      " --out DIR [--seed N] [--dtype f16|f32|bf16] [--shards N] [--std X] [--gguf FILE]" +
+      " [--set CONFIG_KEY=JSON_VALUE ...]",
   );
   Deno.exit(2);
 }
 
 if (import.meta.main) {
   const args: Record<string, string> = {};
+  const set: Record<string, unknown> = {};
   for (let i = 0; i < Deno.args.length; i++) {
     const a = Deno.args[i];
     if (!a.startsWith("--") || i + 1 >= Deno.args.length) usage();
-    args[a.slice(2)] = Deno.args[++i];
+    const v = Deno.args[++i];
+    if (a !== "--set") {
+      args[a.slice(2)] = v;
+      continue;
+    }
+    const eq = v.indexOf("=");
+    if (eq < 1) usage();
+    try {
+      set[v.slice(0, eq)] = JSON.parse(v.slice(eq + 1));
+    } catch {
+      usage();
+    }
   }
   const preset = args.preset as PresetName;
   if (!preset || !(preset in PRESETS) || !args.out) usage();
@@ -827,6 +844,7 @@ if (import.meta.main) {
     shards: num("shards"),
     std: num("std"),
     gguf: args.gguf,
+    set: Object.keys(set).length ? set : undefined,
   });
   console.log(`wrote ${preset} to ${args.out}${args.gguf ? ` and ${args.gguf}` : ""}`);
 }

@@ -558,7 +558,7 @@ Deno.test("engine config: the in-process engine starts from the resolved config"
   }
 });
 
-Deno.test("engine config: a pool smaller than the model's context sets the context, and says so", async () => {
+Deno.test("engine config: a pool smaller than the model's context sets the context, or says what it refuses when asked for more", async () => {
   const model = await loadModel(STORIES260K);
   const lines: string[] = [];
   // 1 MiB holds 50 of stories260K's blocks of 16 tokens (and the reserved one): 800 of its 2048 positions.
@@ -577,6 +577,26 @@ Deno.test("engine config: a pool smaller than the model's context sets the conte
     assert.ok(err.type === "error" && err.code === "context_length_exceeded", JSON.stringify(err));
   } finally {
     await h.close();
+  }
+  // Asked for more than the pool holds: the context stays as asked, and the log says what is refused.
+  lines.length = 0;
+  const asked = await startLocalEngine(model, {
+    maxSeqs: 4,
+    kvCacheMb: 1,
+    maxModelLen: 2048,
+    log: (l) => lines.push(l),
+  });
+  try {
+    assertEquals(asked.config.maxContext, 2048);
+    assert.ok(
+      lines.some((l) => /^context 2048: more than the KV pool holds \(800 tokens\)/.test(l)),
+      lines.join("\n"),
+    );
+    const over = await asked.generate("s", [1, 403], neutralSamplingParams({ maxTokens: 900 }));
+    const err = over[over.length - 1];
+    assert.ok(err.type === "error" && err.code === "context_length_exceeded", JSON.stringify(err));
+  } finally {
+    await asked.close();
   }
 });
 

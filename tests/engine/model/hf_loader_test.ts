@@ -28,7 +28,8 @@ globalThis.addEventListener("unload", () => {
 let counter = 0;
 async function fresh(
   preset: PresetName,
-  opts: { seed?: number; shards?: number; dtype?: "f32" | "f16" | "bf16" } = {},
+  opts: { seed?: number; shards?: number; dtype?: "f32" | "f16" | "bf16"; set?: Record<string, unknown> } =
+    {},
 ) {
   const dir = join(root, `${preset}-${counter++}`);
   await makeModel({ preset, out: dir, ...opts });
@@ -175,6 +176,22 @@ Deno.test("tiny-qwen3: q/k norm and explicit head_dim", async () => {
   assertEquals(m.weights.get("model.layers.1.self_attn.q_norm.weight").shape, [32]);
   assertEquals(m.weights.get("model.layers.1.self_attn.k_norm.weight").shape, [32]);
   assertEquals(m.weights.has("model.layers.0.self_attn.q_proj.bias"), false);
+});
+
+Deno.test("make-model --set: a preset's shape changed in config.json, the weights to match", async () => {
+  // The variant the long-context measurements use (docs/BENCHMARKS.md, session 23).
+  const set = {
+    hidden_size: 2048,
+    num_hidden_layers: 1,
+    num_attention_heads: 32,
+    max_position_embeddings: 131072,
+  };
+  const m = await loadModel(await fresh("tiny-llama", { dtype: "f16", set }));
+  const c = m.config;
+  assertEquals([c.numLayers, c.numHeads, c.numKvHeads, c.headDim, c.maxContext], [1, 32, 2, 64, 131072]);
+  assertEquals(m.weights.get("model.layers.0.self_attn.q_proj.weight").shape, [2048, 2048]);
+  assertEquals(m.weights.get("model.layers.0.self_attn.k_proj.weight").shape, [128, 2048]);
+  assertEquals(m.weights.has("model.layers.1.self_attn.q_proj.weight"), false);
 });
 
 Deno.test("generation is deterministic per seed; the weights follow it", async () => {
