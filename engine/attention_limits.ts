@@ -8,10 +8,10 @@
 //   131072-token bound need 2 GiB.
 // - On the short kernel (decodes, chunks under 32 tokens) it keeps items x query heads x bound scores in
 //   f32, a buffer bound in segments of the device's binding limit. Past 2^32 bytes it fails with
-//   onnxruntime's "SafeInt ... Integer overflow", and with more segments than a shader may bind with
+//   onnxruntime's "SafeInt ... Integer overflow", and with more bindings than a shader may have with
 //   "Too many storage buffers in shader". On the CPU machine (llvmpipe: 128 MiB bindings, 32 buffers
-//   a shader), with 32 query heads at a 131072 bound, 129 items load, 255 need 38 buffers and 257
-//   overflow (as the 1B shape's batch of 256 did on the H100, docs/BENCHMARKS.md session 22).
+//   a shader), with 32 query heads at a 131072 bound, 129 items load, 208 and 255 need too many
+//   buffers and 257 overflow (as the 1B shape's batch of 256 did on the H100, BENCHMARKS session 22).
 //
 // ModelRunner keeps every call within both: captured shapes past them are not captured, and a step past
 // them runs as several calls over its items in order (attention items never read each other's queries,
@@ -30,8 +30,15 @@ export interface AttentionLimits {
 
 /** Short kernel: its scores stay below 2^32 bytes ... */
 const SCORE_BYTES = 2 ** 32;
-/** ... in as many bindings as a shader has room for beside the kernel's other ones (6 seen). */
-const OTHER_BINDINGS = 8;
+/**
+ * ... and, past one binding, in as many as a shader has room for. On llvmpipe (128 MiB bindings, 32 a
+ * shader; 32 heads at a 131072 bound, 16 MiB of scores an item) 129 items ran, 208 needed 34 buffers and
+ * 255 needed 38: one more per ~12 items, not per 8 as one per binding of scores would be, so the kernel
+ * binds more than the scores. One binding per 128 MiB of scores beside 16 others rejects both failures
+ * (and 129 items, which ran: a step splits a little sooner than it must). Scores in one binding always
+ * fit: the calls that ran before this rule.
+ */
+const OTHER_BINDINGS = 16;
 
 /**
  * Whether a call of `items` attention items (padding items included) with attn_meta [maxQ, maxKv] fits,
@@ -43,8 +50,8 @@ export function attentionFits(
   [maxQ, maxKv]: [number, number],
   long: boolean,
 ): boolean {
-  const scores = items * lim.numHeads * maxKv * 4;
-  if (scores >= SCORE_BYTES || Math.ceil(scores / lim.bindLimit) > lim.maxStorageBuffers - OTHER_BINDINGS) {
+  const scores = items * lim.numHeads * maxKv * 4, segments = Math.ceil(scores / lim.bindLimit);
+  if (scores >= SCORE_BYTES || (segments > 1 && segments + OTHER_BINDINGS > lim.maxStorageBuffers)) {
     return false;
   }
   if (!long) return true;
