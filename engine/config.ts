@@ -61,9 +61,11 @@ const MAX_CAPTURED_BATCH = 512;
  * captured step covers its bound, not the step's real contexts: with only the limit, a short chat
  * pays for the whole window in every step (H200, SmolLM2-135M shape, batch 1: 23 ms a pipelined step
  * bounded at 1024 against 17 ms at 256, docs/BENCHMARKS.md). Each bound is one more session per
- * batch size, captured at startup (~0.2 s each there).
+ * batch size, captured at startup (~0.2 s each there). 4096: at the 1B shape's default context
+ * (32752), one stream at 1500 and 4000 tokens of context decoded 27% and 48% slower replaying the
+ * limit's sessions than a 4096 bound's (H100, BENCHMARKS session 23).
  */
-const DEFAULT_CAPTURE_KV = [256, 1024];
+const DEFAULT_CAPTURE_KV = [256, 1024, 4096];
 /**
  * Token rows of the captured prompt steps (long-query mode "prompts", ModelRunner's CaptureSettings):
  * a chat turn after a cached prefix, or a short prompt, then costs a replay instead of ~50-100 ms of

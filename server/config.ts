@@ -367,7 +367,7 @@ const OPTIONS = {
     metavar: "LIST",
     expect: "comma-separated token counts such as 256,1024",
     help: "Context bounds below --max-model-len for captured decode steps, each with its own sessions " +
-      "(a step uses the smallest bound over its longest context; default: 256,1024; a bound at or over " +
+      "(a step uses the smallest bound over its longest context; default: 256,1024,4096; a bound at or over " +
       "the limit leaves the limit only).",
     schema: z.array(z.string().trim().regex(/^[+]?\d+$/).transform(Number).pipe(z.int().min(1).max(1 << 24)))
       .optional(),

@@ -450,9 +450,11 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     pipelineDepth: "auto",
     longQueries: "auto",
   });
-  // Default context bounds 256 and 1024, those under the limit; a bound over it leaves the limit only.
+  // Default context bounds 256, 1024 and 4096, those under the limit; one over it leaves the limit only.
   const long = randomModel("llama", 1, { maxContext: 2048 });
   assertEquals(resolveEngineConfig({}, long).graphCapture?.kvCaps, [256, 1024]);
+  const longer = randomModel("llama", 1, { maxContext: 8192 });
+  assertEquals(resolveEngineConfig({}, longer).graphCapture?.kvCaps, [256, 1024, 4096]);
   assertEquals(resolveEngineConfig({ maxModelLen: 512 }, long).graphCapture?.kvCaps, [256]);
   assertEquals(resolveEngineConfig({ graphCaptureKv: [4096] }, long).graphCapture?.kvCaps, []);
   assertEquals(
@@ -512,7 +514,7 @@ Deno.test("engine config: unasked, the context is what the KV pool holds, at mos
   const m = { config: l1b, weights: weightsOf(["f16"]) };
   const d = resolveEngineConfig({}, m);
   assertEquals([d.kvCacheMb, d.maxContext], [1024, 2047 * 16]);
-  assertEquals(d.graphCapture?.kvCaps, [256, 1024]);
+  assertEquals(d.graphCapture?.kvCaps, [256, 1024, 4096]);
   assertEquals(resolveEngineConfig({ kvCacheMb: 2048 }, m).maxContext, 4095 * 16);
   assertEquals(
     resolveEngineConfig({ kvCacheMb: 8192 }, m).maxContext,
