@@ -343,14 +343,14 @@ export class ModelRunner {
    * that many token rows and sampled rows, padded as above and with repeats of sampled row 0.
    */
   async run(s: StepInputs): Promise<StepHandle> {
-    const B = s.pastSeqlens.length;
-    const prompts = s.longFrom !== undefined && s.longFrom < B;
+    const B = s.pastSeqlens.length, longFrom = s.longFrom ?? B;
+    const prompts = longFrom < B;
     let pieces: Piece[];
     if (prompts) {
       // Long-query mode "prompts": the short kernel's items (decodes first), then the prompt chunks on
       // the long one. No sequence has items in both, so the order between the parts is free.
-      const short = s.longFrom! > 0 ? sliceItems(s, 0, s.longFrom!) : null;
-      const long = sliceItems(s, s.longFrom!, B);
+      const short = longFrom > 0 ? sliceItems(s, 0, longFrom) : null;
+      const long = sliceItems(s, longFrom, B);
       pieces = [
         ...(short ? await this.plan(short.part, false, short.sampled) : []),
         ...await this.plan(long.part, true, long.sampled),
@@ -592,9 +592,9 @@ export class ModelRunner {
     this.useCaptured = useCaptured;
     if (this.capture?.eager) {
       const t0 = performance.now();
-      const usable = this.shapes.filter(this.fits);
+      const usable = this.shapes.filter(this.fits), left = this.shapes.filter((x) => !this.fits(x));
       for (let i = 0; i < this.shapes.length; i++) {
-        if (!this.captured[i] && this.fits(this.shapes[i])) await this.captureSession(i, false);
+        if (!this.captured[i] && usable.includes(this.shapes[i])) await this.captureSession(i, false);
       }
       // Wait for the captures so that the time logged is theirs.
       await this.device.queue.onSubmittedWorkDone();
@@ -610,7 +610,6 @@ export class ModelRunner {
           }) ` +
           `captured in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
       );
-      const left = this.shapes.filter((x) => !this.fits(x));
       if (left.length) {
         this.log(
           `graph capture: ${left.length} sessions past what one attention call holds left out (${
