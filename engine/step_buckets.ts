@@ -53,6 +53,15 @@ function onWithDawn(env: string): boolean {
   return webGpuInUse() === "dawn";
 }
 
+/**
+ * Query bound of a short-kernel step whose queries are all 1-2 tokens (decodes; the 2-token padding
+ * item). PagedAttention lays every item out up to the step's query bound and computes each of those
+ * rows over the item's context, so decodes under a bound of 31 cost 31 rows each: H100, Llama-3.2-1B
+ * shape, 128 decodes at 700 tokens of context, 740 ms uncaptured against 50 ms captured (bound 2).
+ * The kernel gives a row the same bits under either bound (captured and uncaptured steps agree).
+ */
+export const DECODE_QUERY_BOUND = 2;
+
 /** Attention's context bound is rounded up to a multiple of this many positions. */
 export const KV_BOUND_STEP = 256;
 
@@ -93,8 +102,12 @@ export function bucketStep(
   }
   const T = s.inputIds.length, B = s.pastSeqlens.length;
   // A step of one-token queries gets a 2-token item, as ModelRunner.run explains; padding items hold
-  // 1..cap tokens (a block, and fewer than 32 so that the kernel stays the same).
-  const two = maxQ < 2 ? 1 : 0, cap = Math.min(blockSize, BATCH_INVARIANT_ITEM_TOKENS);
+  // 1..cap tokens (a block, and fewer than 32 so that the kernel stays the same). A step of decodes
+  // keeps a query bound of 2, as a captured one has, and so padding items of at most 2 tokens:
+  // PagedAttention computes every item's queries up to the bound (see DECODE_QUERY_BOUND).
+  const decodes = !longQuery && maxQ <= DECODE_QUERY_BOUND && Deno.env.get("RAGTIME_TMP_OLD") !== "1";
+  const two = maxQ < 2 ? 1 : 0;
+  const cap = decodes ? DECODE_QUERY_BOUND : Math.min(blockSize, BATCH_INVARIANT_ITEM_TOKENS);
   let rows = bucketUp(T + 2 * two, minRows), items = bucketUp(B + two, 1);
   for (let guard = 0; guard < 64; guard++) {
     const pad = rows - T, extra = items - B;
@@ -110,7 +123,11 @@ export function bucketStep(
   return {
     s: padSampled(widenTable(padded, width), bucketUp(s.sampleRows.length, minRows)),
     attnMeta: [
-      longQuery ? bucketUp(maxQ, longQuery) : Math.max(maxQ, BATCH_INVARIANT_ITEM_TOKENS),
+      longQuery
+        ? bucketUp(maxQ, longQuery)
+        : decodes
+        ? DECODE_QUERY_BOUND
+        : Math.max(maxQ, BATCH_INVARIANT_ITEM_TOKENS),
       Math.min(maxPositions, Math.ceil(Math.max(maxKv, cap) / KV_BOUND_STEP) * KV_BOUND_STEP),
     ],
   };
@@ -119,7 +136,8 @@ export function bucketStep(
 /**
  * The step at its own shape, padded only as every uncaptured step must be: at least `minRows` token and
  * sampled rows, and an item of `minQuery` tokens (2, or LONG_QUERY_TOKENS in long-query mode) when every
- * query is shorter (one item in `reservedBlock`, `blockSize` positions, repeated in its table row).
+ * query is shorter (one item in `reservedBlock`, `blockSize` positions, repeated in its table row). A
+ * step of decodes pads its rows in items of at most 2 tokens, keeping its query bound at 2.
  */
 export function exactStep(
   s: StepInputs,
@@ -131,9 +149,12 @@ export function exactStep(
   let [maxQ, maxKv] = attentionBounds(s);
   const pad = Math.max(maxQ < minQuery ? minQuery : 0, minRows - s.inputIds.length);
   if (pad > 0) {
-    s = padItems(s, reservedBlock, pad, 1, Math.ceil(pad / blockSize));
-    maxQ = Math.max(maxQ, pad);
-    maxKv = Math.max(maxKv, pad);
+    const each = minQuery === DECODE_QUERY_BOUND && maxQ <= DECODE_QUERY_BOUND
+      ? Math.min(pad, DECODE_QUERY_BOUND)
+      : pad;
+    s = padItems(s, reservedBlock, pad, Math.ceil(pad / each), Math.ceil(each / blockSize));
+    maxQ = Math.max(maxQ, each);
+    maxKv = Math.max(maxKv, each);
   }
   return { s: padSampled(s, minRows), attnMeta: [maxQ, maxKv] };
 }

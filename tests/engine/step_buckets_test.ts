@@ -2,7 +2,14 @@
 // the real rows are untouched, and the padding stays where nothing reads it.
 
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { bucketStep, bucketUp, exactStep, KV_BOUND_STEP, stepBucketsOn } from "../../engine/step_buckets.ts";
+import {
+  bucketStep,
+  bucketUp,
+  DECODE_QUERY_BOUND,
+  exactStep,
+  KV_BOUND_STEP,
+  stepBucketsOn,
+} from "../../engine/step_buckets.ts";
 import { splitDecodes, type StepInputs } from "../../engine/step_inputs.ts";
 import { BATCH_INVARIANT_ITEM_TOKENS, LONG_QUERY_TOKENS, MIN_STEP_ROWS } from "../../engine/protocol.ts";
 
@@ -87,11 +94,13 @@ Deno.test("a bucketed step keeps its real rows and pads only with reserved-block
     assertEquals([...p.sampleRows.subarray(0, S)], [...s.sampleRows], what);
     assertEquals([...p.sampleU.subarray(0, S)], [...s.sampleU], what);
     assert(p.sampleU.subarray(S).every((u) => u < 0), `${what}: padded sampled rows are greedy`);
-    // Padding items: past 0, 1..BLOCK tokens each, in the reserved block, ids from the CPU.
+    // Padding items: past 0, 1..BLOCK tokens each (at most 2 beside decodes), in the reserved block, ids
+    // from the CPU.
+    const decodes = Math.max(...qs) <= DECODE_QUERY_BOUND;
     let maxPadQ = 0;
     for (let b = B; b < Bp; b++) {
       const q = p.cuSeqlens[b + 1] - p.cuSeqlens[b];
-      assert(q >= 1 && q <= BLOCK, `${what}: padding item of ${q} tokens`);
+      assert(q >= 1 && q <= (decodes ? DECODE_QUERY_BOUND : BLOCK), `${what}: padding item of ${q} tokens`);
       assertEquals(p.pastSeqlens[b], 0);
       assertEquals(p.blockTable[b * p.maxBlocks], RESERVED);
       maxPadQ = Math.max(maxPadQ, q);
@@ -99,9 +108,10 @@ Deno.test("a bucketed step keeps its real rows and pads only with reserved-block
     assertEquals(p.cuSeqlens[Bp], Tp, what);
     assert(p.idSrc.subarray(T).every((v) => v === -1), `${what}: padded ids come from the CPU`);
     if (Math.max(...qs) < 2) assert(maxPadQ >= 2, `${what}: a decode-only step gets a 2-token item`);
-    // Bounds: above every item, the kernel of items under 32 tokens, within the rotary tables.
+    // Bounds: above every item, the kernel of items under 32 tokens (decodes: 2, as captured ones
+    // have), within the rotary tables.
     const maxKv = Math.max(...qs.map((q, b) => q + pasts[b]));
-    assertEquals(attnMeta[0], BATCH_INVARIANT_ITEM_TOKENS, what);
+    assertEquals(attnMeta[0], decodes ? DECODE_QUERY_BOUND : BATCH_INVARIANT_ITEM_TOKENS, what);
     assert(attnMeta[1] >= maxKv && attnMeta[1] <= MAX_POS, `${what}: kv bound ${attnMeta[1]}`);
     assert(attnMeta[1] % KV_BOUND_STEP === 0 || attnMeta[1] === MAX_POS, what);
   }
@@ -128,12 +138,16 @@ Deno.test("over many random steps each bucketed dimension takes few values", () 
 });
 
 Deno.test("an exact step pads only to the row floor and a decode-only step's 2-token item", () => {
-  // Decode-only, 3 rows: one padding item of 13 tokens gives 16 rows and a query bound of 13.
+  // Decode-only, 3 rows: 13 padding tokens in items of at most 2 give 16 rows and a query bound of 2.
   const d = exactStep(step([1, 1, 1], [40, 7, 300]), RESERVED, MIN_STEP_ROWS, 2, BLOCK);
   assertEquals(d.s.inputIds.length, MIN_STEP_ROWS);
-  assertEquals([...d.s.cuSeqlens], [0, 1, 2, 3, MIN_STEP_ROWS]);
-  assertEquals(d.s.blockTable[3 * d.s.maxBlocks], RESERVED);
-  assertEquals(d.attnMeta, [MIN_STEP_ROWS - 3, 301]);
+  assertEquals([...d.s.cuSeqlens], [0, 1, 2, 3, 5, 7, 9, 11, 13, 15, 16]);
+  for (let b = 3; b < 10; b++) assertEquals(d.s.blockTable[b * d.s.maxBlocks], RESERVED);
+  assertEquals(d.attnMeta, [2, 301]);
+  // Beside a longer query the row floor goes in one item, within the bound the step has anyway.
+  const c = exactStep(step([9, 1], [0, 40]), RESERVED, MIN_STEP_ROWS, 2, BLOCK);
+  assertEquals([...c.s.cuSeqlens], [0, 9, 10, MIN_STEP_ROWS]);
+  assertEquals(c.attnMeta, [9, 41]);
   assertEquals(d.s.sampleRows.length, MIN_STEP_ROWS);
   // Enough rows and a longer query: nothing padded but the sampled rows, exact bounds.
   const s = step([31, 5], [0, 62], 1);
