@@ -30,6 +30,7 @@ export interface EngineConfig {
   maxContext: number;
   policy: SchedulerPolicy;
   prefillOrder: PrefillOrder;
+  decodePauseSteps: number;
   answerCache: AnswerCache;
   debugSteps: boolean;
   graphCache: string | null;
@@ -114,6 +115,7 @@ export function resolveEngineConfig(
     maxContext,
     policy: s.policy ?? ENGINE_DEFAULTS.policy,
     prefillOrder: s.prefillOrder ?? ENGINE_DEFAULTS.prefillOrder,
+    decodePauseSteps: s.decodePauseSteps ?? 0,
     answerCache: s.answerCache ?? ENGINE_DEFAULTS.answerCache,
     debugSteps: s.debugSteps ?? false,
     graphCache: s.graphCache ?? null,

@@ -144,6 +144,7 @@ export class LLMEngine {
       maxContext: config.maxContext,
       policy: config.policy,
       prefillOrder: config.prefillOrder,
+      decodePauseSteps: config.decodePauseSteps,
       maxChunkTokens: config.maxChunkTokens,
       splitAtPrompt: runner.longQueries === "prompts",
       capturedPrefillTokens: runner.capturedPromptTokens,

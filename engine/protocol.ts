@@ -274,6 +274,11 @@ export interface EngineSettings {
   policy?: "continuous" | "static" | "sequential";
   /** Which waiting request starts its prefill first (PrefillOrder). */
   prefillOrder?: PrefillOrder;
+  /**
+   * Steps in a row that may go without decodes while more prompt tokens wait than a step holds
+   * (SchedulerConfig.decodePauseSteps); absent: 0, every step decodes.
+   */
+  decodePauseSteps?: number;
   /** Whose answers are recomputed as prompt KV for a later turn to reuse (AnswerCache). */
   answerCache?: AnswerCache;
   /** One log line per step. */

@@ -99,6 +99,12 @@ export interface SchedulerConfig {
    * request of a burst waits; a replay's takes ~12 ms, and the next steps dispatch while it runs.
    */
   burstPrefillTokens?: number;
+  /**
+   * While more prompt tokens wait than one step's budget holds, up to this many steps in a row carry
+   * no decodes, so that a burst of prompts is prefilled sooner; running streams pause meanwhile (0 or
+   * absent: every step decodes).
+   */
+  decodePauseSteps?: number;
 }
 
 /** What the engine tells the scheduler about the steps it has in flight. */
@@ -223,6 +229,10 @@ export class Scheduler {
   #answerDone = new WeakMap<Sequence, number>();
   /** Copies planned and not yet submitted: they go back to the pool once submitted. */
   #answerCopies = new Set<Sequence>();
+  /** Steps in a row planned without decodes (decodePauseSteps). */
+  #decodePauses = 0;
+  /** Sequences the last submitted step samples: the only ones whose pending token is on the GPU. */
+  #lastSampled = new Set<Sequence>();
 
   constructor(config: SchedulerConfig) {
     if (config.blockSize !== config.blockManager.blockSize) {
@@ -332,12 +342,16 @@ export class Scheduler {
     };
     const preemptionsBefore = this.#preemptionsTotal;
 
-    this.#scheduleDecodes(draft);
+    const pause = this.#pauseDecodes();
+    if (!pause) this.#scheduleDecodes(draft);
     this.#continuePrefills(draft);
     // A step that had to preempt is short of blocks: admitting now would only thrash. With nothing
     // planned, though, admitting is the only way forward.
     const preempted = this.#preemptionsTotal !== preemptionsBefore;
     if (!preempted || draft.items.length === 0) this.#admitWaiting(draft);
+    // A pause that left no prompt work to run (blocks short) lets the decodes go after all.
+    if (pause && draft.numPrefillTokens === 0) this.#scheduleDecodes(draft);
+    this.#decodePauses = pause && draft.numDecodeTokens === 0 ? this.#decodePauses + 1 : 0;
     // Copies never take blocks a step was short of.
     if (!preempted && this.#answerWork.size > 0) this.#planAnswers(draft, context.idleMs ?? 0);
 
@@ -358,6 +372,7 @@ export class Scheduler {
     if (plan !== this.#unsubmitted) {
       throw new Error("onStepSubmitted with a plan that was not just scheduled");
     }
+    this.#lastSampled = new Set(plan.items.filter((it) => it.sample).map((it) => it.seq));
     this.#unsubmitted = null;
     for (const { seq, numTokens, sample } of plan.items) {
       seq.numComputed += numTokens;
@@ -412,6 +427,9 @@ export class Scheduler {
     for (const seq of [...this.#running]) {
       if (draft.budget === 0) break;
       if (!seq.isDecodeReady) continue; // also skips sequences preempted earlier in this loop
+      // Its input is the token the last step sampled, read on the GPU; after a step without it
+      // (a decode pause) it waits until that token is read back.
+      if (seq.pending > 0 && !this.#lastSampled.has(seq)) continue;
       if (!this.#makeRoom(seq, seq.numComputed + 1, draft)) {
         // It is the newest sequence left that could give way: it gives way itself.
         this.#preempt(seq);
@@ -599,6 +617,24 @@ export class Scheduler {
       if (!add(seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize)) return Infinity;
     }
     return cap;
+  }
+
+  /**
+   * Whether this step goes without decodes (decodePauseSteps): fewer than that many steps in a row
+   * have, and the prompt work waiting (running prefills, and waiting sequences past their cached
+   * prefixes) is more than one step's budget.
+   */
+  #pauseDecodes(): boolean {
+    const steps = this.config.decodePauseSteps ?? 0;
+    if (this.#decodePauses >= steps) return false;
+    let left = this.config.maxBatchTokens;
+    for (const seq of this.#running) {
+      if (seq.isPrefilling && (left -= seq.totalLen - seq.numComputed) < 0) return true;
+    }
+    for (const seq of this.#waiting) {
+      if ((left -= seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize) < 0) return true;
+    }
+    return false;
   }
 
   #policyAdmits(): boolean {

@@ -177,6 +177,17 @@ const OPTIONS = {
       `than ${SHORTEST_FIRST_WINDOW_MS / 1000} s after it). Never changes a request's tokens.`,
     schema: z.enum(["arrival", "shortest"]).default(ENGINE_DEFAULTS.prefillOrder),
   }),
+  decodePauseSteps: opt({
+    flag: "--decode-pause-steps",
+    env: "RAGTIME_DECODE_PAUSE_STEPS",
+    kind: "value",
+    metavar: "N",
+    expect: "an integer in [0, 1000]",
+    help: "While more prompt tokens wait than one step holds (--max-batch-tokens), up to N steps in a row " +
+      "prefill prompts only, so a burst of requests gets its first tokens sooner while running streams " +
+      "pause (default 0: every step decodes). Never changes a request's tokens.",
+    schema: positiveInt(0, 1000).default(0),
+  }),
   answerCache: opt({
     flag: "--answer-cache",
     env: "RAGTIME_ANSWER_CACHE",
@@ -552,6 +563,7 @@ export function engineSettings(c: Config): EngineSettings {
     maxModelLen: c.maxModelLen,
     policy: c.batching,
     prefillOrder: c.prefillOrder,
+    decodePauseSteps: c.decodePauseSteps,
     answerCache: c.answerCache,
     debugSteps: c.debugSteps,
     graphCache: c.graphCache || null,

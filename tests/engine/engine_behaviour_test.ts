@@ -261,6 +261,58 @@ Deno.test("prefill in one step as many items gives the tokens of a chunk per ste
   }
 });
 
+Deno.test("decode pauses: a burst prefills without decodes for up to N steps; every request keeps its tokens", async () => {
+  const tk = (await stories()).tokenizer;
+  const story = tk.encode(STORY_TEXT, false);
+  const streams: Submission[] = [
+    {
+      id: "s-greedy",
+      promptIds: [1, ...story.slice(0, 12)],
+      params: params({ maxTokens: 40, ignoreEos: true }),
+    },
+    {
+      id: "s-seeded",
+      promptIds: [1, ...story.slice(20, 30)],
+      params: params({ maxTokens: 40, ignoreEos: true, temperature: 0.8, seed: 11 }),
+    },
+  ];
+  const burst: Submission[] = Array.from({ length: 6 }, (_, i) => ({
+    id: `b${i}`,
+    promptIds: [1, ...story.slice(40 + 30 * i, 120 + 30 * i)],
+    params: params({ maxTokens: 6, ignoreEos: true }),
+  }));
+  const h = await startEngine({ maxBatchTokens: 64, decodePauseSteps: 2 });
+  try {
+    const plans = tracePlans(h.engine);
+    const running = streams.map((r) => submitRaw(h.engine, r.id, r.promptIds, r.params));
+    // The streams decode before the burst (~480 prompt tokens, 7-8 steps of the budget) arrives.
+    while (!plans.some((p) => p.items.some((it) => it.decode && it.id === "s-greedy"))) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const batched = await Promise.all([
+      ...running.map((r) => r.done),
+      ...burst.map((r) => submitRaw(h.engine, r.id, r.promptIds, r.params).done),
+    ]);
+    const outcomes = new Map([...streams, ...burst].map((r, i) => [r.id, outcomeOf(batched[i])]));
+    // Steps of the burst with prompt tokens only, beside streams that were decoding: never more than
+    // two in a row.
+    const streamIds = new Set(streams.map((r) => r.id));
+    const first = plans.findIndex((p) => p.items.some((it) => it.id.startsWith("b")));
+    let inRow = 0, paused = 0;
+    for (const p of plans.slice(first)) {
+      const decodes = p.items.some((it) => it.decode && streamIds.has(it.id));
+      if (decodes || !p.items.every((it) => !it.decode)) inRow = 0;
+      else if (p.prefillTokens > 0) paused++, inRow++;
+      assert(inRow <= 2, `plan ${p.index}: ${inRow} steps in a row without decodes`);
+    }
+    assert(paused >= 2, `${paused} paused steps`);
+    const alone = await runAlone(h, [...streams, ...burst]);
+    for (const r of [...streams, ...burst]) assertEquals(outcomes.get(r.id), alone.get(r.id), r.id);
+  } finally {
+    await h.close();
+  }
+});
+
 Deno.test("abort in the queue, mid-prefill and mid-decode: done/abort, blocks freed, others undisturbed", async () => {
   // In arrival order, so that C waits behind A and B.
   const h = await startEngine({ maxSeqs: 2, maxBatchTokens: 32, prefillOrder: "arrival" });

@@ -50,6 +50,7 @@ interface Setup {
   burstPrefillTokens?: number;
   prefillOrder?: PrefillOrder;
   splitAtPrompt?: boolean;
+  decodePauseSteps?: number;
 }
 
 function setup(o: Setup = {}) {
@@ -68,6 +69,7 @@ function setup(o: Setup = {}) {
     burstPrefillTokens: o.burstPrefillTokens,
     prefillOrder: o.prefillOrder,
     splitAtPrompt: o.splitAtPrompt,
+    decodePauseSteps: o.decodePauseSteps,
     now: () => ++clock,
   });
   const advance = (ms: number) => void (clock += ms);
@@ -92,6 +94,8 @@ function shape(plan: StepPlan | null): [string, number, number, boolean][] {
 class Sim {
   inFlight: StepPlan[] = [];
   plans: StepPlan[] = [];
+  /** Steps left in flight after a tick (the engine keeps up to three). */
+  depth = 1;
   wasted = 0;
   /** Output index at which a sequence emits EOS (else it runs to maxTokens). */
   eosAt = new Map<string, number>();
@@ -123,7 +127,10 @@ class Sim {
       this.inFlight.push(plan);
       this.plans.push(plan);
     }
-    if (this.inFlight.length > 1 || (!plan && this.inFlight.length > 0)) this.resolve(this.inFlight.shift()!);
+    while (this.inFlight.length > this.depth || (!plan && this.inFlight.length > 0)) {
+      this.resolve(this.inFlight.shift()!);
+      if (!plan) break;
+    }
     return plan;
   }
 
@@ -226,6 +233,43 @@ Deno.test("decodes come first; prefill takes only what is left of the budget", (
   const plan = sim.tick();
   assertEquals(shape(plan), [["a", 10, 1, true], ["b", 0, 63, false]]);
   assertEquals([plan!.numDecodeTokens, plan!.numPrefillTokens], [1, 63]);
+});
+
+Deno.test("decode pause: behind a backlog of more than a step, up to decodePauseSteps steps in a row prefill only", () => {
+  const run = (decodePauseSteps: number) => {
+    const { sched, sim } = setup({ numBlocks: 256, maxBatchTokens: 64, decodePauseSteps });
+    // Two steps in flight: a paused sequence's last token is still unread when the pause ends, so it
+    // must skip that step (its input is on neither the CPU nor the previous step's outputs).
+    sim.depth = 2;
+    sched.add(seq("a", 8, 200));
+    for (let i = 0; i < 3; i++) sim.tick();
+    // 300 prompt tokens: about five steps' worth.
+    for (let i = 0; i < 5; i++) sched.add(seq(`p${i}`, 60, 2));
+    const steps: { a: boolean; prefill: number; waiting: number }[] = [];
+    for (let i = 0; i < 14; i++) {
+      const waiting = sched.waiting.length;
+      const plan = sim.tick()!;
+      steps.push({ a: plan.items.some((it) => it.seq.id === "a"), prefill: plan.numPrefillTokens, waiting });
+    }
+    sim.run();
+    return steps;
+  };
+  // Off: a decodes in every step, beside what is left of the budget.
+  assert(run(0).every((s) => s.a));
+  const steps = run(2);
+  // The backlog's first two steps are prefill only, with the whole budget; then a decodes again.
+  assertEquals(steps.slice(0, 2).map((s) => [s.a, s.prefill]), [[false, 64], [false, 64]]);
+  assert(steps[2].a && steps[2].prefill > 0 && steps[2].prefill < 64, JSON.stringify(steps[2]));
+  // Never more than two steps in a row without a while the backlog lasts; every step decodes once
+  // what waits fits one step.
+  let run_ = 0;
+  for (const s of steps) {
+    run_ = s.a ? 0 : run_ + 1;
+    assert(run_ <= 2, `${JSON.stringify(steps)}`);
+  }
+  const last = steps.findLastIndex((s) => !s.a);
+  assert(last > 2 && steps.slice(last + 1).length >= 4 && steps.slice(last + 1).every((s) => s.a));
+  assert(steps.slice(last + 1).every((s) => s.waiting === 0), "pauses end with the backlog");
 });
 
 Deno.test("a long prompt prefills in chunks while the others keep decoding", () => {
@@ -464,7 +508,7 @@ Deno.test("a tiny pool never deadlocks: every sequence finishes and no block lea
   assert(sched.stats().preemptionsTotal > 0);
 });
 
-Deno.test("random workloads under every policy, with and without the captured-size cut: invariants hold, all finish, nothing leaks", () => {
+Deno.test("random workloads under every policy, with and without the captured-size cut and decode pauses: invariants hold, all finish, nothing leaks", () => {
   let state = 12345;
   // The high bits: an LCG's low bits cycle, so `state % n` for small powers of two repeats with the
   // call's position (every trial would get the same budget, or the same cut).
@@ -489,6 +533,9 @@ Deno.test("random workloads under every policy, with and without the captured-si
       policy,
       capturedPrefillTokens: cap,
       prefillOrder,
+      // A third of the trials pause decodes behind a prompt backlog (the Sim checks every decode's
+      // input is on the CPU or sampled by the step before).
+      decodePauseSteps: trial % 3 === 1 ? 1 + (trial % 4) : undefined,
     });
     const expected = new Map<Sequence, number>();
     let id = 0;

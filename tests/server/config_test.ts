@@ -39,6 +39,7 @@ Deno.test("config: defaults", () => {
     maxModelLen: undefined,
     batching: "continuous",
     prefillOrder: "shortest",
+    decodePauseSteps: 0,
     answerCache: "off",
     maxQueue: 1024,
     maxBodyKb: 1024,
@@ -92,6 +93,7 @@ Deno.test("config: every flag, both spellings", () => {
     "--batching",
     "static",
     "--prefill-order=arrival",
+    "--decode-pause-steps=4",
     "--answer-cache",
     "auto",
     "--max-queue",
@@ -130,6 +132,7 @@ Deno.test("config: every flag, both spellings", () => {
   assertEquals(c.maxModelLen, 8192);
   assertEquals(c.batching, "static");
   assertEquals(c.prefillOrder, "arrival");
+  assertEquals(c.decodePauseSteps, 4);
   assertEquals(c.answerCache, "auto");
   assertEquals(c.maxQueue, 10);
   assertEquals(c.maxBodyKb, 64);
@@ -438,6 +441,8 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     policy: "continuous",
     // Waiting requests by the prompt tokens they have left, within arrival windows.
     prefillOrder: "shortest",
+    // Every step decodes.
+    decodePauseSteps: 0,
     // Answers cached as prompts' (long-query mode prompts): off until measured on a GPU.
     answerCache: "off",
     debugSteps: false,
@@ -484,6 +489,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     maxModelLen: 128,
     policy: "static",
     prefillOrder: "arrival",
+    decodePauseSteps: 3,
     answerCache: "on",
     debugSteps: true,
     graphCache: "/tmp/g",
