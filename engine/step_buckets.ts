@@ -105,7 +105,7 @@ export function bucketStep(
   // 1..cap tokens (a block, and fewer than 32 so that the kernel stays the same). A step of decodes
   // keeps a query bound of 2, as a captured one has, and so padding items of at most 2 tokens:
   // PagedAttention computes every item's queries up to the bound (see DECODE_QUERY_BOUND).
-  const decodes = !longQuery && maxQ <= DECODE_QUERY_BOUND && Deno.env.get("RAGTIME_TMP_OLD") !== "1";
+  const decodes = !longQuery && maxQ <= DECODE_QUERY_BOUND;
   const two = maxQ < 2 ? 1 : 0;
   const cap = decodes ? DECODE_QUERY_BOUND : Math.min(blockSize, BATCH_INVARIANT_ITEM_TOKENS);
   let rows = bucketUp(T + 2 * two, minRows), items = bucketUp(B + two, 1);
