@@ -115,7 +115,7 @@ export function resolveEngineConfig(
     maxContext,
     policy: s.policy ?? ENGINE_DEFAULTS.policy,
     prefillOrder: s.prefillOrder ?? ENGINE_DEFAULTS.prefillOrder,
-    decodePauseSteps: s.decodePauseSteps ?? 0,
+    decodePauseSteps: s.decodePauseSteps ?? ENGINE_DEFAULTS.decodePauseSteps,
     answerCache: s.answerCache ?? ENGINE_DEFAULTS.answerCache,
     debugSteps: s.debugSteps ?? false,
     graphCache: s.graphCache ?? null,

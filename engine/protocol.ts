@@ -363,6 +363,8 @@ export const ENGINE_DEFAULTS = {
   maxSeqs: 256,
   policy: "continuous",
   prefillOrder: "shortest",
+  // Opt-in until measured on the GPU host.
+  decodePauseSteps: 0,
   // Not yet measured on the GPU host, where long-query mode prompts (and so this) applies.
   answerCache: "off",
   graphCapture: true,

@@ -572,13 +572,24 @@ export class Scheduler {
       const oldest = window[0] ?? fresh[next];
       while (next < fresh.length && at(fresh[next]) - at(oldest) < SHORTEST_FIRST_WINDOW_MS) {
         const seq = fresh[next++];
-        left.set(seq, seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize);
+        left.set(seq, this.#waitingWork(seq));
         window.push(seq);
       }
       let best = 0;
       for (let i = 1; i < window.length; i++) if (left.get(window[i])! < left.get(window[best])!) best = i;
       yield window.splice(best, 1)[0];
     }
+  }
+
+  /** Tokens a waiting sequence has to compute past its cached prefix. */
+  #waitingWork(seq: Sequence): number {
+    return seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize;
+  }
+
+  /** The prompt work left, one sequence at a time: running prefills, then waiting sequences. */
+  *#prefillWork(): Generator<number> {
+    for (const seq of this.#running) if (seq.isPrefilling) yield seq.totalLen - seq.numComputed;
+    for (const seq of this.#waiting) yield this.#waitingWork(seq);
   }
 
   /** The cached prefix a waiting sequence can reuse, short of its last token (whose logits the step needs). */
@@ -606,15 +617,9 @@ export class Scheduler {
     if (cap <= 0) return Infinity;
     const limit = PREFILL_BACKLOG_STEPS * cap, seqLimit = PREFILL_SEQUENCE_STEPS * cap;
     let left = 0;
-    const add = (n: number) => {
+    for (const n of this.#prefillWork()) {
       left += n;
-      return n <= seqLimit && left <= limit;
-    };
-    for (const seq of this.#running) {
-      if (seq.isPrefilling && !add(seq.totalLen - seq.numComputed)) return Infinity;
-    }
-    for (const seq of this.#waiting) {
-      if (!add(seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize)) return Infinity;
+      if (n > seqLimit || left > limit) return Infinity;
     }
     return cap;
   }
@@ -628,12 +633,7 @@ export class Scheduler {
     const steps = this.config.decodePauseSteps ?? 0;
     if (this.#decodePauses >= steps) return false;
     let left = this.config.maxBatchTokens;
-    for (const seq of this.#running) {
-      if (seq.isPrefilling && (left -= seq.totalLen - seq.numComputed) < 0) return true;
-    }
-    for (const seq of this.#waiting) {
-      if ((left -= seq.totalLen - this.#cachedPrefix(seq).length * this.#blockSize) < 0) return true;
-    }
+    for (const n of this.#prefillWork()) if ((left -= n) < 0) return true;
     return false;
   }
 
