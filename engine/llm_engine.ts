@@ -30,7 +30,7 @@ import { randomSeed, uniform } from "./rng.ts";
 import { isGreedy, type SampledLogprob, sampleToken } from "./sampler.ts";
 import { ANSWER_IDLE_MS, type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
-import { attentionItems } from "./step_inputs.ts";
+import { attentionItems, NO_FILTERS } from "./step_inputs.ts";
 
 export type Emit = (ev: GenerateEvent) => void;
 
@@ -363,7 +363,7 @@ export class LLMEngine {
     const maxBlocks = Math.max(1, ...items.map((it) => it.seq.blockTable.length));
     const blockTable = new Int32Array(B * maxBlocks);
     const sampled: PlanItem[] = [];
-    const rows: number[] = [], us: number[] = [], invT: number[] = [];
+    const rows: number[] = [], us: number[] = [], invT: number[] = [], filters: number[] = [];
     let wantLogits = false;
     let t = 0, b = 0;
     let longFrom: number | undefined;
@@ -399,13 +399,16 @@ export class LLMEngine {
           wantLogits = true;
           us.push(-1);
           invT.push(1);
+          filters.push(...NO_FILTERS);
         } else if (isGreedy(seq.params)) {
           us.push(-1);
           invT.push(1);
+          filters.push(...NO_FILTERS);
         } else {
           // k counts every token sampled before this one, pending ones included.
           us.push(uniform(r.seed, seq.outputIds.length + seq.pending));
           invT.push(1 / temp);
+          filters.push(Math.max(0, seq.params.topK), seq.params.topP, seq.params.minP);
         }
       }
     }
@@ -414,6 +417,7 @@ export class LLMEngine {
       rows.push(0);
       us.push(-1);
       invT.push(1);
+      filters.push(...NO_FILTERS);
     }
     return {
       inputs: {
@@ -426,6 +430,7 @@ export class LLMEngine {
         sampleRows: Int32Array.from(rows),
         sampleU: Float32Array.from(us),
         invTemp: Float32Array.from(invT),
+        sampleFilters: Float32Array.from(filters),
         wantLogits,
         longFrom,
       },

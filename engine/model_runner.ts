@@ -35,7 +35,8 @@ import {
   resolveLongQueries,
 } from "./protocol.ts";
 import { bucketStep, exactStep, longQueriesEnv, splitDecodesOn, stepBucketsOn } from "./step_buckets.ts";
-import { createSessions, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
+import { createStepSession, type Feeds, pinGpuBuffer, sessionDevice, uploadWeights } from "./sessions.ts";
+import { GpuSampler, samplerParams } from "./gpu_sampler.ts";
 
 export interface RunnerOptions {
   dtype: ActDType;
@@ -200,7 +201,7 @@ export class ModelRunner {
 
   private constructor(
     private session: ort.InferenceSession,
-    private sampler: ort.InferenceSession,
+    private sampler: GpuSampler,
     private device: GPUDevice,
     /** Weights, KV pool and prev_ids: the inputs every step session is fed. */
     private shared: Feeds,
@@ -261,8 +262,9 @@ export class ModelRunner {
       log,
     });
     opts.progress?.({ phase: "session" });
-    const { step, sampler } = await createSessions(graph, cfg.vocabSize);
+    const step = await createStepSession(graph, null);
     const { device, adapterName, software } = await sessionDevice();
+    const sampler = await GpuSampler.create(device, cfg.vocabSize);
     opts.progress?.({ phase: "upload" });
     const t0 = performance.now();
     const weights = await uploadWeights(
@@ -476,21 +478,18 @@ export class ModelRunner {
       if (logits && !s.wantLogits) scratch.push(logits);
     }
     if (s.sampleU.some((u) => u >= 0)) {
-      // Only steps with a sampling row pay for the sampling head (see sampler_graph.ts). Its
-      // uncaptured run frees buffers as it goes: the replay's held submits go first.
-      this.batch.flush();
-      const pad = (a: Float32Array, v: number) => {
-        const out = new Float32Array(rows).fill(v);
-        out.set(a);
-        return out;
-      };
-      const out = await this.sampler.run({
-        [IO.logits]: logits!,
-        [IO.nextIds]: nextIds,
-        [IO.sampleU]: new ort.Tensor("float32", pad(s.sampleU, -1), [rows]),
-        [IO.invTemp]: new ort.Tensor("float32", pad(s.invTemp, 1), [rows]),
+      // Only steps with a sampling row pay for the sampling kernel (gpu_sampler.ts).
+      const ids = this.sampler.sample(
+        logits!.gpuBuffer,
+        nextIds.gpuBuffer,
+        rows,
+        samplerParams(s.sampleU, s.invTemp, s.sampleFilters, rows),
+      );
+      nextIds = ort.Tensor.fromGpuBuffer(ids, {
+        dataType: "int32",
+        dims: [rows],
+        dispose: () => ids.destroy(),
       });
-      nextIds = out[IO.sampledIds];
       scratch.push(nextIds);
     }
     return { nextIds, logits, rows: sampled, scratch };
@@ -716,7 +715,7 @@ export class ModelRunner {
     for (const c of this.captured) await c?.release();
     this.captured = this.shapes.map(() => null);
     await this.session.release();
-    await this.sampler.release();
+    this.sampler.destroy();
     for (const b of [...this.owned, ...this.allStaging]) b.destroy();
   }
 }

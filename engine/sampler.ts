@@ -15,8 +15,10 @@
 //     whose mass is >= top_p; ties to the lower id), min_p (drop probability < min_p * max), and
 //     renormalise.
 //  7. Inverse CDF with u = uniform(seed, k) over the surviving tokens in ascending id order (see
-//     engine/rng.ts): the first id whose cumulative probability is > u. A GPU kernel following the
-//     same rule picks the same token unless u lies within rounding error of a CDF step.
+//     engine/rng.ts): the first id whose cumulative probability is > u. The GPU kernel
+//     (engine/gpu_sampler.ts), which serves requests that need no CPU logits, follows the same rule
+//     except that top_k and top_p keep tokens tied at their boundary together; it picks the same token
+//     unless u lies within rounding error of a CDF step or such a tie decides.
 //
 // EOS is never masked: ignore_eos only means "do not stop on EOS" (vLLM), and stopping is decided
 // by the caller, so eosTokenIds has no effect here.
@@ -60,18 +62,16 @@ export function isGreedy(params: Pick<SamplingParams, "temperature">): boolean {
 }
 
 /**
- * Whether this request needs its logits row on the CPU. Plain greedy and plain temperature sampling
- * (seeded or not) can run on the GPU with the same uniform(seed, k) rule. top_k/top_p/min_p are
- * ignored under greedy because they always keep the argmax.
+ * Whether this request needs its logits row on the CPU. Greedy and temperature sampling with top_k,
+ * top_p and min_p (seeded or not) run on the GPU with the same uniform(seed, k) rule
+ * (engine/gpu_sampler.ts); what changes the logits by token, or reports them, runs here.
  */
 export function needsCpuLogits(params: SamplingParams): boolean {
   // Constrained decoding masks the row on the CPU (engine/grammar.ts).
   if (params.grammar) return true;
   if (params.logprobs !== null) return true;
   if (Object.keys(params.logitBias).length > 0) return true;
-  if (hasPenalties(params)) return true;
-  if (isGreedy(params)) return false;
-  return params.topK > 0 || params.topP < 1 || params.minP > 0;
+  return hasPenalties(params);
 }
 
 function hasPenalties(p: SamplingParams): boolean {

@@ -5,7 +5,6 @@
 import * as ort from "onnxruntime-web/webgpu";
 import { type BuiltGraph, stepModel } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
-import { buildSamplerGraph } from "./model/sampler_graph.ts";
 import type { Initializer } from "./model/step_weights.ts";
 import { EXTERNAL_DATA_NAME, TensorType } from "./onnx/builder.ts";
 import { WeightUploader } from "./weight_upload.ts";
@@ -13,19 +12,6 @@ import { stepBucketsOn } from "./step_buckets.ts";
 
 export type Session = ort.InferenceSession;
 export type SessionOptions = ort.InferenceSession.SessionOptions;
-
-/** The step session (attn_meta an input) and the sampler's (see sampler_graph.ts). */
-export async function createSessions(
-  graph: BuiltGraph,
-  vocab: number,
-): Promise<{ step: Session; sampler: Session }> {
-  const step = await createStepSession(graph, null);
-  const sampler = await ort.InferenceSession.create(
-    buildSamplerGraph(vocab),
-    sessionOptions([IO.sampledIds]),
-  );
-  return { step, sampler };
-}
 
 /**
  * A session over the step graph, its outputs left on the GPU; attn_meta as in stepModel. `extra`

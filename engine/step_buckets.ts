@@ -20,7 +20,7 @@
 // are slow enough that dispatch already overlapped them and the padding cost more than it saved
 // (session 6), and on a software adapter padded rows are pure arithmetic: off there.
 
-import type { StepInputs } from "./step_inputs.ts";
+import { NO_FILTERS, type StepInputs } from "./step_inputs.ts";
 import { BATCH_INVARIANT_ITEM_TOKENS, type LongQueries } from "./protocol.ts";
 import { webGpuInUse } from "./webgpu_backend.ts";
 
@@ -219,5 +219,8 @@ function padSampled(s: StepInputs, min: number): StepInputs {
   u.set(s.sampleU);
   const t = new Float32Array(min).fill(1);
   t.set(s.invTemp);
-  return { ...s, sampleRows: rows, sampleU: u, invTemp: t };
+  const f = new Float32Array(3 * min);
+  for (let r = S; r < min; r++) f.set(NO_FILTERS, 3 * r);
+  f.set(s.sampleFilters);
+  return { ...s, sampleRows: rows, sampleU: u, invTemp: t, sampleFilters: f };
 }

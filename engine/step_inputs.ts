@@ -20,6 +20,8 @@ export interface StepInputs {
   sampleU: Float32Array;
   /** [S] 1 / temperature (1 for greedy rows). */
   invTemp: Float32Array;
+  /** [S * 3] top_k (0: off), top_p, min_p per sampled row, applied on the GPU (gpu_sampler.ts). */
+  sampleFilters: Float32Array;
   /** Read back full logits (CPU sampling, logprobs). */
   wantLogits: boolean;
   /**
@@ -28,6 +30,9 @@ export interface StepInputs {
    */
   longFrom?: number;
 }
+
+/** A sampled row's filters when it has none: top_k off, top_p 1, min_p 0. */
+export const NO_FILTERS = [0, 1, 0] as const;
 
 /**
  * One sequence's `ids` as a step of its own, over `past` cached tokens in `blockTable`'s blocks, its
@@ -50,6 +55,7 @@ export function singleSequenceStep(
     sampleRows: Int32Array.of(n - 1),
     sampleU: Float32Array.of(-1),
     invTemp: Float32Array.of(1),
+    sampleFilters: Float32Array.from(NO_FILTERS),
     wantLogits: false,
     ...(longFrom === undefined ? {} : { longFrom }),
   };
@@ -102,6 +108,7 @@ export function sliceItems(s: StepInputs, from: number, to: number): { part: Ste
     sampleRows: sampled ? s.sampleRows.slice(r0, r1).map((r) => r - t0) : Int32Array.of(0),
     sampleU: sampled ? s.sampleU.slice(r0, r1) : Float32Array.of(-1),
     invTemp: sampled ? s.invTemp.slice(r0, r1) : Float32Array.of(1),
+    sampleFilters: sampled ? s.sampleFilters.slice(3 * r0, 3 * r1) : Float32Array.from(NO_FILTERS),
     wantLogits: s.wantLogits && sampled > 0,
   };
   return { part, sampled };

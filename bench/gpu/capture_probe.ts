@@ -88,6 +88,7 @@ function decode(r: ModelRunner, B: number): StepInputs {
     sampleRows: Int32Array.from({ length: B }, (_, i) => i),
     sampleU: new Float32Array(B).fill(-1),
     invTemp: new Float32Array(B).fill(1),
+    sampleFilters: new Float32Array(3 * B).map((_, i) => (i % 3 === 1 ? 1 : 0)),
     wantLogits: false,
   };
 }

@@ -168,6 +168,7 @@ function stepInputs(
     sampleRows: Int32Array.of(items.slice(0, sampleItem + 1).reduce((a, it) => a + it.n, 0) - 1),
     sampleU: Float32Array.of(-1),
     invTemp: Float32Array.of(1),
+    sampleFilters: Float32Array.of(0, 1, 0),
     wantLogits,
   };
   let t = 0;
@@ -254,6 +255,7 @@ for (const k of [1, 2, 8, 9, 16, 64, 256]) {
   const s = stepInputs([{ start: 0, n: lmN, table: newTable(Math.ceil(lmN / bs)) }], true);
   s.sampleRows = new Int32Array(k).fill(lmN - 1);
   s.sampleU = new Float32Array(k).fill(-1);
+  s.sampleFilters = new Float32Array(3 * k).map((_, i) => (i % 3 === 1 ? 1 : 0));
   s.invTemp = new Float32Array(k).fill(1);
   sampledLogits.push([k, (await runner.read(await runner.run(s))).logits!.slice(0, V)]);
 }

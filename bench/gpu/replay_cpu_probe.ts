@@ -111,6 +111,7 @@ const step: StepInputs = {
   sampleRows: Int32Array.from({ length: B }, (_, i) => i),
   sampleU: new Float32Array(B).fill(-1),
   invTemp: new Float32Array(B).fill(1),
+  sampleFilters: new Float32Array(3 * B).map((_, i) => (i % 3 === 1 ? 1 : 0)),
   wantLogits: false,
 };
 // The variants alternate step by step, so that a drift in the machine's load falls on all alike.

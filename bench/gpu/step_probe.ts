@@ -101,6 +101,7 @@ function inputs(B: number, q: number, past: number, sample = false): StepInputs 
     sampleRows: rows,
     sampleU: new Float32Array(B).fill(sample ? 0.5 : -1),
     invTemp: new Float32Array(B).fill(1),
+    sampleFilters: new Float32Array(3 * B).map((_, i) => (i % 3 === 1 ? 1 : 0)),
     wantLogits: false,
   };
 }

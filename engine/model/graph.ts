@@ -5,8 +5,8 @@
 // sample. The KV cache lives in engine-owned GPU buffers passed as inputs; PagedAttention writes the
 // step's K/V into them in place (its cache outputs are omitted). Sampling happens on the GPU too, so
 // that a decode's input token can come straight from the previous step's output without a readback:
-// greedy ids in the step graph, temperature sampling in a small second graph (sampler_graph.ts)
-// that runs only in steps with a sampled row.
+// greedy ids in the step graph, temperature, top_k, top_p and min_p in one WGSL kernel
+// (engine/gpu_sampler.ts) that runs only in steps with a sampled row.
 
 import { GraphBuilder, TensorType, type WeightSpec } from "../onnx/builder.ts";
 import { encodeGraphAddition } from "../onnx/proto.ts";

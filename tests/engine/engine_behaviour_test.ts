@@ -618,20 +618,24 @@ Deno.test("penalties reduce repeats; a seed gives the same tokens twice and anot
       assertEquals(freq[0], greedy[0]);
     });
 
-    await t.step("seeded sampling on the GPU (plain temperature) and the CPU (top_k/top_p)", async () => {
-      for (
-        const [name, over] of [
-          ["gpu", { temperature: 1 }],
-          ["cpu", { temperature: 1, topK: 50, topP: 0.95 }],
-        ] as const
-      ) {
-        const a = await run(`${name}-42a`, { ...over, seed: 42 });
-        const b = await run(`${name}-42b`, { ...over, seed: 42 });
-        const c = await run(`${name}-43`, { ...over, seed: 43 });
-        assertEquals(a, b, `${name}: same seed`);
-        assert(JSON.stringify(a) !== JSON.stringify(c), `${name}: seeds 42 and 43 gave the same tokens`);
-      }
-    });
+    await t.step(
+      "seeded sampling on the GPU (with filters) and the CPU (a penalty)",
+      async () => {
+        for (
+          const [name, over] of [
+            ["gpu", { temperature: 1 }],
+            ["gpu-filters", { temperature: 1, topK: 50, topP: 0.95 }],
+            ["cpu", { temperature: 1, topK: 50, topP: 0.95, presencePenalty: 0.1 }],
+          ] as const
+        ) {
+          const a = await run(`${name}-42a`, { ...over, seed: 42 });
+          const b = await run(`${name}-42b`, { ...over, seed: 42 });
+          const c = await run(`${name}-43`, { ...over, seed: 43 });
+          assertEquals(a, b, `${name}: same seed`);
+          assert(JSON.stringify(a) !== JSON.stringify(c), `${name}: seeds 42 and 43 gave the same tokens`);
+        }
+      },
+    );
   } finally {
     await h.close();
   }

@@ -53,9 +53,16 @@ async function generateAll(h: Harness): Promise<Map<string, Outcome>> {
   const runs = [0, 1, 2, 3].map(async (i) => {
     const id = `r${i}`;
     const promptIds = [1, ...story.slice(i * 23, i * 23 + 5 + i * 9)];
-    // Greedy and seeded GPU sampling (deep pipelines), and top_p on the CPU (read at depth two).
+    // Greedy and seeded GPU sampling (deep pipelines), and a penalty on the CPU (read at depth two).
     const p = i === 3
-      ? params({ maxTokens: 20, ignoreEos: true, temperature: 0.8, seed: 5, topP: 0.9 })
+      ? params({
+        maxTokens: 20,
+        ignoreEos: true,
+        temperature: 0.8,
+        seed: 5,
+        topP: 0.9,
+        frequencyPenalty: 0.3,
+      })
       : params({ maxTokens: 20 + 3 * i, ignoreEos: true, temperature: i === 1 ? 0.8 : 0, seed: 3 });
     return [id, outcomeOf(await h.generate(id, promptIds, p))] as const;
   });

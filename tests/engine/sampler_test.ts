@@ -377,13 +377,14 @@ Deno.test("logprobs are the raw log-softmax, top-n sorted, whatever the processi
 // ---------------------------------------------------------------------------------------------------
 // CPU or GPU
 
-Deno.test("needsCpuLogits: only plain greedy and plain temperature stay on the GPU", () => {
+Deno.test("needsCpuLogits: greedy and temperature with top_k / top_p / min_p stay on the GPU", () => {
   assertEquals(needsCpuLogits(params({ temperature: 0 })), false);
   assertEquals(needsCpuLogits(params({ temperature: 0.8, seed: 3 })), false);
   assertEquals(needsCpuLogits(params({ topK: -1 })), false);
-  assertEquals(needsCpuLogits(params({ topK: 40 })), true);
-  assertEquals(needsCpuLogits(params({ topP: 0.9 })), true);
-  assertEquals(needsCpuLogits(params({ minP: 0.05 })), true);
+  assertEquals(needsCpuLogits(params({ topK: 40 })), false);
+  assertEquals(needsCpuLogits(params({ topP: 0.9 })), false);
+  assertEquals(needsCpuLogits(params({ minP: 0.05 })), false);
+  assertEquals(needsCpuLogits(params({ topP: 0.9, logprobs: 2 })), true);
   assertEquals(needsCpuLogits(params({ temperature: 0, topK: 40, topP: 0.9, minP: 0.1 })), false);
   assertEquals(needsCpuLogits(params({ temperature: 3e-38, topK: 40 })), false);
   assertEquals(needsCpuLogits(params({ temperature: 0, repetitionPenalty: 1.1 })), true);

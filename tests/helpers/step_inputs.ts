@@ -27,6 +27,7 @@ export function stepInputs(segs: Seg[], maxBlocks: number): StepInputs {
     sampleRows: rows,
     sampleU: new Float32Array(rows.length).fill(-1),
     invTemp: new Float32Array(rows.length).fill(1),
+    sampleFilters: new Float32Array(3 * rows.length).map((_, i) => (i % 3 === 1 ? 1 : 0)),
     wantLogits: true,
   };
 }

@@ -1,0 +1,321 @@
+// Sampling on the GPU: temperature, top_k, top_p and min_p for every sampled row of a step in one
+// WGSL dispatch on onnxruntime's device, so such requests keep their logits on the GPU, stay in
+// captured and pipelined steps, and cost ~one kernel instead of a [rows, vocab] read-back and a sort
+// per row on the CPU (64 top_p rows of a 128k vocabulary took ~1.8 s a step that way on the H100).
+//
+// One workgroup per row, so a row's result never depends on which rows share its step. Every sum is
+// a fixed-order reduction (strided per thread, then a tree): the same row gives the same bits
+// wherever it runs. The rule is the CPU sampler's (engine/sampler.ts), with filters as thresholds
+// on the logit: top_k keeps every token at least as likely as the k-th most likely one, top_p every
+// token at least as likely as the least likely one of the smallest most-likely-first set reaching
+// top_p of the mass top_k kept (so ties at a boundary are kept together, as vLLM's top_k does;
+// the CPU breaks them by id), min_p drops weights below min_p times the best. Then the inverse CDF
+// over ascending ids with the row's own uniform u. Thresholds are exact, found over an
+// order-preserving integer key of the logit: top_k's a byte at a time (4 passes over the row, counting
+// into a workgroup histogram), top_p's a bit at a time (32 passes, as its sums are floats).
+
+/** Floats per row in the parameter buffer: u, 1 / temperature, top_k, top_p, min_p, padding. */
+export const SAMPLER_PARAMS = 8;
+
+/** The kernel for one vocabulary size and workgroup size (constants, so its loops are fixed). */
+function shader(vocab: number, workgroup: number): string {
+  return /* wgsl */ `
+const V: u32 = ${vocab}u;
+const WG: u32 = ${workgroup}u;
+const CHUNK: u32 = ${Math.ceil(vocab / workgroup)}u;
+const LOWEST: f32 = -3.4028234e38;
+
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> greedy: array<i32>;
+@group(0) @binding(2) var<storage, read> params: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> sampled: array<i32>;
+
+var<workgroup> red: array<f32, WG>;
+var<workgroup> oneF: f32;
+var<workgroup> oneU: u32;
+var<workgroup> oneU2: u32;
+var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> p0: vec4<f32>;
+var<workgroup> p1: vec4<f32>;
+
+// NaN never wins: it reads as the lowest float.
+fn logit(i: u32) -> f32 {
+  let x = logits[i];
+  return select(LOWEST, x, x == x);
+}
+
+// Order-preserving: a < b as floats exactly when key(a) < key(b).
+fn key(x: f32) -> u32 {
+  let b = bitcast<u32>(x);
+  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+// Workgroup reductions; each returns a value every invocation agrees on (uniform control flow).
+fn sumF(t: u32, v: f32) -> f32 {
+  red[t] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (t < s) { red[t] = red[t] + red[t + s]; }
+    workgroupBarrier();
+  }
+  if (t == 0u) { oneF = red[0]; }
+  return workgroupUniformLoad(&oneF);
+}
+
+fn maxF(t: u32, v: f32) -> f32 {
+  red[t] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (t < s) { red[t] = max(red[t], red[t + s]); }
+    workgroupBarrier();
+  }
+  if (t == 0u) { oneF = red[0]; }
+  return workgroupUniformLoad(&oneF);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let r = wid.x;
+  let t = lid.x;
+  if (t == 0u) {
+    p0 = params[2u * r];
+    p1 = params[2u * r + 1u];
+  }
+  let a = workgroupUniformLoad(&p0);
+  let b = workgroupUniformLoad(&p1);
+  let u = a.x;
+  let invT = a.y;
+  let topK = u32(a.z);
+  let topP = a.w;
+  let minP = b.x;
+  // Greedy rows keep the step's argmax.
+  if (u < 0.0) {
+    if (t == 0u) { sampled[r] = greedy[r]; }
+    return;
+  }
+  let base = r * V;
+
+  var m = LOWEST;
+  for (var i = t; i < V; i += WG) { m = max(m, logit(base + i)); }
+  let mx = maxF(t, m);
+  // No finite maximum: the argmax, as on the CPU.
+  if (mx <= LOWEST || mx > 3.4028234e38) {
+    if (t == 0u) { sampled[r] = greedy[r]; }
+    return;
+  }
+  let top = key(mx);
+
+  // top_k: the largest key that at least topK tokens reach, a byte at a time from the top: count the
+  // tokens under the prefix found so far by their next byte, then take the byte where the count from
+  // the top reaches what is still needed.
+  var kmin = 0u;
+  if (topK > 0u && topK < V) {
+    var prefix = 0u;
+    var need = topK;
+    for (var round = 0u; round < 4u; round++) {
+      let shift = 24u - 8u * round;
+      let mask = select(0u, 0xFFFFFFFFu << (shift + 8u), round > 0u);
+      for (var j = t; j < 256u; j += WG) { atomicStore(&hist[j], 0u); }
+      workgroupBarrier();
+      for (var i = t; i < V; i += WG) {
+        let k = key(logit(base + i));
+        if ((k & mask) == prefix) { atomicAdd(&hist[(k >> shift) & 255u], 1u); }
+      }
+      workgroupBarrier();
+      if (t == 0u) {
+        var above = 0u;
+        var d = 255u;
+        loop {
+          let c = atomicLoad(&hist[d]);
+          if (above + c >= need || d == 0u) { break; }
+          above += c;
+          d -= 1u;
+        }
+        oneU = d;
+        oneU2 = need - above;
+      }
+      prefix = prefix | (workgroupUniformLoad(&oneU) << shift);
+      need = workgroupUniformLoad(&oneU2);
+    }
+    kmin = prefix;
+  }
+
+  // top_p over what top_k kept: the largest key whose tokens and those above hold topP of its mass.
+  var pmin = kmin;
+  if (topP < 1.0) {
+    var s = 0.0;
+    for (var i = t; i < V; i += WG) {
+      let x = logit(base + i);
+      s += select(0.0, exp((x - mx) * invT), key(x) >= kmin);
+    }
+    let goal = topP * sumF(t, s);
+    var p = 0u;
+    for (var bit = 0u; bit < 32u; bit++) {
+      let cand = p | (0x80000000u >> bit);
+      let th = max(cand, kmin);
+      var c = 0.0;
+      for (var i = t; i < V; i += WG) {
+        let x = logit(base + i);
+        c += select(0.0, exp((x - mx) * invT), key(x) >= th);
+      }
+      if (sumF(t, c) >= goal) { p = cand; }
+    }
+    pmin = max(p, kmin);
+  }
+  // The most likely token always stays.
+  pmin = min(pmin, top);
+
+  // Inverse CDF over ascending ids: each invocation sums its own contiguous chunk, then one walks.
+  let lo = min(t * CHUNK, V);
+  let hi = min(lo + CHUNK, V);
+  var cs = 0.0;
+  for (var i = lo; i < hi; i++) {
+    let x = logit(base + i);
+    let w = exp((x - mx) * invT);
+    cs += select(0.0, w, key(x) >= pmin && w >= minP);
+  }
+  red[t] = cs;
+  workgroupBarrier();
+  if (t != 0u) { return; }
+  var total = 0.0;
+  for (var j = 0u; j < WG; j++) { total += red[j]; }
+  let threshold = u * total;
+  var cum = 0.0;
+  var lastChunk = WG;
+  for (var j = 0u; j < WG; j++) {
+    let c = red[j];
+    if (c <= 0.0) { continue; }
+    lastChunk = j;
+    if (cum + c > threshold) {
+      // Summed again in the same order: the walk crosses u here unless rounding says otherwise,
+      // then the chunk's last kept token.
+      var found = i32(-1);
+      for (var i = j * CHUNK; i < min(j * CHUNK + CHUNK, V); i++) {
+        let x = logit(base + i);
+        let w = exp((x - mx) * invT);
+        if (key(x) >= pmin && w >= minP && w > 0.0) {
+          cum += w;
+          found = i32(i);
+          if (cum > threshold) { break; }
+        }
+      }
+      sampled[r] = found;
+      return;
+    }
+    cum += c;
+  }
+  if (lastChunk == WG) {
+    sampled[r] = greedy[r];
+    return;
+  }
+  // u within rounding of 1: the last kept token, as the CPU sampler takes its last candidate.
+  var found = i32(-1);
+  for (var i = lastChunk * CHUNK; i < min(lastChunk * CHUNK + CHUNK, V); i++) {
+    let x = logit(base + i);
+    let w = exp((x - mx) * invT);
+    if (key(x) >= pmin && w >= minP && w > 0.0) { found = i32(i); }
+  }
+  sampled[r] = found;
+}
+`;
+}
+
+/** The sampling kernel's pipeline on one device, and the parameter buffer it reads. */
+export class GpuSampler {
+  private params: GPUBuffer | null = null;
+
+  private constructor(
+    private readonly device: GPUDevice,
+    private readonly pipeline: GPUComputePipeline,
+    private readonly vocab: number,
+  ) {}
+
+  /**
+   * Compiles the kernel for `vocab`; a shader the device rejects throws here, not in a step. A row's
+   * passes are bound by how many invocations share them: the workgroup is as large as the device
+   * allows, up to 1024 (a power of two, for the tree reductions), unless `workgroup` says otherwise.
+   */
+  static async create(device: GPUDevice, vocab: number, workgroup?: number): Promise<GpuSampler> {
+    const limit = Math.min(
+      1024,
+      device.limits.maxComputeInvocationsPerWorkgroup,
+      device.limits.maxComputeWorkgroupSizeX,
+    );
+    const wg = workgroup ?? 2 ** Math.floor(Math.log2(limit));
+    if (!(wg >= 1 && wg <= limit && (wg & (wg - 1)) === 0)) {
+      throw new Error(`sampler workgroup ${wg}: a power of two up to ${limit}`);
+    }
+    device.pushErrorScope("validation");
+    const module = device.createShaderModule({ code: shader(vocab, wg) });
+    const pipeline = device.createComputePipeline({
+      layout: "auto",
+      compute: { module, entryPoint: "main" },
+    });
+    const error = await device.popErrorScope();
+    if (error) throw new Error(`the GPU sampling kernel did not compile: ${error.message}`);
+    return new GpuSampler(device, pipeline, vocab);
+  }
+
+  /**
+   * Queues the sampling of `rows` rows of `logits` ([rows or more, vocab] f32) into a new buffer of
+   * [rows] int32 ids (the caller destroys it once read): `greedy` ids where a row's u is negative.
+   * `params`: SAMPLER_PARAMS floats a row (see samplerParams).
+   */
+  sample(logits: GPUBuffer, greedy: GPUBuffer, rows: number, params: Float32Array): GPUBuffer {
+    const bytes = rows * SAMPLER_PARAMS * 4;
+    if (!this.params || this.params.size < bytes) {
+      this.params?.destroy();
+      this.params = this.device.createBuffer({
+        size: Math.max(bytes, 64 * SAMPLER_PARAMS * 4),
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      });
+    }
+    // Ordered on the queue after the previous call's dispatch, before this one's.
+    this.device.queue.writeBuffer(this.params, 0, params.buffer, params.byteOffset, bytes);
+    const out = this.device.createBuffer({
+      size: Math.max(4, rows * 4),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+    });
+    const bindGroup = this.device.createBindGroup({
+      layout: this.pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: logits, size: rows * this.vocab * 4 } },
+        { binding: 1, resource: { buffer: greedy, size: rows * 4 } },
+        { binding: 2, resource: { buffer: this.params, size: bytes } },
+        { binding: 3, resource: { buffer: out, size: rows * 4 } },
+      ],
+    });
+    const enc = this.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(this.pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(rows);
+    pass.end();
+    this.device.queue.submit([enc.finish()]);
+    return out;
+  }
+
+  destroy(): void {
+    this.params?.destroy();
+    this.params = null;
+  }
+}
+
+/** The step's per-row settings packed for GpuSampler.sample; rows past the step's are greedy. */
+export function samplerParams(
+  sampleU: Float32Array,
+  invTemp: Float32Array,
+  filters: Float32Array,
+  rows: number,
+): Float32Array {
+  const out = new Float32Array(Math.max(1, rows) * SAMPLER_PARAMS);
+  for (let r = 0; r < out.length / SAMPLER_PARAMS; r++) {
+    const o = r * SAMPLER_PARAMS, mine = r < sampleU.length;
+    out[o] = mine ? sampleU[r] : -1;
+    out[o + 1] = mine ? invTemp[r] : 1;
+    out[o + 2] = mine ? filters[3 * r] : 0;
+    out[o + 3] = mine ? filters[3 * r + 1] : 1;
+    out[o + 4] = mine ? filters[3 * r + 2] : 0;
+  }
+  return out;
+}

@@ -1,0 +1,207 @@
+// The GPU sampling kernel (engine/gpu_sampler.ts) on crafted rows against a plain reference of its
+// rule: ties at a filter's boundary, NaN, a large vocabulary, greedy rows, filters combined.
+
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { GpuSampler, samplerParams } from "../../engine/gpu_sampler.ts";
+
+const adapter = await navigator.gpu.requestAdapter();
+const device = await adapter!.requestDevice({
+  requiredLimits: {
+    maxStorageBufferBindingSize: adapter!.limits.maxStorageBufferBindingSize,
+    maxBufferSize: adapter!.limits.maxBufferSize,
+    maxComputeInvocationsPerWorkgroup: adapter!.limits.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupSizeX: adapter!.limits.maxComputeWorkgroupSizeX,
+  },
+});
+
+interface Row {
+  logits: Float32Array;
+  u: number;
+  invTemp: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  greedy?: number;
+}
+
+const LOWEST = -3.4028234e38;
+
+/**
+ * The rule in plain terms: filters keep every token whose logit reaches a threshold (top_k: the k-th
+ * largest logit; top_p: the logit of the least likely token of the smallest most-likely-first set
+ * reaching top_p of the kept mass; min_p: weight at least min_p of the best), then the first id, in
+ * ascending order, whose cumulative weight exceeds u times the kept total. `near`: how close the
+ * draw or the top_p cut came to a rounding-sensitive boundary (relative), so callers skip such rows.
+ */
+function reference(r: Row): { id: number; near: number } {
+  const V = r.logits.length;
+  const x = Array.from(r.logits, (v) => (Number.isNaN(v) ? LOWEST : v));
+  let mx = LOWEST;
+  for (const v of x) mx = Math.max(mx, v);
+  const w = x.map((v) => Math.exp((v - mx) * r.invTemp));
+  const desc = [...x.keys()].sort((a, b) => x[b] - x[a] || a - b);
+  const topK = r.topK ?? 0, topP = r.topP ?? 1, minP = r.minP ?? 0;
+  const kth = topK > 0 && topK < V ? x[desc[topK - 1]] : -Infinity;
+  let near = Infinity;
+  let pth = -Infinity;
+  if (topP < 1) {
+    const kept = desc.filter((i) => x[i] >= kth);
+    const total = kept.reduce((s, i) => s + w[i], 0);
+    let cum = 0;
+    for (const i of kept) {
+      cum += w[i];
+      near = Math.min(near, Math.abs(cum - topP * total) / total);
+      if (cum >= topP * total) {
+        pth = x[i];
+        break;
+      }
+    }
+  }
+  const th = Math.min(Math.max(kth, pth), mx);
+  const keep = (i: number) => x[i] >= th && w[i] >= minP && w[i] > 0;
+  let sum = 0;
+  for (let i = 0; i < V; i++) if (keep(i)) sum += w[i];
+  let cum = 0, id = -1;
+  for (let i = 0; i < V; i++) {
+    if (!keep(i)) continue;
+    cum += w[i];
+    near = Math.min(near, Math.abs(cum - r.u * sum) / sum);
+    id = i;
+    if (cum > r.u * sum) break;
+  }
+  return { id, near };
+}
+
+async function sample(rows: Row[], workgroup?: number): Promise<number[]> {
+  const V = rows[0].logits.length;
+  const sampler = await GpuSampler.create(device, V, workgroup);
+  const logits = device.createBuffer({
+    size: rows.length * V * 4,
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+  });
+  rows.forEach((r, i) => device.queue.writeBuffer(logits, i * V * 4, r.logits));
+  const greedy = device.createBuffer({
+    size: rows.length * 4,
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(greedy, 0, Int32Array.from(rows, (r) => r.greedy ?? 7));
+  const filters = Float32Array.from(rows.flatMap((r) => [r.topK ?? 0, r.topP ?? 1, r.minP ?? 0]));
+  const params = samplerParams(
+    Float32Array.from(rows, (r) => r.u),
+    Float32Array.from(rows, (r) => r.invTemp),
+    filters,
+    rows.length,
+  );
+  const out = sampler.sample(logits, greedy, rows.length, params);
+  const read = device.createBuffer({
+    size: rows.length * 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(out, 0, read, 0, rows.length * 4);
+  device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const ids = [...new Int32Array(read.getMappedRange().slice(0))];
+  for (const b of [logits, greedy, out, read]) b.destroy();
+  sampler.destroy();
+  return ids;
+}
+
+function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+function randomRow(V: number, rand: () => number, spread: number): Float32Array {
+  return Float32Array.from({ length: V }, () => (rand() - 0.5) * spread);
+}
+
+Deno.test("GPU sampling kernel: random rows with every filter follow the reference rule", async () => {
+  const rand = lcg(5);
+  const settings: Partial<Row>[] = [
+    {},
+    { topK: 1 },
+    { topK: 5 },
+    { topK: 40, topP: 0.5 },
+    { topP: 0.9 },
+    { topP: 0.3 },
+    { topP: 1e-6 },
+    { minP: 0.5 },
+    { topK: 20, topP: 0.8, minP: 0.3 },
+    { topK: 700 },
+    { topK: 100000 },
+    { topP: 0.95, minP: 0.05 },
+  ];
+  const rows: Row[] = [];
+  for (let i = 0; i < 96; i++) {
+    rows.push({
+      logits: randomRow(700, rand, i % 2 ? 4 : 20),
+      u: rand(),
+      invTemp: [1, 1 / 0.7, 1 / 1.5][i % 3],
+      ...settings[i % settings.length],
+    });
+  }
+  // The largest workgroup the device allows (the engine's choice) and the smallest it may get.
+  for (const workgroup of [undefined, 64]) {
+    const got = await sample(rows, workgroup);
+    let checked = 0;
+    rows.forEach((r, i) => {
+      const want = reference(r);
+      if (want.near < 1e-4) return; // within rounding of a boundary: either side is the rule
+      checked++;
+      assertEquals(
+        got[i],
+        want.id,
+        `workgroup ${workgroup}, row ${i} (${JSON.stringify({ ...r, logits: undefined })})`,
+      );
+    });
+    assert(checked >= 90, `only ${checked} of ${rows.length} rows were far enough from a boundary`);
+  }
+});
+
+Deno.test("GPU sampling kernel: ties at the top_k and top_p boundaries are kept together", async () => {
+  // Ids 10, 20 and 30 tie for the best logit: top_k 1 keeps all three, and top_p 0.1 too (the
+  // smallest set reaching it is one of them; its equals stay). Draws then spread over the three.
+  const V = 300;
+  const base = new Float32Array(V).fill(-5);
+  base[10] = base[20] = base[30] = 2;
+  const rows: Row[] = [];
+  for (let i = 0; i < 30; i++) {
+    rows.push({ logits: base, u: (i + 0.5) / 30, invTemp: 1, ...(i % 2 ? { topK: 1 } : { topP: 0.1 }) });
+  }
+  const got = await sample(rows);
+  assertEquals(new Set(got), new Set([10, 20, 30]));
+  // u below 1/3 draws the lowest id of the three, above 2/3 the highest.
+  assertEquals(got[0], 10);
+  assertEquals(got[29], 30);
+  rows.forEach((r, i) => assertEquals(got[i], reference(r).id, `row ${i}`));
+});
+
+Deno.test("GPU sampling kernel: greedy rows, NaN, non-finite rows and a 128k vocabulary", async () => {
+  const V = 128256;
+  const rand = lcg(9);
+  const flat = randomRow(V, rand, 2);
+  const withNan = randomRow(V, rand, 2);
+  withNan[5] = NaN;
+  withNan[77] = 50; // near-certain after softmax: any u draws it
+  const allNan = new Float32Array(V).fill(NaN);
+  const rows: Row[] = [
+    { logits: flat, u: -1, invTemp: 1, greedy: 1234 },
+    { logits: withNan, u: 0.5, invTemp: 1, topP: 0.9 },
+    { logits: allNan, u: 0.5, invTemp: 1, greedy: 42 },
+    { logits: flat, u: 0.25, invTemp: 1, topP: 0.95 },
+    { logits: flat, u: 0.75, invTemp: 1 / 0.7, topK: 50, topP: 0.9 },
+    { logits: flat, u: 0.999, invTemp: 1, minP: 0.9 },
+  ];
+  const got = await sample(rows);
+  assertEquals(got[0], 1234, "a greedy row keeps the step's argmax");
+  assertEquals(got[1], 77, "NaN is never drawn and the peak is");
+  assertEquals(got[2], 42, "a row with no finite logit falls back to the argmax");
+  for (const i of [3, 4, 5]) {
+    const want = reference(rows[i]);
+    if (want.near >= 1e-4) assertEquals(got[i], want.id, `row ${i}`);
+  }
+});
