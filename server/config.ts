@@ -185,7 +185,7 @@ const OPTIONS = {
     expect: "an integer in [0, 1000]",
     help: "While more prompt tokens wait than one step holds (--max-batch-tokens), up to N steps in a row " +
       "prefill prompts only, so a burst of requests gets its first tokens sooner while running streams " +
-      "pause (default 0: every step decodes). Never changes a request's tokens.",
+      "pause (default 4; 0: every step decodes). Never changes a request's tokens.",
     schema: positiveInt(0, 1000).default(ENGINE_DEFAULTS.decodePauseSteps),
   }),
   answerCache: opt({

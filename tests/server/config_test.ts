@@ -39,7 +39,7 @@ Deno.test("config: defaults", () => {
     maxModelLen: undefined,
     batching: "continuous",
     prefillOrder: "shortest",
-    decodePauseSteps: 0,
+    decodePauseSteps: 4,
     answerCache: "off",
     maxQueue: 1024,
     maxBodyKb: 1024,
@@ -441,8 +441,8 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     policy: "continuous",
     // Waiting requests by the prompt tokens they have left, within arrival windows.
     prefillOrder: "shortest",
-    // Every step decodes.
-    decodePauseSteps: 0,
+    // Up to 4 steps in a row without decodes behind a prompt backlog.
+    decodePauseSteps: 4,
     // Answers cached as prompts' (long-query mode prompts): off until measured on a GPU.
     answerCache: "off",
     debugSteps: false,
