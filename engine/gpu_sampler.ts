@@ -14,6 +14,8 @@
 // order-preserving integer key of the logit: top_k's a byte at a time (4 passes over the row, counting
 // into a workgroup histogram), top_p's a bit at a time (32 passes, as its sums are floats).
 
+import { EDIT_FLOATS } from "./sampler.ts";
+
 /** Floats per row in the parameter buffer: u, 1 / temperature, top_k, top_p, min_p, padding. */
 export const SAMPLER_PARAMS = 8;
 
@@ -220,13 +222,42 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 `;
 }
 
+/**
+ * Logit edits (logit_bias and the penalties, engine/sampler.ts logitEdits) in place, one invocation
+ * an edited token, before the sampling kernel reads the rows: the bias is added, then the repetition
+ * penalty divides a positive logit and multiplies another, then the frequency and presence terms are
+ * subtracted, as the CPU sampler does.
+ */
+function editShader(vocab: number): string {
+  return /* wgsl */ `
+const V: u32 = ${vocab}u;
+const E: u32 = ${EDIT_FLOATS}u;
+@group(0) @binding(0) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> edits: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  let o = g.x * E;
+  if (o >= arrayLength(&edits)) { return; }
+  let i = u32(edits[o]) * V + u32(edits[o + 1u]);
+  var y = logits[i] + edits[o + 2u];
+  let rep = edits[o + 3u];
+  if (rep != 1.0) { y = select(y * rep, y / rep, y > 0.0); }
+  y = y - edits[o + 4u];
+  logits[i] = y - edits[o + 5u];
+}
+`;
+}
+
 /** The sampling kernel's pipeline on one device, and the parameter buffer it reads. */
 export class GpuSampler {
   private params: GPUBuffer | null = null;
+  private edits: GPUBuffer | null = null;
 
   private constructor(
     private readonly device: GPUDevice,
     private readonly pipeline: GPUComputePipeline,
+    private readonly editPipeline: GPUComputePipeline,
     private readonly vocab: number,
   ) {}
 
@@ -251,17 +282,28 @@ export class GpuSampler {
       layout: "auto",
       compute: { module, entryPoint: "main" },
     });
+    const editPipeline = device.createComputePipeline({
+      layout: "auto",
+      compute: { module: device.createShaderModule({ code: editShader(vocab) }), entryPoint: "main" },
+    });
     const error = await device.popErrorScope();
     if (error) throw new Error(`the GPU sampling kernel did not compile: ${error.message}`);
-    return new GpuSampler(device, pipeline, vocab);
+    return new GpuSampler(device, pipeline, editPipeline, vocab);
   }
 
   /**
    * Queues the sampling of `rows` rows of `logits` ([rows or more, vocab] f32) into a new buffer of
    * [rows] int32 ids (the caller destroys it once read): `greedy` ids where a row's u is negative.
-   * `params`: SAMPLER_PARAMS floats a row (see samplerParams).
+   * `params`: SAMPLER_PARAMS floats a row (see samplerParams). `edits` (EDIT_FLOATS floats each) are
+   * applied to the rows' logits in place first.
    */
-  sample(logits: GPUBuffer, greedy: GPUBuffer, rows: number, params: Float32Array): GPUBuffer {
+  sample(
+    logits: GPUBuffer,
+    greedy: GPUBuffer,
+    rows: number,
+    params: Float32Array,
+    edits: Float32Array = new Float32Array(0),
+  ): GPUBuffer {
     const bytes = rows * SAMPLER_PARAMS * 4;
     if (!this.params || this.params.size < bytes) {
       this.params?.destroy();
@@ -287,6 +329,29 @@ export class GpuSampler {
     });
     const enc = this.device.createCommandEncoder();
     const pass = enc.beginComputePass();
+    const numEdits = edits.length / EDIT_FLOATS;
+    if (numEdits > 0) {
+      if (!this.edits || this.edits.size < edits.byteLength) {
+        this.edits?.destroy();
+        this.edits = this.device.createBuffer({
+          size: Math.max(edits.byteLength, 4096 * EDIT_FLOATS * 4),
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+        });
+      }
+      this.device.queue.writeBuffer(this.edits, 0, edits.buffer, edits.byteOffset, edits.byteLength);
+      pass.setPipeline(this.editPipeline);
+      pass.setBindGroup(
+        0,
+        this.device.createBindGroup({
+          layout: this.editPipeline.getBindGroupLayout(0),
+          entries: [
+            { binding: 0, resource: { buffer: logits, size: rows * this.vocab * 4 } },
+            { binding: 1, resource: { buffer: this.edits, size: edits.byteLength } },
+          ],
+        }),
+      );
+      pass.dispatchWorkgroups(Math.ceil(numEdits / 64));
+    }
     pass.setPipeline(this.pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(rows);
@@ -297,7 +362,8 @@ export class GpuSampler {
 
   destroy(): void {
     this.params?.destroy();
-    this.params = null;
+    this.edits?.destroy();
+    this.params = this.edits = null;
   }
 }
 

@@ -27,7 +27,7 @@ import {
   type TokenLogprob,
 } from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
-import { isGreedy, type SampledLogprob, sampleToken } from "./sampler.ts";
+import { editsLogits, isGreedy, logitEdits, type SampledLogprob, sampleToken } from "./sampler.ts";
 import { ANSWER_IDLE_MS, type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { attentionItems, NO_FILTERS } from "./step_inputs.ts";
@@ -364,6 +364,7 @@ export class LLMEngine {
     const blockTable = new Int32Array(B * maxBlocks);
     const sampled: PlanItem[] = [];
     const rows: number[] = [], us: number[] = [], invT: number[] = [], filters: number[] = [];
+    const edits: number[] = [], vocab = this.model.config.vocabSize;
     let wantLogits = false;
     let t = 0, b = 0;
     let longFrom: number | undefined;
@@ -400,15 +401,22 @@ export class LLMEngine {
           us.push(-1);
           invT.push(1);
           filters.push(...NO_FILTERS);
-        } else if (isGreedy(seq.params)) {
-          us.push(-1);
-          invT.push(1);
-          filters.push(...NO_FILTERS);
         } else {
-          // k counts every token sampled before this one, pending ones included.
-          us.push(uniform(r.seed, seq.outputIds.length + seq.pending));
-          invT.push(1 / temp);
-          filters.push(Math.max(0, seq.params.topK), seq.params.topP, seq.params.minP);
+          const edited = editsLogits(seq.params);
+          if (edited) {
+            logitEdits(edits, rows.length - 1, seq.params, seq.distinctPrompt, seq.outputIds, vocab);
+          }
+          if (isGreedy(seq.params)) {
+            // Greedy over edited logits is the first of the most likely ids: top_k 1, u 0.
+            us.push(edited ? 0 : -1);
+            invT.push(1);
+            filters.push(...(edited ? [1, 1, 0] : NO_FILTERS));
+          } else {
+            // k counts every token sampled before this one, pending ones included.
+            us.push(uniform(r.seed, seq.outputIds.length + seq.pending));
+            invT.push(1 / temp);
+            filters.push(Math.max(0, seq.params.topK), seq.params.topP, seq.params.minP);
+          }
         }
       }
     }
@@ -431,6 +439,7 @@ export class LLMEngine {
         sampleU: Float32Array.from(us),
         invTemp: Float32Array.from(invT),
         sampleFilters: Float32Array.from(filters),
+        sampleEdits: Float32Array.from(edits),
         wantLogits,
         longFrom,
       },

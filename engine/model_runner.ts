@@ -484,6 +484,7 @@ export class ModelRunner {
         nextIds.gpuBuffer,
         rows,
         samplerParams(s.sampleU, s.invTemp, s.sampleFilters, rows),
+        s.sampleEdits,
       );
       nextIds = ort.Tensor.fromGpuBuffer(ids, {
         dataType: "int32",

@@ -62,20 +62,83 @@ export function isGreedy(params: Pick<SamplingParams, "temperature">): boolean {
 }
 
 /**
- * Whether this request needs its logits row on the CPU. Greedy and temperature sampling with top_k,
- * top_p and min_p (seeded or not) run on the GPU with the same uniform(seed, k) rule
- * (engine/gpu_sampler.ts); what changes the logits by token, or reports them, runs here.
+ * Whether this request needs its logits row on the CPU: logprobs are reported from it and a JSON
+ * schema masks it there (engine/grammar.ts). Everything else (greedy, temperature, top_k, top_p,
+ * min_p, logit_bias and the penalties) runs on the GPU with the same uniform(seed, k) rule
+ * (engine/gpu_sampler.ts).
  */
 export function needsCpuLogits(params: SamplingParams): boolean {
-  // Constrained decoding masks the row on the CPU (engine/grammar.ts).
-  if (params.grammar) return true;
-  if (params.logprobs !== null) return true;
-  if (Object.keys(params.logitBias).length > 0) return true;
-  return hasPenalties(params);
+  return Boolean(params.grammar) || params.logprobs !== null;
 }
 
-function hasPenalties(p: SamplingParams): boolean {
+/** Whether the request's logits change by token before sampling: logit_bias or a penalty. */
+export function editsLogits(params: SamplingParams): boolean {
+  return Object.keys(params.logitBias).length > 0 || hasPenalties(params);
+}
+
+/**
+ * Whether its next token must wait for the last one to be read back: the penalties count every
+ * token so far, so a pending one (still on the GPU) would be missed.
+ */
+export function waitsForTokens(params: SamplingParams): boolean {
+  return needsCpuLogits(params) || hasPenalties(params);
+}
+
+export function hasPenalties(p: SamplingParams): boolean {
   return p.repetitionPenalty !== 1 || p.frequencyPenalty !== 0 || p.presencePenalty !== 0;
+}
+
+/** Floats per logit edit (see logitEdits): row, token id, bias, repetition, frequency, presence. */
+export const EDIT_FLOATS = 6;
+
+/**
+ * The by-token changes of steps 2-5 for one sampled row, appended to `out` as EDIT_FLOATS floats an
+ * edited token: the row, the id, the bias added first, then the repetition penalty (1: none) that
+ * divides a positive logit and multiplies another, then what frequency_penalty and presence_penalty
+ * subtract, in that order (as processInPlace applies them). Prompt tokens only count for
+ * repetition_penalty; `distinctPrompt` is the prompt's distinct ids (see distinctIds).
+ */
+export function logitEdits(
+  out: number[],
+  row: number,
+  params: SamplingParams,
+  distinctPrompt: ArrayLike<number>,
+  outputIds: ArrayLike<number>,
+  vocab: number,
+): void {
+  const edits = new Map<number, [number, number, number, number]>();
+  const at = (id: number) => {
+    let e = edits.get(id);
+    if (!e) edits.set(id, e = [0, 1, 0, 0]);
+    return e;
+  };
+  for (const [key, bias] of Object.entries(params.logitBias)) {
+    const id = Number(key);
+    if (Number.isInteger(id) && id >= 0 && id < vocab) at(id)[0] += bias;
+  }
+  const rep = params.repetitionPenalty, freq = params.frequencyPenalty, pres = params.presencePenalty;
+  if (rep !== 1) { for (let i = 0; i < distinctPrompt.length; i++) at(distinctPrompt[i])[1] = rep; }
+  const counts = new Map<number, number>();
+  for (let i = 0; i < outputIds.length; i++) {
+    const t = outputIds[i];
+    if (t >= 0 && t < vocab) counts.set(t, (counts.get(t) ?? 0) + 1);
+  }
+  if (hasPenalties(params)) {
+    for (const [t, n] of counts) {
+      const e = at(t);
+      if (rep !== 1) e[1] = rep;
+      e[2] = n * freq;
+      e[3] = pres;
+    }
+  }
+  for (const [id, [bias, r, f, p]] of edits) out.push(row, id, bias, r, f, p);
+}
+
+/** The distinct ids of `ids` in first-seen order (a prompt's, for repetition_penalty). */
+export function distinctIds(ids: ArrayLike<number>): Int32Array {
+  const seen = new Set<number>();
+  for (let i = 0; i < ids.length; i++) seen.add(ids[i]);
+  return Int32Array.from(seen);
 }
 
 // Scratch buffers shared by all calls: sampling is synchronous, and allocating a vocab-sized array

@@ -10,7 +10,7 @@
 // step sampled for this sequence (position >= knownLen at planning time).
 
 import type { FinishReason, SamplingParams } from "./protocol.ts";
-import { needsCpuLogits } from "./sampler.ts";
+import { distinctIds, needsCpuLogits, waitsForTokens } from "./sampler.ts";
 
 export { needsCpuLogits };
 
@@ -34,8 +34,10 @@ export class Sequence {
   numCachedTokens = 0;
   pending = 0;
   finishReason: FinishReason | null = null;
-  /** Its next decode must wait until its pending token is read back (no pipelining for it). */
+  /** Its logits row is read back and sampled on the CPU (logprobs, a JSON schema). */
   needsCpuLogits: boolean;
+  /** Its next decode must wait until its pending token is read back (no pipelining for it). */
+  waitsForTokens: boolean;
   numPreemptions = 0;
   /**
    * Its answer's full blocks are to be computed again as prompt KV and cached, for a later turn that
@@ -59,6 +61,13 @@ export class Sequence {
     this.params = params;
     this.arrivalTime = arrivalTime;
     this.needsCpuLogits = needsCpuLogits(params);
+    this.waitsForTokens = waitsForTokens(params);
+  }
+
+  #distinctPrompt: Int32Array | null = null;
+  /** The prompt's distinct ids (repetition_penalty's), computed once. */
+  get distinctPrompt(): Int32Array {
+    return this.#distinctPrompt ??= distinctIds(this.promptIds);
   }
 
   get knownLen(): number {
@@ -91,6 +100,6 @@ export class Sequence {
   /** Can take one decode token now: only the last token lacks KV and nothing blocks sampling. */
   get isDecodeReady(): boolean {
     return this.status === "running" && !this.isPrefilling && this.numComputed === this.totalLen - 1 &&
-      this.remainingTokens > 0 && !(this.needsCpuLogits && this.pending > 0);
+      this.remainingTokens > 0 && !(this.waitsForTokens && this.pending > 0);
   }
 }

@@ -1,6 +1,8 @@
 // The flat inputs of one ragged step: built by the engine from the scheduler's plan, consumed by the
 // model runner and its captured sessions (a module of its own so neither imports the other for it).
 
+import { EDIT_FLOATS } from "./sampler.ts";
+
 /** Flat inputs of one ragged step, built by the engine from the scheduler's plan. */
 export interface StepInputs {
   /** [T] token ids known on the CPU (0 where idSrc >= 0). */
@@ -22,6 +24,11 @@ export interface StepInputs {
   invTemp: Float32Array;
   /** [S * 3] top_k (0: off), top_p, min_p per sampled row, applied on the GPU (gpu_sampler.ts). */
   sampleFilters: Float32Array;
+  /**
+   * By-token changes of sampled rows' logits before sampling (logit_bias, penalties): EDIT_FLOATS
+   * floats each, the first the row's index in sampleRows (engine/sampler.ts, logitEdits).
+   */
+  sampleEdits: Float32Array;
   /** Read back full logits (CPU sampling, logprobs). */
   wantLogits: boolean;
   /**
@@ -29,6 +36,16 @@ export interface StepInputs {
    * chunks, which the engine puts last); the items before it run on the short one. Absent: none.
    */
   longFrom?: number;
+}
+
+/** The edits of sampled rows [r0, r1), renumbered from r0. */
+function sliceEdits(edits: Float32Array, r0: number, r1: number): Float32Array {
+  const out: number[] = [];
+  for (let o = 0; o < edits.length; o += EDIT_FLOATS) {
+    const r = edits[o];
+    if (r >= r0 && r < r1) out.push(r - r0, ...edits.subarray(o + 1, o + EDIT_FLOATS));
+  }
+  return Float32Array.from(out);
 }
 
 /** A sampled row's filters when it has none: top_k off, top_p 1, min_p 0. */
@@ -56,6 +73,7 @@ export function singleSequenceStep(
     sampleU: Float32Array.of(-1),
     invTemp: Float32Array.of(1),
     sampleFilters: Float32Array.from(NO_FILTERS),
+    sampleEdits: new Float32Array(0),
     wantLogits: false,
     ...(longFrom === undefined ? {} : { longFrom }),
   };
@@ -109,6 +127,7 @@ export function sliceItems(s: StepInputs, from: number, to: number): { part: Ste
     sampleU: sampled ? s.sampleU.slice(r0, r1) : Float32Array.of(-1),
     invTemp: sampled ? s.invTemp.slice(r0, r1) : Float32Array.of(1),
     sampleFilters: sampled ? s.sampleFilters.slice(3 * r0, 3 * r1) : Float32Array.from(NO_FILTERS),
+    sampleEdits: sliceEdits(s.sampleEdits, r0, sampled ? r1 : r0),
     wantLogits: s.wantLogits && sampled > 0,
   };
   return { part, sampled };

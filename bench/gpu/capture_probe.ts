@@ -89,6 +89,7 @@ function decode(r: ModelRunner, B: number): StepInputs {
     sampleU: new Float32Array(B).fill(-1),
     invTemp: new Float32Array(B).fill(1),
     sampleFilters: new Float32Array(3 * B).map((_, i) => (i % 3 === 1 ? 1 : 0)),
+    sampleEdits: new Float32Array(0),
     wantLogits: false,
   };
 }

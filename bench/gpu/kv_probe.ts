@@ -169,6 +169,7 @@ function stepInputs(
     sampleU: Float32Array.of(-1),
     invTemp: Float32Array.of(1),
     sampleFilters: Float32Array.of(0, 1, 0),
+    sampleEdits: new Float32Array(0),
     wantLogits,
   };
   let t = 0;

@@ -147,6 +147,7 @@ function stepInputs(c: Case, numBlocks: number, blockSize: number, vocab: number
     sampleU: new Float32Array(B).fill(-1),
     invTemp: new Float32Array(B).fill(1),
     sampleFilters: new Float32Array(3 * B).map((_, i) => (i % 3 === 1 ? 1 : 0)),
+    sampleEdits: new Float32Array(0),
     wantLogits: false,
   };
 }

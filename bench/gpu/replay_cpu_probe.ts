@@ -112,6 +112,7 @@ const step: StepInputs = {
   sampleU: new Float32Array(B).fill(-1),
   invTemp: new Float32Array(B).fill(1),
   sampleFilters: new Float32Array(3 * B).map((_, i) => (i % 3 === 1 ? 1 : 0)),
+  sampleEdits: new Float32Array(0),
   wantLogits: false,
 };
 // The variants alternate step by step, so that a drift in the machine's load falls on all alike.

@@ -102,6 +102,7 @@ function inputs(B: number, q: number, past: number, sample = false): StepInputs 
     sampleU: new Float32Array(B).fill(sample ? 0.5 : -1),
     invTemp: new Float32Array(B).fill(1),
     sampleFilters: new Float32Array(3 * B).map((_, i) => (i % 3 === 1 ? 1 : 0)),
+    sampleEdits: new Float32Array(0),
     wantLogits: false,
   };
 }

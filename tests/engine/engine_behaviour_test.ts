@@ -619,13 +619,14 @@ Deno.test("penalties reduce repeats; a seed gives the same tokens twice and anot
     });
 
     await t.step(
-      "seeded sampling on the GPU (with filters) and the CPU (a penalty)",
+      "seeded sampling on the GPU (with filters and a penalty) and the CPU (logprobs)",
       async () => {
         for (
           const [name, over] of [
             ["gpu", { temperature: 1 }],
             ["gpu-filters", { temperature: 1, topK: 50, topP: 0.95 }],
-            ["cpu", { temperature: 1, topK: 50, topP: 0.95, presencePenalty: 0.1 }],
+            ["gpu-penalty", { temperature: 1, topK: 50, topP: 0.95, presencePenalty: 0.1 }],
+            ["cpu", { temperature: 1, topK: 50, topP: 0.95, logprobs: 1 }],
           ] as const
         ) {
           const a = await run(`${name}-42a`, { ...over, seed: 42 });

@@ -23,22 +23,23 @@ async function requests(n: number): Promise<Submission[]> {
   const reqs: Submission[] = [];
   for (let i = 0; i < n; i++) {
     const promptIds = [1, ...story.slice((i * 37) % 200, (i * 37) % 200 + 3 + ((i * 13) % 60))];
-    // All prompts prefill in a step or two, so all decode together: the CPU-sampled ones (a penalty,
+    // All prompts prefill in a step or two, so all decode together: the CPU-sampled ones (logprobs,
     // whose steps are never captured) stop first, and the rest stop at many different lengths after them.
     const maxTokens = i % 4 === 3 ? 12 : 14 + ((i * 5) % 23);
     reqs.push({ id: `g${i}`, promptIds, params: params({ maxTokens, ignoreEos: true }) });
     reqs.push({
       id: `s${i}`,
       promptIds,
-      // Temperature samples on the GPU (after a captured step too), top_p there as well; with a
-      // presence penalty on the CPU.
+      // Temperature samples on the GPU (after a captured step too), with top_p and with a penalty
+      // (logits edited in place) there as well; with logprobs on the CPU.
       params: params({
         maxTokens,
         ignoreEos: true,
         temperature: 0.8,
         seed: 7 + i,
         topP: i % 2 === 1 ? 0.9 : 1,
-        presencePenalty: i % 4 === 3 ? 0.1 : 0,
+        presencePenalty: i % 4 === 1 ? 0.1 : 0,
+        logprobs: i % 4 === 3 ? 1 : null,
       }),
     });
   }

@@ -36,8 +36,8 @@ async function buildRequests(): Promise<Submission[]> {
     const promptIds = [1, ...story.slice(off, off + len - 1)];
     const maxTokens = 16 + (i % 5);
     reqs.push({ id: `g${i}`, promptIds, params: params({ maxTokens, ignoreEos: i % 3 !== 0 }) });
-    // Seeded sampling: temperature with top_k / top_p / min_p runs on the GPU; with a penalty on the
-    // CPU.
+    // Seeded sampling: temperature with top_k / top_p / min_p and penalties runs on the GPU (penalised
+    // requests wait for their tokens); with logprobs on the CPU.
     const mode = i % 4;
     reqs.push({
       id: `s${i}`,
@@ -51,6 +51,7 @@ async function buildRequests(): Promise<Submission[]> {
         topP: mode >= 2 ? 0.9 : 1,
         minP: mode === 2 && i % 8 === 6 ? 0.05 : 0,
         frequencyPenalty: mode === 3 ? 0.2 : 0,
+        logprobs: mode === 3 && i % 8 === 7 ? 1 : null,
       }),
     });
   }

@@ -53,7 +53,8 @@ async function generateAll(h: Harness): Promise<Map<string, Outcome>> {
   const runs = [0, 1, 2, 3].map(async (i) => {
     const id = `r${i}`;
     const promptIds = [1, ...story.slice(i * 23, i * 23 + 5 + i * 9)];
-    // Greedy and seeded GPU sampling (deep pipelines), and a penalty on the CPU (read at depth two).
+    // Greedy and seeded GPU sampling (deep pipelines), and a penalty (waits for its tokens: read at
+    // depth two).
     const p = i === 3
       ? params({
         maxTokens: 20,

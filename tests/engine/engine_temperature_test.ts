@@ -25,17 +25,19 @@ Deno.test("temperature 3e-38 gives the greedy tokens, GPU-sampled and CPU-sample
         ["gpu-1e-6", { temperature: 1e-6 }],
         ["cpu-top_k", { temperature: 3e-38, topK: 40 }],
         ["cpu-top_p", { temperature: 5e-324, topP: 0.9, seed: 7 }],
-        ["cpu-penalty", { temperature: 3e-38, topK: 40, presencePenalty: 1e-9 }],
+        ["gpu-penalty", { temperature: 3e-38, topK: 40, presencePenalty: 1e-9 }],
+        ["cpu-logprobs", { temperature: 3e-38, topK: 40, logprobs: 1 }],
       ] as const
     ) {
-      // The penalised request is the one that really takes the CPU path (greedy ignores filters).
-      if (name === "cpu-penalty") assert(needsCpuLogits(params(over)));
+      // The logprobs request is the one that really takes the CPU path (greedy ignores filters).
+      if (name === "cpu-logprobs") assert(needsCpuLogits(params(over)));
       assertEquals(await run(name, over), greedy, name);
     }
     // Batched together, the tiny temperatures still match greedy.
     const batch = await Promise.all([
       run("b-gpu", { temperature: 3e-38, seed: 1 }),
-      run("b-cpu", { temperature: 3e-38, topK: 40, presencePenalty: 1e-9 }),
+      run("b-cpu", { temperature: 3e-38, topK: 40, logprobs: 1 }),
+      run("b-penalty", { temperature: 3e-38, presencePenalty: 1e-9 }),
       run("b-greedy", {}),
     ]);
     for (const ids of batch) assertEquals(ids, greedy);

@@ -3,6 +3,8 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { GpuSampler, samplerParams } from "../../engine/gpu_sampler.ts";
+import { distinctIds, logitEdits, processLogits } from "../../engine/sampler.ts";
+import { neutralSamplingParams as requestParams } from "../../engine/protocol.ts";
 
 const adapter = await navigator.gpu.requestAdapter();
 const device = await adapter!.requestDevice({
@@ -72,7 +74,7 @@ function reference(r: Row): { id: number; near: number } {
   return { id, near };
 }
 
-async function sample(rows: Row[], workgroup?: number): Promise<number[]> {
+async function sample(rows: Row[], workgroup?: number, edits?: Float32Array): Promise<number[]> {
   const V = rows[0].logits.length;
   const sampler = await GpuSampler.create(device, V, workgroup);
   const logits = device.createBuffer({
@@ -92,7 +94,7 @@ async function sample(rows: Row[], workgroup?: number): Promise<number[]> {
     filters,
     rows.length,
   );
-  const out = sampler.sample(logits, greedy, rows.length, params);
+  const out = sampler.sample(logits, greedy, rows.length, params, edits);
   const read = device.createBuffer({
     size: rows.length * 4,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -204,4 +206,46 @@ Deno.test("GPU sampling kernel: greedy rows, NaN, non-finite rows and a 128k voc
     const want = reference(rows[i]);
     if (want.near >= 1e-4) assertEquals(got[i], want.id, `row ${i}`);
   }
+});
+
+Deno.test("GPU sampling kernel: logit_bias and the penalties edit the logits as the CPU sampler does", async () => {
+  const V = 500;
+  const rand = lcg(21);
+  const prompt = Array.from({ length: 40 }, () => Math.floor(rand() * 60));
+  const output = Array.from({ length: 25 }, () => Math.floor(rand() * 60));
+  const over = [
+    { repetitionPenalty: 1.3 },
+    { frequencyPenalty: 0.7, presencePenalty: 0.4 },
+    { logitBias: { 3: 5, 9: -100, 499: 2.5 }, repetitionPenalty: 0.8, frequencyPenalty: -0.2 },
+    { presencePenalty: 1.5 },
+  ];
+  const rows: Row[] = [], edits: number[] = [], processed: Float32Array[] = [];
+  for (let i = 0; i < 40; i++) {
+    // Logits near the edited ids' range, so the edits decide draws and argmaxes.
+    const logits = randomRow(V, rand, 6);
+    for (let j = 0; j < 60; j++) logits[j] += 3;
+    const p = requestParams({ temperature: i % 4 === 0 ? 0 : 0.8, ...over[i % over.length] });
+    logitEdits(edits, i, p, distinctIds(prompt), output, V);
+    processed.push(processLogits(logits, p, { promptIds: prompt, outputIds: output, seed: 0 }));
+    // Greedy over edited logits goes as top_k 1 with u 0, as the engine sends it.
+    rows.push(
+      p.temperature === 0 ? { logits, u: 0, invTemp: 1, topK: 1 } : { logits, u: rand(), invTemp: 1 / 0.8 },
+    );
+  }
+  const got = await sample(rows, undefined, Float32Array.from(edits));
+  let checked = 0;
+  rows.forEach((r, i) => {
+    const want = reference({ ...r, logits: processed[i] });
+    if (want.near < 1e-4) return;
+    checked++;
+    assertEquals(got[i], want.id, `row ${i} (${JSON.stringify(over[i % over.length])}, u ${r.u})`);
+    if (r.u === 0) {
+      // The argmax of the CPU's processed row, ties to the lower id.
+      assertEquals(got[i], processed[i].indexOf(Math.max(...processed[i])), `row ${i}: greedy`);
+    }
+  });
+  assert(checked >= 36, `only ${checked} of ${rows.length} rows were far enough from a boundary`);
+  // The edits change draws: without them most rows pick differently.
+  const plain = await sample(rows);
+  assert(plain.filter((id, i) => id !== got[i]).length >= 10, "the edits changed too few draws");
 });

@@ -58,6 +58,7 @@ async function step(
     sampleU: new Float32Array(items.length).fill(-1),
     invTemp: new Float32Array(items.length).fill(1),
     sampleFilters: new Float32Array(3 * items.length).map((_, i) => (i % 3 === 1 ? 1 : 0)),
+    sampleEdits: new Float32Array(0),
     wantLogits,
   };
   let t = 0;

@@ -4,12 +4,17 @@ import { neutralSamplingParams } from "../../engine/protocol.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import type { SamplingParams } from "../../engine/protocol.ts";
 import {
+  distinctIds,
+  EDIT_FLOATS,
+  editsLogits,
   isGreedy,
+  logitEdits,
   MIN_SAMPLING_TEMPERATURE,
   needsCpuLogits,
   processLogits,
   type SampleContext,
   sampleToken,
+  waitsForTokens,
 } from "../../engine/sampler.ts";
 import { philox4x32, randomSeed, seedWords, uniform } from "../../engine/rng.ts";
 
@@ -377,19 +382,56 @@ Deno.test("logprobs are the raw log-softmax, top-n sorted, whatever the processi
 // ---------------------------------------------------------------------------------------------------
 // CPU or GPU
 
-Deno.test("needsCpuLogits: greedy and temperature with top_k / top_p / min_p stay on the GPU", () => {
+Deno.test("needsCpuLogits: only logprobs and a JSON schema read logits back; penalties wait for tokens", () => {
   assertEquals(needsCpuLogits(params({ temperature: 0 })), false);
   assertEquals(needsCpuLogits(params({ temperature: 0.8, seed: 3 })), false);
   assertEquals(needsCpuLogits(params({ topK: -1 })), false);
   assertEquals(needsCpuLogits(params({ topK: 40 })), false);
   assertEquals(needsCpuLogits(params({ topP: 0.9 })), false);
   assertEquals(needsCpuLogits(params({ minP: 0.05 })), false);
-  assertEquals(needsCpuLogits(params({ topP: 0.9, logprobs: 2 })), true);
   assertEquals(needsCpuLogits(params({ temperature: 0, topK: 40, topP: 0.9, minP: 0.1 })), false);
-  assertEquals(needsCpuLogits(params({ temperature: 3e-38, topK: 40 })), false);
-  assertEquals(needsCpuLogits(params({ temperature: 0, repetitionPenalty: 1.1 })), true);
-  assertEquals(needsCpuLogits(params({ frequencyPenalty: 0.1 })), true);
-  assertEquals(needsCpuLogits(params({ presencePenalty: -0.1 })), true);
-  assertEquals(needsCpuLogits(params({ logitBias: { 5: 1 } })), true);
+  assertEquals(needsCpuLogits(params({ temperature: 0, repetitionPenalty: 1.1 })), false);
+  assertEquals(needsCpuLogits(params({ logitBias: { 5: 1 } })), false);
+  assertEquals(needsCpuLogits(params({ topP: 0.9, logprobs: 2 })), true);
   assertEquals(needsCpuLogits(params({ temperature: 0, logprobs: 0 })), true);
+  assertEquals(needsCpuLogits(params({ grammar: { kind: "json_object" } as never })), true);
+  // Penalties count every token so far: the next waits for the last to be read back.
+  assertEquals(waitsForTokens(params({ temperature: 0, repetitionPenalty: 1.1 })), true);
+  assertEquals(waitsForTokens(params({ frequencyPenalty: 0.1 })), true);
+  assertEquals(waitsForTokens(params({ presencePenalty: -0.1 })), true);
+  assertEquals(waitsForTokens(params({ logprobs: 1 })), true);
+  assertEquals(waitsForTokens(params({ logitBias: { 5: 1 } })), false);
+  assertEquals(waitsForTokens(params({ topP: 0.5, topK: 3 })), false);
+  assertEquals(editsLogits(params({ logitBias: { 5: 1 } })), true);
+  assertEquals(editsLogits(params({ repetitionPenalty: 1.1 })), true);
+  assertEquals(editsLogits(params({ topP: 0.5 })), false);
+});
+
+Deno.test("logitEdits: one entry a changed token, the repetition penalty over prompt and output", () => {
+  const out: number[] = [];
+  const p = params({
+    repetitionPenalty: 1.5,
+    frequencyPenalty: 0.5,
+    presencePenalty: 0.25,
+    logitBias: { 7: 2 },
+  });
+  logitEdits(out, 3, p, distinctIds([4, 4, 5]), [5, 6, 6], 10);
+  const byId = new Map<number, number[]>();
+  for (let o = 0; o < out.length; o += EDIT_FLOATS) byId.set(out[o + 1], out.slice(o, o + EDIT_FLOATS));
+  assertEquals([...byId.keys()].sort(), [4, 5, 6, 7]);
+  // [row, id, bias, repetition, frequency * count, presence]
+  assertEquals(byId.get(4), [3, 4, 0, 1.5, 0, 0]);
+  assertEquals(byId.get(5), [3, 5, 0, 1.5, 0.5, 0.25]);
+  assertEquals(byId.get(6), [3, 6, 0, 1.5, 1, 0.25]);
+  assertEquals(byId.get(7), [3, 7, 2, 1, 0, 0]);
+  // Applied as the GPU does, they give processLogits' row.
+  const logits = Float32Array.from({ length: 10 }, (_, i) => i - 4.5);
+  const want = processLogits(logits, p, { promptIds: [4, 4, 5], outputIds: [5, 6, 6], seed: 0 });
+  const got = logits.slice();
+  for (const [, id, bias, rep, freq, pres] of byId.values()) {
+    let y = Math.fround(got[id] + bias);
+    if (rep !== 1) y = Math.fround(y > 0 ? y / rep : y * rep);
+    got[id] = Math.fround(Math.fround(y - freq) - pres);
+  }
+  assertEquals([...got], [...want]);
 });

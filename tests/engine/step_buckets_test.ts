@@ -34,6 +34,7 @@ function step(qs: number[], pasts: number[], sampled = qs.length): StepInputs {
     sampleU: new Float32Array(sampled).fill(0.25),
     invTemp: new Float32Array(sampled).fill(2),
     sampleFilters: new Float32Array(3 * sampled).map((_, i) => (i % 3 === 1 ? 1 : 0)),
+    sampleEdits: new Float32Array(0),
     wantLogits: false,
   };
 }

@@ -28,6 +28,7 @@ export function stepInputs(segs: Seg[], maxBlocks: number): StepInputs {
     sampleU: new Float32Array(rows.length).fill(-1),
     invTemp: new Float32Array(rows.length).fill(1),
     sampleFilters: new Float32Array(3 * rows.length).map((_, i) => (i % 3 === 1 ? 1 : 0)),
+    sampleEdits: new Float32Array(0),
     wantLogits: true,
   };
 }

@@ -50,6 +50,7 @@ for (const preset of ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"] 
             sampleU: new Float32Array(rows.length).fill(-1),
             invTemp: new Float32Array(rows.length).fill(1),
             sampleFilters: new Float32Array(3 * rows.length).map((_, i) => (i % 3 === 1 ? 1 : 0)),
+            sampleEdits: new Float32Array(0),
             wantLogits: true,
           }),
         );
