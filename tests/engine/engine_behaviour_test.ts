@@ -139,7 +139,8 @@ Deno.test("chunked prefill: a 300-token prompt spans many 16-token steps while a
     await big.close();
   }
 
-  const h = await startEngine({ maxBatchTokens: 16 });
+  // Decode pauses off: with them (the default) R would wait while L's backlog exceeds a step.
+  const h = await startEngine({ maxBatchTokens: 16, decodePauseSteps: 0 });
   try {
     const plans = tracePlans(h.engine);
     const steps: StepStats[] = [];
