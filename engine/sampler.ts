@@ -10,15 +10,14 @@
 //  5. presence_penalty (OpenAI): minus penalty when the token occurs in the output.
 //  6. temperature below MIN_SAMPLING_TEMPERATURE (0 included): greedy argmax of the processed logits,
 //     ties to the lowest id.
-//     Otherwise divide by temperature, then top_k (keep the k largest; ties to the lower id),
-//     top_p on the probabilities renormalised over what top_k kept (smallest most-likely-first set
-//     whose mass is >= top_p; ties to the lower id), min_p (drop probability < min_p * max), and
-//     renormalise.
+//     Otherwise divide by temperature, then top_k (keep the k largest and every token tied with the
+//     k-th, as vLLM does), top_p on the probabilities renormalised over what top_k kept (smallest
+//     most-likely-first set whose mass is >= top_p, and every token tied with its last), min_p
+//     (drop probability < min_p * max), and renormalise.
 //  7. Inverse CDF with u = uniform(seed, k) over the surviving tokens in ascending id order (see
 //     engine/rng.ts): the first id whose cumulative probability is > u. The GPU kernel
-//     (engine/gpu_sampler.ts), which serves requests that need no CPU logits, follows the same rule
-//     except that top_k and top_p keep tokens tied at their boundary together; it picks the same token
-//     unless u lies within rounding error of a CDF step or such a tie decides.
+//     (engine/gpu_sampler.ts), which serves requests that need no CPU logits, follows the same rule:
+//     it picks the same token unless u (or top_p's mass) lies within rounding error of a step.
 //
 // EOS is never masked: ignore_eos only means "do not stop on EOS" (vLLM), and stopping is decided
 // by the caller, so eosTokenIds has no effect here.
@@ -383,9 +382,14 @@ function sampleWholeVocab(row: Float32Array, invTemp: number, minP: number, u: n
  * into weights[id]. Returns m, or null when the best logit is not finite (the caller takes argmax).
  */
 function topKCandidates(row: Float32Array, topK: number, topP: number, invTemp: number): number | null {
-  const m = selectTopK(row, topK, order);
+  let m = selectTopK(row, topK, order);
   const max = row[order[0]];
   if (!Number.isFinite(max)) return null;
+  // Tokens tied with the k-th stay too, as on the GPU (and in vLLM's top_k).
+  const kth = row[order[m - 1]];
+  for (let j = 0; j < m; j++) marks[order[j]] = 1;
+  for (let i = 0; i < row.length; i++) if (row[i] === kth && marks[i] === 0) order[m++] = i;
+  for (let j = 0; j < m; j++) marks[order[j]] = 0;
   let total = 0;
   for (let j = 0; j < m; j++) {
     const id = order[j];
@@ -393,15 +397,22 @@ function topKCandidates(row: Float32Array, topK: number, topP: number, invTemp: 
     weights[id] = w;
     total += w;
   }
-  return topP < 1 ? trimTopP(m, topP * total) : m;
+  return topP < 1 ? trimTopP(row, m, topP * total) : m;
 }
 
-/** The shortest prefix of order[0..m) whose weight reaches `target` (all m if none does). */
-function trimTopP(m: number, target: number): number {
+/**
+ * The shortest prefix of order[0..m) whose weight reaches `target` (all m if none does), with the
+ * candidates tied with its last.
+ */
+function trimTopP(row: Float32Array, m: number, target: number): number {
   let cum = 0;
   for (let j = 0; j < m; j++) {
     cum += weights[order[j]];
-    if (cum >= target) return j + 1;
+    if (cum >= target) {
+      let n = j + 1;
+      while (n < m && row[order[n]] === row[order[j]]) n++;
+      return n;
+    }
   }
   return m;
 }
@@ -504,28 +515,33 @@ function nucleus(row: Float32Array, max: number, invTemp: number, topP: number, 
   } else {
     for (let i = 0; i < vocab; i++) if (bucketOf(row[i], max, invTemp) <= cut) heapBuf[size++] = i;
   }
-  const m = popNucleus(size, topP * total);
+  const m = popNucleus(row, size, topP * total);
   // Rounding left the candidates short of the target: decide over the whole vocab.
   if (m < 0) {
     for (let i = 0; i < vocab; i++) heapBuf[i] = i;
-    return Math.abs(popNucleus(vocab, topP * total));
+    return Math.abs(popNucleus(row, vocab, topP * total));
   }
   return m;
 }
 
-/** Pops heapBuf[0..size) heaviest first into order until `target` is reached; -m if it never is. */
-function popNucleus(size: number, target: number): number {
+/**
+ * Pops heapBuf[0..size) heaviest first into order until `target` is reached, then the ids tied with
+ * the last; -m if the target is never reached.
+ */
+function popNucleus(row: Float32Array, size: number, target: number): number {
   const heap = heapBuf;
   for (let i = (size >> 1) - 1; i >= 0; i--) siftDownMax(heap, size, i);
   let m = 0;
   let cum = 0;
+  let reached = false;
   while (size > 0) {
     const id = heap[0];
+    if (reached && row[id] !== row[order[m - 1]]) return m;
     order[m++] = id;
     cum += weights[id];
-    if (cum >= target) return m;
+    reached ||= cum >= target;
     heap[0] = heap[--size];
     siftDownMax(heap, size, 0);
   }
-  return -m;
+  return reached ? m : -m;
 }

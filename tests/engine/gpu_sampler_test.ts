@@ -3,7 +3,8 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { GpuSampler, samplerParams } from "../../engine/gpu_sampler.ts";
-import { distinctIds, logitEdits, processLogits } from "../../engine/sampler.ts";
+import { distinctIds, logitEdits, processLogits, sampleToken } from "../../engine/sampler.ts";
+import { uniform } from "../../engine/rng.ts";
 import { neutralSamplingParams as requestParams } from "../../engine/protocol.ts";
 
 const adapter = await navigator.gpu.requestAdapter();
@@ -248,4 +249,28 @@ Deno.test("GPU sampling kernel: logit_bias and the penalties edit the logits as 
   // The edits change draws: without them most rows pick differently.
   const plain = await sample(rows);
   assert(plain.filter((id, i) => id !== got[i]).length >= 10, "the edits changed too few draws");
+});
+
+Deno.test("GPU sampling kernel and the CPU sampler pick the same tokens, ties included", async () => {
+  const rand = lcg(33);
+  const settings = [{}, { topK: 3 }, { topK: 30, topP: 0.7 }, { topP: 0.5 }, { topP: 0.9, minP: 0.1 }];
+  const rows: Row[] = [], cpu: number[] = [];
+  for (let i = 0; i < 60; i++) {
+    const smooth = randomRow(800, rand, 10);
+    // Every other row on a grid of halves: ties at the filters' boundaries.
+    const logits = i % 2 ? smooth.map((x) => Math.round(x * 2) / 2) : smooth;
+    const over = { temperature: [1, 0.6, 1.4][i % 3], seed: 7, ...settings[i % settings.length] };
+    const p = requestParams(over);
+    const u = uniform(7, i);
+    cpu.push(sampleToken(logits, p, { promptIds: [], outputIds: new Array(i).fill(0), seed: 7 }).tokenId);
+    rows.push({ logits, u, invTemp: 1 / p.temperature, topK: p.topK, topP: p.topP, minP: p.minP });
+  }
+  const got = await sample(rows);
+  let checked = 0;
+  rows.forEach((r, i) => {
+    if (reference(r).near < 1e-4) return;
+    checked++;
+    assertEquals(got[i], cpu[i], `row ${i}`);
+  });
+  assert(checked >= 54, `only ${checked} of ${rows.length} rows were far enough from a boundary`);
 });

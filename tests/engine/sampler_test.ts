@@ -204,10 +204,12 @@ Deno.test("samples follow the softmax (chi-square over seeds and k)", () => {
 // ---------------------------------------------------------------------------------------------------
 // Filters
 
-Deno.test("top_k keeps exactly the k largest (ties to the lower id) and renormalises", () => {
+Deno.test("top_k keeps the k largest and every token tied with the k-th, and renormalises", () => {
   assertEquals(support(row([1, 5, 3, 5, 2]), params({ topK: 2 })), [1, 3]);
-  assertEquals(support(row([4, 4, 4, 1]), params({ topK: 2 })), [0, 1]);
-  assertEquals(support(row([1, 5, 3, 5, 2]), params({ topK: 1 })), [1]);
+  assertEquals(support(row([1, 5, 3, 4, 2]), params({ topK: 2 })), [1, 3]);
+  assertEquals(support(row([4, 4, 4, 1]), params({ topK: 2 })), [0, 1, 2]);
+  assertEquals(support(row([1, 5, 3, 5, 2]), params({ topK: 1 })), [1, 3]);
+  assertEquals(support(row([1, 5, 3, 4, 2]), params({ topK: 1 })), [1]);
   assertEquals(support(row([1, 2, 3]), params({ topK: -1 })), [0, 1, 2]);
   assertEquals(support(row([1, 2, 3]), params({ topK: 10 })), [0, 1, 2]);
   const probs = [0.1, 0.2, 0.3, 0.4];
@@ -232,6 +234,11 @@ Deno.test("top_p keeps the smallest most-likely set reaching top_p", () => {
   const counts = histogram(logits, params({ topP: 0.5 }), 20000);
   const chi = chiSquare(counts, [0, 0, 3 / 7, 4 / 7]);
   assert(chi < CHI2_999[1], `top_p renormalisation: chi-square ${chi.toFixed(2)}`);
+  // Tokens tied with the set's last stay with it: 0.3 + 0.3 reaches 0.5, and the third 0.3 ties.
+  const tied = logRow([0.1, 0.3, 0.3, 0.3]);
+  assertEquals(support(tied, params({ topP: 0.5 })), [1, 2, 3]);
+  assertEquals(support(tied, params({ topK: 3, topP: 0.5 })), [1, 2, 3]);
+  assertEquals(support(tied, params({ topP: 0.2 })), [1, 2, 3]);
 });
 
 Deno.test("min_p drops tokens below min_p * max probability", () => {
@@ -254,12 +261,13 @@ function referenceSample(logits: Float32Array, p: SamplingParams, u: number): nu
   const ids = Array.from({ length: n }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
   const max = logits[ids[0]];
   const w = Array.from(logits, (x) => Math.exp((x - max) / p.temperature));
-  let kept = p.topK > 0 ? ids.slice(0, p.topK) : ids;
+  // Ties with a filter's boundary stay.
+  let kept = p.topK > 0 && p.topK < n ? ids.filter((i) => logits[i] >= logits[ids[p.topK - 1]]) : ids;
   if (p.topP < 1) {
     const total = kept.reduce((s, i) => s + w[i], 0);
     let cum = 0;
     const j = kept.findIndex((i) => (cum += w[i]) >= p.topP * total);
-    kept = kept.slice(0, j + 1);
+    kept = kept.filter((i) => logits[i] >= logits[kept[j]]);
   }
   kept = kept.filter((i, j) => j === 0 || w[i] >= p.minP);
   kept.sort((a, b) => a - b);
@@ -269,10 +277,12 @@ function referenceSample(logits: Float32Array, p: SamplingParams, u: number): nu
   return kept[kept.length - 1];
 }
 
-Deno.test("filters on a 3000-token vocab agree with a full-sort reference", () => {
+Deno.test("filters on a 3000-token vocab, with and without ties, agree with a full-sort reference", () => {
   let state = 99;
   const rand = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
-  const logits = Float32Array.from({ length: 3000 }, () => (rand() - 0.5) * 12);
+  const smooth = Float32Array.from({ length: 3000 }, () => (rand() - 0.5) * 12);
+  // Logits on a grid of quarters: ties at every filter's boundary.
+  const tied = smooth.map((x) => Math.round(x * 4) / 4);
   const cases: Partial<SamplingParams>[] = [
     { topK: 40 },
     { topP: 0.9 },
@@ -282,15 +292,17 @@ Deno.test("filters on a 3000-token vocab agree with a full-sort reference", () =
     { topP: 0.95, minP: 0.1, temperature: 1.3 },
     { topK: 100, minP: 0.2 },
   ];
-  for (const over of cases) {
-    const p = params(over);
-    for (let k = 0; k < 60; k++) {
-      const u = uniform(3, k);
-      assertEquals(
-        sampleToken(logits, p, ctx(3, k)).tokenId,
-        referenceSample(logits, p, u),
-        JSON.stringify(over),
-      );
+  for (const logits of [smooth, tied]) {
+    for (const over of cases) {
+      const p = params(over);
+      for (let k = 0; k < 60; k++) {
+        const u = uniform(3, k);
+        assertEquals(
+          sampleToken(logits, p, ctx(3, k)).tokenId,
+          referenceSample(logits, p, u),
+          JSON.stringify(over),
+        );
+      }
     }
   }
 });
