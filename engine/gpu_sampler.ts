@@ -8,9 +8,10 @@
 // wherever it runs. The rule is the CPU sampler's (engine/sampler.ts), with filters as thresholds
 // on the logit: top_k keeps every token at least as likely as the k-th most likely one, top_p every
 // token at least as likely as the least likely one of the smallest most-likely-first set reaching
-// top_p of the mass top_k kept (so ties at a boundary are kept together, as vLLM's top_k does;
-// the CPU breaks them by id), min_p drops weights below min_p times the best. Then the inverse CDF
-// over ascending ids with the row's own uniform u. Thresholds are exact, found over an
+// top_p of the mass top_k kept (so ties at a boundary are kept together, as vLLM's top_k does),
+// min_p drops weights below min_p times the best. Then the inverse CDF over ascending ids with the
+// row's own uniform u. logit_bias and the penalties edit the few logits they change first, in place
+// (editShader). Thresholds are exact, found over an
 // order-preserving integer key of the logit: top_k's a byte at a time (4 passes over the row, counting
 // into a workgroup histogram), top_p's a bit at a time (32 passes, as its sums are floats).
 
@@ -46,7 +47,7 @@ fn logit(i: u32) -> f32 {
   return select(LOWEST, x, x == x);
 }
 
-// Order-preserving: a < b as floats exactly when key(a) < key(b).
+// Order-preserving: a < b as floats exactly when key(a) < key(b) (and -0 keys below +0).
 fn key(x: f32) -> u32 {
   let b = bitcast<u32>(x);
   return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
