@@ -11,11 +11,11 @@
 // top_p of the mass top_k kept (so ties at a boundary are kept together, as vLLM's top_k does),
 // min_p drops weights below min_p times the best. Then the inverse CDF over ascending ids with the
 // row's own uniform u. logit_bias and the penalties edit the few logits they change first, in place
-// (editShader). Thresholds are exact, found over an
-// order-preserving integer key of the logit: top_k's a byte at a time (4 passes over the row, counting
-// into a workgroup histogram), top_p's a bit at a time (32 passes, as its sums are floats).
+// (editShader). Thresholds are exact, found over an order-preserving integer key of the logit: top_k's
+// a byte at a time (4 passes over the row, counting into a workgroup histogram), top_p's a bit at a
+// time (32 passes, as its sums are floats).
 
-import { EDIT_FLOATS } from "./sampler.ts";
+import { EDIT_FLOATS, EDIT_HEADER, EDIT_PENDING } from "./sampler.ts";
 
 /** Floats per row in the parameter buffer: u, 1 / temperature, top_k, top_p, min_p, padding. */
 export const SAMPLER_PARAMS = 8;
@@ -63,6 +63,21 @@ fn sumF(t: u32, v: f32) -> f32 {
   }
   if (t == 0u) { oneF = red[0]; }
   return workgroupUniformLoad(&oneF);
+}
+
+// A token's weight if the filters keep it (key at least th, weight at least minP), else 0: the one
+// expression every sum and the walk use, so they see the same bits.
+fn kept(i: u32, mx: f32, invT: f32, th: u32, minP: f32) -> f32 {
+  let x = logit(i);
+  let w = exp((x - mx) * invT);
+  return select(0.0, w, key(x) >= th && w >= minP);
+}
+
+// This invocation's strided share of a row's kept mass.
+fn massFrom(t: u32, base: u32, mx: f32, invT: f32, th: u32, minP: f32) -> f32 {
+  var s = 0.0;
+  for (var i = t; i < V; i += WG) { s += kept(base + i, mx, invT, th, minP); }
+  return s;
 }
 
 fn maxF(t: u32, v: f32) -> f32 {
@@ -146,22 +161,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   // top_p over what top_k kept: the largest key whose tokens and those above hold topP of its mass.
   var pmin = kmin;
   if (topP < 1.0) {
-    var s = 0.0;
-    for (var i = t; i < V; i += WG) {
-      let x = logit(base + i);
-      s += select(0.0, exp((x - mx) * invT), key(x) >= kmin);
-    }
-    let goal = topP * sumF(t, s);
+    let goal = topP * sumF(t, massFrom(t, base, mx, invT, kmin, 0.0));
     var p = 0u;
     for (var bit = 0u; bit < 32u; bit++) {
       let cand = p | (0x80000000u >> bit);
-      let th = max(cand, kmin);
-      var c = 0.0;
-      for (var i = t; i < V; i += WG) {
-        let x = logit(base + i);
-        c += select(0.0, exp((x - mx) * invT), key(x) >= th);
-      }
-      if (sumF(t, c) >= goal) { p = cand; }
+      if (sumF(t, massFrom(t, base, mx, invT, max(cand, kmin), 0.0)) >= goal) { p = cand; }
     }
     pmin = max(p, kmin);
   }
@@ -172,11 +176,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let lo = min(t * CHUNK, V);
   let hi = min(lo + CHUNK, V);
   var cs = 0.0;
-  for (var i = lo; i < hi; i++) {
-    let x = logit(base + i);
-    let w = exp((x - mx) * invT);
-    cs += select(0.0, w, key(x) >= pmin && w >= minP);
-  }
+  for (var i = lo; i < hi; i++) { cs += kept(base + i, mx, invT, pmin, minP); }
   red[t] = cs;
   workgroupBarrier();
   if (t != 0u) { return; }
@@ -194,9 +194,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       // then the chunk's last kept token.
       var found = i32(-1);
       for (var i = j * CHUNK; i < min(j * CHUNK + CHUNK, V); i++) {
-        let x = logit(base + i);
-        let w = exp((x - mx) * invT);
-        if (key(x) >= pmin && w >= minP && w > 0.0) {
+        let w = kept(base + i, mx, invT, pmin, minP);
+        if (w > 0.0) {
           cum += w;
           found = i32(i);
           if (cum > threshold) { break; }
@@ -214,9 +213,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   // u within rounding of 1: the last kept token, as the CPU sampler takes its last candidate.
   var found = i32(-1);
   for (var i = lastChunk * CHUNK; i < min(lastChunk * CHUNK + CHUNK, V); i++) {
-    let x = logit(base + i);
-    let w = exp((x - mx) * invT);
-    if (key(x) >= pmin && w >= minP && w > 0.0) { found = i32(i); }
+    if (kept(base + i, mx, invT, pmin, minP) > 0.0) { found = i32(i); }
   }
   sampled[r] = found;
 }
@@ -224,10 +221,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 /**
- * Logit edits (logit_bias and the penalties, engine/sampler.ts logitEdits) in place, one invocation
- * an edited token, before the sampling kernel reads the rows: the bias is added, then the repetition
- * penalty divides a positive logit and multiplies another, then the frequency and presence terms are
- * subtracted, as the CPU sampler does.
+ * Logit edits (logit_bias and the penalties: engine/sampler.ts, logitEdits and applyEdits, its rule)
+ * in place, one invocation an entry, before the sampling kernel reads the rows. A row's pending token
+ * is read from the previous step's ids (`prevIds`), so that it counts as if it were known.
  */
 function editShader(vocab: number): string {
   return /* wgsl */ `
@@ -235,17 +231,36 @@ const V: u32 = ${vocab}u;
 const E: u32 = ${EDIT_FLOATS}u;
 @group(0) @binding(0) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> edits: array<f32>;
+@group(0) @binding(2) var<storage, read> prevIds: array<i32>;
+
+fn at(e: u32, k: u32) -> f32 { return edits[e * E + k]; }
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-  let o = g.x * E;
-  if (o >= arrayLength(&edits)) { return; }
-  let i = u32(edits[o]) * V + u32(edits[o + 1u]);
-  var y = logits[i] + edits[o + 2u];
-  let rep = edits[o + 3u];
-  if (rep != 1.0) { y = select(y * rep, y / rep, y > 0.0); }
-  y = y - edits[o + 4u];
-  logits[i] = y - edits[o + 5u];
+  let e = g.x;
+  if (e * E >= arrayLength(&edits)) { return; }
+  let kind = at(e, 1u);
+  if (kind == ${EDIT_HEADER}.0) { return; }
+  let h = e - u32(at(e, 5u));
+  let src = i32(at(h, 6u));
+  var pending = -1;
+  if (src >= 0) { pending = prevIds[u32(src)]; }
+  var id = i32(kind);
+  if (kind == ${EDIT_PENDING}.0) {
+    // Edited here unless one of the row's token entries is its own.
+    if (pending < 0 || pending >= i32(V)) { return; }
+    for (var j = h + 1u; j < e; j++) {
+      if (i32(at(j, 1u)) == pending) { return; }
+    }
+    id = pending;
+  }
+  let n = at(e, 3u) + select(0.0, 1.0, id == pending);
+  let rep = at(h, 2u);
+  let i = u32(at(e, 0u)) * V + u32(id);
+  var y = logits[i] + at(e, 2u);
+  if (rep != 1.0 && (at(e, 4u) != 0.0 || n > 0.0)) { y = select(y * rep, y * at(h, 3u), y > 0.0); }
+  if (n > 0.0) { y = (y - n * at(h, 4u)) - at(h, 5u); }
+  logits[i] = y;
 }
 `;
 }
@@ -254,13 +269,17 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 export class GpuSampler {
   private params: GPUBuffer | null = null;
   private edits: GPUBuffer | null = null;
+  /** prevIds when a caller has none (no row of its edits is pending). */
+  private readonly noIds: GPUBuffer;
 
   private constructor(
     private readonly device: GPUDevice,
     private readonly pipeline: GPUComputePipeline,
     private readonly editPipeline: GPUComputePipeline,
     private readonly vocab: number,
-  ) {}
+  ) {
+    this.noIds = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
+  }
 
   /**
    * Compiles the kernel for `vocab`; a shader the device rejects throws here, not in a step. A row's
@@ -295,8 +314,8 @@ export class GpuSampler {
   /**
    * Queues the sampling of `rows` rows of `logits` ([rows or more, vocab] f32) into a new buffer of
    * [rows] int32 ids (the caller destroys it once read): `greedy` ids where a row's u is negative.
-   * `params`: SAMPLER_PARAMS floats a row (see samplerParams). `edits` (EDIT_FLOATS floats each) are
-   * applied to the rows' logits in place first.
+   * `params`: SAMPLER_PARAMS floats a row (see samplerParams). `edits` (logitEdits' entries) are
+   * applied to the rows' logits in place first; their pending tokens are read from `prevIds`.
    */
   sample(
     logits: GPUBuffer,
@@ -304,6 +323,7 @@ export class GpuSampler {
     rows: number,
     params: Float32Array,
     edits: Float32Array = new Float32Array(0),
+    prevIds: GPUBuffer = this.noIds,
   ): GPUBuffer {
     const bytes = rows * SAMPLER_PARAMS * 4;
     if (!this.params || this.params.size < bytes) {
@@ -348,6 +368,7 @@ export class GpuSampler {
           entries: [
             { binding: 0, resource: { buffer: logits, size: rows * this.vocab * 4 } },
             { binding: 1, resource: { buffer: this.edits, size: edits.byteLength } },
+            { binding: 2, resource: { buffer: prevIds } },
           ],
         }),
       );
@@ -364,6 +385,7 @@ export class GpuSampler {
   destroy(): void {
     this.params?.destroy();
     this.edits?.destroy();
+    this.noIds.destroy();
     this.params = this.edits = null;
   }
 }

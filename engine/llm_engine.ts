@@ -404,7 +404,10 @@ export class LLMEngine {
         } else {
           const edited = editsLogits(seq.params);
           if (edited) {
-            logitEdits(edits, rows.length - 1, seq.params, seq.distinctPrompt, seq.outputIds, vocab);
+            // Its last token may still be on the GPU, at the row idSrc reads it from: counted there.
+            const pendingSrc = seq.pending > 0 ? this.lastRows.get(seq)! : -1;
+            const prompt = () => seq.distinctPrompt;
+            logitEdits(edits, rows.length - 1, seq.params, prompt, seq.outputIds, vocab, pendingSrc);
           }
           if (isGreedy(seq.params)) {
             // Greedy over edited logits is the first of the most likely ids: top_k 1, u 0.

@@ -485,6 +485,7 @@ export class ModelRunner {
         rows,
         samplerParams(s.sampleU, s.invTemp, s.sampleFilters, rows),
         s.sampleEdits,
+        this.prev,
       );
       nextIds = ort.Tensor.fromGpuBuffer(ids, {
         dataType: "int32",

@@ -75,62 +75,98 @@ export function editsLogits(params: SamplingParams): boolean {
   return Object.keys(params.logitBias).length > 0 || hasPenalties(params);
 }
 
-/**
- * Whether its next token must wait for the last one to be read back: the penalties count every
- * token so far, so a pending one (still on the GPU) would be missed.
- */
-export function waitsForTokens(params: SamplingParams): boolean {
-  return needsCpuLogits(params) || hasPenalties(params);
-}
-
 export function hasPenalties(p: SamplingParams): boolean {
   return p.repetitionPenalty !== 1 || p.frequencyPenalty !== 0 || p.presencePenalty !== 0;
 }
 
-/** Floats per logit edit (see logitEdits): row, token id, bias, repetition, frequency, presence. */
-export const EDIT_FLOATS = 6;
+/** Floats per logit edit entry (see logitEdits). */
+export const EDIT_FLOATS = 8;
+/** Second float of a row's header entry and of its pending-token entry (a token entry's is its id). */
+export const EDIT_HEADER = -2, EDIT_PENDING = -1;
 
 /**
- * The by-token changes of steps 2-5 for one sampled row, appended to `out` as EDIT_FLOATS floats an
- * edited token: the row, the id, the bias added first, then the repetition penalty (1: none) that
- * divides a positive logit and multiplies another, then what frequency_penalty and presence_penalty
- * subtract, in that order (as processInPlace applies them). Prompt tokens only count for
- * repetition_penalty; `distinctPrompt` is the prompt's distinct ids (see distinctIds).
+ * One sampled row's by-token changes (logit_bias, then the penalties), appended to `out` as entries
+ * of EDIT_FLOATS floats, each starting with the row:
+ * - header `[row, -2, repetition, 1 / repetition, frequency, presence, pendingSrc, 0]`, first: the
+ *   row's settings; `pendingSrc` is the row of the previous step's ids that holds the sequence's
+ *   last token while it is still on the GPU (pipelining), else -1.
+ * - token `[row, id, bias, count, inPrompt, back, 0, 0]`: a token the bias or a penalty changes,
+ *   `count` its occurrences in `outputIds`, `back` how many entries of the row precede it.
+ * - pending `[row, -1, 0, 0, 0, back, 0, 0]`, last, with a pendingSrc: the pending token, edited
+ *   as a token of count 1 unless a token entry of the row is its own (which then counts it once more).
+ * So a token edits the logits alike whether it is known here or still pending. applyEdits is the
+ * rule; the GPU's edit kernel (gpu_sampler.ts) does the same in f32. `prompt` gives the prompt's
+ * distinct ids (see distinctIds), asked only with a repetition penalty.
  */
 export function logitEdits(
   out: number[],
   row: number,
   params: SamplingParams,
-  distinctPrompt: ArrayLike<number>,
+  prompt: () => ArrayLike<number>,
   outputIds: ArrayLike<number>,
   vocab: number,
+  pendingSrc = -1,
 ): void {
-  const edits = new Map<number, [number, number, number, number]>();
+  const rep = params.repetitionPenalty, penalised = hasPenalties(params);
+  // id -> [bias, count, inPrompt]
+  const edits = new Map<number, [number, number, number]>();
   const at = (id: number) => {
     let e = edits.get(id);
-    if (!e) edits.set(id, e = [0, 1, 0, 0]);
+    if (!e) edits.set(id, e = [0, 0, 0]);
     return e;
   };
   for (const [key, bias] of Object.entries(params.logitBias)) {
     const id = Number(key);
     if (Number.isInteger(id) && id >= 0 && id < vocab) at(id)[0] += bias;
   }
-  const rep = params.repetitionPenalty, freq = params.frequencyPenalty, pres = params.presencePenalty;
-  if (rep !== 1) { for (let i = 0; i < distinctPrompt.length; i++) at(distinctPrompt[i])[1] = rep; }
-  const counts = new Map<number, number>();
-  for (let i = 0; i < outputIds.length; i++) {
-    const t = outputIds[i];
-    if (t >= 0 && t < vocab) counts.set(t, (counts.get(t) ?? 0) + 1);
+  if (rep !== 1) {
+    const ids = prompt();
+    for (let i = 0; i < ids.length; i++) if (ids[i] >= 0 && ids[i] < vocab) at(ids[i])[2] = 1;
   }
-  if (hasPenalties(params)) {
-    for (const [t, n] of counts) {
-      const e = at(t);
-      if (rep !== 1) e[1] = rep;
-      e[2] = n * freq;
-      e[3] = pres;
+  if (penalised) {
+    for (let i = 0; i < outputIds.length; i++) {
+      const t = outputIds[i];
+      if (t >= 0 && t < vocab) at(t)[1]++;
     }
   }
-  for (const [id, [bias, r, f, p]] of edits) out.push(row, id, bias, r, f, p);
+  out.push(
+    row,
+    EDIT_HEADER,
+    rep,
+    1 / rep,
+    params.frequencyPenalty,
+    params.presencePenalty,
+    penalised ? pendingSrc : -1,
+    0,
+  );
+  let back = 1;
+  for (const [id, [bias, count, inPrompt]] of edits) out.push(row, id, bias, count, inPrompt, back++, 0, 0);
+  if (penalised && pendingSrc >= 0) out.push(row, EDIT_PENDING, 0, 0, 0, back, 0, 0);
+}
+
+/**
+ * One row's logitEdits entries applied to its logits in place, as the GPU's edit kernel does: each
+ * operation rounded to f32. `pending`: the token of its pending entry, if it has one.
+ */
+export function applyEdits(row: Float32Array, edits: Float32Array, pending = -1): void {
+  const f = Math.fround, E = EDIT_FLOATS;
+  let rep = 1, invRep = 1, freq = 0, pres = 0;
+  const own = new Set<number>();
+  for (let o = 0; o < edits.length; o += E) {
+    if (edits[o + 1] === EDIT_HEADER) {
+      [rep, invRep, freq, pres] = edits.subarray(o + 2, o + 6);
+      own.clear();
+      continue;
+    }
+    const id = edits[o + 1] === EDIT_PENDING ? pending : edits[o + 1];
+    if (edits[o + 1] === EDIT_PENDING && (pending < 0 || pending >= row.length || own.has(pending))) continue;
+    own.add(id);
+    const n = edits[o + 3] + (id === pending ? 1 : 0);
+    let y = f(row[id] + edits[o + 2]);
+    if (rep !== 1 && (edits[o + 4] !== 0 || n > 0)) y = f(y > 0 ? y * invRep : y * rep);
+    if (n > 0) y = f(f(y - f(n * freq)) - pres);
+    row[id] = y;
+  }
 }
 
 /** The distinct ids of `ids` in first-seen order (a prompt's, for repetition_penalty). */
@@ -145,7 +181,6 @@ export function distinctIds(ids: ArrayLike<number>): Int32Array {
 let work = new Float32Array(0);
 let weights = new Float64Array(0);
 let order = new Int32Array(0);
-let counts = new Uint32Array(0);
 let marks = new Uint8Array(0);
 let heapBuf = new Int32Array(0);
 
@@ -154,7 +189,6 @@ function ensureScratch(vocab: number): void {
   work = new Float32Array(vocab);
   weights = new Float64Array(vocab);
   order = new Int32Array(vocab);
-  counts = new Uint32Array(vocab);
   marks = new Uint8Array(vocab);
   heapBuf = new Int32Array(vocab);
 }
@@ -173,7 +207,7 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, ctx: S
   }
 
   let row = logits;
-  if (Object.keys(params.logitBias).length > 0 || hasPenalties(params)) {
+  if (editsLogits(params)) {
     row = work.subarray(0, vocab);
     row.set(logits);
     processInPlace(row, params, ctx);
@@ -203,49 +237,9 @@ export function processLogits(
 }
 
 function processInPlace(row: Float32Array, params: SamplingParams, ctx: SampleContext): void {
-  const vocab = row.length;
-  for (const [key, bias] of Object.entries(params.logitBias)) {
-    const id = Number(key);
-    if (Number.isInteger(id) && id >= 0 && id < vocab) row[id] += bias;
-  }
-  if (!hasPenalties(params)) return;
-  const rep = params.repetitionPenalty;
-  const freq = params.frequencyPenalty;
-  const pres = params.presencePenalty;
-  const out = ctx.outputIds;
-  // Distinct output tokens, with their counts in the scratch `counts` (reset before returning).
-  const seenOut: number[] = [];
-  for (let i = 0; i < out.length; i++) {
-    const t = out[i];
-    if (t >= 0 && t < vocab && counts[t]++ === 0) seenOut.push(t);
-  }
-  if (rep !== 1) {
-    const distinct: number[] = [];
-    const prompt = ctx.promptIds;
-    for (let i = 0; i < prompt.length; i++) {
-      const t = prompt[i];
-      if (t >= 0 && t < vocab && marks[t] === 0) {
-        marks[t] = 1;
-        distinct.push(t);
-      }
-    }
-    for (const t of seenOut) {
-      if (marks[t] === 0) {
-        marks[t] = 1;
-        distinct.push(t);
-      }
-    }
-    for (const t of distinct) {
-      const x = row[t];
-      row[t] = x > 0 ? x / rep : x * rep;
-      marks[t] = 0;
-    }
-  }
-  for (const t of seenOut) {
-    if (freq !== 0) row[t] -= counts[t] * freq;
-    if (pres !== 0) row[t] -= pres;
-    counts[t] = 0;
-  }
+  const edits: number[] = [];
+  logitEdits(edits, 0, params, () => distinctIds(ctx.promptIds), ctx.outputIds, row.length);
+  applyEdits(row, Float32Array.from(edits));
 }
 
 function argmax(row: Float32Array): number {

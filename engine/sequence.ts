@@ -10,7 +10,7 @@
 // step sampled for this sequence (position >= knownLen at planning time).
 
 import type { FinishReason, SamplingParams } from "./protocol.ts";
-import { distinctIds, needsCpuLogits, waitsForTokens } from "./sampler.ts";
+import { distinctIds, hasPenalties, needsCpuLogits } from "./sampler.ts";
 
 export { needsCpuLogits };
 
@@ -36,8 +36,12 @@ export class Sequence {
   finishReason: FinishReason | null = null;
   /** Its logits row is read back and sampled on the CPU (logprobs, a JSON schema). */
   needsCpuLogits: boolean;
-  /** Its next decode must wait until its pending token is read back (no pipelining for it). */
-  waitsForTokens: boolean;
+  /**
+   * Most tokens it may have pending when it decodes: none when it is sampled on the CPU (which needs
+   * every token so far), one with penalties (the GPU counts only the token the last step sampled,
+   * engine/sampler.ts logitEdits), else no limit.
+   */
+  readonly maxPending: number;
   numPreemptions = 0;
   /**
    * Its answer's full blocks are to be computed again as prompt KV and cached, for a later turn that
@@ -61,7 +65,7 @@ export class Sequence {
     this.params = params;
     this.arrivalTime = arrivalTime;
     this.needsCpuLogits = needsCpuLogits(params);
-    this.waitsForTokens = waitsForTokens(params);
+    this.maxPending = this.needsCpuLogits ? 0 : hasPenalties(params) ? 1 : Infinity;
   }
 
   #distinctPrompt: Int32Array | null = null;
@@ -100,6 +104,6 @@ export class Sequence {
   /** Can take one decode token now: only the last token lacks KV and nothing blocks sampling. */
   get isDecodeReady(): boolean {
     return this.status === "running" && !this.isPrefilling && this.numComputed === this.totalLen - 1 &&
-      this.remainingTokens > 0 && !(this.waitsForTokens && this.pending > 0);
+      this.remainingTokens > 0 && this.pending <= this.maxPending;
   }
 }

@@ -53,8 +53,8 @@ async function generateAll(h: Harness): Promise<Map<string, Outcome>> {
   const runs = [0, 1, 2, 3].map(async (i) => {
     const id = `r${i}`;
     const promptIds = [1, ...story.slice(i * 23, i * 23 + 5 + i * 9)];
-    // Greedy and seeded GPU sampling (deep pipelines), and a penalty (waits for its tokens: read at
-    // depth two).
+    // Greedy and seeded GPU sampling, and a penalty (its pending token counted on the GPU): all
+    // pipelined.
     const p = i === 3
       ? params({
         maxTokens: 20,
@@ -116,4 +116,37 @@ Deno.test("engine: pipeline depth auto keeps one step in flight on a software ad
   const gpu = await runWith({ pipelineDepth: "auto" }, 0, 0, false);
   assertEquals(gpu.flight.max, 3);
   for (const [id, o] of cpu.outcomes) assertEquals(o, gpu.outcomes.get(id), `${id}: software vs GPU rule`);
+});
+
+Deno.test("engine: a penalised request pipelines, its pending tokens counted as known ones", async () => {
+  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
+  const promptIds = [1, ...story.slice(0, 12)];
+  // Alone, so that only its own decodes could overlap; greedy and sampled, each with every penalty.
+  const runs = [0, 0.9].map((temperature) =>
+    params({
+      maxTokens: 24,
+      ignoreEos: true,
+      temperature,
+      seed: 11,
+      repetitionPenalty: 1.4,
+      frequencyPenalty: 0.6,
+      presencePenalty: 0.3,
+      logitBias: { [story[3]]: 1.5 },
+    })
+  );
+  for (const p of runs) {
+    const out: Record<number, { flight: Flight; outcome: Outcome }> = {};
+    for (const depth of [1, 3] as const) {
+      const h = await startEngine({ pipelineDepth: depth });
+      try {
+        const flight = watch(h, 0, 0);
+        out[depth] = { flight, outcome: outcomeOf(await h.generate("p", promptIds, p)) };
+      } finally {
+        await h.close();
+      }
+    }
+    assert(out[3].flight.max >= 2, `T ${p.temperature}: its decodes never overlapped`);
+    assertEquals(out[3].outcome, out[1].outcome, `T ${p.temperature}: depth 3 vs depth 1`);
+    assertEquals(out[1].outcome.finishReason, "length");
+  }
 });

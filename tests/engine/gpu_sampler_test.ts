@@ -3,7 +3,8 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { GpuSampler, samplerParams } from "../../engine/gpu_sampler.ts";
-import { distinctIds, logitEdits, processLogits, sampleToken } from "../../engine/sampler.ts";
+import { applyEdits, distinctIds, logitEdits, processLogits, sampleToken } from "../../engine/sampler.ts";
+import type { SamplingParams } from "../../engine/protocol.ts";
 import { uniform } from "../../engine/rng.ts";
 import { neutralSamplingParams as requestParams } from "../../engine/protocol.ts";
 
@@ -108,6 +109,39 @@ async function sample(rows: Row[], workgroup?: number, edits?: Float32Array): Pr
   for (const b of [logits, greedy, out, read]) b.destroy();
   sampler.destroy();
   return ids;
+}
+
+/** `rows`' logits after the edit kernel, with `prevIds` as the previous step's ids. */
+async function edited(
+  rows: Float32Array[],
+  edits: Float32Array,
+  prevIds: Int32Array,
+): Promise<Float32Array[]> {
+  const V = rows[0].length, bytes = rows.length * V * 4;
+  const sampler = await GpuSampler.create(device, V);
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+  const logits = device.createBuffer({ size: bytes, usage });
+  rows.forEach((r, i) => device.queue.writeBuffer(logits, i * V * 4, r));
+  const greedy = device.createBuffer({ size: rows.length * 4, usage });
+  const prev = device.createBuffer({ size: prevIds.byteLength, usage });
+  device.queue.writeBuffer(prev, 0, prevIds);
+  const none = new Float32Array(rows.length);
+  const params = samplerParams(
+    none.fill(-1),
+    none.map(() => 1),
+    new Float32Array(3 * rows.length),
+    rows.length,
+  );
+  const out = sampler.sample(logits, greedy, rows.length, params, edits, prev);
+  const read = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(logits, 0, read, 0, bytes);
+  device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const all = new Float32Array(read.getMappedRange().slice(0));
+  for (const b of [logits, greedy, prev, out, read]) b.destroy();
+  sampler.destroy();
+  return rows.map((_, i) => all.slice(i * V, (i + 1) * V));
 }
 
 function lcg(seed: number): () => number {
@@ -226,7 +260,7 @@ Deno.test("GPU sampling kernel: logit_bias and the penalties edit the logits as 
     const logits = randomRow(V, rand, 6);
     for (let j = 0; j < 60; j++) logits[j] += 3;
     const p = requestParams({ temperature: i % 4 === 0 ? 0 : 0.8, ...over[i % over.length] });
-    logitEdits(edits, i, p, distinctIds(prompt), output, V);
+    logitEdits(edits, i, p, () => distinctIds(prompt), output, V);
     processed.push(processLogits(logits, p, { promptIds: prompt, outputIds: output, seed: 0 }));
     // Greedy over edited logits goes as top_k 1 with u 0, as the engine sends it.
     rows.push(
@@ -273,4 +307,48 @@ Deno.test("GPU sampling kernel and the CPU sampler pick the same tokens, ties in
     assertEquals(got[i], cpu[i], `row ${i}`);
   });
   assert(checked >= 54, `only ${checked} of ${rows.length} rows were far enough from a boundary`);
+});
+
+Deno.test("GPU edit kernel: a token still pending on the GPU edits the logits as the same token known", async () => {
+  const V = 300;
+  const rand = lcg(5);
+  const promptIds = Array.from({ length: 30 }, () => Math.floor(rand() * 40));
+  const output = Array.from({ length: 12 }, () => Math.floor(rand() * 40));
+  const settings: Partial<SamplingParams>[] = [
+    { repetitionPenalty: 1.3, frequencyPenalty: 0.5, presencePenalty: 0.25, logitBias: { 7: 2, 250: -1 } },
+    { repetitionPenalty: 0.8 },
+    { frequencyPenalty: -0.7 },
+    { presencePenalty: 1.1, logitBias: { 3: -1 } },
+  ];
+  // Last tokens: in the prompt, in the output, biased, in none of them.
+  const lasts = [promptIds[0], output[0], 7, 3, 250, 299];
+  const logits: Float32Array[] = [], known: number[] = [], pending: number[] = [], cpu: Float32Array[] = [];
+  const prevIds = new Int32Array(64).fill(-1);
+  let row = 0;
+  for (const over of settings) {
+    for (const last of lasts) {
+      const p = requestParams(over);
+      const l = randomRow(V, rand, 4);
+      logits.push(l);
+      logitEdits(known, row, p, () => distinctIds(promptIds), [...output, last], V);
+      // The pending token sits at some row of the previous step's ids.
+      const src = 63 - row;
+      prevIds[src] = last;
+      logitEdits(pending, row, p, () => distinctIds(promptIds), output, V, src);
+      const c = l.slice();
+      const own: number[] = [];
+      logitEdits(own, 0, p, () => distinctIds(promptIds), [...output, last], V);
+      applyEdits(c, Float32Array.from(own));
+      cpu.push(c);
+      row++;
+    }
+  }
+  const a = await edited(logits, Float32Array.from(known), prevIds);
+  const b = await edited(logits, Float32Array.from(pending), prevIds);
+  a.forEach((r, i) => {
+    assertEquals([...b[i]], [...r], `row ${i}: pending against known`);
+    assertEquals([...r], [...cpu[i]], `row ${i}: the GPU against applyEdits`);
+  });
+  // The edits did change the rows.
+  assert(a.every((r, i) => r.some((x, j) => x !== logits[i][j])));
 });
