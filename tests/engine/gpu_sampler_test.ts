@@ -347,7 +347,15 @@ Deno.test("GPU edit kernel: a token still pending on the GPU edits the logits as
   const b = await edited(logits, Float32Array.from(pending), prevIds);
   a.forEach((r, i) => {
     assertEquals([...b[i]], [...r], `row ${i}: pending against known`);
-    assertEquals([...r], [...cpu[i]], `row ${i}: the GPU against applyEdits`);
+    // Within an ulp of the CPU's rule: a driver may fuse n * frequency into the subtraction (the H100's
+    // does), which rounds once instead of twice; both paths on one GPU run the same instructions.
+    r.forEach((x, j) => {
+      const ulp = Math.max(Math.abs(cpu[i][j]), 1e-30) * 2 ** -23;
+      assert(
+        Math.abs(x - cpu[i][j]) <= ulp,
+        `row ${i}, token ${j}: ${x} on the GPU, ${cpu[i][j]} by applyEdits`,
+      );
+    });
   });
   // The edits did change the rows.
   assert(a.every((r, i) => r.some((x, j) => x !== logits[i][j])));
