@@ -15,7 +15,7 @@
 // a byte at a time (4 passes over the row, counting into a workgroup histogram), top_p's a bit at a
 // time (32 passes, as its sums are floats).
 
-import { EDIT_FLOATS, EDIT_HEADER, EDIT_PENDING } from "./sampler.ts";
+import { EDIT_FLOATS, EDIT_HEADER, EDIT_PENDING } from "./logit_edits.ts";
 
 /** Floats per row in the parameter buffer: u, 1 / temperature, top_k, top_p, min_p, padding. */
 export const SAMPLER_PARAMS = 8;
@@ -221,7 +221,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 /**
- * Logit edits (logit_bias and the penalties: engine/sampler.ts, logitEdits and applyEdits, its rule)
+ * Logit edits (logit_bias and the penalties: engine/logit_edits.ts, with applyEdits as the rule)
  * in place, one invocation an entry, before the sampling kernel reads the rows. A row's pending token
  * is read from the previous step's ids (`prevIds`), so that it counts as if it were known.
  */
@@ -256,7 +256,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
   }
   let n = at(e, 3u) + select(0.0, 1.0, id == pending);
   let rep = at(h, 2u);
-  let i = u32(at(e, 0u)) * V + u32(id);
+  let i = u32(at(h, 0u)) * V + u32(id);
   var y = logits[i] + at(e, 2u);
   if (rep != 1.0 && (at(e, 4u) != 0.0 || n > 0.0)) { y = select(y * rep, y * at(h, 3u), y > 0.0); }
   if (n > 0.0) { y = (y - n * at(h, 4u)) - at(h, 5u); }
@@ -314,7 +314,7 @@ export class GpuSampler {
   /**
    * Queues the sampling of `rows` rows of `logits` ([rows or more, vocab] f32) into a new buffer of
    * [rows] int32 ids (the caller destroys it once read): `greedy` ids where a row's u is negative.
-   * `params`: SAMPLER_PARAMS floats a row (see samplerParams). `edits` (logitEdits' entries) are
+   * `params`: SAMPLER_PARAMS floats a row (see samplerParams). `edits` (LogitEdits' entries) are
    * applied to the rows' logits in place first; their pending tokens are read from `prevIds`.
    */
   sample(

@@ -27,7 +27,8 @@ import {
   type TokenLogprob,
 } from "./protocol.ts";
 import { randomSeed, uniform } from "./rng.ts";
-import { editsLogits, isGreedy, logitEdits, type SampledLogprob, sampleToken } from "./sampler.ts";
+import { isGreedy, type SampledLogprob, sampleToken } from "./sampler.ts";
+import { editsLogits } from "./logit_edits.ts";
 import { ANSWER_IDLE_MS, type PlanItem, Scheduler, SchedulerError, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { attentionItems, NO_FILTERS } from "./step_inputs.ts";
@@ -110,6 +111,7 @@ export class LLMEngine {
   private stepTokens: HistogramCounts = { counts: STEP_TOKEN_BUCKETS.map(() => 0), sum: 0, count: 0 };
   /** Row of each sequence in the last dispatched step's sampled ids. */
   private lastRows = new Map<Sequence, number>();
+  private editScratch = new Float32Array(0);
   /** Running mean of the time between two steps' results while the pipeline is busy (ms). */
   private stepEveryMs = 0;
   private lastDoneAt: number | null = null;
@@ -364,7 +366,7 @@ export class LLMEngine {
     const blockTable = new Int32Array(B * maxBlocks);
     const sampled: PlanItem[] = [];
     const rows: number[] = [], us: number[] = [], invT: number[] = [], filters: number[] = [];
-    const edits: number[] = [], vocab = this.model.config.vocabSize;
+    const edits: { seq: Sequence; row: number; pendingSrc: number }[] = [];
     let wantLogits = false;
     let t = 0, b = 0;
     let longFrom: number | undefined;
@@ -406,8 +408,7 @@ export class LLMEngine {
           if (edited) {
             // Its last token may still be on the GPU, at the row idSrc reads it from: counted there.
             const pendingSrc = seq.pending > 0 ? this.lastRows.get(seq)! : -1;
-            const prompt = () => seq.distinctPrompt;
-            logitEdits(edits, rows.length - 1, seq.params, prompt, seq.outputIds, vocab, pendingSrc);
+            edits.push({ seq, row: rows.length - 1, pendingSrc });
           }
           if (isGreedy(seq.params)) {
             // Greedy over edited logits is the first of the most likely ids: top_k 1, u 0.
@@ -442,12 +443,30 @@ export class LLMEngine {
         sampleU: Float32Array.from(us),
         invTemp: Float32Array.from(invT),
         sampleFilters: Float32Array.from(filters),
-        sampleEdits: Float32Array.from(edits),
+        sampleEdits: this.stepEdits(edits),
         wantLogits,
         longFrom,
       },
       sampled,
     };
+  }
+
+  /**
+   * The edited rows' logit edits, one after another (engine/logit_edits.ts), in a buffer reused from
+   * step to step: a repetition penalty over long prompts sends megabytes a step, and fresh pages cost
+   * more to touch than the copy. The runner has uploaded them by the time run() returns.
+   */
+  private stepEdits(rows: { seq: Sequence; row: number; pendingSrc: number }[]): Float32Array {
+    const V = this.model.config.vocabSize;
+    const each = rows.map((r) => r.seq.logitEdits(V));
+    const n = each.reduce((n, e, i) => n + e.floats(rows[i].seq.outputIds, rows[i].pendingSrc), 0);
+    if (this.editScratch.length < n) {
+      this.editScratch = new Float32Array(Math.max(n, 2 * this.editScratch.length));
+    }
+    const out = this.editScratch.subarray(0, n);
+    let at = 0;
+    rows.forEach((r, i) => at = each[i].write(out, at, r.row, r.seq.outputIds, r.pendingSrc));
+    return out;
   }
 
   private async complete(f: InFlight): Promise<void> {

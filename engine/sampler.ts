@@ -24,6 +24,7 @@
 
 import type { SamplingParams } from "./protocol.ts";
 import { uniform } from "./rng.ts";
+import { applyEdits, editsLogits, logitEdits } from "./logit_edits.ts";
 
 export interface SampledLogprob {
   tokenId: number;
@@ -68,105 +69,6 @@ export function isGreedy(params: Pick<SamplingParams, "temperature">): boolean {
  */
 export function needsCpuLogits(params: SamplingParams): boolean {
   return Boolean(params.grammar) || params.logprobs !== null;
-}
-
-/** Whether the request's logits change by token before sampling: logit_bias or a penalty. */
-export function editsLogits(params: SamplingParams): boolean {
-  return Object.keys(params.logitBias).length > 0 || hasPenalties(params);
-}
-
-export function hasPenalties(p: SamplingParams): boolean {
-  return p.repetitionPenalty !== 1 || p.frequencyPenalty !== 0 || p.presencePenalty !== 0;
-}
-
-/** Floats per logit edit entry (see logitEdits). */
-export const EDIT_FLOATS = 8;
-/** Second float of a row's header entry and of its pending-token entry (a token entry's is its id). */
-export const EDIT_HEADER = -2, EDIT_PENDING = -1;
-
-/**
- * One sampled row's by-token changes (logit_bias, then the penalties), appended to `out` as entries
- * of EDIT_FLOATS floats, each starting with the row:
- * - header `[row, -2, repetition, 1 / repetition, frequency, presence, pendingSrc, 0]`, first: the
- *   row's settings; `pendingSrc` is the row of the previous step's ids that holds the sequence's
- *   last token while it is still on the GPU (pipelining), else -1.
- * - token `[row, id, bias, count, inPrompt, back, 0, 0]`: a token the bias or a penalty changes,
- *   `count` its occurrences in `outputIds`, `back` how many entries of the row precede it.
- * - pending `[row, -1, 0, 0, 0, back, 0, 0]`, last, with a pendingSrc: the pending token, edited
- *   as a token of count 1 unless a token entry of the row is its own (which then counts it once more).
- * So a token edits the logits alike whether it is known here or still pending. applyEdits is the
- * rule; the GPU's edit kernel (gpu_sampler.ts) does the same in f32. `prompt` gives the prompt's
- * distinct ids (see distinctIds), asked only with a repetition penalty.
- */
-export function logitEdits(
-  out: number[],
-  row: number,
-  params: SamplingParams,
-  prompt: () => ArrayLike<number>,
-  outputIds: ArrayLike<number>,
-  vocab: number,
-  pendingSrc = -1,
-): void {
-  const rep = params.repetitionPenalty, penalised = hasPenalties(params);
-  // id -> [bias, count, inPrompt]
-  const edits = new Map<number, [number, number, number]>();
-  const at = (id: number) => {
-    let e = edits.get(id);
-    if (!e) edits.set(id, e = [0, 0, 0]);
-    return e;
-  };
-  for (const [key, bias] of Object.entries(params.logitBias)) {
-    const id = Number(key);
-    if (Number.isInteger(id) && id >= 0 && id < vocab) at(id)[0] += bias;
-  }
-  if (rep !== 1) {
-    const ids = prompt();
-    for (let i = 0; i < ids.length; i++) if (ids[i] >= 0 && ids[i] < vocab) at(ids[i])[2] = 1;
-  }
-  if (penalised) {
-    for (let i = 0; i < outputIds.length; i++) {
-      const t = outputIds[i];
-      if (t >= 0 && t < vocab) at(t)[1]++;
-    }
-  }
-  out.push(
-    row,
-    EDIT_HEADER,
-    rep,
-    1 / rep,
-    params.frequencyPenalty,
-    params.presencePenalty,
-    penalised ? pendingSrc : -1,
-    0,
-  );
-  let back = 1;
-  for (const [id, [bias, count, inPrompt]] of edits) out.push(row, id, bias, count, inPrompt, back++, 0, 0);
-  if (penalised && pendingSrc >= 0) out.push(row, EDIT_PENDING, 0, 0, 0, back, 0, 0);
-}
-
-/**
- * One row's logitEdits entries applied to its logits in place, as the GPU's edit kernel does: each
- * operation rounded to f32. `pending`: the token of its pending entry, if it has one.
- */
-export function applyEdits(row: Float32Array, edits: Float32Array, pending = -1): void {
-  const f = Math.fround, E = EDIT_FLOATS;
-  let rep = 1, invRep = 1, freq = 0, pres = 0;
-  const own = new Set<number>();
-  for (let o = 0; o < edits.length; o += E) {
-    if (edits[o + 1] === EDIT_HEADER) {
-      [rep, invRep, freq, pres] = edits.subarray(o + 2, o + 6);
-      own.clear();
-      continue;
-    }
-    const id = edits[o + 1] === EDIT_PENDING ? pending : edits[o + 1];
-    if (edits[o + 1] === EDIT_PENDING && (pending < 0 || pending >= row.length || own.has(pending))) continue;
-    own.add(id);
-    const n = edits[o + 3] + (id === pending ? 1 : 0);
-    let y = f(row[id] + edits[o + 2]);
-    if (rep !== 1 && (edits[o + 4] !== 0 || n > 0)) y = f(y > 0 ? y * invRep : y * rep);
-    if (n > 0) y = f(f(y - f(n * freq)) - pres);
-    row[id] = y;
-  }
 }
 
 /** The distinct ids of `ids` in first-seen order (a prompt's, for repetition_penalty). */
@@ -237,9 +139,7 @@ export function processLogits(
 }
 
 function processInPlace(row: Float32Array, params: SamplingParams, ctx: SampleContext): void {
-  const edits: number[] = [];
-  logitEdits(edits, 0, params, () => distinctIds(ctx.promptIds), ctx.outputIds, row.length);
-  applyEdits(row, Float32Array.from(edits));
+  applyEdits(row, logitEdits(0, params, () => distinctIds(ctx.promptIds), ctx.outputIds, row.length));
 }
 
 function argmax(row: Float32Array): number {

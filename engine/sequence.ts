@@ -10,7 +10,8 @@
 // step sampled for this sequence (position >= knownLen at planning time).
 
 import type { FinishReason, SamplingParams } from "./protocol.ts";
-import { distinctIds, hasPenalties, needsCpuLogits } from "./sampler.ts";
+import { distinctIds, needsCpuLogits } from "./sampler.ts";
+import { hasPenalties, LogitEdits } from "./logit_edits.ts";
 
 export { needsCpuLogits };
 
@@ -39,7 +40,7 @@ export class Sequence {
   /**
    * Most tokens it may have pending when it decodes: none when it is sampled on the CPU (which needs
    * every token so far), one with penalties (the GPU counts only the token the last step sampled,
-   * engine/sampler.ts logitEdits), else no limit.
+   * engine/logit_edits.ts), else no limit.
    */
   readonly maxPending: number;
   numPreemptions = 0;
@@ -68,10 +69,10 @@ export class Sequence {
     this.maxPending = this.needsCpuLogits ? 0 : hasPenalties(params) ? 1 : Infinity;
   }
 
-  #distinctPrompt: Int32Array | null = null;
-  /** The prompt's distinct ids (repetition_penalty's), computed once. */
-  get distinctPrompt(): Int32Array {
-    return this.#distinctPrompt ??= distinctIds(this.promptIds);
+  #logitEdits: LogitEdits | null = null;
+  /** Its logit_bias and penalty entries (for the GPU's edit kernel), kept up to date between steps. */
+  logitEdits(vocab: number): LogitEdits {
+    return this.#logitEdits ??= new LogitEdits(this.params, () => distinctIds(this.promptIds), vocab);
   }
 
   get knownLen(): number {

@@ -1,7 +1,7 @@
 // The flat inputs of one ragged step: built by the engine from the scheduler's plan, consumed by the
 // model runner and its captured sessions (a module of its own so neither imports the other for it).
 
-import { EDIT_FLOATS } from "./sampler.ts";
+import { sliceEdits } from "./logit_edits.ts";
 
 /** Flat inputs of one ragged step, built by the engine from the scheduler's plan. */
 export interface StepInputs {
@@ -25,8 +25,8 @@ export interface StepInputs {
   /** [S * 3] top_k (0: off), top_p, min_p per sampled row, applied on the GPU (gpu_sampler.ts). */
   sampleFilters: Float32Array;
   /**
-   * By-token changes of sampled rows' logits before sampling (logit_bias, penalties): EDIT_FLOATS
-   * floats each, the first the row's index in sampleRows (engine/sampler.ts, logitEdits).
+   * By-token changes of sampled rows' logits before sampling (logit_bias, penalties): each row's
+   * header, with its index in sampleRows, then its entries (engine/logit_edits.ts).
    */
   sampleEdits: Float32Array;
   /** Read back full logits (CPU sampling, logprobs). */
@@ -36,16 +36,6 @@ export interface StepInputs {
    * chunks, which the engine puts last); the items before it run on the short one. Absent: none.
    */
   longFrom?: number;
-}
-
-/** The edits of sampled rows [r0, r1), renumbered from r0. */
-function sliceEdits(edits: Float32Array, r0: number, r1: number): Float32Array {
-  const out: number[] = [];
-  for (let o = 0; o < edits.length; o += EDIT_FLOATS) {
-    const r = edits[o];
-    if (r >= r0 && r < r1) out.push(r - r0, ...edits.subarray(o + 1, o + EDIT_FLOATS));
-  }
-  return Float32Array.from(out);
 }
 
 /** A sampled row's filters when it has none: top_k off, top_p 1, min_p 0. */

@@ -3,7 +3,8 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { GpuSampler, samplerParams } from "../../engine/gpu_sampler.ts";
-import { applyEdits, distinctIds, logitEdits, processLogits, sampleToken } from "../../engine/sampler.ts";
+import { distinctIds, processLogits, sampleToken } from "../../engine/sampler.ts";
+import { applyEdits, concatEdits, logitEdits } from "../../engine/logit_edits.ts";
 import type { SamplingParams } from "../../engine/protocol.ts";
 import { uniform } from "../../engine/rng.ts";
 import { neutralSamplingParams as requestParams } from "../../engine/protocol.ts";
@@ -254,20 +255,20 @@ Deno.test("GPU sampling kernel: logit_bias and the penalties edit the logits as 
     { logitBias: { 3: 5, 9: -100, 499: 2.5 }, repetitionPenalty: 0.8, frequencyPenalty: -0.2 },
     { presencePenalty: 1.5 },
   ];
-  const rows: Row[] = [], edits: number[] = [], processed: Float32Array[] = [];
+  const rows: Row[] = [], edits: Float32Array[] = [], processed: Float32Array[] = [];
   for (let i = 0; i < 40; i++) {
     // Logits near the edited ids' range, so the edits decide draws and argmaxes.
     const logits = randomRow(V, rand, 6);
     for (let j = 0; j < 60; j++) logits[j] += 3;
     const p = requestParams({ temperature: i % 4 === 0 ? 0 : 0.8, ...over[i % over.length] });
-    logitEdits(edits, i, p, () => distinctIds(prompt), output, V);
+    edits.push(logitEdits(i, p, () => distinctIds(prompt), output, V));
     processed.push(processLogits(logits, p, { promptIds: prompt, outputIds: output, seed: 0 }));
     // Greedy over edited logits goes as top_k 1 with u 0, as the engine sends it.
     rows.push(
       p.temperature === 0 ? { logits, u: 0, invTemp: 1, topK: 1 } : { logits, u: rand(), invTemp: 1 / 0.8 },
     );
   }
-  const got = await sample(rows, undefined, Float32Array.from(edits));
+  const got = await sample(rows, undefined, concatEdits(edits));
   let checked = 0;
   rows.forEach((r, i) => {
     const want = reference({ ...r, logits: processed[i] });
@@ -322,7 +323,8 @@ Deno.test("GPU edit kernel: a token still pending on the GPU edits the logits as
   ];
   // Last tokens: in the prompt, in the output, biased, in none of them.
   const lasts = [promptIds[0], output[0], 7, 3, 250, 299];
-  const logits: Float32Array[] = [], known: number[] = [], pending: number[] = [], cpu: Float32Array[] = [];
+  const logits: Float32Array[] = [], known: Float32Array[] = [], pending: Float32Array[] = [];
+  const cpu: Float32Array[] = [];
   const prevIds = new Int32Array(64).fill(-1);
   let row = 0;
   for (const over of settings) {
@@ -330,21 +332,19 @@ Deno.test("GPU edit kernel: a token still pending on the GPU edits the logits as
       const p = requestParams(over);
       const l = randomRow(V, rand, 4);
       logits.push(l);
-      logitEdits(known, row, p, () => distinctIds(promptIds), [...output, last], V);
+      known.push(logitEdits(row, p, () => distinctIds(promptIds), [...output, last], V));
       // The pending token sits at some row of the previous step's ids.
       const src = 63 - row;
       prevIds[src] = last;
-      logitEdits(pending, row, p, () => distinctIds(promptIds), output, V, src);
+      pending.push(logitEdits(row, p, () => distinctIds(promptIds), output, V, src));
       const c = l.slice();
-      const own: number[] = [];
-      logitEdits(own, 0, p, () => distinctIds(promptIds), [...output, last], V);
-      applyEdits(c, Float32Array.from(own));
+      applyEdits(c, logitEdits(0, p, () => distinctIds(promptIds), [...output, last], V));
       cpu.push(c);
       row++;
     }
   }
-  const a = await edited(logits, Float32Array.from(known), prevIds);
-  const b = await edited(logits, Float32Array.from(pending), prevIds);
+  const a = await edited(logits, concatEdits(known), prevIds);
+  const b = await edited(logits, concatEdits(pending), prevIds);
   a.forEach((r, i) => {
     assertEquals([...b[i]], [...r], `row ${i}: pending against known`);
     // Within an ulp of the CPU's rule: a driver may fuse n * frequency into the subtraction (the H100's

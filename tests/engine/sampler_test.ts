@@ -3,13 +3,9 @@
 import { neutralSamplingParams } from "../../engine/protocol.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import type { SamplingParams } from "../../engine/protocol.ts";
+import { editsLogits } from "../../engine/logit_edits.ts";
 import {
-  applyEdits,
-  distinctIds,
-  EDIT_FLOATS,
-  editsLogits,
   isGreedy,
-  logitEdits,
   MIN_SAMPLING_TEMPERATURE,
   needsCpuLogits,
   processLogits,
@@ -410,72 +406,4 @@ Deno.test("needsCpuLogits: only logprobs and a JSON schema read logits back", ()
   assertEquals(editsLogits(params({ logitBias: { 5: 1 } })), true);
   assertEquals(editsLogits(params({ repetitionPenalty: 1.1 })), true);
   assertEquals(editsLogits(params({ topP: 0.5 })), false);
-});
-
-Deno.test("logitEdits: a header, one entry a changed token, and the pending token last", () => {
-  const p = params({
-    repetitionPenalty: 1.5,
-    frequencyPenalty: 0.5,
-    presencePenalty: 0.25,
-    logitBias: { 7: 2 },
-  });
-  const out: number[] = [];
-  logitEdits(out, 3, p, () => distinctIds([4, 4, 5]), [5, 6, 6], 10, 9);
-  const entries = Array.from({ length: out.length / EDIT_FLOATS }, (_, i) => out.slice(i * 8, i * 8 + 8));
-  assertEquals(EDIT_FLOATS, 8);
-  // [row, -2, repetition, 1 / repetition, frequency, presence, pendingSrc, 0]
-  assertEquals(entries[0], [3, -2, 1.5, 1 / 1.5, 0.5, 0.25, 9, 0]);
-  // [row, id, bias, count, inPrompt, back, 0, 0]
-  const byId = new Map(entries.slice(1, -1).map((e) => [e[1], e]));
-  assertEquals([...byId.keys()].sort(), [4, 5, 6, 7]);
-  assertEquals(byId.get(4)!.slice(2, 5), [0, 0, 1]);
-  assertEquals(byId.get(5)!.slice(2, 5), [0, 1, 1]);
-  assertEquals(byId.get(6)!.slice(2, 5), [0, 2, 0]);
-  assertEquals(byId.get(7)!.slice(2, 5), [2, 0, 0]);
-  entries.forEach((e, i) => i > 0 && assertEquals(e[5], i, "back: entries before it in the row"));
-  assertEquals(entries.at(-1)!.slice(0, 5), [3, -1, 0, 0, 0]);
-  // Counts are not taken without a penalty, nor the prompt asked without a repetition penalty.
-  const biasOnly: number[] = [];
-  logitEdits(
-    biasOnly,
-    0,
-    params({ logitBias: { 7: 2 } }),
-    () => {
-      throw new Error("prompt asked");
-    },
-    [7, 7],
-    10,
-    4,
-  );
-  assertEquals(biasOnly, [0, -2, 1, 1, 0, 0, -1, 0, 0, 7, 2, 0, 0, 1, 0, 0]);
-});
-
-Deno.test("applyEdits: a pending token edits the row as the same token known", () => {
-  const logits = Float32Array.from({ length: 12 }, (_, i) => (i - 5.5) * 0.37);
-  const prompt = distinctIds([4, 4, 5, 11]);
-  const settings: Partial<SamplingParams>[] = [
-    { repetitionPenalty: 1.3, frequencyPenalty: 0.5, presencePenalty: 0.25, logitBias: { 7: 2 } },
-    { repetitionPenalty: 0.8 },
-    { frequencyPenalty: -0.7 },
-    { presencePenalty: 1.1, logitBias: { 3: -1 } },
-  ];
-  for (const over of settings) {
-    for (const last of [4, 6, 7, 3, 10]) {
-      const p = params(over), output = [5, 6, 6];
-      const known = logits.slice(), pending = logits.slice();
-      const a: number[] = [], b: number[] = [];
-      logitEdits(a, 0, p, () => prompt, [...output, last], 12);
-      logitEdits(b, 0, p, () => prompt, output, 12, 0);
-      applyEdits(known, Float32Array.from(a));
-      applyEdits(pending, Float32Array.from(b), last);
-      assertEquals([...pending], [...known], `${JSON.stringify(over)}, last token ${last}`);
-      // And as processLogits, the CPU sampler's path, edits it.
-      const cpu = processLogits(logits, p, {
-        promptIds: [4, 4, 5, 11],
-        outputIds: [...output, last],
-        seed: 0,
-      });
-      assertEquals([...cpu], [...known]);
-    }
-  }
 });
