@@ -23,6 +23,10 @@
 // 3 passes. Deno's WebGPU has no subgroups on these adapters, and neither kernel uses them.
 
 import { parseArgs } from "node:util";
+import { passUs as timedPass, readBack as readFrom } from "./gpu_timing.ts";
+
+const readBack = (src: GPUBuffer, bytes: number) => readFrom(device, src, bytes);
+const passUs = (encode: (pass: GPUComputePassEncoder) => void) => timedPass(device, encode);
 
 const { values: a } = parseArgs({
   options: {
@@ -168,44 +172,6 @@ function buffer(bytes: number, usage: number, data?: ArrayBufferView): GPUBuffer
   return b;
 }
 const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-
-async function readBack(src: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
-  const rb = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const enc = device.createCommandEncoder();
-  enc.copyBufferToBuffer(src, 0, rb, 0, bytes);
-  device.queue.submit([enc.finish()]);
-  await rb.mapAsync(GPUMapMode.READ);
-  const out = rb.getMappedRange().slice(0);
-  rb.destroy();
-  return out;
-}
-
-/** GPU microseconds of one pass that `encode` fills (timestamps), or wall time without them. */
-async function passUs(encode: (pass: GPUComputePassEncoder) => void): Promise<number> {
-  const enc = device.createCommandEncoder();
-  if (!hasTs) {
-    const t0 = performance.now();
-    const pass = enc.beginComputePass();
-    encode(pass);
-    pass.end();
-    device.queue.submit([enc.finish()]);
-    await device.queue.onSubmittedWorkDone();
-    return (performance.now() - t0) * 1000;
-  }
-  const qs = device.createQuerySet({ type: "timestamp", count: 2 });
-  const res = buffer(16, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC);
-  const pass = enc.beginComputePass({
-    timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
-  });
-  encode(pass);
-  pass.end();
-  enc.resolveQuerySet(qs, 0, 2, res, 0);
-  device.queue.submit([enc.finish()]);
-  const t = new BigUint64Array(await readBack(res, 16));
-  qs.destroy();
-  res.destroy();
-  return Number(t[1] - t[0]) / 1000;
-}
 
 async function median3(f: () => Promise<number>): Promise<number> {
   const v = [await f(), await f(), await f()].sort((x, y) => x - y);
