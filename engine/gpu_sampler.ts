@@ -236,9 +236,10 @@ const E: u32 = ${EDIT_FLOATS}u;
 fn at(e: u32, k: u32) -> f32 { return edits[e * E + k]; }
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-  let e = g.x;
-  if (e * E >= arrayLength(&edits)) { return; }
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+  // Rows of workgroups past 65535 of them (a dispatch's limit per dimension).
+  let e = g.y * groups.x * 64u + g.x;
+  if (e >= arrayLength(&edits) / E) { return; }
   let kind = at(e, 1u);
   if (kind == ${EDIT_HEADER}.0) { return; }
   let h = e - u32(at(e, 5u));
@@ -265,6 +266,9 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 `;
 }
 
+/** Workgroups a dispatch may have along one dimension (WebGPU's default limit). */
+const MAX_GROUPS_X = 65535;
+
 /** The sampling kernel's pipeline on one device, and the parameter buffer it reads. */
 export class GpuSampler {
   private params: GPUBuffer | null = null;
@@ -277,6 +281,7 @@ export class GpuSampler {
     private readonly pipeline: GPUComputePipeline,
     private readonly editPipeline: GPUComputePipeline,
     private readonly vocab: number,
+    private readonly editGroupsX: number,
   ) {
     this.noIds = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
   }
@@ -285,8 +290,14 @@ export class GpuSampler {
    * Compiles the kernel for `vocab`; a shader the device rejects throws here, not in a step. A row's
    * passes are bound by how many invocations share them: the workgroup is as large as the device
    * allows, up to 1024 (a power of two, for the tree reductions), unless `workgroup` says otherwise.
+   * `editGroupsX` caps the edit kernel's workgroups along x (beyond it they go in rows), for tests.
    */
-  static async create(device: GPUDevice, vocab: number, workgroup?: number): Promise<GpuSampler> {
+  static async create(
+    device: GPUDevice,
+    vocab: number,
+    workgroup?: number,
+    editGroupsX = MAX_GROUPS_X,
+  ): Promise<GpuSampler> {
     const limit = Math.min(
       1024,
       device.limits.maxComputeInvocationsPerWorkgroup,
@@ -308,7 +319,7 @@ export class GpuSampler {
     });
     const error = await device.popErrorScope();
     if (error) throw new Error(`the GPU sampling kernel did not compile: ${error.message}`);
-    return new GpuSampler(device, pipeline, editPipeline, vocab);
+    return new GpuSampler(device, pipeline, editPipeline, vocab, editGroupsX);
   }
 
   /**
@@ -372,7 +383,8 @@ export class GpuSampler {
           ],
         }),
       );
-      pass.dispatchWorkgroups(Math.ceil(numEdits / 64));
+      const groups = Math.ceil(numEdits / 64), x = Math.min(groups, this.editGroupsX);
+      pass.dispatchWorkgroups(x, Math.ceil(groups / x));
     }
     pass.setPipeline(this.pipeline);
     pass.setBindGroup(0, bindGroup);

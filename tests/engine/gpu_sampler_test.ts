@@ -117,9 +117,10 @@ async function edited(
   rows: Float32Array[],
   edits: Float32Array,
   prevIds: Int32Array,
+  groupsX?: number,
 ): Promise<Float32Array[]> {
   const V = rows[0].length, bytes = rows.length * V * 4;
-  const sampler = await GpuSampler.create(device, V);
+  const sampler = await GpuSampler.create(device, V, undefined, groupsX);
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
   const logits = device.createBuffer({ size: bytes, usage });
   rows.forEach((r, i) => device.queue.writeBuffer(logits, i * V * 4, r));
@@ -357,6 +358,9 @@ Deno.test("GPU edit kernel: a token still pending on the GPU edits the logits as
       );
     });
   });
+  // Dispatched as rows of one workgroup each (as past 65535 workgroups), the same bits.
+  const rowsOfOne = await edited(logits, concatEdits(known), prevIds, 1);
+  rowsOfOne.forEach((r, i) => assertEquals([...r], [...a[i]], `row ${i}: workgroups in rows`));
   // The edits did change the rows.
   assert(a.every((r, i) => r.some((x, j) => x !== logits[i][j])));
 });
