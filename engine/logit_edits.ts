@@ -41,10 +41,10 @@ export class LogitEdits {
   private counted = 0;
   private readonly penalised: boolean;
 
-  /** `prompt` gives the prompt's distinct ids (distinctIds); asked only with a repetition penalty. */
+  /** `promptIds` are read here, and only with a repetition penalty (repeats mark one entry). */
   constructor(
     private readonly params: SamplingParams,
-    prompt: () => ArrayLike<number>,
+    promptIds: ArrayLike<number>,
     private readonly vocab: number,
   ) {
     this.penalised = hasPenalties(params);
@@ -53,8 +53,10 @@ export class LogitEdits {
       if (Number.isInteger(id) && id >= 0 && id < vocab) this.entry(id)[2] += bias;
     }
     if (params.repetitionPenalty !== 1) {
-      const ids = prompt();
-      for (let i = 0; i < ids.length; i++) if (ids[i] >= 0 && ids[i] < vocab) this.entry(ids[i])[4] = 1;
+      for (let i = 0, n = promptIds.length; i < n; i++) {
+        const id = promptIds[i];
+        if (id >= 0 && id < vocab) this.entry(id)[4] = 1;
+      }
     }
   }
 
@@ -127,12 +129,12 @@ export class LogitEdits {
 export function logitEdits(
   row: number,
   params: SamplingParams,
-  prompt: () => ArrayLike<number>,
+  promptIds: ArrayLike<number>,
   outputIds: ArrayLike<number>,
   vocab: number,
   pendingSrc = -1,
 ): Float32Array {
-  const e = new LogitEdits(params, prompt, vocab);
+  const e = new LogitEdits(params, promptIds, vocab);
   const out = new Float32Array(e.floats(outputIds, pendingSrc));
   e.write(out, 0, row, outputIds, pendingSrc);
   return out;

@@ -71,13 +71,6 @@ export function needsCpuLogits(params: SamplingParams): boolean {
   return Boolean(params.grammar) || params.logprobs !== null;
 }
 
-/** The distinct ids of `ids` in first-seen order (a prompt's, for repetition_penalty). */
-export function distinctIds(ids: ArrayLike<number>): Int32Array {
-  const seen = new Set<number>();
-  for (let i = 0; i < ids.length; i++) seen.add(ids[i]);
-  return Int32Array.from(seen);
-}
-
 // Scratch buffers shared by all calls: sampling is synchronous, and allocating a vocab-sized array
 // per row (256 rows a step) would churn the GC.
 let work = new Float32Array(0);
@@ -139,7 +132,7 @@ export function processLogits(
 }
 
 function processInPlace(row: Float32Array, params: SamplingParams, ctx: SampleContext): void {
-  applyEdits(row, logitEdits(0, params, () => distinctIds(ctx.promptIds), ctx.outputIds, row.length));
+  applyEdits(row, logitEdits(0, params, ctx.promptIds, ctx.outputIds, row.length));
 }
 
 function argmax(row: Float32Array): number {

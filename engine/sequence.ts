@@ -10,7 +10,7 @@
 // step sampled for this sequence (position >= knownLen at planning time).
 
 import type { FinishReason, SamplingParams } from "./protocol.ts";
-import { distinctIds, needsCpuLogits } from "./sampler.ts";
+import { needsCpuLogits } from "./sampler.ts";
 import { hasPenalties, LogitEdits } from "./logit_edits.ts";
 
 export { needsCpuLogits };
@@ -72,7 +72,7 @@ export class Sequence {
   #logitEdits: LogitEdits | null = null;
   /** Its logit_bias and penalty entries (for the GPU's edit kernel), kept up to date between steps. */
   logitEdits(vocab: number): LogitEdits {
-    return this.#logitEdits ??= new LogitEdits(this.params, () => distinctIds(this.promptIds), vocab);
+    return this.#logitEdits ??= new LogitEdits(this.params, this.promptIds, vocab);
   }
 
   get knownLen(): number {

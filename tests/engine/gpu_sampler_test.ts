@@ -3,7 +3,7 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { GpuSampler, samplerParams } from "../../engine/gpu_sampler.ts";
-import { distinctIds, processLogits, sampleToken } from "../../engine/sampler.ts";
+import { processLogits, sampleToken } from "../../engine/sampler.ts";
 import { applyEdits, concatEdits, logitEdits } from "../../engine/logit_edits.ts";
 import type { SamplingParams } from "../../engine/protocol.ts";
 import { uniform } from "../../engine/rng.ts";
@@ -262,7 +262,7 @@ Deno.test("GPU sampling kernel: logit_bias and the penalties edit the logits as 
     const logits = randomRow(V, rand, 6);
     for (let j = 0; j < 60; j++) logits[j] += 3;
     const p = requestParams({ temperature: i % 4 === 0 ? 0 : 0.8, ...over[i % over.length] });
-    edits.push(logitEdits(i, p, () => distinctIds(prompt), output, V));
+    edits.push(logitEdits(i, p, prompt, output, V));
     processed.push(processLogits(logits, p, { promptIds: prompt, outputIds: output, seed: 0 }));
     // Greedy over edited logits goes as top_k 1 with u 0, as the engine sends it.
     rows.push(
@@ -333,13 +333,13 @@ Deno.test("GPU edit kernel: a token still pending on the GPU edits the logits as
       const p = requestParams(over);
       const l = randomRow(V, rand, 4);
       logits.push(l);
-      known.push(logitEdits(row, p, () => distinctIds(promptIds), [...output, last], V));
+      known.push(logitEdits(row, p, promptIds, [...output, last], V));
       // The pending token sits at some row of the previous step's ids.
       const src = 63 - row;
       prevIds[src] = last;
-      pending.push(logitEdits(row, p, () => distinctIds(promptIds), output, V, src));
+      pending.push(logitEdits(row, p, promptIds, output, V, src));
       const c = l.slice();
-      applyEdits(c, logitEdits(0, p, () => distinctIds(promptIds), [...output, last], V));
+      applyEdits(c, logitEdits(0, p, promptIds, [...output, last], V));
       cpu.push(c);
       row++;
     }

@@ -11,7 +11,7 @@ import {
   logitEdits,
   sliceEdits,
 } from "../../engine/logit_edits.ts";
-import { distinctIds, processLogits } from "../../engine/sampler.ts";
+import { processLogits } from "../../engine/sampler.ts";
 
 function params(over: Partial<SamplingParams> = {}): SamplingParams {
   return neutralSamplingParams({ temperature: 1, ...over });
@@ -27,7 +27,7 @@ Deno.test("logitEdits: a header, one entry a changed token, and the pending toke
     presencePenalty: 0.25,
     logitBias: { 7: 2 },
   });
-  const entries = entriesOf(logitEdits(3, p, () => distinctIds([4, 4, 5]), [5, 6, 6], 10, 9));
+  const entries = entriesOf(logitEdits(3, p, [4, 4, 5], [5, 6, 6], 10, 9));
   assertEquals(EDIT_FLOATS, 8);
   // [row, -2, repetition, 1 / repetition, frequency, presence, pendingSrc, entries after it]
   assertEquals(entries[0], [3, -2, 1.5, Math.fround(1 / 1.5), 0.5, 0.25, 9, 5]);
@@ -45,8 +45,10 @@ Deno.test("logitEdits: a header, one entry a changed token, and the pending toke
   const biasOnly = logitEdits(
     0,
     params({ logitBias: { 7: 2 } }),
-    () => {
-      throw new Error("prompt asked");
+    {
+      get length(): number {
+        throw new Error("prompt asked");
+      },
     },
     [7, 7],
     10,
@@ -68,8 +70,8 @@ Deno.test("applyEdits: a pending token edits the row as the same token known, an
     for (const last of [4, 6, 7, 3, 10]) {
       const p = params(over), output = [5, 6, 6];
       const known = logits.slice(), pending = logits.slice();
-      applyEdits(known, logitEdits(0, p, () => distinctIds(prompt), [...output, last], 12));
-      applyEdits(pending, logitEdits(0, p, () => distinctIds(prompt), output, 12, 0), last);
+      applyEdits(known, logitEdits(0, p, prompt, [...output, last], 12));
+      applyEdits(pending, logitEdits(0, p, prompt, output, 12, 0), last);
       assertEquals([...pending], [...known], `${JSON.stringify(over)}, last token ${last}`);
       const cpu = processLogits(logits, p, { promptIds: prompt, outputIds: [...output, last], seed: 0 });
       assertEquals([...cpu], [...known]);
@@ -88,7 +90,15 @@ Deno.test("LogitEdits: entries kept between steps equal entries built afresh at 
     logitBias: { 3: 1 },
   });
   let asked = 0;
-  const kept = new LogitEdits(p, () => (asked++, distinctIds(prompt)), 500);
+  // The prompt, counting how often its length is taken (once a pass over it).
+  const counted: ArrayLike<number> = {
+    get length() {
+      asked++;
+      return prompt.length;
+    },
+    ...Object.fromEntries(prompt.map((id, i) => [i, id])),
+  };
+  const kept = new LogitEdits(p, counted, 500);
   const output: number[] = [];
   for (let step = 0; step < 60; step++) {
     // Output tokens arrive one or several at a time (pipelined steps read back later).
@@ -97,20 +107,18 @@ Deno.test("LogitEdits: entries kept between steps equal entries built afresh at 
     const out = new Float32Array(kept.floats(output, src) + 3);
     const end = kept.write(out, 3, row, output, src);
     assertEquals(end, out.length);
-    assertEquals([...out.subarray(3)], [...logitEdits(row, p, () => distinctIds(prompt), output, 500, src)]);
+    assertEquals([...out.subarray(3)], [...logitEdits(row, p, prompt, output, 500, src)]);
   }
   assertEquals(asked, 1, "the prompt is read once");
 });
 
 Deno.test("sliceEdits: a part of a step keeps its rows' entries, renumbered", () => {
   const p = params({ frequencyPenalty: 0.5 });
-  const rows = [0, 1, 2, 3].map((r) =>
-    logitEdits(r, p, () => [], Array(r + 1).fill(r), 10, r === 2 ? 5 : -1)
-  );
+  const rows = [0, 1, 2, 3].map((r) => logitEdits(r, p, [], Array(r + 1).fill(r), 10, r === 2 ? 5 : -1));
   const all = concatEdits(rows);
   const part = sliceEdits(all, 1, 3);
   assertEquals([...part], [
-    ...concatEdits([logitEdits(0, p, () => [], [1, 1], 10), logitEdits(1, p, () => [], [2, 2, 2], 10, 5)]),
+    ...concatEdits([logitEdits(0, p, [], [1, 1], 10), logitEdits(1, p, [], [2, 2, 2], 10, 5)]),
   ]);
   assertEquals(sliceEdits(all, 4, 6).length, 0);
   assert(sliceEdits(all, 0, 4).every((x, i) => x === all[i]));
