@@ -11,6 +11,7 @@ import {
   MAX_MATMUL_SPLIT_K,
   MIN_STEP_ROWS,
   type PrefillOrder,
+  type PromptMatmul,
 } from "./protocol.ts";
 import type { SchedulerPolicy } from "./scheduler.ts";
 import { kvPoolBlocks } from "./kv_pool.ts";
@@ -40,6 +41,8 @@ export interface EngineConfig {
   prefixCaching: boolean;
   /** Split factor of the matmuls' K (EngineSettings.matmulSplitK). */
   matmulSplitK: number;
+  /** The matmuls of prompt parts (EngineSettings.promptMatmul). */
+  promptMatmul: PromptMatmul;
   /** Steps in flight at most, or "auto" (EngineSettings.pipelineDepth). */
   pipelineDepth: "auto" | 1 | 2 | 3;
   /** Which tokens run on PagedAttention's long-query kernel (EngineSettings.longQueries). */
@@ -131,6 +134,7 @@ export function resolveEngineConfig(
       : null,
     prefixCaching: s.prefixCaching ?? ENGINE_DEFAULTS.prefixCaching,
     matmulSplitK: resolveSplitK(s.matmulSplitK ?? ENGINE_DEFAULTS.matmulSplitK),
+    promptMatmul: s.promptMatmul ?? ENGINE_DEFAULTS.promptMatmul,
     pipelineDepth: s.pipelineDepth ?? ENGINE_DEFAULTS.pipelineDepth,
     longQueries: s.longQueries ?? ENGINE_DEFAULTS.longQueries,
   };

@@ -68,6 +68,7 @@ export async function loadOrBuildGraph(model: LoadedModel, opts: GraphCacheOptio
     externalMinBytes: opts.externalMinBytes,
     weightsAsInputs: opts.weightsAsInputs,
     splitK: opts.splitK,
+    plainWideMatmuls: opts.plainWideMatmuls,
   });
   opts.log(
     `graph: built in ${seconds(t0)} s, ${built.nodesPerLayer} nodes per layer, ` +
@@ -241,6 +242,7 @@ async function graphKey(model: LoadedModel, opts: GraphOptions): Promise<string>
     maxPositions: opts.maxPositions,
     ext: opts.externalMinBytes ?? "default",
     sk: opts.splitK ?? 1,
+    ...(opts.plainWideMatmuls ? { pw: true } : {}),
     cfg: model.config,
     inputs: stepWeightTensors(model, opts).map((t) => [t.name, t.type, t.dims]),
   });

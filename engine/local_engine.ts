@@ -39,6 +39,7 @@ export async function createEngine(
     kvCacheMb: config.kvCacheMb,
     cacheDir: config.graphCache,
     splitK: config.matmulSplitK,
+    promptMatmul: config.promptMatmul,
     longQueries: config.longQueries,
     maxSeqs: config.maxSeqs,
     capture: config.graphCapture,

@@ -9,7 +9,7 @@
 // read.
 
 import * as ort from "onnxruntime-web/webgpu";
-import { type BuiltGraph, type GraphOptions, stepWeightTensors } from "./model/graph.ts";
+import { type BuiltGraph, type GraphOptions, plainWideLayers, stepWeightTensors } from "./model/graph.ts";
 import { IO } from "./model/graph_io.ts";
 import type { LoadedModel, LoadProgress } from "./model/types.ts";
 import type { ActDType } from "./model/weights.ts";
@@ -32,6 +32,7 @@ import {
   LONG_QUERY_TOKENS,
   type LongQueries,
   MIN_STEP_ROWS,
+  type PromptMatmul,
   resolveLongQueries,
 } from "./protocol.ts";
 import { bucketStep, exactStep, longQueriesEnv, splitDecodesOn, stepBucketsOn } from "./step_buckets.ts";
@@ -54,6 +55,8 @@ export interface RunnerOptions {
   weightsAsInputs?: boolean;
   /** Split-K factor of the linear layers (GraphOptions.splitK); default ENGINE_DEFAULTS.matmulSplitK. */
   splitK?: number;
+  /** Matmuls of prompt parts in long-query mode "prompts" (PromptMatmul); default "auto". */
+  promptMatmul?: PromptMatmul;
   /** Long-query mode (ModelRunner.longQueries); default: RAGTIME_LONG_QUERIES (probes). */
   longQueries?: LongQueries | "auto";
   /** Most sampled rows a step feeds the next (the engine's max-seqs); default 256. */
@@ -106,6 +109,8 @@ const SPLIT_MIN_DECODES = 8;
 interface Piece {
   s: StepInputs;
   cap: CapturedStep | null;
+  /** An uncaptured part of prompt tokens in long-query mode "prompts": run on the prompt graph. */
+  prompt?: boolean;
   meta: [number, number] | null;
   /** Its real sampled rows (the rest are padding). */
   sampled: number;
@@ -198,9 +203,14 @@ export class ModelRunner {
   private captured: (CapturedStep | null)[];
   /** The graph (its weights are inputs: no weight bytes), for the captured sessions. */
   private readonly graph: BuiltGraph;
+  /**
+   * Prompt parts' graph and uncaptured session in long-query mode "prompts" (PromptMatmul), fed the
+   * same weights; the decodes' own where they would be the same graph.
+   */
+  private readonly prompt: { graph: BuiltGraph; session: ort.InferenceSession };
 
   private constructor(
-    private session: ort.InferenceSession,
+    private readonly session: ort.InferenceSession,
     private sampler: GpuSampler,
     private device: GPUDevice,
     /** Weights, KV pool and prev_ids: the inputs every step session is fed. */
@@ -211,6 +221,7 @@ export class ModelRunner {
     private vocab: number,
     private capture: CaptureSettings | null,
     graph: BuiltGraph,
+    prompt: { graph: BuiltGraph; session: ort.InferenceSession } | null,
     private log: (msg: string) => void,
     info: {
       numBlocks: number;
@@ -235,6 +246,7 @@ export class ModelRunner {
     this.longQueries = info.longQueries;
     this.tableWidth = Math.ceil(info.maxPositions / info.blockSize);
     this.graph = graph;
+    this.prompt = prompt ?? { graph, session };
     this.shapes = capture
       ? captureShapes(capture, this.tableWidth * info.blockSize, info.longQueries === "prompts")
       : [];
@@ -263,7 +275,20 @@ export class ModelRunner {
     });
     opts.progress?.({ phase: "session" });
     const step = await createStepSession(graph, null);
-    const { device, adapterName, software } = await sessionDevice();
+    const { device, adapterName, vendor, software } = await sessionDevice();
+    const longQueries = resolveLongQueries(opts.longQueries ?? longQueriesEnv(), software);
+    // Prompt parts on a graph of their own (PromptMatmul), where it differs from the decodes'.
+    const promptOpts = { ...graphOpts, plainWideMatmuls: true };
+    const plainLayers = longQueries === "prompts" && (opts.promptMatmul ?? "auto") === "auto" &&
+        vendor.toLowerCase() !== "intel"
+      ? plainWideLayers(model, promptOpts)
+      : 0;
+    let prompt: { graph: BuiltGraph; session: ort.InferenceSession } | null = null;
+    if (plainLayers > 0) {
+      const g = await loadOrBuildGraph(model, { ...promptOpts, cacheDir: opts.cacheDir, log });
+      prompt = { graph: g, session: await createStepSession(g, null) };
+      log(`prompt graph: ${plainLayers} linear layers as one MatMul for prompt parts (--prompt-matmul)`);
+    }
     const sampler = await GpuSampler.create(device, cfg.vocabSize);
     opts.progress?.({ phase: "upload" });
     const t0 = performance.now();
@@ -310,6 +335,7 @@ export class ModelRunner {
       cfg.vocabSize,
       opts.capture ?? null,
       graph,
+      prompt,
       log,
       {
         numBlocks: pool.numBlocks,
@@ -319,7 +345,7 @@ export class ModelRunner {
         totalNodes: graph.totalNodes,
         adapterName,
         softwareAdapter: software,
-        longQueries: resolveLongQueries(opts.longQueries ?? longQueriesEnv(), software),
+        longQueries,
         attnLimits: {
           numHeads: cfg.numHeads,
           kvHeads: cfg.numKvHeads,
@@ -410,7 +436,7 @@ export class ModelRunner {
     if (
       B < 2 || attentionFits(this.attnLimits, shaped.s.pastSeqlens.length, shaped.attnMeta, longQuery > 0)
     ) {
-      return [{ s: shaped.s, cap: null, meta: shaped.attnMeta, sampled }];
+      return [{ s: shaped.s, cap: null, meta: shaped.attnMeta, sampled, prompt: long }];
     }
     this.attentionSplits++;
     // A part that samples nothing carries one dummy row (sliceItems), which stays a dummy.
@@ -461,7 +487,7 @@ export class ModelRunner {
   }
 
   /** Runs one planned piece; its `sampled` rows' ids stay on the GPU until finish() copies them. */
-  private async runPart({ s, cap, meta, sampled }: Piece): Promise<StepPart> {
+  private async runPart({ s, cap, meta, sampled, prompt }: Piece): Promise<StepPart> {
     let nextIds: ort.Tensor, logits: ort.Tensor | null;
     const scratch: ort.Tensor[] = [];
     let rows: number;
@@ -473,7 +499,8 @@ export class ModelRunner {
       rows = cap.sampleRows;
     } else {
       rows = s.sampleRows.length;
-      ({ nextIds, logits } = await this.runUncaptured(s, meta!));
+      const session = prompt && this.longQueries === "prompts" ? this.prompt.session : this.session;
+      ({ nextIds, logits } = await this.runUncaptured(session, s, meta!));
       scratch.push(nextIds);
       if (logits && !s.wantLogits) scratch.push(logits);
     }
@@ -526,6 +553,7 @@ export class ModelRunner {
 
   /** An uncaptured step, shaped by bucketStep or exactStep; `meta`: PagedAttention's bounds for it. */
   private async runUncaptured(
+    session: ort.InferenceSession,
     s: StepInputs,
     meta: [number, number],
   ): Promise<{ nextIds: ort.Tensor; logits: ort.Tensor | null }> {
@@ -542,7 +570,7 @@ export class ModelRunner {
       [IO.sampleRows]: new ort.Tensor("int32", s.sampleRows, [S]),
     };
     const sampling = s.sampleU.some((u) => u >= 0);
-    const out = await this.session.run(
+    const out = await session.run(
       feeds,
       sampling || s.wantLogits ? [IO.nextIds, IO.logits] : [IO.nextIds],
     );
@@ -636,7 +664,12 @@ export class ModelRunner {
       padTokens: this.padTokens,
       blockSize: this.blockSize,
     };
-    const c = await CapturedStep.create(this.graph, this.shapes[i], shared);
+    const shape = this.shapes[i];
+    const c = await CapturedStep.create(
+      shape.kind === "prompt" ? this.prompt.graph : this.graph,
+      shape,
+      shared,
+    );
     await c.capture();
     this.captured[i] = c;
     if (log) {
@@ -717,6 +750,7 @@ export class ModelRunner {
     for (const c of this.captured) await c?.release();
     this.captured = this.shapes.map(() => null);
     await this.session.release();
+    if (this.prompt.session !== this.session) await this.prompt.session.release();
     this.sampler.destroy();
     for (const b of [...this.owned, ...this.allStaging]) b.destroy();
   }

@@ -309,6 +309,10 @@ export interface EngineSettings {
    * MatMul everywhere.
    */
   matmulSplitK?: number;
+  /**
+   * The matmuls of prompt tokens in long-query mode "prompts" (PromptMatmul); absent: "auto".
+   */
+  promptMatmul?: PromptMatmul;
   /** WebGPU implementation (engine/webgpu_backend.ts); absent: "auto". */
   webgpu?: "auto" | "dawn" | "deno";
   /**
@@ -323,6 +327,16 @@ export interface EngineSettings {
    */
   longQueries?: LongQueries | "auto";
 }
+
+/**
+ * In long-query mode "prompts" a prompt token never shares a session run with an output token, so its
+ * matmuls may differ from theirs. auto: a second graph for prompt parts runs the split layers whose K
+ * is at most their N as one MatMul (see linear in engine/model/step_blocks.ts), faster on hundreds of
+ * rows, except on Intel adapters, where onnxruntime's own split-K would make a row's bits depend on the
+ * rows beside it; split: prompt parts run the decodes' graph. Changes tokens' last bits (as
+ * --matmul-split-k does), never their independence from the batch.
+ */
+export type PromptMatmul = "auto" | "split";
 
 /**
  * Which waiting request starts its prefill first. arrival: first come, first served. shortest: the
@@ -370,6 +384,7 @@ export const ENGINE_DEFAULTS = {
   graphCapture: true,
   prefixCaching: true,
   matmulSplitK: 8,
+  promptMatmul: "auto",
   webgpu: "auto",
   pipelineDepth: "auto",
   longQueries: "auto",

@@ -32,11 +32,11 @@ export function createStepSession(
 }
 
 /**
- * The device the sessions run on (ORT creates it with the first WebGPU session), its adapter's name and
- * whether that adapter is a software one (llvmpipe: the device's work runs on the CPU's own cores).
+ * The device the sessions run on (ORT creates it with the first WebGPU session), its adapter's name,
+ * vendor and whether that adapter is a software one (llvmpipe: the device's work runs on the CPU's own cores).
  */
 export async function sessionDevice(): Promise<
-  { device: GPUDevice; adapterName: string; software: boolean }
+  { device: GPUDevice; adapterName: string; vendor: string; software: boolean }
 > {
   const device = await ort.env.webgpu.device;
   const adapterInfo = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo ??
@@ -46,7 +46,12 @@ export async function sessionDevice(): Promise<
       adapterInfo.isFallbackAdapter ? " (software fallback)" : ""
     }`
     : "unknown";
-  return { device, adapterName, software: adapterInfo?.isFallbackAdapter === true };
+  return {
+    device,
+    adapterName,
+    vendor: adapterInfo?.vendor ?? "",
+    software: adapterInfo?.isFallbackAdapter === true,
+  };
 }
 
 /** Process-wide settings, read when the first session starts the wasm runtime. */

@@ -418,6 +418,16 @@ const OPTIONS = {
       "few rows); a layer whose slices would be under 32 long stays whole; 1: no split.",
     schema: positiveInt(1, MAX_MATMUL_SPLIT_K).default(ENGINE_DEFAULTS.matmulSplitK),
   }),
+  promptMatmul: opt({
+    flag: "--prompt-matmul",
+    env: "RAGTIME_PROMPT_MATMUL",
+    kind: "value",
+    metavar: "auto|split",
+    expect: 'one of "auto", "split"',
+    help: "Matmuls of prompt tokens in long-query mode prompts: auto: one MatMul where a split layer's " +
+      "inputs are no more than its outputs (faster prefill; not on Intel adapters); split: as decodes'.",
+    schema: z.enum(["auto", "split"]).default(ENGINE_DEFAULTS.promptMatmul),
+  }),
   webgpu: opt({
     flag: "--webgpu",
     env: "RAGTIME_WEBGPU",
@@ -572,6 +582,7 @@ export function engineSettings(c: Config): EngineSettings {
     graphCapturePromptRows: c.graphCapturePromptRows,
     prefixCaching: c.prefixCaching,
     matmulSplitK: c.matmulSplitK,
+    promptMatmul: c.promptMatmul,
     webgpu: c.webgpu,
     pipelineDepth: c.pipelineDepth,
     longQueries: c.longQueries,

@@ -14,7 +14,15 @@ import type { LoadedModel } from "./types.ts";
 import type { ActDType } from "./weights.ts";
 import { IO } from "./graph_io.ts";
 import { type Initializer, StepWeights } from "./step_weights.ts";
-import { attention, lmHead, mlp, ResidualStream, type StepContext, weightAdder } from "./step_blocks.ts";
+import {
+  attention,
+  lmHead,
+  mlp,
+  ResidualStream,
+  type StepContext,
+  weightAdder,
+  wideSplit,
+} from "./step_blocks.ts";
 
 export interface GraphOptions {
   /** Activations and weights: f32 keeps the residual stream and matmuls in fp32 (attention is fp16 regardless). */
@@ -34,6 +42,11 @@ export interface GraphOptions {
    * whose K does not split well stays a plain MatMul (splitFactor). Absent or 1: plain MatMuls.
    */
   splitK?: number;
+  /**
+   * A graph for prompt rows: split layers whose K is at most their N run as one MatMul (see linear in
+   * step_blocks.ts); same weight inputs, so it is fed the same buffers as the graph without it.
+   */
+  plainWideMatmuls?: boolean;
 }
 
 export interface BuiltGraph {
@@ -89,6 +102,7 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
     rope: [cos, sin],
     weight,
     splitViews: new Map(),
+    plainWide: opts.plainWideMatmuls ?? false,
   };
 
   const stream = new ResidualStream(g, x, cfg.rmsNormEps);
@@ -108,6 +122,20 @@ export function buildGraph(model: LoadedModel, opts: GraphOptions): BuiltGraph {
     opts.externalMinBytes ?? 64 * 1024,
   );
   return { bytes, data, weights: inputs, nodesPerLayer, totalNodes: g.nodes.length };
+}
+
+/**
+ * Linear layers that GraphOptions.plainWideMatmuls turns into one MatMul for these options (0: the
+ * graph for prompt rows would be the same graph).
+ */
+export function plainWideLayers(model: LoadedModel, opts: GraphOptions): number {
+  const weights = new StepWeights(model, opts.dtype, opts.splitK ?? 1);
+  let n = 0;
+  for (let l = 0; l < model.config.numLayers; l++) {
+    const w = weights.layer(l);
+    n += [w.qkv, w.o, w.gateUp, w.down].filter((t) => wideSplit(t.dims)).length;
+  }
+  return n;
 }
 
 /**

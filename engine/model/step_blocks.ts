@@ -24,6 +24,8 @@ export interface StepContext {
   weight: (t: Initializer) => string;
   /** Split-K views of activations already built, by activation and split (see linear). */
   splitViews: Map<string, string>;
+  /** GraphOptions.plainWideMatmuls: split layers with K <= N run as one MatMul (see linear). */
+  plainWide: boolean;
 }
 
 /** The weight registration of buildGraph's `weightsAsInputs` option. */
@@ -81,12 +83,22 @@ export class ResidualStream {
  * N alone; the S slices give it S times the workgroups, each over a K/S-long dot product (measured
  * on an H200 in f16 at 16 rows: 5.6-13x faster than MatMul on the 1B's shapes, and closer to the
  * float64 product). `name` names the node that computes the result (a graph output's).
+ *
+ * In a graph for prompt rows (c.plainWide) a split weight with K <= N is seen whole ([K, N], a
+ * Reshape that aliases the same buffer) and multiplied by one MatMul: on hundreds of rows that is
+ * 7-14% faster on the 1B's K = 2048 layers, while a long K over few columns (its down projection)
+ * stays 3-5x faster split (docs/BENCHMARKS.md, session 14). `fewRows` (the LM head's sampled rows)
+ * keeps the split. onnxruntime picks one MatMul program for every row count past 8, so a row's
+ * result does not depend on the rows beside it either way.
  */
-export function linear(c: StepContext, x: string, w: Initializer, name?: string): string {
+export function linear(c: StepContext, x: string, w: Initializer, name?: string, fewRows = false): string {
   const { g } = c;
   const weight = c.weight(w);
   if (w.dims.length !== 3) return g.op("MatMul", [x, weight], {}, { name })[0];
-  const [S, Ks] = w.dims;
+  const [S, Ks, N] = w.dims;
+  if (c.plainWide && !fewRows && wideSplit(w.dims)) {
+    return g.op("MatMul", [x, g.op1("Reshape", [weight, g.constI64([S * Ks, N])])], {}, { name })[0];
+  }
   const key = `${x}/${S}`;
   let view = c.splitViews.get(key);
   if (!view) {
@@ -95,6 +107,11 @@ export function linear(c: StepContext, x: string, w: Initializer, name?: string)
   }
   const parts = g.op1("MatMul", [view, weight]);
   return g.op("ReduceSum", [parts, g.constI64([0])], { keepdims: 0 }, { name })[0];
+}
+
+/** A split weight [S, K/S, N] with K <= N: one MatMul in a graph for prompt rows (see linear). */
+export function wideSplit(dims: number[]): boolean {
+  return dims.length === 3 && dims[0] * dims[1] <= dims[2];
 }
 
 /** Self-attention of layer `l` over the paged KV cache (RoPE runs inside PagedAttention). */
@@ -168,9 +185,9 @@ export function lmHead(c: StepContext, stream: ResidualStream, norm: Initializer
   // The node that computes an output carries its name: an Identity in between would fill a bound
   // output with a buffer copy, which graph capture does not record (its replays would skip it).
   if (c.act === "f16") {
-    g.op("Cast", [linear(c, rows, head)], { to: TensorType.FLOAT }, { name: IO.logits });
+    g.op("Cast", [linear(c, rows, head, undefined, true)], { to: TensorType.FLOAT }, { name: IO.logits });
   } else {
-    linear(c, rows, head, IO.logits);
+    linear(c, rows, head, IO.logits, true);
   }
   g.output(IO.logits, TensorType.FLOAT, ["S", cfg.vocabSize]);
 

@@ -64,6 +64,7 @@ Deno.test("config: defaults", () => {
     graphCapturePromptRows: undefined,
     prefixCaching: true,
     matmulSplitK: 8,
+    promptMatmul: "auto",
     webgpu: "auto",
     pipelineDepth: "auto",
     longQueries: "auto",
@@ -341,6 +342,18 @@ Deno.test("config: --matmul-split-k N, the flag over its environment twin, reach
   assertThrows(() => resolveEngineConfig({ matmulSplitK: 0 }, model), EngineConfigError);
 });
 
+Deno.test("config: --prompt-matmul auto|split, the flag over its environment twin, reaches the engine", () => {
+  const model = randomModel();
+  const fromEnv = parseConfig(["--model", "m"], env({ RAGTIME_PROMPT_MATMUL: "split" }));
+  assertEquals(resolveEngineConfig(engineSettings(fromEnv), model).promptMatmul, "split");
+  const fromFlag = parseConfig(
+    ["--model", "m", "--prompt-matmul", "auto"],
+    env({ RAGTIME_PROMPT_MATMUL: "split" }),
+  );
+  assertEquals(resolveEngineConfig(engineSettings(fromFlag), model).promptMatmul, "auto");
+  assertThrows(() => parseConfig(["--model", "m", "--prompt-matmul", "plain"], env()), ConfigError);
+});
+
 Deno.test("config: --help throws HelpRequested with usage text", () => {
   const err = assertThrows(() => parseConfig(["--port", "x", "--help"], env()), HelpRequested);
   assertMatch(err.message, /Usage: deno task start \[options\]/);
@@ -452,6 +465,8 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     graphCapture: { batchSizes: [16, 32, 64, 128, 256], kvCaps: [], promptRows: [128, 512], eager: true },
     prefixCaching: true,
     matmulSplitK: 8,
+    // Prompt parts on a graph of their own with wide layers unsplit (long-query mode prompts).
+    promptMatmul: "auto",
     pipelineDepth: "auto",
     longQueries: "auto",
   });
@@ -495,6 +510,7 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     graphCache: "/tmp/g",
     prefixCaching: false,
     matmulSplitK: 2,
+    promptMatmul: "split",
     pipelineDepth: 1,
     longQueries: "on",
   } as const;

@@ -1,0 +1,145 @@
+// The prompt parts' graph (--prompt-matmul auto, long-query mode "prompts"): split layers whose K is at
+// most their N run as one MatMul over the same weight inputs, the rest (a long K, the LM head's few
+// rows) stay split; prompt logits stay near the decodes' graph's, and a prompt token's bits stay
+// independent of its batch, captured or not, cached or not. (stories260K is too small to split.)
+
+import { assert, assertEquals } from "../../helpers/assert.ts";
+import { buildGraph, plainWideLayers } from "../../../engine/model/graph.ts";
+import { ModelRunner } from "../../../engine/model_runner.ts";
+import type { PromptMatmul } from "../../../engine/protocol.ts";
+import { stepInputs } from "../../helpers/step_inputs.ts";
+import { randomModel } from "../../helpers/random_model.ts";
+import { type Outcome, outcomeOf, params, startEngine } from "../../helpers/engine.ts";
+import type { StepStats } from "../../../engine/llm_engine.ts";
+
+// Split at 8 everywhere: hidden 256 (qkv 256 -> 512, gate/up 256 -> 1024, LM head 256 -> 320), o 256 ->
+// 256, down 512 -> 256 (K > N: stays split).
+const BIG = {
+  hiddenSize: 256,
+  intermediateSize: 512,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 64,
+  vocabSize: 320,
+};
+const V = BIG.vocabSize;
+
+Deno.test("prompt graph: qkv, o and gate/up as one MatMul over the split weight inputs; down and LM head split", () => {
+  const model = randomModel("llama", 2, BIG);
+  const opts = { dtype: "f32" as const, maxPositions: 64, weightsAsInputs: true, splitK: 8 };
+  const split = buildGraph(model, opts), plain = buildGraph(model, { ...opts, plainWideMatmuls: true });
+  // Fed the same buffers: the same weight inputs, names, types and dims.
+  assertEquals(plain.weights, split.weights);
+  assertEquals(plainWideLayers(model, opts), 3 * model.config.numLayers);
+  // Each of the three: Reshape (of the weight) + MatMul instead of Reshape + Transpose (of the
+  // activation) + MatMul + ReduceSum.
+  assertEquals(plain.nodesPerLayer, split.nodesPerLayer - 3 * 2);
+  assertEquals(plain.totalNodes, split.totalNodes - 3 * 2 * model.config.numLayers);
+  // Nothing split, nothing to change: the prompt graph would be the same graph.
+  assertEquals(plainWideLayers(model, { ...opts, splitK: 1 }), 0);
+  assertEquals(plainWideLayers(randomModel("llama", 2), opts), 0, "K too short to split");
+});
+
+const PROMPT = Array.from({ length: 20 }, (_, i) => (i * 37 + 3) % V);
+
+/** The prompt's logits as a prompt part (long-query kernel), alone or beside 31-token companions. */
+async function promptLogits(runner: ModelRunner, companions: number): Promise<Float32Array> {
+  const items = [{ ids: PROMPT, past: 0, blocks: [0, 1] }];
+  for (let k = 0; k < companions; k++) {
+    items.push({
+      ids: Array.from({ length: 31 }, (_, i) => (i * 11 + 5 * k + 7) % V),
+      past: 0,
+      blocks: [2 + 2 * k, 3 + 2 * k],
+    });
+  }
+  const r = await runner.read(await runner.run({ ...stepInputs(items, 2), longFrom: 0 }));
+  return r.logits!.slice(0, PROMPT.length * V);
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < b.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+// Relative to the largest logit; split_k_test.ts measured split-K against plain at 2.6e-2 in f16.
+for (const [dtype, tol] of [["f32", 1e-2], ["f16", 5e-2]] as const) {
+  Deno.test(`prompt graph ${dtype}: prompt logits near the decodes' graph's, bits independent of the batch`, async () => {
+    const model = randomModel("llama", 4, BIG);
+    const make = (promptMatmul: PromptMatmul) =>
+      ModelRunner.create(model, {
+        dtype,
+        blockSize: 16,
+        kvCacheMb: 4,
+        cacheDir: null,
+        splitK: 8,
+        longQueries: "prompts",
+        promptMatmul,
+      });
+    const split = await make("split"), plain = await make("auto");
+    try {
+      const a = await promptLogits(split, 0), b = await promptLogits(plain, 0);
+      const scale = Math.max(...a.map(Math.abs));
+      const diff = maxAbsDiff(b, a) / scale;
+      console.log(`${dtype}: prompt graph vs split graph ${diff.toExponential(2)} of max |logit| ${scale}`);
+      assert(diff < tol, `prompt graph vs split graph ${diff}`);
+      // Another summation order: the prompt parts did run on the other graph.
+      assert(diff > 0, "the prompt graph gave the split graph's bits");
+      // Alone (padded to 16 rows), beside one companion (51 rows) and beside four (144 rows).
+      for (const companions of [1, 4]) {
+        assertEquals(maxAbsDiff(await promptLogits(plain, companions), b), 0, `beside ${companions}`);
+      }
+    } finally {
+      await split.close();
+      await plain.close();
+    }
+  });
+}
+
+Deno.test("prompt graph engine: requests at once (captured prompt and decode steps), then their next turns on cached prefixes, give their tokens alone", async () => {
+  const model = randomModel("llama", 6, BIG);
+  const tok = (t: number, i: number) => 3 + ((t * 31 + i * 17) % (V - 3));
+  const reqs = Array.from({ length: 6 }, (_, i) => ({
+    id: `r${i}`,
+    promptIds: Array.from({ length: 20 + i * 9 }, (_, t) => tok(t, i)),
+    params: params({
+      maxTokens: 8 + i,
+      ignoreEos: true,
+      ...(i % 2 ? { temperature: 0.9, seed: 40 + i } : {}),
+    }),
+  }));
+  /** Each request's next turn: its prompt, its answer and a few new tokens (a chat's resend). */
+  const turns = (answers: Outcome[]) =>
+    reqs.map((r, i) => ({
+      ...r,
+      id: `${r.id}-turn`,
+      promptIds: [...r.promptIds, ...answers[i].ids, ...Array.from({ length: 5 }, (_, t) => tok(t + 7, i))],
+    }));
+  const settings = { model, matmulSplitK: 8, longQueries: "prompts" as const };
+  const together = await startEngine({ ...settings, graphCaptureEager: false });
+  const steps: StepStats[] = [];
+  together.engine.onStep = (s) => steps.push(s);
+  const atOnce = async (batch: typeof reqs) =>
+    (await Promise.all(batch.map((r) => together.generate(r.id, r.promptIds, r.params)))).map(outcomeOf);
+  let first: Outcome[], second: Outcome[];
+  try {
+    first = await atOnce(reqs);
+    second = await atOnce(turns(first));
+    assert((together.engine.stats().prefixCacheHitsTotal ?? 0) > 0, "no turn reused a cached prefix");
+  } finally {
+    await together.close();
+  }
+  assert(steps.some((s) => s.path !== "uncaptured" && s.prefillTokens > 0), "no prompt part replayed");
+  const alone = await startEngine({ ...settings, graphCapture: false, prefixCaching: false });
+  try {
+    for (const [batch, outs] of [[reqs, first], [turns(first), second]] as const) {
+      for (const [i, r] of batch.entries()) {
+        const one = outcomeOf(await alone.generate(r.id, r.promptIds, r.params));
+        assertEquals(one, outs[i], r.id);
+        assertEquals(one.ids.length, r.params.maxTokens, r.id);
+      }
+    }
+  } finally {
+    await alone.close();
+  }
+});
