@@ -14,7 +14,7 @@
 //   mulsum16 Mul + ReduceSum over a [N,K] weight, M=1 only (one thread per weight element, reduced over K)
 //   splitk8  split-K: x as [8, M, K/8] by weight [8, K/8, N] (a batched MatMul, 8x the workgroups),
 //            then ReduceSum over the 8 partial products
-//   splitk16, splitk32, splitk64  the same with 16/32/64 slices (only when named in --ops)
+//   splitk2, splitk4, splitk16, splitk32, splitk64  the same with 2-64 slices (only when named in --ops)
 //   conv16   a 1x1 Conv fp16 over x as an image of M pixels and K channels, weight [N,K,1,1] (only when
 //            named in --ops): onnxruntime's WebGPU EP runs Conv channels-last with its own tiled program
 // --shapes: KxN list (default the 1B's q/o, k/v, packed qkv, gate/up, packed gate+up, down, LM head);
@@ -69,7 +69,7 @@ const { values: a } = parseArgs({
 const BLOCK = 32;
 const ALL_OPS = ["mm16", "mm32", "gemm16t", "nb4", "nb8", "nb4a4", "nb8a4", "mulsum16", "splitk8"];
 // Wider splits and a 1x1 convolution, measured on request only (--ops ...,splitk16,conv16).
-const EXTRA_OPS = ["splitk16", "splitk32", "splitk64", "conv16"];
+const EXTRA_OPS = ["splitk2", "splitk4", "splitk16", "splitk32", "splitk64", "conv16"];
 const shapeList = (s: string) =>
   s.split(",").map((x) => {
     const [K, N] = x.trim().split("x").map(Number);
@@ -298,6 +298,8 @@ const OPS: Record<string, OpDef> = {
         g.constI64([-1, N]),
       ]),
   },
+  splitk2: splitK(2),
+  splitk4: splitK(4),
   splitk8: splitK(8),
   splitk16: splitK(16),
   splitk32: splitK(32),
