@@ -232,14 +232,18 @@ const E: u32 = ${EDIT_FLOATS}u;
 @group(0) @binding(0) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> edits: array<f32>;
 @group(0) @binding(2) var<storage, read> prevIds: array<i32>;
+// This dispatch's entries within the bound range (see editChunks): [first, first + count).
+struct Range { first: u32, count: u32 }
+@group(0) @binding(3) var<uniform> range: Range;
 
 fn at(e: u32, k: u32) -> f32 { return edits[e * E + k]; }
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
   // Rows of workgroups past 65535 of them (a dispatch's limit per dimension).
-  let e = g.y * groups.x * 64u + g.x;
-  if (e >= arrayLength(&edits) / E) { return; }
+  let local = g.y * groups.x * 64u + g.x;
+  if (local >= range.count) { return; }
+  let e = range.first + local;
   let kind = at(e, 1u);
   if (kind == ${EDIT_HEADER}.0) { return; }
   let h = e - u32(at(e, 5u));
@@ -269,10 +273,50 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) gr
 /** Workgroups a dispatch may have along one dimension (WebGPU's default limit). */
 const MAX_GROUPS_X = 65535;
 
+/** One dispatch of the edit kernel: the entries bound from `offset`, of which it edits [first, first + count). */
+export interface EditChunk {
+  offset: number;
+  first: number;
+  count: number;
+}
+
+/**
+ * The step's edit entries as dispatches whose bound range holds at most `maxEntries` entries, cut
+ * between rows (a token entry finds its row's header `back` entries before it) and bound from a
+ * multiple of `align` entries (the device's storage offset alignment). One chunk unless the entries
+ * pass the device's binding limit (e.g. 256 penalised requests with 16k distinct prompt tokens each
+ * on a 128 MiB adapter). A row alone past the limit throws.
+ */
+export function editChunks(edits: Float32Array, maxEntries: number, align: number): EditChunk[] {
+  const n = edits.length / EDIT_FLOATS;
+  if (n <= maxEntries) return [{ offset: 0, first: 0, count: n }];
+  const heads: number[] = [];
+  for (let e = 0; e < n; e++) if (edits[e * EDIT_FLOATS + 1] === EDIT_HEADER) heads.push(e);
+  heads.push(n);
+  const chunks: EditChunk[] = [];
+  for (let i = 0; i < heads.length - 1;) {
+    const start = heads[i], offset = start - (start % align);
+    let j = i + 1;
+    while (j + 1 < heads.length && heads[j + 1] - offset <= maxEntries) j++;
+    if (heads[j] - offset > maxEntries) {
+      throw new Error(
+        `one sequence's logit edits (${
+          heads[j] - start
+        } entries) pass what one GPU binding holds (${maxEntries})`,
+      );
+    }
+    chunks.push({ offset, first: start - offset, count: heads[j] - start });
+    i = j;
+  }
+  return chunks;
+}
+
 /** The sampling kernel's pipeline on one device, and the parameter buffer it reads. */
 export class GpuSampler {
   private params: GPUBuffer | null = null;
   private edits: GPUBuffer | null = null;
+  /** Each edit dispatch's Range, one per 256 bytes (uniform offset alignment). */
+  private ranges: GPUBuffer | null = null;
   /** prevIds when a caller has none (no row of its edits is pending). */
   private readonly noIds: GPUBuffer;
 
@@ -282,6 +326,8 @@ export class GpuSampler {
     private readonly editPipeline: GPUComputePipeline,
     private readonly vocab: number,
     private readonly editGroupsX: number,
+    /** Most entries one edit dispatch binds (the device's storage binding limit). */
+    private readonly editBindEntries: number,
   ) {
     this.noIds = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
   }
@@ -290,13 +336,14 @@ export class GpuSampler {
    * Compiles the kernel for `vocab`; a shader the device rejects throws here, not in a step. A row's
    * passes are bound by how many invocations share them: the workgroup is as large as the device
    * allows, up to 1024 (a power of two, for the tree reductions), unless `workgroup` says otherwise.
-   * `editGroupsX` caps the edit kernel's workgroups along x (beyond it they go in rows), for tests.
+   * For tests, `edit.groupsX` caps the edit kernel's workgroups along x (beyond it they go in rows)
+   * and `edit.bindBytes` lowers the edit list's binding limit (beyond it, several dispatches).
    */
   static async create(
     device: GPUDevice,
     vocab: number,
     workgroup?: number,
-    editGroupsX = MAX_GROUPS_X,
+    edit: { groupsX?: number; bindBytes?: number } = {},
   ): Promise<GpuSampler> {
     const limit = Math.min(
       1024,
@@ -319,7 +366,13 @@ export class GpuSampler {
     });
     const error = await device.popErrorScope();
     if (error) throw new Error(`the GPU sampling kernel did not compile: ${error.message}`);
-    return new GpuSampler(device, pipeline, editPipeline, vocab, editGroupsX);
+    const bindBytes = Math.min(
+      edit.bindBytes ?? Infinity,
+      device.limits.maxStorageBufferBindingSize,
+      device.limits.maxBufferSize,
+    );
+    const entries = Math.floor(bindBytes / (EDIT_FLOATS * 4));
+    return new GpuSampler(device, pipeline, editPipeline, vocab, edit.groupsX ?? MAX_GROUPS_X, entries);
   }
 
   /**
@@ -363,6 +416,12 @@ export class GpuSampler {
     const pass = enc.beginComputePass();
     const numEdits = edits.length / EDIT_FLOATS;
     if (numEdits > 0) {
+      if (edits.byteLength > this.device.limits.maxBufferSize) {
+        throw new Error(
+          `the step's logit edits (${edits.byteLength} bytes) pass the GPU's largest buffer ` +
+            `(${this.device.limits.maxBufferSize} bytes)`,
+        );
+      }
       if (!this.edits || this.edits.size < edits.byteLength) {
         this.edits?.destroy();
         this.edits = this.device.createBuffer({
@@ -371,20 +430,44 @@ export class GpuSampler {
         });
       }
       this.device.queue.writeBuffer(this.edits, 0, edits.buffer, edits.byteOffset, edits.byteLength);
+      const entryBytes = EDIT_FLOATS * 4;
+      const align = Math.max(1, this.device.limits.minStorageBufferOffsetAlignment / entryBytes);
+      const chunks = editChunks(edits, this.editBindEntries, align);
+      const slot = Math.max(256, this.device.limits.minUniformBufferOffsetAlignment);
+      if (!this.ranges || this.ranges.size < chunks.length * slot) {
+        this.ranges?.destroy();
+        this.ranges = this.device.createBuffer({
+          size: Math.max(4, chunks.length) * slot,
+          usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        });
+      }
+      const ranges = new Uint32Array((chunks.length * slot) / 4);
+      chunks.forEach((c, i) => ranges.set([c.first, c.count], (i * slot) / 4));
+      this.device.queue.writeBuffer(this.ranges, 0, ranges);
       pass.setPipeline(this.editPipeline);
-      pass.setBindGroup(
-        0,
-        this.device.createBindGroup({
-          layout: this.editPipeline.getBindGroupLayout(0),
-          entries: [
-            { binding: 0, resource: { buffer: logits, size: rows * this.vocab * 4 } },
-            { binding: 1, resource: { buffer: this.edits, size: edits.byteLength } },
-            { binding: 2, resource: { buffer: prevIds } },
-          ],
-        }),
-      );
-      const groups = Math.ceil(numEdits / 64), x = Math.min(groups, this.editGroupsX);
-      pass.dispatchWorkgroups(x, Math.ceil(groups / x));
+      chunks.forEach((c, i) => {
+        pass.setBindGroup(
+          0,
+          this.device.createBindGroup({
+            layout: this.editPipeline.getBindGroupLayout(0),
+            entries: [
+              { binding: 0, resource: { buffer: logits, size: rows * this.vocab * 4 } },
+              {
+                binding: 1,
+                resource: {
+                  buffer: this.edits!,
+                  offset: c.offset * entryBytes,
+                  size: (c.first + c.count) * entryBytes,
+                },
+              },
+              { binding: 2, resource: { buffer: prevIds } },
+              { binding: 3, resource: { buffer: this.ranges!, offset: i * slot, size: 8 } },
+            ],
+          }),
+        );
+        const groups = Math.ceil(c.count / 64), x = Math.min(groups, this.editGroupsX);
+        pass.dispatchWorkgroups(x, Math.ceil(groups / x));
+      });
     }
     pass.setPipeline(this.pipeline);
     pass.setBindGroup(0, bindGroup);
@@ -397,8 +480,9 @@ export class GpuSampler {
   destroy(): void {
     this.params?.destroy();
     this.edits?.destroy();
+    this.ranges?.destroy();
     this.noIds.destroy();
-    this.params = this.edits = null;
+    this.params = this.edits = this.ranges = null;
   }
 }
 

@@ -1,10 +1,10 @@
 // The GPU sampling kernel (engine/gpu_sampler.ts) on crafted rows against a plain reference of its
 // rule: ties at a filter's boundary, NaN, a large vocabulary, greedy rows, filters combined.
 
-import { assert, assertEquals } from "../helpers/assert.ts";
-import { GpuSampler, samplerParams } from "../../engine/gpu_sampler.ts";
+import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
+import { editChunks, GpuSampler, samplerParams } from "../../engine/gpu_sampler.ts";
 import { processLogits, sampleToken } from "../../engine/sampler.ts";
-import { applyEdits, concatEdits, logitEdits } from "../../engine/logit_edits.ts";
+import { applyEdits, concatEdits, EDIT_FLOATS, EDIT_HEADER, logitEdits } from "../../engine/logit_edits.ts";
 import type { SamplingParams } from "../../engine/protocol.ts";
 import { uniform } from "../../engine/rng.ts";
 import { neutralSamplingParams as requestParams } from "../../engine/protocol.ts";
@@ -117,10 +117,10 @@ async function edited(
   rows: Float32Array[],
   edits: Float32Array,
   prevIds: Int32Array,
-  groupsX?: number,
+  edit?: { groupsX?: number; bindBytes?: number },
 ): Promise<Float32Array[]> {
   const V = rows[0].length, bytes = rows.length * V * 4;
-  const sampler = await GpuSampler.create(device, V, undefined, groupsX);
+  const sampler = await GpuSampler.create(device, V, undefined, edit);
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
   const logits = device.createBuffer({ size: bytes, usage });
   rows.forEach((r, i) => device.queue.writeBuffer(logits, i * V * 4, r));
@@ -359,8 +359,45 @@ Deno.test("GPU edit kernel: a token still pending on the GPU edits the logits as
     });
   });
   // Dispatched as rows of one workgroup each (as past 65535 workgroups), the same bits.
-  const rowsOfOne = await edited(logits, concatEdits(known), prevIds, 1);
+  const rowsOfOne = await edited(logits, concatEdits(known), prevIds, { groupsX: 1 });
   rowsOfOne.forEach((r, i) => assertEquals([...r], [...a[i]], `row ${i}: workgroups in rows`));
+  // Past the binding limit (here ~3 rows' entries), several dispatches of whole rows: the same bits.
+  for (const list of [known, pending]) {
+    const all = concatEdits(list);
+    const bindBytes = 4 * EDIT_FLOATS * Math.ceil((3 * all.length) / EDIT_FLOATS / list.length);
+    assert(editChunks(all, bindBytes / (4 * EDIT_FLOATS), 8).length > 4, "not split into dispatches");
+    const chunked = await edited(logits, all, prevIds, { bindBytes });
+    chunked.forEach((r, i) => assertEquals([...r], [...a[i]], `row ${i}: edits in several dispatches`));
+  }
   // The edits did change the rows.
   assert(a.every((r, i) => r.some((x, j) => x !== logits[i][j])));
+});
+
+Deno.test("editChunks: whole rows per dispatch, bound from aligned offsets, every entry once", () => {
+  // Rows of 1 (header only) to 23 entries: the header, then tokens pointing back to it.
+  const lengths = [5, 1, 23, 9, 2, 17, 8, 8, 3, 11];
+  const rows = lengths.map((len, r) => {
+    const row = new Float32Array(len * EDIT_FLOATS);
+    row.set([r, EDIT_HEADER], 0);
+    for (let k = 1; k < len; k++) row.set([0, k, 0, 1, 0, k], k * EDIT_FLOATS);
+    return row;
+  });
+  const all = concatEdits(rows);
+  const n = all.length / EDIT_FLOATS;
+  assertEquals(editChunks(all, n, 8), [{ offset: 0, first: 0, count: n }], "under the limit: one");
+  for (const max of [30, 31, 40, 64]) {
+    const chunks = editChunks(all, max, 8);
+    assert(chunks.length > 1, `max ${max}`);
+    let next = 0;
+    for (const c of chunks) {
+      assertEquals(c.offset % 8, 0, `max ${max}: aligned`);
+      assertEquals(c.offset + c.first, next, `max ${max}: contiguous`);
+      assertEquals(all[(c.offset + c.first) * EDIT_FLOATS + 1], EDIT_HEADER, `max ${max}: starts at a row`);
+      assert(c.first + c.count <= max, `max ${max}: within the binding`);
+      next += c.count;
+    }
+    assertEquals(next, n, `max ${max}: every entry`);
+  }
+  // A row that cannot fit one binding (23 entries, up to 7 before it for alignment).
+  assertThrows(() => editChunks(all, 22, 8), /one sequence's logit edits/);
 });
