@@ -7,22 +7,13 @@ import { assert, assertEquals } from "../../helpers/assert.ts";
 import { buildGraph, plainWideLayers } from "../../../engine/model/graph.ts";
 import { ModelRunner } from "../../../engine/model_runner.ts";
 import type { PromptMatmul } from "../../../engine/protocol.ts";
-import { stepInputs } from "../../helpers/step_inputs.ts";
+import { maxAbsDiff, PROMPT, promptLogits, SPLIT_SHAPE } from "../../helpers/split_model.ts";
 import { randomModel } from "../../helpers/random_model.ts";
 import { referenceLogits } from "../../helpers/reference.ts";
 import { type Outcome, outcomeOf, params, startEngine } from "../../helpers/engine.ts";
 import type { StepStats } from "../../../engine/llm_engine.ts";
 
-// Split at 8 everywhere: hidden 256 (qkv 256 -> 512, gate/up 256 -> 1024, LM head 256 -> 320), o 256 ->
-// 256, down 512 -> 256 (K > N: stays split).
-const BIG = {
-  hiddenSize: 256,
-  intermediateSize: 512,
-  numHeads: 4,
-  numKvHeads: 2,
-  headDim: 64,
-  vocabSize: 320,
-};
+const BIG = SPLIT_SHAPE;
 const V = BIG.vocabSize;
 
 Deno.test("prompt graph: qkv, o and gate/up as one MatMul over the split weight inputs; down and LM head split", () => {
@@ -40,28 +31,6 @@ Deno.test("prompt graph: qkv, o and gate/up as one MatMul over the split weight 
   assertEquals(plainWideLayers(model, { ...opts, splitK: 1 }), 0);
   assertEquals(plainWideLayers(randomModel("llama", 2), opts), 0, "K too short to split");
 });
-
-const PROMPT = Array.from({ length: 20 }, (_, i) => (i * 37 + 3) % V);
-
-/** The prompt's logits as a prompt part (long-query kernel), alone or beside 31-token companions. */
-async function promptLogits(runner: ModelRunner, companions: number): Promise<Float32Array> {
-  const items = [{ ids: PROMPT, past: 0, blocks: [0, 1] }];
-  for (let k = 0; k < companions; k++) {
-    items.push({
-      ids: Array.from({ length: 31 }, (_, i) => (i * 11 + 5 * k + 7) % V),
-      past: 0,
-      blocks: [2 + 2 * k, 3 + 2 * k],
-    });
-  }
-  const r = await runner.read(await runner.run({ ...stepInputs(items, 2), longFrom: 0 }));
-  return r.logits!.slice(0, PROMPT.length * V);
-}
-
-function maxAbsDiff(a: Float32Array, b: ArrayLike<number>, off = 0): number {
-  let m = 0;
-  for (let i = 0; i < b.length; i++) m = Math.max(m, Math.abs(a[off + i] - b[i]));
-  return m;
-}
 
 // Relative to the largest logit; split_k_test.ts measured split-K against plain at 2.6e-2 in f16, and
 // plain MatMul 2.1e-2 from the float64 reference there (onnxruntime's f16 MatMul sums in f16 along all
@@ -81,7 +50,7 @@ for (const [dtype, tol] of [["f32", 1e-2], ["f16", 5e-2]] as const) {
       });
     const split = await make("split"), plain = await make("auto");
     try {
-      const a = await promptLogits(split, 0), b = await promptLogits(plain, 0);
+      const a = await promptLogits(split, 0, true), b = await promptLogits(plain, 0, true);
       const scale = Math.max(...a.map(Math.abs));
       const diff = maxAbsDiff(b, a) / scale;
       console.log(`${dtype}: prompt graph vs split graph ${diff.toExponential(2)} of max |logit| ${scale}`);
@@ -94,7 +63,7 @@ for (const [dtype, tol] of [["f32", 1e-2], ["f16", 5e-2]] as const) {
       assert(diff > 0, "the prompt graph gave the split graph's bits");
       // Alone (padded to 16 rows), beside one companion (51 rows) and beside four (144 rows).
       for (const companions of [1, 4]) {
-        assertEquals(maxAbsDiff(await promptLogits(plain, companions), b), 0, `beside ${companions}`);
+        assertEquals(maxAbsDiff(await promptLogits(plain, companions, true), b), 0, `beside ${companions}`);
       }
     } finally {
       await split.close();

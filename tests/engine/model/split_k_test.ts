@@ -7,21 +7,13 @@ import { assert, assertEquals } from "../../helpers/assert.ts";
 import { buildGraph, stepWeightTensors } from "../../../engine/model/graph.ts";
 import { splitFactor } from "../../../engine/model/step_weights.ts";
 import { ModelRunner } from "../../../engine/model_runner.ts";
-import { stepInputs } from "../../helpers/step_inputs.ts";
+import { maxAbsDiff, PROMPT, promptLogits, SPLIT_SHAPE } from "../../helpers/split_model.ts";
 import { randomModel } from "../../helpers/random_model.ts";
 import { referenceLogits } from "../../helpers/reference.ts";
 import { type Outcome, outcomeOf, params, startEngine } from "../../helpers/engine.ts";
 import type { StepStats } from "../../../engine/llm_engine.ts";
 
-// K >= 256 everywhere: hidden 256 (qkv, gate/up, LM head), 4 heads of 64 (o), FFN 512 (down).
-const BIG = {
-  hiddenSize: 256,
-  intermediateSize: 512,
-  numHeads: 4,
-  numKvHeads: 2,
-  headDim: 64,
-  vocabSize: 320,
-};
+const BIG = SPLIT_SHAPE;
 
 Deno.test("splitFactor: S only where K splits into slices of at least 32", () => {
   assertEquals(splitFactor(2048, 8), 8);
@@ -74,27 +66,6 @@ Deno.test("split-K graph: linear weights declared [S, K/S, N] over the same byte
 });
 
 const V = BIG.vocabSize;
-const PROMPT = Array.from({ length: 20 }, (_, i) => (i * 37 + 3) % V);
-
-async function promptLogits(runner: ModelRunner, companions: number): Promise<Float32Array> {
-  // The prompt in blocks 0-1, each companion (31 tokens) in blocks of its own.
-  const items = [{ ids: PROMPT, past: 0, blocks: [0, 1] }];
-  for (let k = 0; k < companions; k++) {
-    items.push({
-      ids: Array.from({ length: 31 }, (_, i) => (i * 11 + 5 * k + 7) % V),
-      past: 0,
-      blocks: [2 + 2 * k, 3 + 2 * k],
-    });
-  }
-  const r = await runner.read(await runner.run(stepInputs(items, 2)));
-  return r.logits!.slice(0, PROMPT.length * V);
-}
-
-function maxAbsDiff(a: Float32Array, b: ArrayLike<number>, off = 0): number {
-  let m = 0;
-  for (let i = 0; i < b.length; i++) m = Math.max(m, Math.abs(a[off + i] - b[i]));
-  return m;
-}
 
 // Tolerances relative to the largest reference logit (~35 here: random weights over K = 256 make
 // large activations). Measured on llvmpipe: f32 split-K and plain both 2.7e-3 from the reference
