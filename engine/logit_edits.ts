@@ -93,6 +93,13 @@ export class LogitEdits {
     return at;
   }
 
+  /** The row's entries as row 0 with nothing pending, in a new array (the CPU sampler's applyEdits). */
+  rowEdits(outputIds: ArrayLike<number>): Float32Array {
+    const out = new Float32Array(this.floats(outputIds, -1));
+    this.write(out, 0, 0, outputIds, -1);
+    return out;
+  }
+
   /** Penalties count a pending token; a bias alone does not need it. */
   private pending(pendingSrc: number): boolean {
     return this.penalised && pendingSrc >= 0;

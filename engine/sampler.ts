@@ -24,7 +24,7 @@
 
 import type { SamplingParams } from "./protocol.ts";
 import { uniform } from "./rng.ts";
-import { applyEdits, editsLogits, logitEdits } from "./logit_edits.ts";
+import { applyEdits, editsLogits, LogitEdits } from "./logit_edits.ts";
 
 export interface SampledLogprob {
   tokenId: number;
@@ -47,6 +47,11 @@ export interface SampleContext {
   seed: number;
   /** Accepted for symmetry with the GPU path; EOS is never masked (see above). */
   eosTokenIds?: readonly number[];
+  /**
+   * The request's logit-edit entries kept between tokens (Sequence.logitEdits), so that a penalised
+   * request does not read its whole prompt again for every token; absent: built for this call.
+   */
+  edits?: LogitEdits;
 }
 
 /**
@@ -132,7 +137,8 @@ export function processLogits(
 }
 
 function processInPlace(row: Float32Array, params: SamplingParams, ctx: SampleContext): void {
-  applyEdits(row, logitEdits(0, params, ctx.promptIds, ctx.outputIds, row.length));
+  const edits = ctx.edits ?? new LogitEdits(params, ctx.promptIds, row.length);
+  applyEdits(row, edits.rowEdits(ctx.outputIds));
 }
 
 function argmax(row: Float32Array): number {

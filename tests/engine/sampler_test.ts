@@ -3,7 +3,7 @@
 import { neutralSamplingParams } from "../../engine/protocol.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import type { SamplingParams } from "../../engine/protocol.ts";
-import { editsLogits } from "../../engine/logit_edits.ts";
+import { editsLogits, LogitEdits } from "../../engine/logit_edits.ts";
 import {
   isGreedy,
   MIN_SAMPLING_TEMPERATURE,
@@ -344,6 +344,40 @@ Deno.test("logit_bias is added first, then repetition, frequency and presence in
   // Greedy takes the processed row: [1, -4, 0.5, 0.5, -1] under 2, [0.4, -10, 0.2, 0.5, -1] under 5.
   assertEquals(sampleToken(row(base), params({ temperature: 0, repetitionPenalty: 2 }), pctx()).tokenId, 0);
   assertEquals(sampleToken(row(base), params({ temperature: 0, repetitionPenalty: 5 }), pctx()).tokenId, 3);
+});
+
+Deno.test("a request's kept logit edits sample as fresh ones, token after token, reading the prompt once", () => {
+  const V = 50;
+  let s = 7;
+  const rand = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const ids = Array.from({ length: 40 }, () => Math.floor(rand() * V));
+  // The prompt, counting how often its length is taken (once a pass over it).
+  let asked = 0;
+  const prompt = new Proxy(ids, {
+    get(t, k, r) {
+      if (k === "length") asked++;
+      return Reflect.get(t, k, r);
+    },
+  });
+  const p = params({
+    temperature: 0.9,
+    seed: 3,
+    repetitionPenalty: 1.4,
+    frequencyPenalty: 0.3,
+    presencePenalty: 0.2,
+    logitBias: { 5: 2 },
+    logprobs: 2,
+  });
+  const kept = new LogitEdits(p, prompt, V);
+  const out: number[] = [];
+  for (let k = 0; k < 30; k++) {
+    const logits = Float32Array.from({ length: V }, () => (rand() - 0.5) * 6);
+    const fresh = sampleToken(logits, p, { promptIds: ids, outputIds: out, seed: 3 });
+    const reused = sampleToken(logits, p, { promptIds: prompt, outputIds: out, seed: 3, edits: kept });
+    assertEquals(reused, fresh, `token ${k}`);
+    out.push(fresh.tokenId);
+  }
+  assertEquals(asked, 1, "the prompt is read once");
 });
 
 Deno.test("EOS is never suppressed, with or without ignore_eos", () => {
