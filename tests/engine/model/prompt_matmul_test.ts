@@ -9,6 +9,7 @@ import { ModelRunner } from "../../../engine/model_runner.ts";
 import type { PromptMatmul } from "../../../engine/protocol.ts";
 import { maxAbsDiff, PROMPT, promptLogits, SPLIT_SHAPE } from "../../helpers/split_model.ts";
 import { randomModel } from "../../helpers/random_model.ts";
+import { loadModel } from "../../../engine/model/load.ts";
 import { referenceLogits } from "../../helpers/reference.ts";
 import { type Outcome, outcomeOf, params, startEngine } from "../../helpers/engine.ts";
 import type { StepStats } from "../../../engine/llm_engine.ts";
@@ -72,9 +73,14 @@ for (const [dtype, tol] of [["f32", 1e-2], ["f16", 5e-2]] as const) {
   });
 }
 
+// RAGTIME_TEST_SPLIT_MODEL=DIR runs the engine test on that model instead (e.g. the 1B shape on the GPU
+// host: its K = 2048 layers, f16 with RAGTIME_TEST_DTYPE).
+const SPLIT_MODEL = Deno.env.get("RAGTIME_TEST_SPLIT_MODEL");
+
 Deno.test("prompt graph engine: requests at once (captured prompt and decode steps), then their next turns on cached prefixes, give their tokens alone", async () => {
-  const model = randomModel("llama", 6, BIG);
-  const tok = (t: number, i: number) => 3 + ((t * 31 + i * 17) % (V - 3));
+  const model = SPLIT_MODEL ? await loadModel(SPLIT_MODEL) : randomModel("llama", 6, BIG);
+  const vocab = model.config.vocabSize;
+  const tok = (t: number, i: number) => 3 + ((t * 31 + i * 17) % (vocab - 3));
   const reqs = Array.from({ length: 6 }, (_, i) => ({
     id: `r${i}`,
     promptIds: Array.from({ length: 20 + i * 9 }, (_, t) => tok(t, i)),
@@ -91,7 +97,12 @@ Deno.test("prompt graph engine: requests at once (captured prompt and decode ste
       id: `${r.id}-turn`,
       promptIds: [...r.promptIds, ...answers[i].ids, ...Array.from({ length: 5 }, (_, t) => tok(t + 7, i))],
     }));
-  const settings = { model, matmulSplitK: 8, longQueries: "prompts" as const };
+  const settings = {
+    model,
+    matmulSplitK: 8,
+    longQueries: "prompts" as const,
+    ...(SPLIT_MODEL ? { kvCacheMb: 256, maxModelLen: 1024 } : {}),
+  };
   const together = await startEngine({ ...settings, graphCaptureEager: false });
   const steps: StepStats[] = [];
   together.engine.onStep = (s) => steps.push(s);
