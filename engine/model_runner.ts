@@ -436,7 +436,8 @@ export class ModelRunner {
     if (
       B < 2 || attentionFits(this.attnLimits, shaped.s.pastSeqlens.length, shaped.attnMeta, longQuery > 0)
     ) {
-      return [{ s: shaped.s, cap: null, meta: shaped.attnMeta, sampled, prompt: long }];
+      const prompt = long && this.longQueries === "prompts";
+      return [{ s: shaped.s, cap: null, meta: shaped.attnMeta, sampled, prompt }];
     }
     this.attentionSplits++;
     // A part that samples nothing carries one dummy row (sliceItems), which stays a dummy.
@@ -499,7 +500,7 @@ export class ModelRunner {
       rows = cap.sampleRows;
     } else {
       rows = s.sampleRows.length;
-      const session = prompt && this.longQueries === "prompts" ? this.prompt.session : this.session;
+      const session = prompt ? this.prompt.session : this.session;
       ({ nextIds, logits } = await this.runUncaptured(session, s, meta!));
       scratch.push(nextIds);
       if (logits && !s.wantLogits) scratch.push(logits);
