@@ -93,10 +93,10 @@ export class LogitEdits {
     return at;
   }
 
-  /** The row's entries as row 0 with nothing pending, in a new array (the CPU sampler's applyEdits). */
-  rowEdits(outputIds: ArrayLike<number>): Float32Array {
-    const out = new Float32Array(this.floats(outputIds, -1));
-    this.write(out, 0, 0, outputIds, -1);
+  /** The row's entries in a new array (the CPU sampler's applyEdits: row 0, nothing pending). */
+  rowEdits(outputIds: ArrayLike<number>, row = 0, pendingSrc = -1): Float32Array {
+    const out = new Float32Array(this.floats(outputIds, pendingSrc));
+    this.write(out, 0, row, outputIds, pendingSrc);
     return out;
   }
 
@@ -141,10 +141,7 @@ export function logitEdits(
   vocab: number,
   pendingSrc = -1,
 ): Float32Array {
-  const e = new LogitEdits(params, promptIds, vocab);
-  const out = new Float32Array(e.floats(outputIds, pendingSrc));
-  e.write(out, 0, row, outputIds, pendingSrc);
-  return out;
+  return new LogitEdits(params, promptIds, vocab).rowEdits(outputIds, row, pendingSrc);
 }
 
 /** Rows' entries one after another. */

@@ -130,7 +130,6 @@ export function processLogits(
   params: SamplingParams,
   ctx: SampleContext,
 ): Float32Array {
-  ensureScratch(logits.length);
   const row = logits.slice();
   processInPlace(row, params, ctx);
   return row;

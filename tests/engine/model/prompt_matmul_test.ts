@@ -11,7 +11,7 @@ import { maxAbsDiff, PROMPT, promptLogits, SPLIT_SHAPE } from "../../helpers/spl
 import { randomModel } from "../../helpers/random_model.ts";
 import { loadModel } from "../../../engine/model/load.ts";
 import { referenceLogits } from "../../helpers/reference.ts";
-import { type Outcome, outcomeOf, params, startEngine } from "../../helpers/engine.ts";
+import { type Outcome, outcomeOf, params, runAlone, startEngine } from "../../helpers/engine.ts";
 import type { StepStats } from "../../../engine/llm_engine.ts";
 
 const BIG = SPLIT_SHAPE;
@@ -120,10 +120,10 @@ Deno.test("prompt graph engine: requests at once (captured prompt and decode ste
   const alone = await startEngine({ ...settings, graphCapture: false, prefixCaching: false });
   try {
     for (const [batch, outs] of [[reqs, first], [turns(first), second]] as const) {
+      const one = await runAlone(alone, batch);
       for (const [i, r] of batch.entries()) {
-        const one = outcomeOf(await alone.generate(r.id, r.promptIds, r.params));
-        assertEquals(one, outs[i], r.id);
-        assertEquals(one.ids.length, r.params.maxTokens, r.id);
+        assertEquals(one.get(r.id), outs[i], r.id);
+        assertEquals(outs[i].ids.length, r.params.maxTokens, r.id);
       }
     }
   } finally {
