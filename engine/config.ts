@@ -78,7 +78,7 @@ const DEFAULT_CAPTURE_KV = [256, 1024, 4096];
  * burst (Scheduler's burstPrefillTokens): on the H100 it gained 1-8% (throughput, TTFT, chat turns) in
  * most runs, within the spread, and its GPU memory is unmeasured, so it stays opt-in (BENCHMARKS s22).
  */
-const DEFAULT_CAPTURE_PROMPT_ROWS = [128, 512];
+const DEFAULT_CAPTURE_PROMPT_ROWS = [128, 256, 384, 512];
 /** Default KV pool ceiling: a fraction of any real GPU, and enough for small models at full load. */
 const DEFAULT_KV_CAP_MB = 1024;
 

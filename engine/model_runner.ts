@@ -633,11 +633,13 @@ export class ModelRunner {
       ];
       const caps = [...new Set(usable.map((x) => x.kvCap))];
       const prompts = of("prompt", "rows");
+      // Rows without the largest bound (MID_PROMPT_MAX_BOUND): the log says so.
+      const top = Math.max(...caps);
+      const cut = prompts.filter((r) => !this.shapes.some((x) => x.rows === r && x.kvCap === top));
       this.log(
         `graph capture: ${usable.length} sessions (decode batch ${of("decode", "batch").join(",")}` +
-          `${prompts.length ? `, prompt rows ${prompts.join(",")}` : ""} × context bound ${
-            caps.join(",")
-          }) ` +
+          `${prompts.length ? `, prompt rows ${prompts.join(",")}` : ""} × context bound ${caps.join(",")}` +
+          `${cut.length ? `; prompt rows ${cut.join(",")} up to bound ${MID_PROMPT_MAX_BOUND}` : ""}) ` +
           `captured in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
       );
       if (left.length) {
@@ -759,9 +761,10 @@ export class ModelRunner {
 
 /**
  * Every (batch, context bound) pair, by batch then bound; the context limit is always a bound. With
- * `prompts` (long-query mode "prompts"), then every (prompt rows, bound) pair, by rows then bound.
+ * `prompts` (long-query mode "prompts"), then every (prompt rows, bound) pair, by rows then bound,
+ * rows between the smallest and PROMPT_CUT_ROWS only up to MID_PROMPT_MAX_BOUND.
  */
-function captureShapes(c: CaptureSettings, limit: number, prompts: boolean): CaptureShape[] {
+export function captureShapes(c: CaptureSettings, limit: number, prompts: boolean): CaptureShape[] {
   const caps = [...new Set([...c.kvCaps.filter((k) => k > 0 && k < limit), limit])].sort((a, b) => a - b);
   // A captured step samples `batch` rows: at least MIN_STEP_ROWS, like every step.
   const batches = [...new Set(c.batchSizes.map((b) => Math.max(b, MIN_STEP_ROWS)))].sort((a, b) => a - b);
@@ -770,11 +773,13 @@ function captureShapes(c: CaptureSettings, limit: number, prompts: boolean): Cap
   );
   if (!prompts) return decode;
   const rows = [...new Set(c.promptRows.filter((r) => r >= PROMPT_QUERY))].sort((a, b) => a - b);
+  const boundsOf = (r: number) =>
+    caps.filter((k) => k <= MID_PROMPT_MAX_BOUND || r === rows[0] || r >= PROMPT_CUT_ROWS);
   // Items of at most PROMPT_QUERY tokens, twice as many as the rows need: room for padding items.
   return [
     ...decode,
     ...rows.flatMap((r) =>
-      caps.map((kvCap): CaptureShape => ({
+      boundsOf(r).map((kvCap): CaptureShape => ({
         kind: "prompt",
         rows: r,
         query: PROMPT_QUERY,
@@ -790,6 +795,14 @@ function captureShapes(c: CaptureSettings, limit: number, prompts: boolean): Cap
  * and dispatches by items x this bound, so a chunk is cut into items of this many tokens.
  */
 const PROMPT_QUERY = 64;
+
+/**
+ * Largest context bound captured for prompt rows between the smallest and PROMPT_CUT_ROWS: a prompt
+ * session's attention scratch grows with rows x bound (1B: 256 and 384 rows at the 32752 bound held
+ * ~1.5 GiB), and past it such steps take the next larger shape, as they did before those rows were
+ * captured (docs/BENCHMARKS.md, session 28).
+ */
+const MID_PROMPT_MAX_BOUND = 4096;
 
 /**
  * Rows of the largest captured prompt shape a short prefill backlog is cut to: chat bursts cut to

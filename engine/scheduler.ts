@@ -117,9 +117,11 @@ export interface ScheduleContext {
 
 /**
  * Steps of capturedPrefillTokens the prefill work left may fill for the cap to apply: past that, a
- * burst of fresh prompts, the matmuls of many rows bound a step, not its dispatch.
+ * burst of fresh prompts, the matmuls of many rows bound a step, not its dispatch. A chat burst of 16
+ * turns (~2700 tokens past their cached prefixes on the 1B) fits 8: at 4 it sometimes went as one
+ * uncaptured 2048-token step, ~20% slower (H100, docs/BENCHMARKS.md, session 28).
  */
-export const PREFILL_BACKLOG_STEPS = 4;
+export const PREFILL_BACKLOG_STEPS = 8;
 
 /**
  * Steps of capturedPrefillTokens one sequence's prefill left may fill for the cap to apply: each

@@ -17,6 +17,9 @@ import {
 import type { StepStats } from "../../engine/llm_engine.ts";
 import type { EngineClient } from "../../engine/protocol.ts";
 import { Metrics } from "../../http/metrics.ts";
+import { captureShapes } from "../../engine/model_runner.ts";
+import { pickCapturedPrompt } from "../../engine/captured_steps.ts";
+import { singleSequenceStep } from "../../engine/step_inputs.ts";
 
 async function requests(n: number): Promise<Submission[]> {
   const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
@@ -175,4 +178,42 @@ Deno.test("a mixed step split into a replay of its decodes gives the tokens of t
   assert(
     off.steps.every((s) => s.path !== "split" || (TEST_LONG_QUERIES === "prompts" && s.prefillTokens > 0)),
   );
+});
+
+Deno.test("captured prompt rows between the smallest and 512 stop at the 4096 bound; longer contexts take 512", () => {
+  const settings = {
+    batchSizes: [16],
+    kvCaps: [256, 1024, 4096],
+    promptRows: [128, 256, 384, 512, 2048],
+    eager: true,
+  };
+  const shapes = captureShapes(settings, 32752, true);
+  const boundsOf = (rows: number) => shapes.filter((c) => c.rows === rows).map((c) => c.kvCap);
+  const all = [256, 1024, 4096, 32752];
+  assertEquals(boundsOf(128), all);
+  assertEquals(boundsOf(256), [256, 1024, 4096]);
+  assertEquals(boundsOf(384), [256, 1024, 4096]);
+  assertEquals(boundsOf(512), all);
+  assertEquals(boundsOf(2048), all);
+  // Decode shapes keep every bound; without long-query mode "prompts" there are no prompt shapes.
+  assertEquals(shapes.filter((c) => c.kind === "decode").map((c) => c.kvCap), all);
+  assertEquals(captureShapes(settings, 32752, false).every((c) => c.kind === "decode"), true);
+  // A context limit within the bound keeps every row at every bound.
+  assertEquals(captureShapes(settings, 2048, true).filter((c) => c.rows === 256).map((c) => c.kvCap), [
+    256,
+    1024,
+    2048,
+  ]);
+  // A 200-token prompt part replays the 256-row shape over a short context, the 512-row one past 4096.
+  const step = (past: number) =>
+    singleSequenceStep(
+      new Int32Array(200),
+      past,
+      Int32Array.from({ length: Math.ceil((past + 200) / 16) }),
+      0,
+    );
+  const picked = (past: number) => shapes[pickCapturedPrompt(shapes, step(past), 1 << 12)];
+  assertEquals([picked(100).rows, picked(100).kvCap], [256, 1024]);
+  assertEquals([picked(3000).rows, picked(3000).kvCap], [256, 4096]);
+  assertEquals([picked(5000).rows, picked(5000).kvCap], [512, 32752]);
 });

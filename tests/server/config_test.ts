@@ -461,8 +461,14 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     debugSteps: false,
     graphCache: null,
     // Decode batches 16, 32, ... up to --max-seqs (a step computes 16 rows at least), captured at startup;
-    // one context bound (the limit); prompt steps of up to 128 and 512 rows (long-query mode "prompts").
-    graphCapture: { batchSizes: [16, 32, 64, 128, 256], kvCaps: [], promptRows: [128, 512], eager: true },
+    // one context bound (the limit); prompt steps of up to 128, 256, 384 and 512 rows (long-query mode
+    // "prompts").
+    graphCapture: {
+      batchSizes: [16, 32, 64, 128, 256],
+      kvCaps: [],
+      promptRows: [128, 256, 384, 512],
+      eager: true,
+    },
     prefixCaching: true,
     matmulSplitK: 8,
     // Prompt parts on a graph of their own with wide layers unsplit (long-query mode prompts).
@@ -480,10 +486,10 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
   assertEquals(
     resolveEngineConfig({ maxSeqs: 48, maxModelLen: 128, graphCaptureKv: [64, 32, 64, 128, 500] }, model)
       .graphCapture,
-    { batchSizes: [16, 32, 48], kvCaps: [32, 64], promptRows: [128, 512], eager: true },
+    { batchSizes: [16, 32, 48], kvCaps: [32, 64], promptRows: [128, 256, 384, 512], eager: true },
   );
   // Captured prompt steps no larger than a step's token budget, sorted, each once.
-  assertEquals(resolveEngineConfig({ maxBatchTokens: 256 }, model).graphCapture?.promptRows, [128]);
+  assertEquals(resolveEngineConfig({ maxBatchTokens: 256 }, model).graphCapture?.promptRows, [128, 256]);
   assertEquals(
     resolveEngineConfig({ graphCapturePromptRows: [2048, 100, 2048, 9000] }, model).graphCapture?.promptRows,
     [100, 2048],
