@@ -314,7 +314,8 @@ export function editChunks(edits: Float32Array, maxEntries: number, align: numbe
 /** The sampling kernel's pipeline on one device, and the parameter buffer it reads. */
 export class GpuSampler {
   private params: GPUBuffer | null = null;
-  private edits: GPUBuffer | null = null;
+  /** The step's edit entries: one buffer, or one per dispatch when they pass the largest buffer. */
+  private edits: GPUBuffer[] = [];
   /** Each edit dispatch's Range, one per 256 bytes (uniform offset alignment). */
   private ranges: GPUBuffer | null = null;
   /** prevIds when a caller has none (no row of its edits is pending). */
@@ -328,6 +329,8 @@ export class GpuSampler {
     private readonly editGroupsX: number,
     /** Most entries one edit dispatch binds (the device's storage binding limit). */
     private readonly editBindEntries: number,
+    /** The largest buffer the device creates (tests lower it). */
+    private readonly maxBufferBytes: number,
   ) {
     this.noIds = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
   }
@@ -337,13 +340,14 @@ export class GpuSampler {
    * passes are bound by how many invocations share them: the workgroup is as large as the device
    * allows, up to 1024 (a power of two, for the tree reductions), unless `workgroup` says otherwise.
    * For tests, `edit.groupsX` caps the edit kernel's workgroups along x (beyond it they go in rows)
-   * and `edit.bindBytes` lowers the edit list's binding limit (beyond it, several dispatches).
+   * and `edit.bindBytes` lowers the edit list's binding limit (beyond it, several dispatches),
+   * `edit.bufferBytes` the largest buffer (beyond it, a buffer per dispatch).
    */
   static async create(
     device: GPUDevice,
     vocab: number,
     workgroup?: number,
-    edit: { groupsX?: number; bindBytes?: number } = {},
+    edit: { groupsX?: number; bindBytes?: number; bufferBytes?: number } = {},
   ): Promise<GpuSampler> {
     const limit = Math.min(
       1024,
@@ -366,13 +370,15 @@ export class GpuSampler {
     });
     const error = await device.popErrorScope();
     if (error) throw new Error(`the GPU sampling kernel did not compile: ${error.message}`);
+    const bufferBytes = Math.min(edit.bufferBytes ?? Infinity, device.limits.maxBufferSize);
     const bindBytes = Math.min(
       edit.bindBytes ?? Infinity,
       device.limits.maxStorageBufferBindingSize,
-      device.limits.maxBufferSize,
+      bufferBytes,
     );
     const entries = Math.floor(bindBytes / (EDIT_FLOATS * 4));
-    return new GpuSampler(device, pipeline, editPipeline, vocab, edit.groupsX ?? MAX_GROUPS_X, entries);
+    const groupsX = edit.groupsX ?? MAX_GROUPS_X;
+    return new GpuSampler(device, pipeline, editPipeline, vocab, groupsX, entries, bufferBytes);
   }
 
   /**
@@ -416,23 +422,19 @@ export class GpuSampler {
     const pass = enc.beginComputePass();
     const numEdits = edits.length / EDIT_FLOATS;
     if (numEdits > 0) {
-      if (edits.byteLength > this.device.limits.maxBufferSize) {
-        throw new Error(
-          `the step's logit edits (${edits.byteLength} bytes) pass the GPU's largest buffer ` +
-            `(${this.device.limits.maxBufferSize} bytes)`,
-        );
-      }
-      if (!this.edits || this.edits.size < edits.byteLength) {
-        this.edits?.destroy();
-        this.edits = this.device.createBuffer({
-          size: Math.max(edits.byteLength, 4096 * EDIT_FLOATS * 4),
-          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-        });
-      }
-      this.device.queue.writeBuffer(this.edits, 0, edits.buffer, edits.byteOffset, edits.byteLength);
       const entryBytes = EDIT_FLOATS * 4;
       const align = Math.max(1, this.device.limits.minStorageBufferOffsetAlignment / entryBytes);
       const chunks = editChunks(edits, this.editBindEntries, align);
+      // A list past the largest buffer goes as one buffer per dispatch, each its bound range.
+      const spill = edits.byteLength > this.maxBufferBytes;
+      const lists = spill
+        ? chunks.map((c, i) =>
+          this.editBuffer(
+            i,
+            edits.subarray(c.offset * EDIT_FLOATS, (c.offset + c.first + c.count) * EDIT_FLOATS),
+          )
+        )
+        : [this.editBuffer(0, edits)];
       const slot = Math.max(256, this.device.limits.minUniformBufferOffsetAlignment);
       if (!this.ranges || this.ranges.size < chunks.length * slot) {
         this.ranges?.destroy();
@@ -455,8 +457,8 @@ export class GpuSampler {
               {
                 binding: 1,
                 resource: {
-                  buffer: this.edits!,
-                  offset: c.offset * entryBytes,
+                  buffer: spill ? lists[i] : lists[0],
+                  offset: spill ? 0 : c.offset * entryBytes,
                   size: (c.first + c.count) * entryBytes,
                 },
               },
@@ -477,12 +479,27 @@ export class GpuSampler {
     return out;
   }
 
+  /** `entries` written to the i-th edit buffer, grown to hold them. */
+  private editBuffer(i: number, entries: Float32Array): GPUBuffer {
+    let b = this.edits[i];
+    if (!b || b.size < entries.byteLength) {
+      b?.destroy();
+      b = this.edits[i] = this.device.createBuffer({
+        size: Math.min(Math.max(entries.byteLength, 4096 * EDIT_FLOATS * 4), this.maxBufferBytes),
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      });
+    }
+    this.device.queue.writeBuffer(b, 0, entries.buffer, entries.byteOffset, entries.byteLength);
+    return b;
+  }
+
   destroy(): void {
     this.params?.destroy();
-    this.edits?.destroy();
+    this.edits.forEach((b) => b.destroy());
     this.ranges?.destroy();
     this.noIds.destroy();
-    this.params = this.edits = this.ranges = null;
+    this.params = this.ranges = null;
+    this.edits = [];
   }
 }
 

@@ -117,7 +117,7 @@ async function edited(
   rows: Float32Array[],
   edits: Float32Array,
   prevIds: Int32Array,
-  edit?: { groupsX?: number; bindBytes?: number },
+  edit?: { groupsX?: number; bindBytes?: number; bufferBytes?: number },
 ): Promise<Float32Array[]> {
   const V = rows[0].length, bytes = rows.length * V * 4;
   const sampler = await GpuSampler.create(device, V, undefined, edit);
@@ -368,6 +368,10 @@ Deno.test("GPU edit kernel: a token still pending on the GPU edits the logits as
     assert(editChunks(all, bindBytes / (4 * EDIT_FLOATS), 8).length > 4, "not split into dispatches");
     const chunked = await edited(logits, all, prevIds, { bindBytes });
     chunked.forEach((r, i) => assertEquals([...r], [...a[i]], `row ${i}: edits in several dispatches`));
+    // Past the largest buffer too: a buffer per dispatch, the same bits.
+    assert(all.byteLength > bindBytes);
+    const spilled = await edited(logits, all, prevIds, { bindBytes, bufferBytes: bindBytes });
+    spilled.forEach((r, i) => assertEquals([...r], [...a[i]], `row ${i}: edits in several buffers`));
   }
   // The edits did change the rows.
   assert(a.every((r, i) => r.some((x, j) => x !== logits[i][j])));
