@@ -74,7 +74,9 @@ const DEFAULT_CAPTURE_KV = [256, 1024, 4096];
  * Token rows of the captured prompt steps (long-query mode "prompts", ModelRunner's CaptureSettings):
  * a chat turn after a cached prefix, or a short prompt, then costs a replay instead of ~50-100 ms of
  * CPU dispatch (H200, SmolLM2-135M shape); longer prompt parts run uncaptured, their GPU time
- * covering the dispatch. A shape past 512 rows (e.g. 2048) serves only the first prefill step of a
+ * covering the dispatch. A replay costs its rows, not its tokens, so sizes in between (256, 384) cut
+ * 1B chat turns by ~10% for +0.6 GiB at context 2048 (H100, BENCHMARKS s28; ModelRunner captures them
+ * up to a bound of 4096 only). A shape past 512 rows (e.g. 2048) serves only the first prefill step of a
  * burst (Scheduler's burstPrefillTokens): on the H100 it gained 1-8% (throughput, TTFT, chat turns) in
  * most runs, within the spread, and its GPU memory is unmeasured, so it stays opt-in (BENCHMARKS s22).
  */
