@@ -425,16 +425,23 @@ export class GpuSampler {
       const entryBytes = EDIT_FLOATS * 4;
       const align = Math.max(1, this.device.limits.minStorageBufferOffsetAlignment / entryBytes);
       const chunks = editChunks(edits, this.editBindEntries, align);
-      // A list past the largest buffer goes as one buffer per dispatch, each its bound range.
-      const spill = edits.byteLength > this.maxBufferBytes;
-      const lists = spill
-        ? chunks.map((c, i) =>
-          this.editBuffer(
+      // Where each dispatch binds its range: one buffer, or, for a list past the largest buffer, one
+      // per dispatch holding its range alone. Buffers a step does not use are released.
+      let binds: { buffer: GPUBuffer; offset: number }[];
+      if (edits.byteLength > this.maxBufferBytes) {
+        binds = chunks.map((c, i) => ({
+          buffer: this.editBuffer(
             i,
             edits.subarray(c.offset * EDIT_FLOATS, (c.offset + c.first + c.count) * EDIT_FLOATS),
-          )
-        )
-        : [this.editBuffer(0, edits)];
+          ),
+          offset: 0,
+        }));
+        this.edits.splice(chunks.length).forEach((b) => b.destroy());
+      } else {
+        const buffer = this.editBuffer(0, edits);
+        this.edits.splice(1).forEach((b) => b.destroy());
+        binds = chunks.map((c) => ({ buffer, offset: c.offset * entryBytes }));
+      }
       const slot = Math.max(256, this.device.limits.minUniformBufferOffsetAlignment);
       if (!this.ranges || this.ranges.size < chunks.length * slot) {
         this.ranges?.destroy();
@@ -456,11 +463,7 @@ export class GpuSampler {
               { binding: 0, resource: { buffer: logits, size: rows * this.vocab * 4 } },
               {
                 binding: 1,
-                resource: {
-                  buffer: spill ? lists[i] : lists[0],
-                  offset: spill ? 0 : c.offset * entryBytes,
-                  size: (c.first + c.count) * entryBytes,
-                },
+                resource: { ...binds[i], size: (c.first + c.count) * entryBytes },
               },
               { binding: 2, resource: { buffer: prevIds } },
               { binding: 3, resource: { buffer: this.ranges!, offset: i * slot, size: 8 } },
