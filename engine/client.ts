@@ -88,6 +88,14 @@ class WorkerEngineClient implements EngineClient {
     return this.latest;
   }
 
+  get answerCache() {
+    return this.ready.answerCache;
+  }
+
+  predictAnswer(id: string, ids: number[], final: boolean): void {
+    this.send({ type: "predict", id, ids, final });
+  }
+
   async *generate(req: GenerateRequest, signal: AbortSignal): AsyncIterable<GenerateEvent> {
     if (this.fatal) {
       yield { type: "error", message: `engine failed: ${this.fatal}`, code: "internal" };

@@ -18,6 +18,7 @@ import { GrammarError, GrammarHost, type Matcher } from "./grammar.ts";
 import type { LoadedModel } from "./model/types.ts";
 import type { ModelRunner, StepHandle, StepInputs, StepPath } from "./model_runner.ts";
 import {
+  type AnswerCache,
   type EngineStats,
   type FinishReason,
   type GenerateEvent,
@@ -161,6 +162,7 @@ export class LLMEngine {
     const seq = new Sequence(req.id, req.promptIds, p);
     const answers = this.config.answerCache;
     seq.cacheAnswer = answers === "on" || (answers === "auto" && req.continues === true);
+    seq.predictAnswer = req.predictsAnswer === true;
     try {
       for (const id of req.promptIds) {
         if (!Number.isInteger(id) || id < 0 || id >= this.model.config.vocabSize) {
@@ -243,6 +245,19 @@ export class LLMEngine {
     const r = this.requests.get(id);
     if (!r) return;
     this.finish(r, "abort", null);
+  }
+
+  /** Scheduler.predictAnswer; an idle engine looks again, to run the work once idle long enough. */
+  predictAnswer(id: string, ids: number[], final: boolean): void {
+    this.scheduler.predictAnswer(id, ids, final);
+    this.wake?.();
+  }
+
+  /** Whose answers are cached as prompts' here (EngineClient.answerCache). */
+  get answerCache(): AnswerCache {
+    return this.runner.longQueries === "prompts" && this.config.prefixCaching
+      ? this.config.answerCache
+      : "off";
   }
 
   stats(): EngineStats {

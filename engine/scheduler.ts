@@ -30,7 +30,9 @@
 // prompt matches, so for a sequence with cacheAnswer its answer's full blocks are computed once more
 // as a prompt's, by a transient copy (its prompt: the owner's tokens up to a block boundary) that
 // shares the cached blocks before them, is planned after every real admission, samples nothing, and
-// gives its blocks back to the cache as soon as its step is submitted (#planAnswers).
+// gives its blocks back to the cache as soon as its step is submitted (#planAnswers). A sequence with
+// predictAnswer takes its answer's tokens from predictAnswer instead: the next turn's prompt as the
+// HTTP side renders and tokenizes it, which need not split the answer's text as it was sampled.
 //
 // Prefix caching (BlockManager): a sequence starts at the longest run of cached blocks holding its
 // first tokens and computes the rest, always at least its last token (the step must produce its
@@ -190,7 +192,12 @@ export const ANSWER_IDLE_MS = 250;
 interface AnswerWork {
   from: number;
   upTo: number;
+  /** Predicted tokens (Sequence.predictAnswer), in place of the owner's own. */
+  ids?: readonly number[];
 }
+
+/** Owners awaiting predictions (Scheduler.predictAnswer) kept at most; the oldest go first. */
+const MAX_PREDICTED_OWNERS = 4096;
 
 /** The step being formed. */
 interface Draft {
@@ -231,6 +238,8 @@ export class Scheduler {
   #answerDone = new WeakMap<Sequence, number>();
   /** Copies planned and not yet submitted: they go back to the pool once submitted. */
   #answerCopies = new Set<Sequence>();
+  /** Owners with predictAnswer by id, until their final prediction or abort. */
+  #predicted = new Map<string, Sequence>();
   /** Steps in a row planned without decodes (decodePauseSteps). */
   #decodePauses = 0;
   /** Sequences the last submitted step samples: the only ones whose pending token is on the GPU. */
@@ -321,6 +330,12 @@ export class Scheduler {
     // A prompt resending an answer not yet computed as a prompt's computes it itself (its own blocks
     // are cached as it goes), rather than beside a copy doing the same.
     for (const [owner, w] of this.#answerWork) if (resends(seq, owner, w)) this.#answerWork.delete(owner);
+    if (seq.cacheAnswer && seq.predictAnswer && this.#answersOn) {
+      this.#predicted.set(seq.id, seq);
+      if (this.#predicted.size > MAX_PREDICTED_OWNERS) {
+        this.#predicted.delete(this.#predicted.keys().next().value!);
+      }
+    }
     seq.status = "waiting";
     this.#byId.set(seq.id, seq);
     this.#arrivalOrder.set(seq, this.#nextArrival++);
@@ -398,7 +413,24 @@ export class Scheduler {
     seq.firstTokenTime ??= now;
     seq.lastTokenTime = now;
     this.#commitFullBlocks(seq);
-    if (seq.cacheAnswer && this.#answersOn) this.#noteAnswer(seq);
+    if (seq.cacheAnswer && this.#answersOn && !seq.predictAnswer) this.#noteAnswer(seq);
+  }
+
+  /**
+   * The tokens that the prompt of the owner's next turn likely starts with (Sequence.predictAnswer),
+   * as far as they are settled; `final` once the answer is complete. Their full blocks not yet cached
+   * become answer work. Predictions are hints: blocks are cached under their own tokens, so one that
+   * does not come true costs only the work done for it.
+   */
+  predictAnswer(id: string, ids: readonly number[], final: boolean): void {
+    const owner = this.#predicted.get(id);
+    if (!owner) return;
+    if (final) this.#predicted.delete(id);
+    const bs = this.#blockSize;
+    const upTo = Math.floor(Math.min(ids.length, this.config.maxContext) / bs) * bs;
+    const from = this.#blocks.lookup((p) => ids[p], upTo / bs).length * bs;
+    if (from < upTo) this.#answerWork.set(owner, { from, upTo, ids });
+    else this.#answerWork.delete(owner);
   }
 
   /** Ends a sequence wherever it is and frees its blocks, so the next plan can use them. */
@@ -412,7 +444,10 @@ export class Scheduler {
     this.#arrivalOrder.delete(seq);
     this.#addedAt.delete(seq);
     // An aborted answer is not worth caching: its client is gone.
-    if (reason === "abort") this.#answerWork.delete(seq);
+    if (reason === "abort") {
+      this.#answerWork.delete(seq);
+      this.#predicted.delete(seq.id);
+    }
     seq.status = "finished";
     seq.finishReason = reason;
   }
@@ -528,11 +563,12 @@ export class Scheduler {
       // A step budget under one block leaves no room ever: drop the work rather than wait for it.
       if (room === 0 && draft.items.length === 0) this.#answerWork.clear();
       if (room === 0 || draft.items.length >= this.config.maxSeqs) return;
-      const hit = this.#blocks.lookup((p) => owner.tokenAt(p), w.upTo / bs);
+      const tokenAt = tokenSource(owner, w);
+      const hit = this.#blocks.lookup(tokenAt, w.upTo / bs);
       const start = hit.length * bs, end = Math.min(w.upTo, start + room);
       if (start < end) {
         if (!this.#blocks.canShareAndCover(hit, end)) return;
-        const ids = [...owner.promptIds, ...owner.outputIds].slice(0, end);
+        const ids = w.ids ? w.ids.slice(0, end) : [...owner.promptIds, ...owner.outputIds].slice(0, end);
         const copy = new Sequence(`${owner.id}/answer`, ids, owner.params, owner.arrivalTime);
         this.#startAfter(copy, hit, end);
         copy.status = "running";
@@ -751,8 +787,15 @@ export class Scheduler {
 /** Whether seq's prompt holds owner's tokens over the answer work's positions. */
 function resends(seq: Sequence, owner: Sequence, w: AnswerWork): boolean {
   if (seq.promptIds.length < w.upTo) return false;
-  for (let p = w.from; p < w.upTo; p++) if (seq.promptIds[p] !== owner.tokenAt(p)) return false;
+  const tokenAt = tokenSource(owner, w);
+  for (let p = w.from; p < w.upTo; p++) if (seq.promptIds[p] !== tokenAt(p)) return false;
   return true;
+}
+
+/** The tokens an answer's work computes: its predicted ones, or its owner's own. */
+function tokenSource(owner: Sequence, w: AnswerWork): (p: number) => number {
+  const ids = w.ids;
+  return ids ? (p) => ids[p] : (p) => owner.tokenAt(p);
 }
 
 function remove<T>(list: T[], item: T): void {

@@ -49,6 +49,12 @@ export class Sequence {
    * resends them (AnswerCache; the scheduler does it only where an answer's KV differs from a prompt's).
    */
   cacheAnswer = false;
+  /**
+   * With cacheAnswer: the tokens to compute come from predictions of the next turn's prompt
+   * (Scheduler.predictAnswer: the conversation rendered and tokenized again with the answer's text),
+   * not from its sampled ids, which a later prompt's tokenizer may split differently.
+   */
+  predictAnswer = false;
   // Milliseconds on the scheduler's clock, for queue time, TTFT and inter-token latency.
   readonly arrivalTime: number;
   firstScheduledTime: number | null = null;

@@ -64,6 +64,7 @@ async function init(o: WorkerInit) {
     blockSize: runner.blockSize,
     maxContext: created.config.maxContext,
     longQueries: runner.longQueries,
+    answerCache: engine.answerCache,
   });
 }
 
@@ -81,6 +82,9 @@ self.onmessage = async (e: MessageEvent<ToWorker>) => {
       case "abort":
         engine?.abort(m.id);
         post({ type: "stats", stats: engine!.stats() });
+        break;
+      case "predict":
+        engine?.predictAnswer(m.id, m.ids, m.final);
         break;
       case "close":
         engine?.stop();

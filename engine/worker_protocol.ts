@@ -1,6 +1,6 @@
 // Messages between the engine client (HTTP thread) and the engine Worker.
 
-import type { EngineSettings, EngineStats, GenerateEvent, GenerateRequest } from "./protocol.ts";
+import type { AnswerCache, EngineSettings, EngineStats, GenerateEvent, GenerateRequest } from "./protocol.ts";
 
 export interface WorkerInit {
   modelPath: string;
@@ -11,6 +11,7 @@ export type ToWorker =
   | { type: "init"; options: WorkerInit }
   | { type: "generate"; request: GenerateRequest }
   | { type: "abort"; id: string }
+  | { type: "predict"; id: string; ids: number[]; final: boolean }
   | { type: "close" };
 
 export interface ReadyInfo {
@@ -23,6 +24,8 @@ export interface ReadyInfo {
   maxContext: number;
   /** Long-query mode as resolved for the adapter (EngineSettings.longQueries). */
   longQueries: string;
+  /** EngineClient.answerCache. */
+  answerCache: AnswerCache;
 }
 
 export type ToClient =

@@ -7,6 +7,7 @@ import type {
   SamplingParams,
   TokenLogprob,
 } from "../engine/protocol.ts";
+import { AnswerPredictor } from "./answer_prediction.ts";
 import type { AppContext, Shared } from "./context.ts";
 import { engineError, toApiError } from "./errors.ts";
 import { servedName } from "./prepare.ts";
@@ -40,6 +41,11 @@ export interface Job {
   format: Format;
   /** The conversation goes on: its answer will likely come back in a later prompt (GenerateRequest). */
   continues?: boolean;
+  /**
+   * The next prompt's tokens if this answer's text comes back (a chat's conversation rendered with it):
+   * given, the engine caches them as the answer is generated (AnswerPredictor).
+   */
+  predict?: (answer: string) => number[];
 }
 
 const usage = (d: Done) => ({
@@ -82,12 +88,14 @@ export async function generate(c: AppContext, s: Shared, job: Job): Promise<Resp
   const { engine, format } = job;
   const id = `${format.idPrefix}-${randomId()}`;
   s.admission.admit(id, engine.stats(), s.config);
+  const predictor = job.predict && new AnswerPredictor(engine, id, job.promptIds, job.predict);
   const run = new Run(c, s, engine, {
     id,
     promptIds: job.promptIds,
     params: job.params,
     continues: job.continues,
-  });
+    predictsAnswer: predictor !== undefined,
+  }, predictor);
   const base: Base = { id, created: Math.floor(Date.now() / 1000), model: servedName(s, engine) };
   return await (job.stream ? streamResponse(c, s, job, run, base) : jsonResponse(c, s, job, run, base));
 }

@@ -2,6 +2,7 @@
 // into the latency histograms and the request's log line, and its admission slot is released.
 import type { EngineClient, GenerateEvent, GenerateRequest } from "../engine/protocol.ts";
 import type { AppContext, Shared } from "./context.ts";
+import type { AnswerPredictor } from "./answer_prediction.ts";
 import { ApiError } from "./errors.ts";
 
 /** One engine request: links client disconnects to the abort signal and records timing. */
@@ -17,7 +18,13 @@ export class Run {
   clientGone = false;
   readonly id: string;
 
-  constructor(readonly c: AppContext, readonly s: Shared, engine: EngineClient, req: GenerateRequest) {
+  constructor(
+    readonly c: AppContext,
+    readonly s: Shared,
+    engine: EngineClient,
+    req: GenerateRequest,
+    readonly predictor?: AnswerPredictor,
+  ) {
     this.id = req.id;
     const signal = c.req.raw.signal;
     const onAbort = () => {
@@ -52,6 +59,7 @@ export class Run {
       ev = { type: "error", message: "The engine failed while generating.", code: "internal" };
     }
     this.#observe(ev);
+    this.predictor?.observe(ev);
     return ev;
   }
 

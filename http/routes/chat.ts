@@ -131,13 +131,21 @@ export function chatRoutes(s: Shared): Hono<AppEnv> {
       }
       params.grammar = toolGrammar(toolFormat, tools, choice, req.parallel_tool_calls ?? true);
     }
+    // A conversation that has come back once (it resends an assistant turn) likely will again.
+    const continues = req.messages.some((m) => m.role === "assistant");
+    const answers = engine.answerCache;
+    // Tool calls come back as structured turns, not as the text generated: no prediction for those.
+    const predict = !tools && (answers === "on" || (answers === "auto" && continues))
+      ? (answer: string) =>
+        encodeChat(engine, [...req.messages, { role: "assistant", content: answer }], false)
+      : undefined;
     return generate(c, s, {
       engine,
       promptIds,
       params,
       promptParam: "messages",
-      // A conversation that has come back once (it resends an assistant turn) likely will again.
-      continues: req.messages.some((m) => m.role === "assistant"),
+      continues,
+      predict,
       stream: req.stream ?? false,
       includeUsage: req.stream_options?.include_usage ?? false,
       format: tools ? toolChatFormat(new ToolCallParser(toolFormat)) : chatFormat(),

@@ -233,6 +233,49 @@ Deno.test("long-query mode prompts: an answer cached as a prompt's (--answer-cac
   }
 });
 
+Deno.test("long-query mode prompts: a predicted next prompt (--answer-cache auto) is cached as a prompt's and serves the next turn, same tokens", async () => {
+  // A chat's answer text may come back split into other tokens than those sampled: the HTTP side
+  // predicts the next prompt's tokens (here: the prompt, then story tokens standing for the answer's
+  // text split otherwise), and the engine caches those, once it idles.
+  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
+  const first = [1, ...story.slice(0, 70)];
+  const greedy = params({ maxTokens: 40, ignoreEos: true });
+  const predicted = [...first, ...story.slice(100, 141)];
+  const next = [...predicted, ...story.slice(200, 240)];
+  const h = await startEngine({ longQueries: "prompts", answerCache: "auto" });
+  let cached: number, second: Outcome;
+  try {
+    const { promise, resolve } = Promise.withResolvers<void>();
+    h.engine.add(
+      { id: "a", promptIds: first, params: greedy, continues: true, predictsAnswer: true },
+      (ev) => {
+        if (ev.type !== "delta") resolve();
+      },
+    );
+    await promise;
+    const before = h.engine.stats().kvBlocksCached ?? 0;
+    h.engine.predictAnswer("a", predicted, true);
+    // 112 predicted tokens: 7 full blocks, the first 4 the prompt's (cached); the copy adds 3.
+    for (let i = 0; i < 500 && (h.engine.stats().kvBlocksCached ?? 0) < before + 3; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const ev = await h.generate("b", next, greedy);
+    const done = ev[ev.length - 1];
+    assert(done.type === "done");
+    cached = done.cachedPromptTokens ?? -1;
+    second = outcomeOf(ev);
+  } finally {
+    await h.close();
+  }
+  assertEquals(cached, 112);
+  const fresh = await startEngine({ longQueries: "prompts", prefixCaching: false });
+  try {
+    assertEquals(outcomeOf(await fresh.generate("b", next, greedy)), second);
+  } finally {
+    await fresh.close();
+  }
+});
+
 Deno.test("long-query mode prompts: prompt parts replayed from captured sessions give the tokens of uncaptured ones", async () => {
   // Small prompt parts (a short prompt, a chat turn after its cached prefix) replay a captured prompt
   // session, cut into items of its query bound and padded; larger ones run uncaptured (on a GPU a short

@@ -971,6 +971,60 @@ Deno.test("answers as prompts: copies ride a step with prompt work, or a replay'
   sim.run();
 });
 
+Deno.test("answers as prompts: predicted tokens (predictAnswer) are computed in place of the sampled ones, and the turn sending them reuses them", () => {
+  const { sched, sim, bm } = setup({ blockSize: 4, numBlocks: 64, maxBatchTokens: 64, splitAtPrompt: true });
+  const owner = (id: string) => {
+    const s = seq(id, 6, 10);
+    s.cacheAnswer = true;
+    s.predictAnswer = true;
+    sched.add(s);
+    sim.run();
+    return s;
+  };
+  const a = owner("a");
+  // Before a prediction there is nothing to compute, even idle: the sampled ids are not the work.
+  assertEquals(sim.tick(ANSWER_IDLE_MS), null);
+  // The answer's text comes back split otherwise than sampled: the prompt's tokens, then others. A
+  // settled part first (blocks up to position 8), then the final one, which differs from position 7.
+  const partial = [...a.promptIds, 900, 901, 902];
+  const predicted = [...a.promptIds, 900, 955, ...range(960, 9)];
+  sched.predictAnswer("a", partial, false);
+  assertEquals(shape(sim.tick(ANSWER_IDLE_MS)), [["a/answer", 4, 4, false]]);
+  sim.run();
+  sched.predictAnswer("a", predicted, true);
+  assertEquals(shape(sim.tick(ANSWER_IDLE_MS)), [["a/answer", 4, 12, false]]);
+  sim.run();
+  const a2 = seqOf("a2", [...predicted, 7, 7], 2);
+  sched.add(a2);
+  sim.run();
+  assertEquals(a2.numCachedTokens, 16);
+  // The owner is let go after its final prediction: later ones are ignored.
+  sched.predictAnswer("a", [...predicted, ...range(980, 8)], true);
+  assertEquals(sim.tick(ANSWER_IDLE_MS), null);
+
+  // A turn that sends the predicted tokens before their copy ran computes them itself.
+  const b = owner("b");
+  const bPredicted = [...b.promptIds, ...range(700, 10)];
+  sched.predictAnswer("b", bPredicted, true);
+  const b2 = seqOf("b2", [...bPredicted, 7], 2);
+  sched.add(b2);
+  const plan = sim.tick()!;
+  assertEquals(shape(plan), [["b2", 4, 13, true]]);
+  sim.run();
+  assertEquals(sim.tick(ANSWER_IDLE_MS), null);
+
+  // An aborted owner's predictions are ignored.
+  const c = seq("c", 6, 10);
+  c.cacheAnswer = c.predictAnswer = true;
+  sched.add(c);
+  sim.tick();
+  sched.abort("c");
+  sim.run();
+  sched.predictAnswer("c", [...c.promptIds, ...range(800, 10)], true);
+  assertEquals(sim.tick(ANSWER_IDLE_MS), null);
+  assertEquals(bm.numUsed, 0);
+});
+
 Deno.test("prefix cache off: identical prompts share nothing and nothing is counted", () => {
   const { sched, sim, bm } = setup({ blockSize: 4, prefixCaching: false });
   sched.add(seqOf("a", range(500, 16), 2));
@@ -988,7 +1042,13 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
     state = (state * 1103515245 + 12345) % 2147483648;
     return state % n;
   };
-  let hits = 0, preemptions = 0, answerHits = 0, copies = 0;
+  // Predictions draw from a stream of their own, so the rest of each trial is as without them.
+  let state2 = 4242;
+  const rand2 = (n: number) => {
+    state2 = (state2 * 1103515245 + 12345) % 2147483648;
+    return state2 % n;
+  };
+  let hits = 0, preemptions = 0, answerHits = 0, copies = 0, predictedHits = 0;
   for (let trial = 0; trial < 100; trial++) {
     const policy = (["continuous", "static", "sequential"] as const)[trial % 3];
     const prefillOrder = Math.floor(trial / 3) % 2 ? "shortest" : "arrival";
@@ -1013,6 +1073,9 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
     const systems = [range(100, 3 + rand(20)), range(200, 3 + rand(20)), range(300, 1 + rand(5))];
     const expected = new Map<Sequence, number>();
     const answerOf = new Map<Sequence, Sequence>();
+    // Owners with predictAnswer and their latest prediction: their prompt, then tokens of their own.
+    const predictions = new Map<Sequence, number[]>();
+    const predictedTurns = new Map<Sequence, Sequence>();
     let id = 0;
     const addSome = (k: number) => {
       for (let i = 0; i < k; i++) {
@@ -1020,7 +1083,11 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
         const sys = systems[rand(systems.length)];
         // Or a conversation's next turn: an earlier request's prompt and answer so far, then more.
         const earlier = [...expected.keys()].filter((e) => e.outputIds.length > 0);
-        const head = earlier.length > 0 && rand(3) === 0
+        const predicted = [...predictions.keys()];
+        const owner = predicted.length > 0 && rand2(4) === 0 ? predicted[rand2(predicted.length)] : undefined;
+        const head = owner
+          ? predictions.get(owner)!
+          : earlier.length > 0 && rand(3) === 0
           ? (({ promptIds, outputIds }) => [...promptIds, ...outputIds])(earlier[rand(earlier.length)])
           : sys;
         const prompt = [...head, ...range(1000 + 10 * rand(4), rand(12))].slice(0, Math.min(capacity, 40));
@@ -1028,11 +1095,13 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
         const s = seqOf(`t${trial}-${id++}`, prompt, maxTokens, rand(3) === 0 ? { logprobs: 0 } : {});
         if (rand(4) === 0) sim.eosAt.set(s.id, rand(maxTokens));
         s.cacheAnswer = rand(2) === 0;
+        s.predictAnswer = s.cacheAnswer && rand2(3) === 0;
         const from = earlier.find((e) =>
           e.cacheAnswer && [...e.promptIds, ...e.outputIds].every((t, i) => prompt[i] === t)
         );
         sched.add(s);
-        if (splitAtPrompt && from) answerOf.set(s, from);
+        if (splitAtPrompt && from && !from.predictAnswer) answerOf.set(s, from);
+        if (splitAtPrompt && owner && prompt.length >= head.length) predictedTurns.set(s, owner);
         expected.set(s, sim.eosAt.has(s.id) ? sim.eosAt.get(s.id)! + 1 : maxTokens);
       }
     };
@@ -1040,6 +1109,14 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
     for (let t = 0; t < 30; t++) {
       sim.tick();
       if (rand(3) === 0) addSome(1 + rand(3));
+      // A prediction for an owner, running or done: its prompt and tokens the HTTP side would render.
+      const owners = [...expected.keys()].filter((e) => e.predictAnswer);
+      if (owners.length > 0 && rand2(2) === 0) {
+        const o = owners[rand2(owners.length)];
+        const ids = [...o.promptIds, ...range(5000 + 100 * rand2(3), 1 + rand2(16))].slice(0, 40);
+        predictions.set(o, ids);
+        sched.predictAnswer(o.id, ids, rand2(3) === 0);
+      }
       if (rand(10) === 0 && sched.running.length > 0) {
         sched.abort(sched.running[rand(sched.running.length)].id);
       }
@@ -1053,6 +1130,9 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
     for (const [s, from] of answerOf) {
       if (s.numCachedTokens > Math.floor(from.promptIds.length / blockSize) * blockSize) answerHits++;
     }
+    for (const [s, o] of predictedTurns) {
+      if (s.numCachedTokens > Math.floor(o.promptIds.length / blockSize) * blockSize) predictedHits++;
+    }
     copies += sim.plans.reduce((n, p) => n + p.items.filter((i) => i.seq.id.endsWith("/answer")).length, 0);
     const st = sched.stats();
     assertEquals([st.running, st.waiting, bm.numUsed, bm.numFree], [0, 0, 0, numBlocks]);
@@ -1061,7 +1141,8 @@ Deno.test("prefix cache: random workloads over shared prefixes keep every invari
     preemptions += st.preemptionsTotal;
   }
   assert(
-    hits > 0 && preemptions > 0 && answerHits > 0 && copies > 0,
-    `hits ${hits}, preemptions ${preemptions}, answer hits ${answerHits}, copies ${copies}`,
+    hits > 0 && preemptions > 0 && answerHits > 0 && copies > 0 && predictedHits > 0,
+    `hits ${hits}, preemptions ${preemptions}, answer hits ${answerHits}, copies ${copies}, ` +
+      `predicted hits ${predictedHits}`,
   );
 });

@@ -1,6 +1,7 @@
 // A scripted EngineClient for HTTP tests, plus startServer() and an SSE reader. The helpers take
 // any EngineClient, so the same assertions can run against the real engine.
 import {
+  type AnswerCache,
   type EngineClient,
   type EngineStats,
   type GenerateEvent,
@@ -87,6 +88,8 @@ export interface FakeEngineOptions {
   prefixCacheBlock?: number;
   /** Added to the first token's delay per prompt token not served from the simulated cache. */
   prefillMsPerToken?: number;
+  /** EngineClient.answerCache (default "off"). */
+  answerCache?: AnswerCache;
 }
 
 export const DEFAULT_REPLY = "Hello! I am a fake engine.";
@@ -111,6 +114,8 @@ export class FakeEngine implements EngineClient {
   readonly requests: GenerateRequest[] = [];
   /** Ids of requests whose signal fired before they finished. */
   readonly aborted: string[] = [];
+  /** Every predictAnswer call, in order. */
+  readonly predictions: { id: string; ids: number[]; final: boolean }[] = [];
   /** Added to stats().waiting, to simulate an engine-side queue. */
   extraWaiting = 0;
   running = 0;
@@ -155,6 +160,14 @@ export class FakeEngine implements EngineClient {
       };
       this.#arrivals.push(check);
     });
+  }
+
+  get answerCache(): AnswerCache {
+    return this.opts.answerCache ?? "off";
+  }
+
+  predictAnswer(id: string, ids: number[], final: boolean): void {
+    this.predictions.push({ id, ids: [...ids], final });
   }
 
   failure(): string | null {

@@ -40,7 +40,7 @@ Deno.test("config: defaults", () => {
     batching: "continuous",
     prefillOrder: "shortest",
     decodePauseSteps: 4,
-    answerCache: "off",
+    answerCache: "auto",
     maxQueue: 1024,
     maxBodyKb: 1024,
     apiKeys: [],
@@ -456,8 +456,8 @@ Deno.test("engine config: defaults, chunk size and explicit settings", () => {
     prefillOrder: "shortest",
     // Up to 4 steps in a row without decodes behind a prompt backlog.
     decodePauseSteps: 4,
-    // Answers cached as prompts' (long-query mode prompts): off until measured on a GPU.
-    answerCache: "off",
+    // Answers cached as prompts' (long-query mode prompts) for chats that resend an assistant turn.
+    answerCache: "auto",
     debugSteps: false,
     graphCache: null,
     // Decode batches 16, 32, ... up to --max-seqs (a step computes 16 rows at least), captured at startup;
