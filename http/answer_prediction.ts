@@ -13,6 +13,22 @@ import type { EngineClient, GenerateEvent } from "../engine/protocol.ts";
  */
 export const PREDICT_EVERY_TOKENS = 8;
 
+/**
+ * Share of the HTTP thread's time that predictions before an answer's end may take (a long
+ * conversation's render costs ~1 ms per 1600 tokens): past it they are skipped until time has passed.
+ */
+export const PREDICT_TIME_SHARE = 0.25;
+const PREDICT_CREDIT_MAX_MS = 50;
+let credit = PREDICT_CREDIT_MAX_MS;
+let creditAt = performance.now();
+
+function mayPredict(): boolean {
+  const now = performance.now();
+  credit = Math.min(PREDICT_CREDIT_MAX_MS, credit + (now - creditAt) * PREDICT_TIME_SHARE);
+  creditAt = now;
+  return credit > 0;
+}
+
 export class AnswerPredictor {
   #text = "";
   #tokens = 0;
@@ -43,9 +59,13 @@ export class AnswerPredictor {
   }
 
   #predict(final: boolean): void {
+    // The final one always goes: it is what an idle engine caches while the user reads.
+    if (!final && !mayPredict()) return;
+    const t0 = performance.now();
     let ids: number[];
     try {
       ids = this.render(this.#text);
+      credit -= performance.now() - t0;
     } catch {
       // A template that cannot render the answer back: nothing to predict, and the engine lets go.
       if (final) this.engine.predictAnswer(this.id, [], true);
