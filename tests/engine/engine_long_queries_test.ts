@@ -6,6 +6,7 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
+  type Harness,
   type Outcome,
   outcomeOf,
   params,
@@ -59,7 +60,7 @@ function checkKernels(
 }
 
 /** Items of each step the runner was given (before padding), as [past, query length] pairs. */
-function recordItems(h: Awaited<ReturnType<typeof startEngine>>): [number, number][][] {
+function recordItems(h: Harness): [number, number][][] {
   const steps: [number, number][][] = [];
   const run = h.runner.run.bind(h.runner);
   h.runner.run = (s: StepInputs) => {
@@ -165,44 +166,64 @@ for (const mode of MODES) {
   });
 }
 
+/** A chat's first prompt (71 tokens: 4 full blocks) and the greedy 40-token answer all turns ask for. */
+async function firstTurn(): Promise<{ story: number[]; first: number[]; greedy: ReturnType<typeof params> }> {
+  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
+  return { story, first: [1, ...story.slice(0, 70)], greedy: params({ maxTokens: 40, ignoreEos: true }) };
+}
+
+/** Runs a turn on h: the prompt tokens it found cached, and its outcome. */
+async function turn(h: Harness, id: string, ids: number[], p: ReturnType<typeof params>) {
+  const ev = await h.generate(id, ids, p);
+  const done = ev[ev.length - 1];
+  assert(done.type === "done");
+  return { cached: done.cachedPromptTokens ?? -1, outcome: outcomeOf(ev) };
+}
+
+/** Waits (up to 5 s) for the engine to hold at least `blocks` cached blocks. */
+async function untilCached(h: Harness, blocks: number): Promise<void> {
+  for (let i = 0; i < 500 && (h.engine.stats().kvBlocksCached ?? 0) < blocks; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** The outcome of an engine that caches nothing, which a cached turn's must equal. */
+async function uncached(ids: number[], p: ReturnType<typeof params>): Promise<Outcome> {
+  const fresh = await startEngine({ longQueries: "prompts", prefixCaching: false });
+  try {
+    return outcomeOf(await fresh.generate("b", ids, p));
+  } finally {
+    await fresh.close();
+  }
+}
+
 Deno.test("long-query mode prompts: a prompt holding an earlier answer reuses only the earlier prompt's blocks", async () => {
   // An answer's KV came from the short kernel, the same tokens in a later prompt's from the long one:
   // the cache must not hand the first to the second ("caching never changes a request's tokens").
-  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
-  const first = [1, ...story.slice(0, 70)];
-  const greedy = params({ maxTokens: 40, ignoreEos: true });
+  const { story, first, greedy } = await firstTurn();
   const h = await startEngine({ longQueries: "prompts" });
-  let answer: number[], cached: number, second: Outcome, next: number[];
+  let second: Awaited<ReturnType<typeof turn>>, next: number[];
   try {
-    answer = (await h.generate("a", first, greedy)).flatMap((e) => (e.type === "delta" ? e.tokenIds : []));
+    const answer = (await h.generate("a", first, greedy)).flatMap((
+      e,
+    ) => (e.type === "delta" ? e.tokenIds : []));
     assertEquals(answer.length, 40);
     next = [...first, ...answer, ...story.slice(200, 240)];
-    const ev = await h.generate("b", next, greedy);
-    const done = ev[ev.length - 1];
-    assert(done.type === "done");
-    cached = done.cachedPromptTokens ?? -1;
-    second = outcomeOf(ev);
+    second = await turn(h, "b", next, greedy);
   } finally {
     await h.close();
   }
   // The first prompt's full blocks (64 of its 71 tokens), not the answer's.
-  assertEquals(cached, 64);
-  const fresh = await startEngine({ longQueries: "prompts", prefixCaching: false });
-  try {
-    assertEquals(outcomeOf(await fresh.generate("b", next, greedy)), second);
-  } finally {
-    await fresh.close();
-  }
+  assertEquals(second.cached, 64);
+  assertEquals(await uncached(next, greedy), second.outcome);
 });
 
 Deno.test("long-query mode prompts: an answer cached as a prompt's (--answer-cache on) serves the next turn, same tokens", async () => {
   // The answer's full blocks are computed again on the prompt kernel (once the engine idles), so the
   // next turn reuses them, and its tokens equal those of a run that caches nothing.
-  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
-  const first = [1, ...story.slice(0, 70)];
-  const greedy = params({ maxTokens: 40, ignoreEos: true });
+  const { story, first, greedy } = await firstTurn();
   const h = await startEngine({ longQueries: "prompts", answerCache: "on" });
-  let cached: number, second: Outcome, next: number[];
+  let second: Awaited<ReturnType<typeof turn>>, next: number[];
   try {
     const answer = (await h.generate("a", first, greedy)).flatMap((
       e,
@@ -212,38 +233,25 @@ Deno.test("long-query mode prompts: an answer cached as a prompt's (--answer-cac
     // answer's blocks as a prompt's and caches them: then they are cached twice over from the one
     // holding the prompt's end on (the request's own, keyed as an answer's, and the copy's).
     const full = Math.floor((first.length + answer.length) / 16), prompt = Math.floor(first.length / 16);
-    for (let i = 0; i < 500 && (h.engine.stats().kvBlocksCached ?? 0) < 2 * full - prompt; i++) {
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const ev = await h.generate("b", next, greedy);
-    const done = ev[ev.length - 1];
-    assert(done.type === "done");
-    cached = done.cachedPromptTokens ?? -1;
-    second = outcomeOf(ev);
-    // The first prompt's 4 full blocks and the answer's 2 (71 + 40 tokens: 6 full blocks).
-    assertEquals(cached, 96);
+    await untilCached(h, 2 * full - prompt);
+    second = await turn(h, "b", next, greedy);
   } finally {
     await h.close();
   }
-  const fresh = await startEngine({ longQueries: "prompts", prefixCaching: false });
-  try {
-    assertEquals(outcomeOf(await fresh.generate("b", next, greedy)), second);
-  } finally {
-    await fresh.close();
-  }
+  // The first prompt's 4 full blocks and the answer's 2 (71 + 40 tokens: 6 full blocks).
+  assertEquals(second.cached, 96);
+  assertEquals(await uncached(next, greedy), second.outcome);
 });
 
 Deno.test("long-query mode prompts: a predicted next prompt (--answer-cache auto) is cached as a prompt's and serves the next turn, same tokens", async () => {
   // A chat's answer text may come back split into other tokens than those sampled: the HTTP side
   // predicts the next prompt's tokens (here: the prompt, then story tokens standing for the answer's
   // text split otherwise), and the engine caches those, once it idles.
-  const story = (await stories()).tokenizer.encode(STORY_TEXT, false);
-  const first = [1, ...story.slice(0, 70)];
-  const greedy = params({ maxTokens: 40, ignoreEos: true });
+  const { story, first, greedy } = await firstTurn();
   const predicted = [...first, ...story.slice(100, 141)];
   const next = [...predicted, ...story.slice(200, 240)];
   const h = await startEngine({ longQueries: "prompts", answerCache: "auto" });
-  let cached: number, second: Outcome;
+  let second: Awaited<ReturnType<typeof turn>>;
   try {
     const { promise, resolve } = Promise.withResolvers<void>();
     h.engine.add(
@@ -256,24 +264,13 @@ Deno.test("long-query mode prompts: a predicted next prompt (--answer-cache auto
     const before = h.engine.stats().kvBlocksCached ?? 0;
     h.engine.predictAnswer("a", predicted, true);
     // 112 predicted tokens: 7 full blocks, the first 4 the prompt's (cached); the copy adds 3.
-    for (let i = 0; i < 500 && (h.engine.stats().kvBlocksCached ?? 0) < before + 3; i++) {
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const ev = await h.generate("b", next, greedy);
-    const done = ev[ev.length - 1];
-    assert(done.type === "done");
-    cached = done.cachedPromptTokens ?? -1;
-    second = outcomeOf(ev);
+    await untilCached(h, before + 3);
+    second = await turn(h, "b", next, greedy);
   } finally {
     await h.close();
   }
-  assertEquals(cached, 112);
-  const fresh = await startEngine({ longQueries: "prompts", prefixCaching: false });
-  try {
-    assertEquals(outcomeOf(await fresh.generate("b", next, greedy)), second);
-  } finally {
-    await fresh.close();
-  }
+  assertEquals(second.cached, 112);
+  assertEquals(await uncached(next, greedy), second.outcome);
 });
 
 Deno.test("long-query mode prompts: prompt parts replayed from captured sessions give the tokens of uncaptured ones", async () => {
