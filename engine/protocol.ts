@@ -369,7 +369,8 @@ export type PrefillOrder = "arrival" | "shortest";
  * computes the answer's full blocks once more the way a prompt's are (whenever a replay's worth has
  * gathered, in a step that has prompt work anyway, or once the engine has idled ANSWER_IDLE_MS) and
  * caches them, so the next turn finds them. auto: requests that say they continue a conversation
- * (GenerateRequest.continues); on: every request; off: none. A chat request's tokens come from the HTTP
+ * (GenerateRequest.continues), on a model of ANSWER_CACHE_MIN_LAYER_WEIGHTS or more (llm_engine.ts);
+ * on: every request; off: none. A chat request's tokens come from the HTTP
  * side's predictions of its next prompt (GenerateRequest.predictsAnswer, http/answer_prediction.ts).
  * The extra prefill costs about what the next turn would have spent on the answer, moved from its
  * TTFT to the answer's decode; a request resending it before that work ran computes it itself

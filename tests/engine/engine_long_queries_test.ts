@@ -20,6 +20,8 @@ import {
   tracePlans,
 } from "../helpers/engine.ts";
 import type { StepInputs } from "../../engine/step_inputs.ts";
+import { layerWeights, resolveAnswerCache } from "../../engine/llm_engine.ts";
+import { randomModel } from "../helpers/random_model.ts";
 import { type LongQueries, resolveLongQueries } from "../../engine/protocol.ts";
 
 const MODES: LongQueries[] = ["on", "prompts"];
@@ -243,14 +245,14 @@ Deno.test("long-query mode prompts: an answer cached as a prompt's (--answer-cac
   assertEquals(await uncached(next, greedy), second.outcome);
 });
 
-Deno.test("long-query mode prompts: a predicted next prompt (--answer-cache auto) is cached as a prompt's and serves the next turn, same tokens", async () => {
+Deno.test("long-query mode prompts: a predicted next prompt (--answer-cache on; auto on a large model) is cached as a prompt's and serves the next turn, same tokens", async () => {
   // A chat's answer text may come back split into other tokens than those sampled: the HTTP side
   // predicts the next prompt's tokens (here: the prompt, then story tokens standing for the answer's
   // text split otherwise), and the engine caches those, once it idles.
   const { story, first, greedy } = await firstTurn();
   const predicted = [...first, ...story.slice(100, 141)];
   const next = [...predicted, ...story.slice(200, 240)];
-  const h = await startEngine({ longQueries: "prompts", answerCache: "auto" });
+  const h = await startEngine({ longQueries: "prompts", answerCache: "on" });
   let second: Awaited<ReturnType<typeof turn>>;
   try {
     const { promise, resolve } = Promise.withResolvers<void>();
@@ -271,6 +273,37 @@ Deno.test("long-query mode prompts: a predicted next prompt (--answer-cache auto
   }
   assertEquals(second.cached, 112);
   assertEquals(await uncached(next, greedy), second.outcome);
+});
+
+Deno.test("--answer-cache as it acts: auto caches answers on models of 1B shape, not on small ones or where answers are prompts' KV", () => {
+  const base = randomModel().config;
+  // Published shapes (make-model presets): Llama-3.2-1B, SmolLM2-135M.
+  const llama1b = {
+    ...base,
+    hiddenSize: 2048,
+    intermediateSize: 8192,
+    numLayers: 16,
+    numHeads: 32,
+    numKvHeads: 8,
+  };
+  const smol = {
+    ...base,
+    hiddenSize: 576,
+    intermediateSize: 1536,
+    numLayers: 30,
+    numHeads: 9,
+    numKvHeads: 3,
+  };
+  for (const m of [llama1b, smol]) m.headDim = 64;
+  assertEquals(Math.round(layerWeights(llama1b) / 1e6), 973);
+  assertEquals(Math.round(layerWeights(smol) / 1e6), 106);
+  assertEquals(resolveAnswerCache("auto", "prompts", true, llama1b), "auto");
+  assertEquals(resolveAnswerCache("auto", "prompts", true, smol), "off");
+  assertEquals(resolveAnswerCache("on", "prompts", true, smol), "on");
+  // Answers' KV is already a prompt's, or nothing is cached: nothing to do.
+  for (const [mode, caching] of [["off", true], ["on", true], ["prompts", false]] as const) {
+    assertEquals(resolveAnswerCache("on", mode, caching, llama1b), "off");
+  }
 });
 
 Deno.test("long-query mode prompts: prompt parts replayed from captured sessions give the tokens of uncaptured ones", async () => {
