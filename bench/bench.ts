@@ -50,6 +50,11 @@ const FLAGS: Record<string, Flag> = {
   "--system-len": { metavar: "N", def: "256", help: "chat: words of the system prompt all users share." },
   "--user-len": { metavar: "MIN:MAX", def: "16:32", help: "chat: words per user message, uniform." },
   "--answer-len": { metavar: "N", def: "32", help: "chat: tokens per answer (max_tokens)." },
+  "--think-ms": {
+    metavar: "MS",
+    def: "0",
+    help: "chat: each user's pause between an answer and their next turn (reading it; 0: at once).",
+  },
   "--input-len": {
     metavar: "MIN:MAX",
     def: "32:128",
@@ -181,6 +186,8 @@ interface Config {
   apiKey: string | null;
   workload: "random" | "text" | "chat";
   chat: { users: number; turns: number; systemLen: number; userLen: Range; answerLen: number } | null;
+  /** chat: milliseconds between an answer and the user's next turn. */
+  thinkMs: number;
   inputLen: Range;
   outputLen: Range;
   idMin: number;
@@ -251,6 +258,7 @@ function buildConfig(argv: string[]): Config {
         answerLen: intFlag(f, "--answer-len", 1),
       }
       : null,
+    thinkMs: intFlag(f, "--think-ms", 0),
     inputLen: parseRange(str(f, "--input-len")!, "--input-len"),
     outputLen: parseRange(str(f, "--output-len")!, "--output-len"),
     idMin: intFlag(f, "--id-min", 0),
@@ -370,7 +378,12 @@ async function runOne(
   let result: RunResult;
   if (cfg.chat) {
     const w = buildChatWorkload(chatSpec(cfg), cfg.warmup);
-    result = await runChatBenchmark({ ...common, ...w, answerTokens: cfg.chat.answerLen });
+    result = await runChatBenchmark({
+      ...common,
+      ...w,
+      answerTokens: cfg.chat.answerLen,
+      thinkMs: cfg.thinkMs,
+    });
   } else {
     result = await runBenchmark({ ...common, measured: items, warmup: warm });
   }

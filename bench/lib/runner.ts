@@ -226,12 +226,14 @@ export interface ChatRunOptions extends Omit<RunOptions, "measured" | "warmup"> 
   warmup: ChatWorkload;
   /** max_tokens of every answer. */
   answerTokens: number;
+  /** Milliseconds each user waits after an answer before sending the next turn (default 0). */
+  thinkMs?: number;
 }
 
 /**
  * Chat workload: each simulated user starts at its arrival time (--rate) and holds its conversation
- * turn after turn, each request resending the system prompt and every earlier turn with the answers
- * the server gave. A failed turn ends that user's conversation (later turns are recorded as unsent).
+ * turn after turn (after thinkMs, reading), each request resending the system prompt and every earlier
+ * turn with the answers the server gave. A failed turn ends that user's conversation (later turns are recorded as unsent).
  */
 export function runChatBenchmark(opts: ChatRunOptions): Promise<RunResult> {
   return withDeadline(opts.timeoutS, async (overall) => {
@@ -284,6 +286,7 @@ async function runConversations(
       }
       try {
         if (t === 0) await sleepUntil(t0 + offsets[k], overall);
+        else if ((opts.thinkMs ?? 0) > 0) await sleepUntil(performance.now() + opts.thinkMs!, overall);
         await sender.sem.acquire(overall);
       } catch {
         stopped = overall.reason instanceof Error ? overall.reason.message : "aborted";

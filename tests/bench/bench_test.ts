@@ -632,6 +632,29 @@ Deno.test("chat runner: each turn resends the conversation with the actual answe
   });
 });
 
+Deno.test("chat runner: with thinkMs each user sends a turn only that long after its previous answer ended", async () => {
+  await withFake({ engine: {} }, async (s) => {
+    const w = buildChatWorkload(chatSpec, 0);
+    const thinkMs = 120;
+    const r = await runChatBenchmark({
+      ...options(s.origin, []),
+      endpoint: "/v1/chat/completions",
+      measured: w.measured,
+      warmup: w.warmup,
+      answerTokens: chatSpec.answerLen,
+      thinkMs,
+    });
+    assertEquals(r.metrics.failed, 0);
+    for (const u of w.measured.users) {
+      const mine = r.records.filter((x) => x.user === u.user).sort((a, b) => a.turn! - b.turn!);
+      for (let t = 1; t < mine.length; t++) {
+        const gap = mine[t].sentAt! - mine[t - 1].endAt!;
+        assert(gap >= thinkMs - 5, `user ${u.user} turn ${t + 1} sent ${gap} ms after the answer`);
+      }
+    }
+  });
+});
+
 Deno.test("bench --workload chat: table and JSON report TTFT per turn (turn 1 and turns 2+)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "ragtime_bench_chat_" });
   try {
