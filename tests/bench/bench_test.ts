@@ -594,19 +594,24 @@ Deno.test("chat workload: deterministic, one system prompt, word counts within r
   assert(a.warmup.system !== a.measured.system, "warmup must not cache the measured system prompt");
 });
 
+/** The chat runner against a server, on chatSpec's workload. */
+const runChat = (origin: string, w: ReturnType<typeof buildChatWorkload>, thinkMs?: number) =>
+  runChatBenchmark({
+    ...options(origin, []),
+    endpoint: "/v1/chat/completions",
+    measured: w.measured,
+    warmup: w.warmup,
+    answerTokens: chatSpec.answerLen,
+    thinkMs,
+  });
+
 Deno.test("chat runner: each turn resends the conversation with the actual answers; TTFT and cached tokens per turn", async () => {
   // Answers name the prompt they answer, so each is distinct; the fake engine's prefill costs 0.5 ms per
   // prompt token its simulated prefix cache does not hold.
   const reply = (req: { promptIds: number[] }) => `Answer to ${req.promptIds.length} tokens.`;
   await withFake({ engine: { prefixCacheBlock: 16, prefillMsPerToken: 0.5, reply } }, async (s, engine) => {
     const w = buildChatWorkload(chatSpec, 1);
-    const r = await runChatBenchmark({
-      ...options(s.origin, []),
-      endpoint: "/v1/chat/completions",
-      measured: w.measured,
-      warmup: w.warmup,
-      answerTokens: chatSpec.answerLen,
-    });
+    const r = await runChat(s.origin, w);
     assertEquals([r.metrics.completed, r.metrics.failed, r.warmup.completed], [9, 0, 1]);
     const sent = engine.requests.slice(1).map((q) => engine.tokenizer.decode(q.promptIds));
     for (const u of w.measured.users) {
@@ -636,14 +641,7 @@ Deno.test("chat runner: with thinkMs each user sends a turn only that long after
   await withFake({ engine: {} }, async (s) => {
     const w = buildChatWorkload(chatSpec, 0);
     const thinkMs = 120;
-    const r = await runChatBenchmark({
-      ...options(s.origin, []),
-      endpoint: "/v1/chat/completions",
-      measured: w.measured,
-      warmup: w.warmup,
-      answerTokens: chatSpec.answerLen,
-      thinkMs,
-    });
+    const r = await runChat(s.origin, w, thinkMs);
     assertEquals(r.metrics.failed, 0);
     for (const u of w.measured.users) {
       const mine = r.records.filter((x) => x.user === u.user).sort((a, b) => a.turn! - b.turn!);
