@@ -568,7 +568,7 @@ export class Scheduler {
       const start = hit.length * bs, end = Math.min(w.upTo, start + room);
       if (start < end) {
         if (!this.#blocks.canShareAndCover(hit, end)) return;
-        const ids = w.ids ? w.ids.slice(0, end) : [...owner.promptIds, ...owner.outputIds].slice(0, end);
+        const ids = Array.from({ length: end }, (_, p) => tokenAt(p));
         const copy = new Sequence(`${owner.id}/answer`, ids, owner.params, owner.arrivalTime);
         this.#startAfter(copy, hit, end);
         copy.status = "running";

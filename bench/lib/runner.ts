@@ -233,7 +233,8 @@ export interface ChatRunOptions extends Omit<RunOptions, "measured" | "warmup"> 
 /**
  * Chat workload: each simulated user starts at its arrival time (--rate) and holds its conversation
  * turn after turn (after thinkMs, reading), each request resending the system prompt and every earlier
- * turn with the answers the server gave. A failed turn ends that user's conversation (later turns are recorded as unsent).
+ * turn with the answers the server gave. A failed turn ends that user's conversation (later turns are
+ * recorded as unsent).
  */
 export function runChatBenchmark(opts: ChatRunOptions): Promise<RunResult> {
   return withDeadline(opts.timeoutS, async (overall) => {
