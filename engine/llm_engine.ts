@@ -355,12 +355,10 @@ export class LLMEngine {
   }
 
   /**
-   * Steps in flight at most, given the oldest one (see the header and LONG_STEP_MS); a step with
-   * prompt tokens counts as long whatever the mean says, so that the next users of a burst of turns
-   * queue behind one step fewer. On a software adapter "auto" is one: on the CPU machine (2 cores,
-   * llvmpipe, ragtime-mini) a cached chat turn's TTFT was 653-687 ms at one against 833-860 ms at two
-   * (no queued ~240 ms decode step ahead of it), for ~4% of saturated throughput (docs/BENCHMARKS.md,
-   * session 11).
+   * Steps in flight at most, given the oldest one (see the header and LONG_STEP_MS). On a software
+   * adapter "auto" is one: on the CPU machine (2 cores, llvmpipe, ragtime-mini) a cached chat turn's TTFT
+   * was 653-687 ms at one against 833-860 ms at two (no queued ~240 ms decode step ahead of it), for ~4%
+   * of saturated throughput (docs/BENCHMARKS.md, session 11).
    */
   private depth(oldest: InFlight | undefined): number {
     const d = this.config.pipelineDepth;
@@ -368,7 +366,7 @@ export class LLMEngine {
       ? d
       : this.runner.softwareAdapter
       ? 1
-      : this.stepEveryMs > LONG_STEP_MS || (oldest?.plan.numPrefillTokens ?? 0) > 0
+      : this.stepEveryMs > LONG_STEP_MS
       ? 2
       : PIPELINE_DEPTH;
     // A CPU-sampled sequence cannot decode again before its token is back: read at depth two.

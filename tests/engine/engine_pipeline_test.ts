@@ -115,10 +115,6 @@ Deno.test("engine: pipeline depth auto keeps one step in flight on a software ad
   // Without the software flag the same load (fast readbacks, short steps) runs three deep.
   const gpu = await runWith({ pipelineDepth: "auto" }, 0, 0, false);
   assertEquals(gpu.flight.max, 3);
-  // A step with prompt tokens counts as long: at most one more is dispatched behind it, from the first
-  // step on (before the first, the mean time per step is unknown, so short).
-  const prompts = gpu.flight.steps.filter((s) => s.prefillTokens > 0);
-  assert(prompts.length > 0 && prompts.every((s) => s.depth <= 2), "a prompt step ran three deep");
   for (const [id, o] of cpu.outcomes) assertEquals(o, gpu.outcomes.get(id), `${id}: software vs GPU rule`);
 });
 
