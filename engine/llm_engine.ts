@@ -60,12 +60,10 @@ const PIPELINE_DEPTH = 3;
 /**
  * Time per step (results to results, the next step already queued) beyond which "auto" keeps two
  * steps in flight instead of three: a step this long covers a readback's latency by itself, and a
- * new prompt waits behind one step fewer. On the H100 (Dawn, session 30) the 1B shape's chat decode
- * steps (~14 ms) at two gave cached turns 10% lower TTFT and 3% more throughput; the 135M shape's
- * (~9-10 ms) lost 3-22% of their throughput at two, its readback and next replay's dispatch (~7 ms)
- * no longer hidden; long decode steps and prefill (the 1B mix, 128 at once) were no slower at two.
+ * new prompt waits behind one step fewer. On the H200 a decode step of 256 rows takes ~16-42 ms of GPU
+ * time (by context), of 16 rows ~6 ms; a 1B model's 8192-token prefill step over a second.
  */
-const LONG_STEP_MS = 12;
+const LONG_STEP_MS = 40;
 /** Weight of the newest step in the running mean of the time per step. */
 const STEP_TIME_ALPHA = 0.25;
 

@@ -96,7 +96,7 @@ Deno.test("engine: a fixed pipeline depth bounds the steps in flight and never c
 });
 
 Deno.test("engine: pipeline depth auto keeps two steps in flight once steps are slow", async () => {
-  // Every readback 80 ms late: each step then takes longer than LONG_STEP_MS (12 ms) results to results.
+  // Every readback 80 ms late: each step then takes longer than LONG_STEP_MS (40 ms) results to results.
   // The rule for a GPU: the tests' llvmpipe is a software adapter, which keeps one (next test).
   const slow = await runWith({ pipelineDepth: "auto" }, 80, 8, false);
   assertEquals(slow.flight.maxSettled, 2);
