@@ -61,7 +61,10 @@ const PIPELINE_DEPTH = 3;
  * Time per step (results to results, the next step already queued) beyond which "auto" keeps two
  * steps in flight instead of three: a step this long covers a readback's latency by itself, and a
  * new prompt waits behind one step fewer. On the H200 a decode step of 256 rows takes ~16-42 ms of GPU
- * time (by context), of 16 rows ~6 ms; a 1B model's 8192-token prefill step over a second.
+ * time (by context), of 16 rows ~6 ms; a 1B model's 8192-token prefill step over a second. Not lower:
+ * the time is measured at the depth it sets, and at two a short step also waits for the CPU's readback
+ * and next dispatch, so at 12 ms the 135M shape's ~9 ms chat steps settled at two or three by chance
+ * (docs/BENCHMARKS.md, session 30).
  */
 const LONG_STEP_MS = 40;
 /** Weight of the newest step in the running mean of the time per step. */
