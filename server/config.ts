@@ -197,9 +197,8 @@ const OPTIONS = {
     help: "In long-query mode prompts with prefix caching: whose answers are computed again as prompt KV " +
       "and cached, so that a chat's next turn does not prefill the previous answer (auto, the default: " +
       "chat requests that resend an assistant turn, on models of 500M layer weights or more; on: every " +
-      "request; off: none). A chat answer is " +
-      "cached as the next turn will send it: the conversation rendered and tokenized again with its " +
-      "text. Never changes a request's tokens.",
+      "request; off: none). A chat answer is cached as the next turn will send it: the conversation " +
+      "rendered and tokenized again with its text. Never changes a request's tokens.",
     schema: z.enum(["auto", "on", "off"]).default(ENGINE_DEFAULTS.answerCache),
   }),
   maxQueue: opt({
