@@ -22,6 +22,7 @@ import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
 import { ENGINE_DEFAULTS } from "../../engine/protocol.ts";
 import { smollm2ShapedModel } from "./probe_model.ts";
+import { attentionKernelsReplaced } from "../../engine/attention_kernel.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -206,3 +207,4 @@ for (const B of batches) {
   }
 }
 for (const r of [...longs.map(([, r]) => r), short, inside]) await r?.close();
+console.log(`attention decode programs given ragtime's kernel: ${attentionKernelsReplaced()}`);
