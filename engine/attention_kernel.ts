@@ -274,7 +274,7 @@ export function replacePrefillKernel(code: string): string | null {
 }
 
 /** Threads that share a query row in the prefill kernel (RAGTIME_PREFILL_LANES: experiments). */
-const LANES = Number(Deno.env.get("RAGTIME_PREFILL_LANES") ?? 4);
+const LANES = Number(Deno.env.get("RAGTIME_PREFILL_LANES") ?? 2);
 
 function prefillKernel(QT: number, HV: number, HEADS: number, uniforms: string, bindings: string): string {
   // vec4s of a row's output merged per round (workgroup memory stays under WebGPU's 16 KiB default)
