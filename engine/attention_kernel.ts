@@ -140,6 +140,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let past = total - q_len;
   let rows = min(M, n_q - q_base);
   let meta_base = (bh * n_q + q_base) * uniforms.num_present_sequence_length_tile + kv_tile;
+  // query tiles that only pad the item to the step's bound: nothing reads their rows
+  if (q_base >= q_len) {
+    return;
+  }
   if (tile_off >= total) {
     if (t < rows) {
       metadata[meta_base + t * uniforms.num_present_sequence_length_tile] = vec2<f32>(LOWEST, 0.0);
@@ -308,6 +312,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let row = t / LANES;
   let lane = t % LANES;
   let q_tile = wg % uniforms.num_seq_tile;
+  // query tiles that only pad the item to the step's bound: nothing reads their rows, and
+  // onnxruntime's kernel walked the whole context for them
+  if (q_tile * QT >= u32(seqlens_q[b])) {
+    return;
+  }
   let q_idx = q_tile * QT + row;
   let n_q = uniforms.new_sequence_length;
   let valid_q = q_idx < n_q;
