@@ -10,10 +10,10 @@
 // keeps onnxruntime's code. A row's result depends only on its own sequence's keys, in a fixed order
 // whatever the query tile holds, so batching still never changes a request's tokens.
 
-/** Which decode kernel runs: ragtime's (default) or onnxruntime's own. */
-export type AttentionKernel = "ragtime" | "ort";
+/** Whose attention kernels run: ragtime's (default) or onnxruntime's own (`--attention-kernels`). */
+export type AttentionKernels = "ragtime" | "onnxruntime";
 
-let installed = false;
+let decided = false;
 let replaced = 0;
 
 /** How many programs have been given ragtime's code in this process (tests, logs). */
@@ -23,14 +23,16 @@ export function attentionKernelsReplaced(): number {
 
 /**
  * Makes every WebGPU device of this process (Deno's or Dawn's, whichever `GPUDevice` is when this
- * runs) create ragtime's decode kernel in place of onnxruntime's. Once per process; before
- * onnxruntime creates its first session.
+ * runs) create ragtime's attention kernels in place of onnxruntime's. The first call decides, before
+ * onnxruntime creates its first session (the engine worker passes the server's setting; tests and
+ * probes get RAGTIME_ATTENTION_KERNELS).
  */
-export function installAttentionKernel(which: AttentionKernel = kernelFromEnv()): void {
-  if (installed || which === "ort") return;
+export function installAttentionKernels(which: AttentionKernels = kernelsFromEnv()): void {
+  if (decided) return;
+  decided = true;
+  if (which === "onnxruntime") return;
   const proto = (globalThis as { GPUDevice?: { prototype: GPUDevice } }).GPUDevice?.prototype;
   if (!proto) return;
-  installed = true;
   const create = proto.createShaderModule;
   proto.createShaderModule = function (this: GPUDevice, d: GPUShaderModuleDescriptor) {
     const code = replaceDecodeKernel(d.code) ?? replacePrefillKernel(d.code);
@@ -39,8 +41,8 @@ export function installAttentionKernel(which: AttentionKernel = kernelFromEnv())
   };
 }
 
-function kernelFromEnv(): AttentionKernel {
-  return Deno.env.get("RAGTIME_ATTENTION_KERNEL") === "ort" ? "ort" : "ragtime";
+function kernelsFromEnv(): AttentionKernels {
+  return Deno.env.get("RAGTIME_ATTENTION_KERNELS") === "onnxruntime" ? "onnxruntime" : "ragtime";
 }
 
 /** The interface parts of onnxruntime's decode program that ours relies on, verbatim. */

@@ -330,6 +330,8 @@ export interface EngineSettings {
   promptMatmul?: PromptMatmul;
   /** WebGPU implementation (engine/webgpu_backend.ts); absent: "auto". */
   webgpu?: "auto" | "dawn" | "deno";
+  /** Whose kernels run PagedAttention's decode and prefill programs (engine/attention_kernel.ts). */
+  attentionKernels?: "ragtime" | "onnxruntime";
   /**
    * Engine steps in flight at most (engine/llm_engine.ts); "auto": three while steps are short, two
    * once they take longer than a readback hides behind.
@@ -403,6 +405,8 @@ export const ENGINE_DEFAULTS = {
   matmulSplitK: 8,
   promptMatmul: "auto",
   webgpu: "auto",
+  // H100, 1B shape, 128 at once: +24% output tok/s (docs/BENCHMARKS.md, session 31).
+  attentionKernels: "ragtime",
   pipelineDepth: "auto",
   longQueries: "auto",
 } as const satisfies EngineSettings;

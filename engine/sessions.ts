@@ -9,7 +9,7 @@ import type { Initializer } from "./model/step_weights.ts";
 import { EXTERNAL_DATA_NAME, TensorType } from "./onnx/builder.ts";
 import { WeightUploader } from "./weight_upload.ts";
 import { stepBucketsOn } from "./step_buckets.ts";
-import { installAttentionKernel } from "./attention_kernel.ts";
+import { installAttentionKernels } from "./attention_kernel.ts";
 
 export type Session = ort.InferenceSession;
 export type SessionOptions = ort.InferenceSession.SessionOptions;
@@ -59,7 +59,7 @@ export async function sessionDevice(): Promise<
 function configureOrt() {
   ort.env.wasm.numThreads = 1;
   ort.env.logLevel = "error";
-  installAttentionKernel();
+  installAttentionKernels();
 }
 
 function sessionOptions(outputsOnGpu: string[]): SessionOptions {

@@ -11,6 +11,7 @@ import type { GenerateEvent } from "./protocol.ts";
 import type { ToClient, ToWorker, WorkerInit } from "./worker_protocol.ts";
 import { checkWebGpu } from "./webgpu_check.ts";
 import { selectWebGpu } from "./webgpu_backend.ts";
+import { attentionKernelsReplaced, installAttentionKernels } from "./attention_kernel.ts";
 
 let engine: LLMEngine | null = null;
 let runner: ModelRunner | null = null;
@@ -34,6 +35,7 @@ async function init(o: WorkerInit) {
   // Before the model is read (minutes for a large one) and before onnxruntime, whose errors name no fix.
   const webgpu = await selectWebGpu(o.settings.webgpu ?? "auto");
   if (webgpu.note) log(webgpu.note);
+  installAttentionKernels(o.settings.attentionKernels ?? "ragtime");
   await checkWebGpu();
   // Imported only now: Deno evaluates npm modules ahead of worker_env.ts in a static import graph.
   const { loadModel } = await import("./model/load.ts");
@@ -49,6 +51,9 @@ async function init(o: WorkerInit) {
   const created = await createEngine(model, o.settings, { log, progress });
   runner = created.runner;
   engine = created.engine;
+  if (o.settings.attentionKernels !== "onnxruntime") {
+    log(`attention: ragtime's kernels in ${attentionKernelsReplaced()} onnxruntime programs`);
+  }
   engine.onStep = () => post({ type: "stats", stats: engine!.stats() });
   loop = engine.run().catch((e) => {
     log(`engine loop failed: ${(e as Error).stack ?? e}`);

@@ -440,6 +440,16 @@ const OPTIONS = {
       "on an NVIDIA host when it finds an f16 adapter, else Deno's.",
     schema: z.enum(["auto", "dawn", "deno"]).default(ENGINE_DEFAULTS.webgpu),
   }),
+  attentionKernels: opt({
+    flag: "--attention-kernels",
+    env: "RAGTIME_ATTENTION_KERNELS",
+    kind: "value",
+    metavar: "ragtime|onnxruntime",
+    expect: 'one of "ragtime", "onnxruntime"',
+    help: "Whose WebGPU kernels run attention over the KV cache: ragtime's own (the default; faster " +
+      "decode and prefill) or onnxruntime's, in the same places of the same graph.",
+    schema: z.enum(["ragtime", "onnxruntime"]).default(ENGINE_DEFAULTS.attentionKernels),
+  }),
   longQueries: opt({
     flag: "--long-queries",
     env: "RAGTIME_LONG_QUERIES",
@@ -586,6 +596,7 @@ export function engineSettings(c: Config): EngineSettings {
     matmulSplitK: c.matmulSplitK,
     promptMatmul: c.promptMatmul,
     webgpu: c.webgpu,
+    attentionKernels: c.attentionKernels,
     pipelineDepth: c.pipelineDepth,
     longQueries: c.longQueries,
   };

@@ -66,6 +66,7 @@ Deno.test("config: defaults", () => {
     matmulSplitK: 8,
     promptMatmul: "auto",
     webgpu: "auto",
+    attentionKernels: "ragtime",
     pipelineDepth: "auto",
     longQueries: "auto",
   });
@@ -352,6 +353,18 @@ Deno.test("config: --prompt-matmul auto|split, the flag over its environment twi
   );
   assertEquals(resolveEngineConfig(engineSettings(fromFlag), model).promptMatmul, "auto");
   assertThrows(() => parseConfig(["--model", "m", "--prompt-matmul", "plain"], env()), ConfigError);
+});
+
+Deno.test("config: --attention-kernels ragtime|onnxruntime, the flag over its environment twin, reaches the worker", () => {
+  assertEquals(engineSettings(parseConfig(["--model", "m"], env())).attentionKernels, "ragtime");
+  const fromEnv = parseConfig(["--model", "m"], env({ RAGTIME_ATTENTION_KERNELS: "onnxruntime" }));
+  assertEquals(engineSettings(fromEnv).attentionKernels, "onnxruntime");
+  const fromFlag = parseConfig(
+    ["--model", "m", "--attention-kernels", "ragtime"],
+    env({ RAGTIME_ATTENTION_KERNELS: "onnxruntime" }),
+  );
+  assertEquals(engineSettings(fromFlag).attentionKernels, "ragtime");
+  assertThrows(() => parseConfig(["--model", "m", "--attention-kernels", "ort"], env()), ConfigError);
 });
 
 Deno.test("config: --help throws HelpRequested with usage text", () => {
