@@ -4,6 +4,7 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { replaceDecodeKernel, replacePrefillKernel } from "../../engine/attention_kernel.ts";
+import { readBuffer } from "../helpers/gpu_read.ts";
 
 // The interface of onnxruntime-web 1.30's FlashAttentionPagedDecodeQKV program that the kernel
 // reads (bindings, uniforms, tile sizes); the body is irrelevant to it.
@@ -119,20 +120,6 @@ function reference(s: Seq): Float64Array {
   return out;
 }
 
-async function readBuffer(dev: GPUDevice, b: GPUBuffer): Promise<ArrayBuffer> {
-  const staging = dev.createBuffer({
-    size: b.size,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const e = dev.createCommandEncoder();
-  e.copyBufferToBuffer(b, 0, staging, 0, b.size);
-  dev.queue.submit([e.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const copy = staging.getMappedRange().slice(0);
-  staging.destroy();
-  return copy;
-}
-
 let device: GPUDevice | null = null;
 async function gpu(): Promise<GPUDevice> {
   if (device) return device;
@@ -141,13 +128,60 @@ async function gpu(): Promise<GPUDevice> {
   return device = await adapter.requestDevice({ requiredFeatures: ["shader-f16"] });
 }
 
+/** Uploads `inputs` and `outputs`, runs `code` over them (bindings in that order, then `uniforms`), reads outputs. */
+async function dispatch(
+  code: string,
+  inputs: ArrayBufferView[],
+  outputs: ArrayBufferView[],
+  uniforms: ArrayBufferView,
+  workgroups: number,
+): Promise<ArrayBuffer[]> {
+  const dev = await gpu();
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const upload = (data: ArrayBufferView, use = usage) => {
+    const b = dev.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 16) * 16), usage: use });
+    dev.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
+    return b;
+  };
+  const ins = inputs.map((d) => upload(d)), outs = outputs.map((d) => upload(d));
+  const uniform = upload(uniforms, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+  const all = [...ins, ...outs, uniform];
+  const pipeline = dev.createComputePipeline({
+    layout: "auto",
+    compute: { module: dev.createShaderModule({ code }), entryPoint: "main" },
+  });
+  const group = dev.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: all.map((buffer, binding) => ({ binding, resource: { buffer } })),
+  });
+  const enc = dev.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, group);
+  pass.dispatchWorkgroups(workgroups);
+  pass.end();
+  dev.queue.submit([enc.finish()]);
+  const read = await Promise.all(outs.map((b) => readBuffer(dev, b)));
+  all.forEach((b) => b.destroy());
+  return read;
+}
+
+/** Each sequence's rows against attention on the CPU, within fp16 rounding. */
+function assertNearReference(seqs: Seq[], outputs: ArrayLike<number>[]) {
+  seqs.forEach((s, b) => {
+    const want = reference(s);
+    let worst = 0;
+    want.forEach((w, i) => worst = Math.max(worst, Math.abs(w - outputs[b][i])));
+    assert(worst < 4e-3, `sequence ${b}: max abs error ${worst}`);
+  });
+}
+
 /**
  * Runs the kernel on a step of `seqs` (query bound nQ, the longest qLen unless given), blocks handed
  * out in a scattered order, then combines the key tiles as onnxruntime's VxReduce does. Returns
  * each sequence's output rows [qLen, HEADS, HEAD] and the raw per-tile statistics.
  */
 async function run(seqs: Seq[], nQ = Math.max(...seqs.map((s) => s.qLen))) {
-  const dev = await gpu();
   const code = replaceDecodeKernel(ORT_LIKE);
   assert(code !== null, "the kernel accepts onnxruntime's interface");
   const B = seqs.length, maxTotal = Math.max(...seqs.map((s) => s.total));
@@ -174,45 +208,15 @@ async function run(seqs: Seq[], nQ = Math.max(...seqs.map((s) => s.qLen))) {
   uf[5] = 1 / Math.sqrt(HEAD);
   u.set([maxTotal, HEADS / KV_HEADS, tiles, HEADS, B, 0, 0, 0, nQ, BLOCK, blocksPerSeq, KV_HEADS], 6);
 
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const buf = (data: ArrayBufferView, use = usage) => {
-    const b = dev.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 16) * 16), usage: use });
-    dev.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
-    return b;
-  };
   const outWords = B * HEADS * nQ * tiles * HV * 4;
-  const outSplit = buf(new Float16Array(outWords).fill(-9));
-  const meta = buf(new Float32Array(B * HEADS * nQ * tiles * 2).fill(-9));
-  const inputs = [
-    q,
-    keys,
-    values,
-    table,
-    Int32Array.from(seqs, (s) => s.total - 1),
-    Int32Array.from(seqs, (s) => s.qLen),
-  ].map((d) => buf(d));
-  const uniform = buf(u, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
-  const pipeline = dev.createComputePipeline({
-    layout: "auto",
-    compute: { module: dev.createShaderModule({ code }), entryPoint: "main" },
-  });
-  const group = dev.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [...inputs, outSplit, meta, uniform].map((buffer, binding) => ({
-      binding,
-      resource: { buffer },
-    })),
-  });
-  const enc = dev.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  pass.setPipeline(pipeline);
-  pass.setBindGroup(0, group);
-  pass.dispatchWorkgroups(B * HEADS * Math.ceil(nQ / M_TILE) * tiles);
-  pass.end();
-  dev.queue.submit([enc.finish()]);
-  const split = new Float16Array(await readBuffer(dev, outSplit), 0, outWords);
-  const stats = new Float32Array(await readBuffer(dev, meta));
-  [...inputs, outSplit, meta, uniform].forEach((b) => b.destroy());
+  const [splitRaw, metaRaw] = await dispatch(
+    code,
+    [q, keys, values, table, Int32Array.from(seqs, (s) => s.total - 1), Int32Array.from(seqs, (s) => s.qLen)],
+    [new Float16Array(outWords).fill(-9), new Float32Array(B * HEADS * nQ * tiles * 2).fill(-9)],
+    u,
+    B * HEADS * Math.ceil(nQ / M_TILE) * tiles,
+  );
+  const split = new Float16Array(splitRaw, 0, outWords), stats = new Float32Array(metaRaw);
 
   // VxReduce: tiles up to the sequence's own length, rescaled by their statistics
   const outputs = seqs.map((s, b) => {
@@ -239,12 +243,7 @@ Deno.test("decode attention kernel: causal rows over scattered blocks and severa
   // a decode, a 3-token item (its rows see 1-3 more keys), one past two tiles, one inside a tile
   const seqs = [makeSeq(70, 1, 1), makeSeq(5, 3, 2), makeSeq(150, 2, 3), makeSeq(64, 1, 4)];
   const { outputs } = await run(seqs, 3);
-  seqs.forEach((s, b) => {
-    const want = reference(s);
-    let worst = 0;
-    want.forEach((w, i) => worst = Math.max(worst, Math.abs(w - outputs[b][i])));
-    assert(worst < 4e-3, `sequence ${b}: max abs error ${worst}`);
-  });
+  assertNearReference(seqs, outputs);
 });
 
 Deno.test("decode attention kernel: padding rows and tiles past a sequence's end hold neutral values or are skipped", async () => {
@@ -314,7 +313,6 @@ fn main_body(workgroup_idx: u32, batch_idx: u32) {
 
 /** Runs the prefill kernel on `seqs` (KV laid out per sequence and kv head, as gathered). */
 async function runPrefill(seqs: Seq[]): Promise<Float32Array[]> {
-  const dev = await gpu();
   const code = replacePrefillKernel(PREFILL_LIKE);
   assert(code !== null, "the kernel accepts onnxruntime's interface");
   const B = seqs.length, nQ = Math.max(...seqs.map((s) => s.qLen));
@@ -334,39 +332,14 @@ async function runPrefill(seqs: Seq[]): Promise<Float32Array[]> {
   const u = new Uint32Array(12), uf = new Float32Array(u.buffer);
   u.set([nQ, present, present, B, HEADS / KV_HEADS, 0, tiles]);
   uf[5] = 1 / Math.sqrt(HEAD);
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const buf = (data: ArrayBufferView, use = usage) => {
-    const b = dev.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 16) * 16), usage: use });
-    dev.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
-    return b;
-  };
-  const out = buf(new Float16Array(B * nQ * HEADS * HEAD));
-  const inputs = [
-    q,
-    keys,
-    values,
-    Int32Array.from(seqs, (s) => s.total - 1),
-    Int32Array.from(seqs, (s) => s.qLen),
-  ]
-    .map((d) => buf(d));
-  const uniform = buf(u, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
-  const pipeline = dev.createComputePipeline({
-    layout: "auto",
-    compute: { module: dev.createShaderModule({ code }), entryPoint: "main" },
-  });
-  const group = dev.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [...inputs, out, uniform].map((buffer, binding) => ({ binding, resource: { buffer } })),
-  });
-  const enc = dev.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  pass.setPipeline(pipeline);
-  pass.setBindGroup(0, group);
-  pass.dispatchWorkgroups(B * HEADS * tiles);
-  pass.end();
-  dev.queue.submit([enc.finish()]);
-  const result = new Float16Array(await readBuffer(dev, out), 0, B * nQ * HEADS * HEAD);
-  [...inputs, out, uniform].forEach((b) => b.destroy());
+  const [out] = await dispatch(
+    code,
+    [q, keys, values, Int32Array.from(seqs, (s) => s.total - 1), Int32Array.from(seqs, (s) => s.qLen)],
+    [new Float16Array(B * nQ * HEADS * HEAD)],
+    u,
+    B * HEADS * tiles,
+  );
+  const result = new Float16Array(out, 0, B * nQ * HEADS * HEAD);
   return seqs.map((s, b) =>
     Float32Array.from(result.subarray(b * nQ * HEADS * HEAD, (b * nQ + s.qLen) * HEADS * HEAD))
   );
@@ -380,12 +353,7 @@ function tail(s: Seq, n: number): Seq {
 Deno.test("prefill attention kernel: prompts over cached past, across query tiles, equal attention on the CPU", async () => {
   const seqs = [makeSeq(200, 130, 21), makeSeq(33, 33, 22), makeSeq(100, 5, 23)];
   const got = await runPrefill(seqs);
-  seqs.forEach((s, b) => {
-    const want = reference(s);
-    let worst = 0;
-    want.forEach((w, i) => worst = Math.max(worst, Math.abs(w - got[b][i])));
-    assert(worst < 4e-3, `sequence ${b}: max abs error ${worst}`);
-  });
+  assertNearReference(seqs, got);
 });
 
 Deno.test("prefill attention kernel: a row's bits do not depend on how the prompt was cut or what runs beside it", async () => {
