@@ -1,14 +1,19 @@
-// ragtime's own WGSL for one program of onnxruntime's PagedAttention: the decode kernel
-// (FlashAttentionPagedDecodeQKV), which runs every query of 2-31 tokens (every decode) as one
-// workgroup per (sequence, head, query tile, tile of keys). onnxruntime's version reduces each tile's
-// softmax statistics in one thread and accumulates through workgroup memory in f16; this one keeps
-// the same bindings, dispatch grid and outputs (per-tile partial output and (max, sum), combined by
-// onnxruntime's VxReduce program) and reduces in a tree, one key row per thread, in f32.
+// ragtime's own WGSL for two programs of onnxruntime's PagedAttention. The decode program
+// (FlashAttentionPagedDecodeQKV) runs every item of 1-31 query tokens (every decode) as one workgroup per
+// (sequence, head, query tile, tile of keys); onnxruntime's reduces each tile's softmax statistics in
+// one thread and accumulates through workgroup memory in f16, ours gives each key of the tile a thread
+// and reduces in a tree, in f32, with the same outputs (per-tile partial output and (max, sum), which
+// onnxruntime's VxReduce program combines). The prefill program (FlashAttention, prompt parts on the
+// long-query path over KV gathered per sequence) is below.
 //
-// It is swapped in where onnxruntime creates the shader module: the program's text is read for its
+// Both are swapped in where onnxruntime creates the shader module: the program's text is read for its
 // interface (bindings, uniforms, tile sizes), and a program that does not look exactly as expected
 // keeps onnxruntime's code. A row's result depends only on its own sequence's keys, in a fixed order
-// whatever the query tile holds, so batching still never changes a request's tokens.
+// whatever else the workgroup, the step or the query bound holds, so batching still never changes a
+// request's tokens. Keys and values have one head size (every model the engine builds).
+
+/** WebGPU's default limit on a workgroup's memory; a kernel that would need more is not used. */
+const WORKGROUP_BYTES = 16384;
 
 /** Whose attention kernels run: ragtime's (default) or onnxruntime's own (`--attention-kernels`). */
 export type AttentionKernels = "ragtime" | "onnxruntime";
@@ -81,6 +86,9 @@ export function replaceDecodeKernel(code: string): string | null {
   // One key row per thread, and the value columns split into whole groups of key rows.
   if (tile > 256 || tile % hv !== 0 || tile & (tile - 1)) return null;
   for (const field of NEEDED_UNIFORMS) if (!new RegExp(`\\b${field}: `).test(uniforms)) return null;
+  // q rows, key offsets, two reduction rows and probabilities, value partials
+  const bytes = mTile * hv * 16 + tile * 4 + 3 * mTile * tile * 4 + mTile * tile * 16;
+  if (bytes > WORKGROUP_BYTES) return null;
   return decodeKernel(mTile, tile, hv, uniforms, code.slice(0, code.indexOf("struct Uniforms")));
 }
 
@@ -258,8 +266,8 @@ const EXPECTED_PREFILL = [
 /**
  * ragtime's code for onnxruntime's FlashAttention program when `code` is that program in the form
  * this was written against; null otherwise. onnxruntime's gives each query row one thread, which
- * walks all its keys alone; here four threads share a row, each taking every fourth key of a tile with
- * its own running softmax, merged at the end. Each row still sees its keys in tiles of 32 from the
+ * walks all its keys alone; here LANES threads share a row, each taking every LANES-th key of a tile
+ * with its own running softmax, merged at the end. Each row still sees its keys in tiles of 32 from the
  * first, and a tile with no key the row may see leaves its state exactly as it was, so a row's bits
  * do not depend on how the prompt was cut into steps (long-query mode's invariance).
  */
@@ -272,6 +280,8 @@ export function replacePrefillKernel(code: string): string | null {
   const uniforms = code.match(/struct Uniforms \{[^}]*\};/)?.[0];
   if (!uniforms || ![qt, head, heads].every((n) => Number.isInteger(n) && n > 0)) return null;
   if (head % 8 !== 0 || qt * LANES > 256) return null;
+  // key and value tiles, then each thread's statistics and one merged vec4
+  if (2 * 32 * (head / 4) * 8 + qt * LANES * (8 + 16) > WORKGROUP_BYTES) return null;
   for (const f of ["new_sequence_length", "present_sequence_length", "batch_size", "n_reps", "alpha"]) {
     if (!new RegExp(`\\b${f}: `).test(uniforms)) return null;
   }
@@ -279,8 +289,14 @@ export function replacePrefillKernel(code: string): string | null {
   return prefillKernel(qt, head / 4, heads, uniforms, header.slice(header.indexOf("@group(0)")));
 }
 
-/** Threads that share a query row in the prefill kernel (RAGTIME_PREFILL_LANES: experiments). */
-const LANES = Number(Deno.env.get("RAGTIME_PREFILL_LANES") ?? 2);
+/**
+ * Threads that share a query row in the prefill kernel: on an H100 (135M shape, 150 prompt tokens over
+ * 900 cached) a replay took 49.8 ms with one, 21.4 with two, 26.6 with four (docs/BENCHMARKS.md,
+ * session 31). RAGTIME_PREFILL_LANES (1, 2, 4 or 8) is for such experiments.
+ */
+const LANES = [1, 2, 4, 8].includes(Number(Deno.env.get("RAGTIME_PREFILL_LANES")))
+  ? Number(Deno.env.get("RAGTIME_PREFILL_LANES"))
+  : 2;
 
 function prefillKernel(QT: number, HV: number, HEADS: number, uniforms: string, bindings: string): string {
   // vec4s of a row's output merged per round (workgroup memory stays under WebGPU's 16 KiB default)
