@@ -68,28 +68,43 @@ const EXPECTED = [
 ];
 
 /**
+ * What both kernels take from onnxruntime's program: its storage bindings and Uniforms struct,
+ * verbatim, and the integer constants that `patterns` capture; null when any is missing or not a
+ * positive integer, or the struct lacks one of `fields`.
+ */
+function readInterface(
+  code: string,
+  patterns: RegExp[],
+  fields: string[],
+): { numbers: number[]; bindings: string; uniforms: string } | null {
+  const numbers = patterns.map((re) => Number(code.match(re)?.[1] ?? NaN));
+  const uniforms = code.match(/struct Uniforms \{[^}]*\};/)?.[0];
+  if (!uniforms || !numbers.every((n) => Number.isInteger(n) && n > 0)) return null;
+  if (fields.some((f) => !new RegExp(`\\b${f}: `).test(uniforms))) return null;
+  const header = code.slice(0, code.indexOf("struct Uniforms"));
+  return { numbers, uniforms, bindings: header.slice(header.indexOf("@group(0)")) };
+}
+
+/**
  * ragtime's code for `code` when it is onnxruntime's paged decode program in the form this was
  * written against; null otherwise (the program keeps its own code).
  */
 export function replaceDecodeKernel(code: string): string | null {
   if (!code.includes("out_split_vx") || !code.includes("tile_row_base")) return null;
   if (EXPECTED.some((line) => !code.includes(line))) return null;
-  const num = (re: RegExp) => {
-    const m = code.match(re);
-    return m ? Number(m[1]) : NaN;
-  };
-  const mTile = num(/var<workgroup> tile_max: array<f32, (\d+)>;/);
-  const tile = num(/var<workgroup> tile_row_base: array<u32, (\d+)>;/);
-  const hv = num(/var<workgroup> tile_output: array<array<q_value_t, (\d+)>, \d+>;/);
-  const uniforms = code.match(/struct Uniforms \{[^}]*\};/)?.[0];
-  if (!uniforms || ![mTile, tile, hv].every((n) => Number.isInteger(n) && n > 0)) return null;
+  const found = readInterface(code, [
+    /var<workgroup> tile_max: array<f32, (\d+)>;/,
+    /var<workgroup> tile_row_base: array<u32, (\d+)>;/,
+    /var<workgroup> tile_output: array<array<q_value_t, (\d+)>, \d+>;/,
+  ], NEEDED_UNIFORMS);
+  if (!found) return null;
+  const [mTile, tile, hv] = found.numbers;
   // One key row per thread, and the value columns split into whole groups of key rows.
   if (tile > 256 || tile % hv !== 0 || tile & (tile - 1)) return null;
-  for (const field of NEEDED_UNIFORMS) if (!new RegExp(`\\b${field}: `).test(uniforms)) return null;
   // q rows, key offsets, two reduction rows and probabilities, value partials
   const bytes = mTile * hv * 16 + tile * 4 + 3 * mTile * tile * 4 + mTile * tile * 16;
   if (bytes > WORKGROUP_BYTES) return null;
-  return decodeKernel(mTile, tile, hv, uniforms, code.slice(0, code.indexOf("struct Uniforms")));
+  return decodeKernel(mTile, tile, hv, found.uniforms, found.bindings);
 }
 
 const NEEDED_UNIFORMS = [
@@ -111,8 +126,7 @@ const NEEDED_UNIFORMS = [
  * Rows past a sequence's own query length (the padding of short items) are not computed: their
  * partial outputs are 0 with statistics (0, 1), so onnxruntime's reduction gives them 0.
  */
-function decodeKernel(M: number, TILE: number, HV: number, uniforms: string, header: string): string {
-  const bindings = header.slice(header.indexOf("@group(0)"));
+function decodeKernel(M: number, TILE: number, HV: number, uniforms: string, bindings: string): string {
   return `enable f16;
 const M: u32 = ${M}u;
 const TILE: u32 = ${TILE}u;
@@ -161,7 +175,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     return;
   }
   // rows of this tile that are queries of the sequence (the rest pad the item to the step's bound)
-  let real = select(0u, min(rows, q_len - q_base), q_base < q_len);
+  let real = min(rows, q_len - q_base);
 
   for (var i = t; i < M * HV; i += TILE) {
     let m = i / HV;
@@ -273,20 +287,17 @@ const EXPECTED_PREFILL = [
  */
 export function replacePrefillKernel(code: string): string | null {
   if (!code.includes("fn loadq(") || EXPECTED_PREFILL.some((line) => !code.includes(line))) return null;
-  const num = (re: RegExp) => Number(code.match(re)?.[1] ?? NaN);
-  const qt = num(/const workgroup_size_x: u32 = (\d+);/);
-  const head = num(/const head_size : u32 = (\d+);/);
-  const heads = num(/const num_heads : u32 = (\d+);/);
-  const uniforms = code.match(/struct Uniforms \{[^}]*\};/)?.[0];
-  if (!uniforms || ![qt, head, heads].every((n) => Number.isInteger(n) && n > 0)) return null;
+  const found = readInterface(code, [
+    /const workgroup_size_x: u32 = (\d+);/,
+    /const head_size : u32 = (\d+);/,
+    /const num_heads : u32 = (\d+);/,
+  ], ["new_sequence_length", "present_sequence_length", "batch_size", "n_reps", "alpha"]);
+  if (!found) return null;
+  const [qt, head, heads] = found.numbers;
   if (head % 8 !== 0 || qt * LANES > 256) return null;
-  // key and value tiles, then each thread's statistics and one merged vec4
+  // key and value tiles, then each thread's statistics and merged vec4
   if (2 * 32 * (head / 4) * 8 + qt * LANES * (8 + 16) > WORKGROUP_BYTES) return null;
-  for (const f of ["new_sequence_length", "present_sequence_length", "batch_size", "n_reps", "alpha"]) {
-    if (!new RegExp(`\\b${f}: `).test(uniforms)) return null;
-  }
-  const header = code.slice(0, code.indexOf("struct Uniforms"));
-  return prefillKernel(qt, head / 4, heads, uniforms, header.slice(header.indexOf("@group(0)")));
+  return prefillKernel(qt, head / 4, heads, found.uniforms, found.bindings);
 }
 
 /**
@@ -294,20 +305,16 @@ export function replacePrefillKernel(code: string): string | null {
  * 900 cached) a replay took 49.8 ms with one, 21.4 with two, 26.6 with four (docs/BENCHMARKS.md,
  * session 31). RAGTIME_PREFILL_LANES (1, 2, 4 or 8) is for such experiments.
  */
-const LANES = [1, 2, 4, 8].includes(Number(Deno.env.get("RAGTIME_PREFILL_LANES")))
-  ? Number(Deno.env.get("RAGTIME_PREFILL_LANES"))
-  : 2;
+const LANES_ASKED = Number(Deno.env.get("RAGTIME_PREFILL_LANES"));
+const LANES = [1, 2, 4, 8].includes(LANES_ASKED) ? LANES_ASKED : 2;
 
 function prefillKernel(QT: number, HV: number, HEADS: number, uniforms: string, bindings: string): string {
-  // vec4s of a row's output merged per round (workgroup memory stays under WebGPU's 16 KiB default)
-  const R = 1;
   return `enable f16;
 const QT: u32 = ${QT}u;
 const HV: u32 = ${HV}u;
 const NUM_HEADS: u32 = ${HEADS}u;
 const LANES: u32 = ${LANES}u;
 const KT: u32 = 32u;
-const R: u32 = ${R}u;
 const LOWEST: f32 = -3.4028234663852886e+38f;
 ${bindings}${uniforms}
 @group(0) @binding(6) var<uniform> uniforms: Uniforms;
@@ -315,7 +322,8 @@ ${bindings}${uniforms}
 var<workgroup> k_tile: array<array<vec4<f16>, HV>, KT>;
 var<workgroup> v_tile: array<array<vec4<f16>, HV>, KT>;
 var<workgroup> stats: array<vec2<f32>, QT * LANES>;
-var<workgroup> merge: array<array<vec4<f32>, R>, QT * LANES>;
+// one vec4 of each thread's output at a time (workgroup memory stays under WebGPU's 16 KiB default)
+var<workgroup> merge: array<vec4<f32>, QT * LANES>;
 
 @compute @workgroup_size(QT * LANES)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32,
@@ -332,14 +340,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let q_tile = wg % uniforms.num_seq_tile;
   // query tiles that only pad the item to the step's bound: nothing reads their rows, and
   // onnxruntime's kernel walked the whole context for them
-  if (q_tile * QT >= u32(seqlens_q[b])) {
+  let q_len = u32(seqlens_q[b]);
+  if (q_tile * QT >= q_len) {
     return;
   }
   let q_idx = q_tile * QT + row;
   let n_q = uniforms.new_sequence_length;
   let valid_q = q_idx < n_q;
   let total = u32(seqlens_k[b]) + 1u;
-  let past = total - u32(seqlens_q[b]);
+  let past = total - q_len;
   let loop_bound = min(total, past + (q_tile + 1u) * QT);
   let visible_end = past + q_idx + 1u;
 
@@ -411,19 +420,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   let w = exp(m - m_all) / l_all;
   let out_off = ((b * n_q + q_idx) * NUM_HEADS + head) * HV;
-  for (var i0 = 0u; i0 < HV; i0 += R) {
-    for (var r = 0u; r < R; r++) {
-      merge[t][r] = o[i0 + r] * w;
-    }
+  for (var i = 0u; i < HV; i++) {
+    merge[t] = o[i] * w;
     workgroupBarrier();
     if (lane == 0u && valid_q) {
-      for (var r = 0u; r < R; r++) {
-        var acc = merge[t][r];
-        for (var j = 1u; j < LANES; j++) {
-          acc += merge[t + j][r];
-        }
-        output[out_off + i0 + r] = vec4<f16>(acc);
+      var acc = merge[t];
+      for (var j = 1u; j < LANES; j++) {
+        acc += merge[t + j];
       }
+      output[out_off + i] = vec4<f16>(acc);
     }
     workgroupBarrier();
   }

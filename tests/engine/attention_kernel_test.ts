@@ -5,6 +5,7 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { replaceDecodeKernel, replacePrefillKernel } from "../../engine/attention_kernel.ts";
 import { readBuffer } from "../helpers/gpu_read.ts";
+import { prng } from "../helpers/fuzz_cases.ts";
 
 // The interface of onnxruntime-web 1.30's FlashAttentionPagedDecodeQKV program that the kernel
 // reads (bindings, uniforms, tile sizes); the body is irrelevant to it.
@@ -70,21 +71,13 @@ interface Seq {
   q: Float32Array; // [qLen, HEADS, HEAD]
 }
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32 - 0.5;
-  };
-}
-
 /** Values rounded to f16, as they will be stored. */
 function f16Values(n: number, r: () => number, scale: number): Float32Array {
-  return Float32Array.from(new Float16Array(Array.from({ length: n }, () => r() * scale)));
+  return Float32Array.from(new Float16Array(Array.from({ length: n }, () => (r() - 0.5) * scale)));
 }
 
 function makeSeq(total: number, qLen: number, seed: number): Seq {
-  const r = rng(seed);
+  const r = prng(seed);
   return {
     total,
     qLen,
