@@ -5,7 +5,8 @@
 // and responses are framed (server/http1_framing.ts) only to know whether a request is in flight:
 //   - a request head must arrive whole within the header timeout (from the connection's start, or from
 //     the request's first byte on a kept-alive connection): slowloris;
-//   - a request body must make progress: no body byte for the body timeout closes the connection;
+//   - a request body must make progress: no body byte for the body timeout (and a second of grace, for
+//     the app's 408 to go out first) closes the connection;
 //   - a kept-alive connection with nothing in flight closes after the idle timeout;
 //   - a response with `Connection: close` closes the connection once it is through (Deno.serve leaves it
 //     open when the request body is incomplete, e.g. after the app's 408).
@@ -55,6 +56,8 @@ export interface Front {
 const SWEEP_MS = 200;
 /** After the server's last byte to a client that is still sending: how long to drain before closing. */
 const LINGER_MS = 2000;
+/** The front cuts a stalled body this long after the app's own 408 would have gone out, so the answer wins. */
+const BODY_GRACE_MS = 1000;
 /** Refused connections lingering at once (to let their 503 be read); beyond, closed at once. */
 const MAX_REFUSED_LINGERING = 256;
 const BUFFER_BYTES = 16 * 1024;
@@ -160,7 +163,9 @@ class Connection {
       const from = this.served === 0 && this.pending.length === 0 ? this.acceptedAt : this.requestStart;
       [this.deadline, this.reason] = [at(from, o.headerTimeoutS), "header"];
     } else if (this.request.inBody) {
-      this.deadline = this.blockedOnBackend ? Infinity : at(this.lastBodyByte, o.bodyTimeoutS);
+      this.deadline = this.blockedOnBackend
+        ? Infinity
+        : at(this.lastBodyByte, o.bodyTimeoutS) + BODY_GRACE_MS;
       this.reason = "body";
     } else if (this.request.phase === "opaque") {
       // Framing the server will refuse: it answers and closes; bound the wait by the body timeout.

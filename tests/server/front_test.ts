@@ -210,7 +210,8 @@ Deno.test("front: a body that stops making progress is cut; one that keeps going
     await stalled.write(enc.encode("POST /ignore HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc"));
     const cut = await readAll(stalled, 3000);
     stalled.close();
-    assert.ok(cut.closed && cut.ms < 1500, `${cut.ms} ms`);
+    // The timeout plus the front's second of grace, in which the app's own 408 would go out.
+    assert.ok(cut.closed && cut.ms > 1300 && cut.ms < 2500, `${cut.ms} ms`);
     assert.equal(r.front.stats().timedOut.body, 1);
   } finally {
     await r.close();
