@@ -4,7 +4,7 @@
 // calls a step makes counted; as onnxruntime-web does it and with ModelRunner's two cuts.
 //
 //   deno run -A bench/gpu/replay_cpu_probe.ts [--model PATH] [--dtype f16] [--batch 1]
-//     [--context 1024] [--past 200] [--steps 30] [--kv-cache-mb 256] [--narrow]
+//     [--context 1024] [--past 200] [--steps 30] [--kv-cache-mb 256] [--narrow] [--split-k 8]
 //
 // Without --model: the SmolLM2-135M-shaped random model (probe_model.ts). Steps run serially
 // (dispatch, then read), each row fed the previous step's id on the GPU, as the engine does.
@@ -28,6 +28,7 @@ const { values: a } = parseArgs({
     steps: { type: "string", default: "30" },
     "kv-cache-mb": { type: "string", default: "256" },
     narrow: { type: "boolean", default: false },
+    "split-k": { type: "string" },
   },
 });
 const B = Number(a.batch), N = Number(a.steps), past = Number(a.past);
@@ -95,6 +96,7 @@ const runner = await ModelRunner.create(model, {
   kvCacheMb: Number(a["kv-cache-mb"]),
   cacheDir: Deno.env.get("GRAPH_CACHE") ?? null,
   maxSeqs: B,
+  splitK: a["split-k"] ? Number(a["split-k"]) : undefined,
   capture: { batchSizes: [B], kvCaps: [], promptRows: [], eager: true },
   log: console.log,
 });
