@@ -5,6 +5,7 @@
 //
 //   deno run -A bench/gpu/replay_cpu_probe.ts [--model PATH] [--dtype f16] [--batch 1]
 //     [--context 1024] [--past 200] [--steps 30] [--kv-cache-mb 256] [--narrow] [--split-k 8]
+//     [--js-replay]
 //
 // Without --model: the SmolLM2-135M-shaped random model (probe_model.ts). Steps run serially
 // (dispatch, then read), each row fed the previous step's id on the GPU, as the engine does.
@@ -15,6 +16,7 @@ import { CapturedStep } from "../../engine/captured_steps.ts";
 import { ModelRunner, type StepInputs } from "../../engine/model_runner.ts";
 import { loadModel } from "../../engine/model/load.ts";
 import type { LoadedModel } from "../../engine/model/types.ts";
+import { readBuffer } from "../../tests/helpers/gpu_read.ts";
 import { randomModel } from "../../tests/helpers/random_model.ts";
 import { SMOLLM2_135M_SHAPE, smollm2ShapedModel } from "./probe_model.ts";
 
@@ -29,6 +31,7 @@ const { values: a } = parseArgs({
     "kv-cache-mb": { type: "string", default: "256" },
     narrow: { type: "boolean", default: false },
     "split-k": { type: "string" },
+    "js-replay": { type: "boolean", default: false },
   },
 });
 const B = Number(a.batch), N = Number(a.steps), past = Number(a.past);
@@ -89,6 +92,89 @@ meter(GPUComputePassEncoder.prototype, "setPipeline", "setPipeline", false);
 meter(GPUDevice.prototype, "createCommandEncoder", "createCommandEncoder", false);
 meter(GPUDevice.prototype, "createBindGroup", "createBindGroup", false);
 meter(GPUDevice.prototype, "createBuffer", "createBuffer", false);
+
+/**
+ * --js-replay: what one CapturedStep.run asks of WebGPU (its input writes, then onnxruntime's
+ * encoders and submits), recorded call by call, so that the same work can be issued from JS
+ * without onnxruntime's run() and its wasm-to-JS glue.
+ */
+type PassOp =
+  | [kind: "pipe", p: GPUComputePipeline]
+  | [kind: "bind", i: number, g: GPUBindGroup, o?: number[]]
+  | [
+    kind: "go",
+    x: number,
+    y: number,
+    z: number,
+  ];
+type EncOp = [kind: "pass", ops: PassOp[]] | [kind: "copy", args: unknown[]];
+type Event = [kind: "write", b: GPUBuffer, off: number, data: Uint8Array] | [kind: "submit", encs: EncOp[][]];
+let recording: Event[] | null = null;
+const encOps = new WeakMap<object, EncOp[]>(), passOps = new WeakMap<object, PassOp[]>();
+const cbOps = new WeakMap<object, EncOp[]>();
+const unrecorded = new Set<string>();
+function hookProto<T extends object>(
+  proto: T,
+  method: string,
+  rec: (self: object, args: unknown[], r: unknown) => void,
+) {
+  const orig = (proto as Record<string, unknown>)[method] as (...args: unknown[]) => unknown;
+  // defineProperty: SubmitBatch's own wrappers on the queue object are not writable.
+  Object.defineProperty(proto, method, {
+    configurable: true,
+    value: function (this: object, ...args: unknown[]) {
+      const r = orig.apply(this, args);
+      if (recording && inRun) rec(this, args, r);
+      return r;
+    },
+  });
+}
+/**
+ * Installs the recording hooks on the prototypes of the device's own objects (Deno's WebGPU or Dawn's,
+ * whichever the process runs) and on its queue object, whose methods SubmitBatch has wrapped.
+ */
+function installRecorder(dev: GPUDevice) {
+  const enc0 = dev.createCommandEncoder(), pass0 = enc0.beginComputePass();
+  const encProto = Object.getPrototypeOf(enc0), passProto = Object.getPrototypeOf(pass0);
+  pass0.end();
+  enc0.finish();
+  hookProto(
+    Object.getPrototypeOf(dev),
+    "createCommandEncoder",
+    (_d, _a, enc) => encOps.set(enc as object, []),
+  );
+  hookProto(encProto, "beginComputePass", (enc, _a, pass) => {
+    const ops: PassOp[] = [];
+    passOps.set(pass as object, ops);
+    encOps.get(enc)?.push(["pass", ops]);
+  });
+  hookProto(encProto, "copyBufferToBuffer", (enc, args) => encOps.get(enc)?.push(["copy", args]));
+  hookProto(encProto, "finish", (enc, _a, cb) => cbOps.set(cb as object, encOps.get(enc)!));
+  hookProto(passProto, "setPipeline", (p, [pipe]) => {
+    passOps.get(p)!.push(["pipe", pipe as GPUComputePipeline]);
+  });
+  hookProto(passProto, "setBindGroup", (p, [i, g, o]) => {
+    passOps.get(p)!.push(["bind", i as number, g as GPUBindGroup, o ? [...(o as number[])] : undefined]);
+  });
+  hookProto(passProto, "dispatchWorkgroups", (p, [x, y, z]) => {
+    passOps.get(p)!.push(["go", x as number, (y ?? 1) as number, (z ?? 1) as number]);
+  });
+  hookProto(dev.queue, "writeBuffer", (_q, [b, off, data, dOff, size]) => {
+    const d = data as ArrayBufferView;
+    const bytes = new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
+    const el = (d as unknown as { BYTES_PER_ELEMENT?: number }).BYTES_PER_ELEMENT ?? 1;
+    const from = ((dOff as number | undefined) ?? 0) * el;
+    const len = size === undefined ? bytes.length - from : (size as number) * el;
+    recording!.push(["write", b as GPUBuffer, off as number, bytes.slice(from, from + len)]);
+  });
+  hookProto(dev.queue, "submit", (_q, [cbs]) => {
+    recording!.push(["submit", [...(cbs as Iterable<object>)].map((cb) => cbOps.get(cb)!)]);
+  });
+  for (const m of ["clearBuffer", "copyBufferToTexture", "resolveQuerySet", "writeTimestamp"]) {
+    hookProto(encProto, m, () => unrecorded.add(m));
+  }
+  hookProto(passProto, "dispatchWorkgroupsIndirect", () => unrecorded.add("indirect"));
+}
 
 const runner = await ModelRunner.create(model, {
   dtype: a.dtype as "f16" | "f32",
@@ -155,4 +241,104 @@ variants.forEach((v, k) => {
   const rest = total[k] - get("CapturedStep.run").ms - get("queue.submit").ms;
   console.log(`  rest (ragtime's own code)      ${(rest / N).toFixed(2)} ms`);
 });
+if (a["js-replay"]) await jsReplay();
+
+/** Records one replay, checks that issuing the record from JS gives its logits, and times both ways. */
+async function jsReplay() {
+  const cap = (runner as unknown as { captured: (CapturedStep | null)[] }).captured.find((c) =>
+    c?.shape.kind === "decode" && c.shape.batch >= B
+  )!;
+  const V = model.config.vocabSize;
+  const dev = (runner as unknown as { device: GPUDevice }).device;
+  installRecorder(dev);
+  const explicit = (seed: number): StepInputs => ({
+    ...step,
+    inputIds: Int32Array.from({ length: B }, (_, b) => 3 + ((seed * 7919 + b * 104729) % (V - 3))),
+    idSrc: new Int32Array(B).fill(-1),
+  });
+  const logitsNow = async () => new Float32Array(await readBuffer(dev, cap.logits.gpuBuffer));
+  const oneRun = async (s: StepInputs, rec: boolean) => {
+    runner.batchSubmits = !rec;
+    if (rec) recording = [];
+    on = true;
+    const h = await runner.run(s);
+    on = false;
+    await runner.read(h);
+    runner.batchSubmits = true;
+    const events = recording;
+    recording = null;
+    return events;
+  };
+  const issue = (events: Event[]) => {
+    const q = dev.queue;
+    for (const e of events) {
+      if (e[0] === "write") {
+        q.writeBuffer(e[1], e[2], e[3]);
+        continue;
+      }
+      const cbs = e[1].map((ops) => {
+        const enc = dev.createCommandEncoder();
+        for (const op of ops) {
+          if (op[0] === "copy") {
+            (enc.copyBufferToBuffer as (...x: unknown[]) => void)(...op[1]);
+            continue;
+          }
+          const pass = enc.beginComputePass();
+          for (const p of op[1]) {
+            if (p[0] === "pipe") pass.setPipeline(p[1]);
+            else if (p[0] === "bind") pass.setBindGroup(p[1], p[2], p[3]);
+            else pass.dispatchWorkgroups(p[1], p[2], p[3]);
+          }
+          pass.end();
+        }
+        return enc.finish();
+      });
+      q.submit(cbs);
+    }
+  };
+  const events = (await oneRun(explicit(1), true))!;
+  const la = await logitsNow();
+  await oneRun(explicit(2), false);
+  const lb = await logitsNow();
+  issue(events);
+  const lj = await logitsNow();
+  const same = (x: Float32Array, y: Float32Array) => x.every((v, i) => Object.is(v, y[i]));
+  const count = (k: string) => events.filter((e) => e[0] === k).length;
+  const dispatches = events.flatMap((e) => e[0] === "submit" ? e[1].flat() : [])
+    .reduce((n, op) => n + (op[0] === "pass" ? op[1].filter((p) => p[0] === "go").length : 0), 0);
+  console.log(
+    `recorded: ${count("write")} writes, ${count("submit")} submits, ${dispatches} dispatches` +
+      (unrecorded.size ? `; NOT recorded: ${[...unrecorded].join(", ")}` : ""),
+  );
+  console.log(
+    `JS-issued record gives the recorded step's logits bit for bit: ${
+      same(lj, la)
+    } (another input's differ: ${!same(lb, la)})`,
+  );
+  // One command buffer a submit group, all submitted at once (as the engine's submit batch does).
+  const merged: Event[] = [...events.filter((e) => e[0] === "write"), [
+    "submit",
+    events.flatMap((e) => e[0] === "submit" ? e[1] : []),
+  ]];
+  const t = { ort: 0, js: 0, merged: 0 };
+  for (let i = 0; i < 3 * N; i++) {
+    const k = (["ort", "js", "merged"] as const)[i % 3];
+    const t0 = threadCpuMs();
+    if (k === "ort") {
+      const h = await runner.run(explicit(1));
+      t.ort += threadCpuMs() - t0;
+      await runner.read(h);
+    } else {
+      issue(k === "js" ? events : merged);
+      t[k] += threadCpuMs() - t0;
+      await logitsNow();
+    }
+  }
+  console.log(
+    `thread CPU per step (${N} each): runner.run ${(t.ort / N).toFixed(2)} ms; ` +
+      `the record issued from JS ${(t.js / N).toFixed(2)} ms, as one submit ${(t.merged / N).toFixed(2)} ms`,
+  );
+  const lm = await logitsNow();
+  console.log(`after the timed loop, logits still the recorded step's: ${same(lm, la)}`);
+}
 await runner.close();
