@@ -72,7 +72,6 @@ const PIPELINE_DEPTH = 3;
 const LONG_STEP_MS = 40;
 // TEMP experiment switch (RAGTIME_XFIRST=0: off).
 const FIRST_TOKENS_AT_ONCE = Deno.env.get("RAGTIME_XFIRST") !== "0";
-const FIRST_TOKENS_DEPTH = Deno.env.get("RAGTIME_XFIRST") === "2" ? 2 : 1;
 /** Weight of the newest step in the running mean of the time per step. */
 const STEP_TIME_ALPHA = 0.25;
 
@@ -384,7 +383,7 @@ export class LLMEngine {
       : this.stepEveryMs > this.longStepMs
       ? 2
       : f?.firstTokens && FIRST_TOKENS_AT_ONCE
-      ? FIRST_TOKENS_DEPTH
+      ? 1
       : PIPELINE_DEPTH;
     // A CPU-sampled sequence cannot decode again before its token is back: read at depth two.
     return f?.handle.logits ? Math.min(want, 2) : want;
