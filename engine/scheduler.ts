@@ -55,9 +55,6 @@ import type { BlockManager } from "./block_manager.ts";
 import { type FinishReason, type PrefillOrder, SHORTEST_FIRST_WINDOW_MS } from "./protocol.ts";
 import { Sequence } from "./sequence.ts";
 
-// TEMP experiment switch: pause decodes while prompt work exceeds the step's prefill cap.
-const XPAUSECAP = Deno.env.get("RAGTIME_XPAUSECAP") === "1";
-
 export type SchedulerPolicy = "continuous" | "static" | "sequential";
 
 export interface SchedulerConfig {
@@ -362,7 +359,7 @@ export class Scheduler {
     };
     const preemptionsBefore = this.#preemptionsTotal;
 
-    const pause = this.#pauseDecodes(XPAUSECAP ? Math.min(draft.budget, draft.prefillBudget) : draft.budget);
+    const pause = this.#pauseDecodes();
     if (!pause) this.#scheduleDecodes(draft);
     this.#continuePrefills(draft);
     // A step that had to preempt is short of blocks: admitting now would only thrash. With nothing
@@ -670,10 +667,10 @@ export class Scheduler {
    * have, and the prompt work waiting (running prefills, and waiting sequences past their cached
    * prefixes) is more than one step's budget.
    */
-  #pauseDecodes(stepTokens: number): boolean {
+  #pauseDecodes(): boolean {
     const steps = this.config.decodePauseSteps ?? 0;
     if (this.#decodePauses >= steps) return false;
-    let left = stepTokens;
+    let left = this.config.maxBatchTokens;
     for (const n of this.#prefillWork()) if ((left -= n) < 0) return true;
     return false;
   }
