@@ -10,9 +10,6 @@
 // input in a step is the token the step before sampled for it, fed on the GPU (see IO.prevIds). A sequence that
 // ends in step N may already sit in N+1 and N+2: wasted compute, never sent to its client.
 // Sequences sampled on the CPU (their next input must come back first) keep the pipeline at two.
-// While steps are short (bound by the CPU that dispatches them), a step that samples a request's
-// first token is read back before the next goes out: at three in flight that token would wait for
-// two more dispatches, most of a small model's time to first token.
 
 import { BlockManager } from "./block_manager.ts";
 import type { EngineConfig } from "./config.ts";
@@ -70,8 +67,6 @@ const PIPELINE_DEPTH = 3;
  * (docs/BENCHMARKS.md, session 30).
  */
 const LONG_STEP_MS = 40;
-// TEMP experiment switch (RAGTIME_XFIRST=0: off).
-const FIRST_TOKENS_AT_ONCE = Deno.env.get("RAGTIME_XFIRST") !== "0";
 /** Weight of the newest step in the running mean of the time per step. */
 const STEP_TIME_ALPHA = 0.25;
 
@@ -83,8 +78,6 @@ interface InFlight {
   startedAt: number;
   /** CPU time spent dispatching the step (building inputs + session.run). */
   dispatchMs: number;
-  /** The step samples some request's first token (its prompt's last chunk). */
-  firstTokens: boolean;
 }
 
 export interface StepStats {
@@ -154,8 +147,6 @@ export class LLMEngine {
   /** Running mean of the time between two steps' results while the pipeline is busy (ms). */
   private stepEveryMs = 0;
   private lastDoneAt: number | null = null;
-  /** Time per step beyond which "auto" keeps two in flight (LONG_STEP_MS); tests move it. */
-  longStepMs = LONG_STEP_MS;
   /** Whose answers are cached as prompts' (EngineClient.answerCache), as resolved for this model. */
   private answers: AnswerCache;
   lastStep: StepStats | null = null;
@@ -349,10 +340,6 @@ export class LLMEngine {
       while (plan && inFlight.length > 0 && inFlight.length >= this.depth(inFlight[0])) {
         await this.complete(inFlight.shift()!);
       }
-      // A step read at depth one goes back before the next is dispatched, and the steps before it first.
-      if (plan && inFlight.length > 0 && this.depth(inFlight[inFlight.length - 1]) === 1) {
-        while (inFlight.length > 0) await this.complete(inFlight.shift()!);
-      }
       if (!plan && inFlight.length === 0 && !this.stopped && this.scheduler.isIdle) {
         idleSince = performance.now();
         let timer: ReturnType<typeof setTimeout> | undefined;
@@ -374,19 +361,17 @@ export class LLMEngine {
    * was 653-687 ms at one against 833-860 ms at two (no queued ~240 ms decode step ahead of it), for ~4%
    * of saturated throughput (docs/BENCHMARKS.md, session 11).
    */
-  private depth(f: InFlight | undefined): number {
+  private depth(oldest: InFlight | undefined): number {
     const d = this.config.pipelineDepth;
     const want = d !== "auto"
       ? d
       : this.runner.softwareAdapter
       ? 1
-      : this.stepEveryMs > this.longStepMs
+      : this.stepEveryMs > LONG_STEP_MS
       ? 2
-      : f?.firstTokens && FIRST_TOKENS_AT_ONCE
-      ? 1
       : PIPELINE_DEPTH;
     // A CPU-sampled sequence cannot decode again before its token is back: read at depth two.
-    return f?.handle.logits ? Math.min(want, 2) : want;
+    return oldest?.handle.logits ? Math.min(want, 2) : want;
   }
 
   /** Updates the time per step with a step whose results just arrived. */
@@ -408,8 +393,7 @@ export class LLMEngine {
     this.scheduler.onStepSubmitted(plan);
     const handle = await this.runner.run(inputs);
     this.lastRows = new Map(sampled.map((it, row) => [it.seq, row]));
-    const firstTokens = sampled.some((it) => it.start + it.numTokens === it.seq.promptIds.length);
-    return { plan, handle, sampled, startedAt, dispatchMs: performance.now() - startedAt, firstTokens };
+    return { plan, handle, sampled, startedAt, dispatchMs: performance.now() - startedAt };
   }
 
   /**
