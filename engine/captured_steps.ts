@@ -25,6 +25,7 @@ import { IO } from "./model/graph_io.ts";
 import type { StepInputs } from "./step_inputs.ts";
 import { MIN_STEP_ROWS } from "./protocol.ts";
 import { attentionBounds } from "./step_buckets.ts";
+import { ReplayRecord } from "./replay_record.ts";
 import { createStepSession, type Feeds, pinGpuBuffer, runBound, type Session } from "./sessions.ts";
 
 export interface CaptureShape {
@@ -57,6 +58,8 @@ export interface SharedFeeds {
   padBlock: number;
   /** Block table width: blocks per sequence at the context limit. */
   tableWidth: number;
+  /** Replays issued by the engine from a record of onnxruntime's (replay_record.ts), where one can be made. */
+  issueRecorded: boolean;
   /** Tokens of the padding item: 2, or LONG_QUERY_TOKENS in long-query mode (see ModelRunner.run). */
   padTokens: number;
   /** Positions of a KV block (a padding item longer than one maps each of its blocks to padBlock). */
@@ -81,6 +84,8 @@ export class CapturedStep {
   private readonly buffers: GPUBuffer[] = [];
   /** Whether the first run bound the inputs (later runs need not pass them: see runBound). */
   private bound = false;
+  /** onnxruntime's replay as recorded at capture, issued in its place; null: onnxruntime replays. */
+  private record: ReplayRecord | null = null;
 
   private constructor(
     readonly shape: CaptureShape,
@@ -149,11 +154,20 @@ export class CapturedStep {
   }
 
   /**
-   * The first run: onnxruntime runs the graph, records its dispatches and replays them once. An
-   * all-dummy step (every row in the reserved block) leaves the pool's real blocks untouched.
+   * The first run: onnxruntime runs the graph, records its dispatches and replays them once. Then,
+   * with issueRecorded, one more replay is recorded call by call for the engine to issue from now on.
+   * All-dummy steps (every row in the reserved block) leave the pool's real blocks untouched.
    */
   async capture(): Promise<void> {
     await this.run(null);
+    if (!this.shared.issueRecorded) return;
+    this.write(null);
+    this.record = await ReplayRecord.record(this.shared.device, () => this.replay());
+  }
+
+  /** Dispatches of the recorded replay the engine issues; null where onnxruntime replays. */
+  get recordedDispatches(): number | null {
+    return this.record?.dispatches ?? null;
   }
 
   /**
@@ -162,10 +176,21 @@ export class CapturedStep {
    * `refeed` passes every input again as the first run did (for probes measuring what that costs).
    */
   async run(s: StepInputs | null, refeed = false): Promise<void> {
+    this.write(s);
+    if (this.record && !refeed) this.record.issue(this.shared.device);
+    else await this.replay(refeed);
+  }
+
+  /** The step's inputs into the bound input buffers. */
+  private write(s: StepInputs | null) {
     if (this.shape.kind === "decode") this.fill(s);
     else this.fillPrompt(s);
     const q = this.shared.device.queue;
     for (const k of Object.keys(this.host) as IntInput[]) q.writeBuffer(this.inputs[k], 0, this.host[k]);
+  }
+
+  /** onnxruntime's run (the first captures) over the inputs as written. */
+  private async replay(refeed = false): Promise<void> {
     const replay = this.bound && !refeed ? runBound(this.session, this.fetches) : null;
     const out = await (replay ?? this.session.run(this.feeds, this.fetches));
     this.bound = true;
@@ -231,6 +256,7 @@ export class CapturedStep {
   }
 
   async release(): Promise<void> {
+    this.record = null;
     await this.session.release();
     for (const b of this.buffers) b.destroy();
   }

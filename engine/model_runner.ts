@@ -189,6 +189,11 @@ export class ModelRunner {
   batchSubmits = true;
   /** On: a captured replay is passed every input again (for probes; see sessions.ts runBound). */
   refeedCaptured = false;
+  /**
+   * Captured sessions from now on replay as the engine's own record of onnxruntime's replay
+   * (replay_record.ts); RAGTIME_REPLAY=onnxruntime keeps onnxruntime's (for A/B runs and probes).
+   */
+  issueRecorded = Deno.env.get("RAGTIME_REPLAY") !== "onnxruntime";
   private readonly batch: SubmitBatch;
   private releaseLater: ort.Tensor[] = [];
   /** Free staging buffers for step ids. */
@@ -640,7 +645,8 @@ export class ModelRunner {
         `graph capture: ${usable.length} sessions (decode batch ${of("decode", "batch").join(",")}` +
           `${prompts.length ? `, prompt rows ${prompts.join(",")}` : ""} × context bound ${caps.join(",")}` +
           `${cut.length ? `; prompt rows ${cut.join(",")} up to bound ${MID_PROMPT_MAX_BOUND}` : ""}) ` +
-          `captured in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
+          `captured in ${((performance.now() - t0) / 1000).toFixed(2)} s` +
+          this.replayNote(this.captured.filter((c) => c !== null)),
       );
       if (left.length) {
         this.log(
@@ -666,6 +672,7 @@ export class ModelRunner {
       tableWidth: this.tableWidth,
       padTokens: this.padTokens,
       blockSize: this.blockSize,
+      issueRecorded: this.issueRecorded,
     };
     const shape = this.shapes[i];
     const c = await CapturedStep.create(
@@ -681,10 +688,17 @@ export class ModelRunner {
         : `prompt session rows ${c.shape.rows}`;
       this.log(
         `graph capture: ${what} × context bound ${c.shape.kvCap} captured ` +
-          `in ${((performance.now() - t0) / 1000).toFixed(2)} s`,
+          `in ${((performance.now() - t0) / 1000).toFixed(2)} s${this.replayNote([c])}`,
       );
     }
     return c;
+  }
+
+  /** Log text: which replays onnxruntime issues, where the engine was to issue its records. */
+  private replayNote(caps: CapturedStep[]): string {
+    if (!this.issueRecorded) return "; replayed by onnxruntime";
+    const left = caps.filter((c) => c.recordedDispatches === null).length;
+    return left ? `; ${left} replayed by onnxruntime (no record)` : "";
   }
 
   /**

@@ -67,7 +67,14 @@ async function compare(kvCacheMb: number | undefined, n: number) {
     const lines: string[] = [];
     const h = await startEngine({ graphCapture, kvCacheMb, debugSteps: true, log: (l) => lines.push(l) });
     try {
-      runs.push({ ...await runAll(h, reqs), stats: h.engine.stats(), lines, splits: h.runner.splitDecodes });
+      const issueRecorded = h.runner.issueRecorded;
+      runs.push({
+        ...await runAll(h, reqs),
+        stats: h.engine.stats(),
+        lines,
+        splits: h.runner.splitDecodes,
+        issueRecorded,
+      });
     } finally {
       await h.close();
     }
@@ -109,6 +116,10 @@ async function compare(kvCacheMb: number | undefined, n: number) {
     "no captured step line",
   );
   assert(on.lines.some((l) => l.startsWith("graph capture: decode session batch")), on.lines.join("\n"));
+  // Every captured session replays as the engine's record of onnxruntime's replay (replay_record.ts).
+  if (on.issueRecorded) {
+    assert(!on.lines.some((l) => l.includes("replayed by onnxruntime")), on.lines.join("\n"));
+  }
 
   const metrics = new Metrics().render({ stats: () => on.stats } as EngineClient);
   assert(metrics.includes(`ragtime_engine_steps_total{path="captured"} ${captured.length}`), metrics);
